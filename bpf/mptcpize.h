@@ -1,0 +1,92 @@
+/* SPDX-License-Identifier: GPL-2.0 */
+/*
+ * ABI shared by bpf/mptcpize.bpf.c (kernel side) and mptcpize_py (user side).
+ * mptcpize_py/abi.py reads the "#define MPTCPIZE_* <integer>" lines below, and bcc hands the structs
+ * to Python as ctypes types, so both sides always agree. Keep one define per line.
+ */
+#ifndef MPTCPIZE_H
+#define MPTCPIZE_H
+
+#define MPTCPIZE_IPPROTO_MPTCP 262
+
+/* Map sizes. */
+#define MPTCPIZE_MAX_RUN_TGIDS 65536
+#define MPTCPIZE_MAX_EXE_RULES 4096
+#define MPTCPIZE_MAX_CGROUP_RULES 4096
+#define MPTCPIZE_MAX_NETNS 1024
+#define MPTCPIZE_MAX_PROCS 16384
+#define MPTCPIZE_RINGBUF_PAGES 64
+/* Deepest cgroup level looked at for cgroup rules (the root is level 0). */
+#define MPTCPIZE_CGROUP_MAX_DEPTH 16
+
+/* mptcpize_rule.action */
+#define MPTCPIZE_ACTION_ALLOW 1
+#define MPTCPIZE_ACTION_DENY 2
+
+/* Which kind of rule selected a socket (event.kind, proc_stats.kind). */
+#define MPTCPIZE_KIND_NONE 0
+#define MPTCPIZE_KIND_RUN 1
+#define MPTCPIZE_KIND_EXE 2
+#define MPTCPIZE_KIND_CGROUP 3
+
+/* mptcpize_config.flags */
+#define MPTCPIZE_CFG_ALL_NETNS 1
+#define MPTCPIZE_CFG_HAS_EXE_RULES 2
+#define MPTCPIZE_CFG_HAS_CGROUP_RULES 4
+
+/* Indexes of the per-CPU counters array. */
+#define MPTCPIZE_CNT_UPGRADED 0
+#define MPTCPIZE_CNT_DENIED 1
+#define MPTCPIZE_CNT_NETNS_NOT_SELECTED 2
+#define MPTCPIZE_CNT_MPTCP_DISABLED 3
+#define MPTCPIZE_CNT_NETNS_UNREADABLE 4
+#define MPTCPIZE_CNT_EVENTS_DROPPED 5
+#define MPTCPIZE_CNT_RUN_TABLE_FULL 6
+#define MPTCPIZE_CNT_MAX 8
+
+struct mptcpize_config {
+	__u64 pernet_id_addr;  /* address of the kernel's mptcp_pernet_id (from /proc/kallsyms) */
+	__u32 enabled_offset;  /* offsetof(struct mptcp_pernet, mptcp_enabled) (from kernel BTF) */
+	__u32 flags;           /* MPTCPIZE_CFG_* */
+};
+
+/* An allow or deny entry of the exe or cgroup maps. rule_id is userspace's number for the rule. */
+struct mptcpize_rule {
+	__u32 rule_id;
+	__u32 action;
+};
+
+/* Executable identity: the kernel's dev_t (MKDEV: major << 20 | minor) and inode number. */
+struct mptcpize_exe_key {
+	__u64 dev;
+	__u64 ino;
+};
+
+/* A process (tgid) of a `run` tree; children inherit the entry at fork. */
+struct mptcpize_run_entry {
+	__u32 run_id;
+	__u32 pad;
+};
+
+/* Exact per-process totals (the ring buffer may drop events; these never do). */
+struct mptcpize_proc_stats {
+	__u64 upgraded;
+	__u32 rule_id;
+	__u32 kind;
+};
+
+/* One per upgraded socket. */
+struct mptcpize_event {
+	__u64 ts_ns;
+	__u64 cgroup_id;
+	__u32 pid;
+	__u32 tgid;
+	__u32 uid;
+	__u32 rule_id;
+	__u32 netns;
+	__u16 family;
+	__u16 kind;
+	char comm[16];
+};
+
+#endif /* MPTCPIZE_H */

@@ -1,0 +1,3 @@
+"""mptcpize-py: make unmodified applications use Multipath TCP."""
+
+__version__ = "0.1.0"

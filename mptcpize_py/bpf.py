@@ -1,0 +1,171 @@
+"""The only bcc importer: compile bpf/mptcpize.bpf.c, attach it, fill its maps, read its reports.
+
+bcc comes from the distribution (python3-bpfcc) and compiles at run time against the running kernel's
+headers (/lib/modules/$(uname -r)/build).
+"""
+
+import ctypes
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import abi, kernel
+from .errors import MptcpizeError, PermissionDenied, Unavailable
+
+HOOK = "update_socket_protocol"
+
+
+@dataclass(frozen=True)
+class ToolchainStatus:
+    ok: bool
+    detail: str
+    hint: str | None = None
+
+
+def _headers_dir() -> Path:
+    return Path("/lib/modules") / os.uname().release / "build"
+
+
+def _import_bcc():
+    try:
+        import bcc  # noqa: F401  (distro package python3-bpfcc)
+        return bcc
+    except ImportError as e:
+        raise Unavailable(f"bcc is not importable: {e}",
+                          hint="apt-get install python3-bpfcc, and use Debian's /usr/bin/python3 "
+                               "or a venv made with --system-site-packages") from None
+
+
+def toolchain_status(compile_test: bool = True) -> ToolchainStatus:
+    try:
+        bcc = _import_bcc()
+    except MptcpizeError as e:
+        return ToolchainStatus(False, e.message, e.hint)
+    headers = _headers_dir()
+    if not (headers / "include").is_dir():
+        return ToolchainStatus(False, f"bcc importable, but no kernel headers at {headers}",
+                               f"apt-get install linux-headers-{os.uname().release}")
+    if compile_test:
+        try:
+            bcc.BPF(text="int mptcpize_compile_probe(void *ctx) { return 0; }").cleanup()
+        except Exception as e:  # bcc raises plain Exception on compile failure
+            return ToolchainStatus(False, f"bcc cannot compile against {headers}: {e}",
+                                   f"reinstall linux-headers-{os.uname().release}")
+    return ToolchainStatus(True, f"bcc {getattr(bcc, '__version__', '?')} "
+                                 f"{'compiles' if compile_test else 'with headers'} at {headers}")
+
+
+@dataclass(frozen=True)
+class UpgradeEvent:
+    pid: int
+    tgid: int
+    uid: int
+    comm: str
+    cgroup_id: int
+    netns: int
+    family: int
+    kind: str
+    rule_id: int
+
+
+@dataclass(frozen=True)
+class ProcStats:
+    tgid: int
+    upgraded: int
+    kind: str
+    rule_id: int
+
+
+class Rewriter:
+    """The loaded and attached program. Detaches on close() or when this process exits (fail-open)."""
+
+    def __init__(self, all_netns: bool = True):
+        if os.geteuid() != 0:
+            raise PermissionDenied("loading the BPF program needs root (CAP_BPF, CAP_PERFMON, "
+                                   "CAP_SYS_ADMIN)", hint="run it as root, e.g. with sudo")
+        bcc = _import_bcc()
+        facts = kernel.read_hook_facts()
+        if facts.update_socket_protocol_id is None:
+            raise Unavailable(f"this kernel has no {HOOK}() in its BTF",
+                              hint="the BPF backend needs Linux >= 6.6 with CONFIG_DEBUG_INFO_BTF=y")
+        try:
+            kernel.probe_trampoline(facts.update_socket_protocol_id)
+        except OSError as e:
+            raise Unavailable(f"this kernel refuses the fmod_ret program on {HOOK}(): {e.strerror}",
+                              hint="BPF trampolines are disabled here; see `mptcpize-py check`") from None
+        pernet_addr = kernel.read_kallsyms_address("mptcp_pernet_id")
+        if pernet_addr is None or facts.mptcp_enabled_offset is None:
+            raise Unavailable("cannot locate net.mptcp.enabled in kernel memory "
+                              "(mptcp_pernet_id in /proc/kallsyms, struct mptcp_pernet in BTF)",
+                              hint="needs CONFIG_KALLSYMS_ALL=y; see `mptcpize-py check`")
+        if not (_headers_dir() / "include").is_dir():
+            raise Unavailable(f"no kernel headers at {_headers_dir()} for bcc to compile against",
+                              hint=f"apt-get install linux-headers-{os.uname().release}")
+        try:
+            self._b = bcc.BPF(src_file=str(abi.PROGRAM).encode(),
+                              cflags=[f"-I{abi.BPF_DIR}", "-Wno-macro-redefined"])
+        except Exception as e:
+            raise Unavailable(f"bcc could not compile {abi.PROGRAM.name}: {e}") from None
+        self._bcc = bcc
+        flags = abi.CFG_ALL_NETNS if all_netns else 0
+        cfg = self._b["config"]
+        cfg[ctypes.c_int(0)] = cfg.Leaf(pernet_addr, facts.mptcp_enabled_offset, flags)
+        try:
+            fn = self._b.load_func(b"kmod_ret__" + HOOK.encode(), bcc.BPF.TRACING)
+        except Exception as e:
+            self._b.cleanup()
+            raise Unavailable(f"the kernel refused the fmod_ret program: {e}",
+                              hint="see `mptcpize-py check`") from None
+        # bcc 0.26 has KMOD_RET but no attach_fmod_ret: attach the TRACING program by fd. The link
+        # lives as long as this fd, i.e. as long as this process (fail-open when it dies).
+        self._link_fd = bcc.lib.bpf_attach_kfunc(fn.fd)
+        if self._link_fd < 0:
+            err = ctypes.get_errno() or -self._link_fd
+            self._b.cleanup()
+            raise Unavailable(f"cannot attach fmod_ret to {HOOK}: {os.strerror(err)}",
+                              hint="see `mptcpize-py check`")
+        self._events_open = False
+
+    # --- selection -------------------------------------------------------------------------------
+    def add_run_root(self, pid: int, run_id: int = 1) -> None:
+        """Selects process `pid` and every process it forks from now on."""
+        t = self._b["run_tgids"]
+        t[t.Key(pid)] = t.Leaf(run_id, 0)
+
+    # --- reports ---------------------------------------------------------------------------------
+    def counters(self) -> dict[str, int]:
+        t = self._b["counters"]
+        return {name: sum(t[t.Key(idx)]) for name, idx in abi.COUNTERS.items()}
+
+    def proc_stats(self) -> list[ProcStats]:
+        return [ProcStats(k.value, v.upgraded, abi.KIND_NAMES.get(v.kind, "?"), v.rule_id)
+                for k, v in self._b["proc_stats"].items()]
+
+    def open_events(self, callback) -> None:
+        """callback(UpgradeEvent) for every upgrade; call poll_events() to have them delivered."""
+        table = self._b["events"]
+
+        def on_event(_ctx, data, _size):
+            ev = table.event(data)
+            callback(UpgradeEvent(ev.pid, ev.tgid, ev.uid, ev.comm.decode(errors="replace"),
+                                  ev.cgroup_id, ev.netns, ev.family,
+                                  abi.KIND_NAMES.get(ev.kind, "?"), ev.rule_id))
+
+        table.open_ring_buffer(on_event)
+        self._events_open = True
+
+    def poll_events(self, timeout_ms: int) -> None:
+        if self._events_open:
+            self._b.ring_buffer_poll(timeout_ms)
+
+    def drain_events(self) -> None:
+        if self._events_open:
+            self._b.ring_buffer_consume()
+
+    def close(self) -> None:
+        if getattr(self, "_link_fd", -1) >= 0:
+            os.close(self._link_fd)
+            self._link_fd = -1
+        if getattr(self, "_b", None) is not None:
+            self._b.cleanup()
+            self._b = None

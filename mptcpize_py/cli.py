@@ -1,0 +1,129 @@
+"""Command line: argparse, typed errors → one line + exit code. The only module that prints."""
+
+import argparse
+import sys
+
+from . import __version__
+from .errors import EXIT_UNAVAILABLE, EXIT_USAGE, MptcpizeError, UsageError
+
+PROG = "mptcpize-py"
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):
+        raise UsageError(message, hint=f"see '{self.prog} --help'")
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog=PROG, description="Make unmodified applications use Multipath TCP.")
+    p.add_argument("--version", action="version", version=f"{PROG} {__version__}")
+    p.add_argument("--debug", action="store_true", help="show tracebacks")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    r = sub.add_parser("run", help="run CMD with its and its descendants' TCP sockets upgraded to MPTCP",
+                       description="Run CMD; CMD and all its descendants get MPTCP instead of TCP "
+                                   "sockets. Exit status is CMD's (127 not found, 126 not executable, "
+                                   "128+N killed by signal N).")
+    # run's own options are parsed by parse_run_args (argparse cannot stop at CMD's first word);
+    # these declarations only feed --help.
+    r.add_argument("-v", "--verbose", action="store_true",
+                   help="at exit, print one line per process that got upgraded sockets")
+    r.add_argument("argv", nargs="*", metavar="CMD [ARGS...]")
+
+    c = sub.add_parser("check", help="report what this host can do; exit 0 if run can upgrade, 69 if not")
+    c.add_argument("--json", action="store_true", help="machine-readable output")
+    return p
+
+
+def _out(line: str = "") -> None:
+    print(line, flush=True)
+
+
+def _err(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+RUN_USAGE = f"{PROG} run [-v] [--] CMD [ARGS...]"
+
+
+def parse_run_args(tokens: list[str]) -> argparse.Namespace:
+    """run's options end at "--" or at the first word that is not an option: that word is CMD."""
+    args = argparse.Namespace(verbose=False, help=False, argv=[])
+    for i, tok in enumerate(tokens):
+        if tok == "--":
+            args.argv = tokens[i + 1:]
+            break
+        if tok in ("-v", "--verbose"):
+            args.verbose = True
+        elif tok in ("-h", "--help"):
+            args.help = True
+            return args
+        elif tok.startswith("-"):
+            raise UsageError(f"run: unknown option {tok}",
+                             hint=f"{RUN_USAGE} (use '--' before a command that starts with '-')")
+        else:
+            args.argv = tokens[i:]
+            break
+    if not args.argv:
+        raise UsageError("run: no command given", hint=RUN_USAGE)
+    return args
+
+
+def cmd_run(args) -> int:
+    from . import report, runner
+    argv = args.argv
+    runner.resolve_command(argv[0])  # 127/126 before loading anything
+    backend = runner.BpfRunBackend()
+    try:
+        status, reports = runner.run_command(argv, backend)
+        if args.verbose:
+            for line in report.run_verbose(backend.name, reports, backend.counters()):
+                _err(line)
+    finally:
+        backend.close()
+    return status
+
+
+def cmd_check(args) -> int:
+    from . import probe, report
+    rep = probe.run_checks()
+    if args.json:
+        _out(report.check_json(rep))
+    else:
+        for line in report.check_text(rep):
+            _out(line)
+    return 0 if rep.run_can_upgrade else EXIT_UNAVAILABLE
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    debug = "--debug" in argv
+    try:
+        parser = _build_parser()
+        # Global options, then "run" and its own tokens (see parse_run_args).
+        i = 0
+        while i < len(argv) and argv[i] == "--debug":
+            i += 1
+        if i < len(argv) and argv[i] == "run":
+            args = parse_run_args(argv[i + 1:])
+            if args.help:
+                parser.parse_args(["run", "--help"])  # prints run's help and exits 0
+            return cmd_run(args)
+        args = parser.parse_args(argv)
+        if args.command is None:
+            raise UsageError("no command given", hint=f"see '{PROG} --help'")
+        return {"run": cmd_run, "check": cmd_check}[args.command](args)
+    except MptcpizeError as e:
+        if debug:
+            import traceback
+            traceback.print_exc()
+        _err(f"{PROG}: error: {e.message}")
+        if e.hint:
+            _err(f"{PROG}: hint: {e.hint}")
+        return e.exit_code
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
