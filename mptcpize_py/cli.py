@@ -28,6 +28,9 @@ def _build_parser() -> argparse.ArgumentParser:
     # these declarations only feed --help.
     r.add_argument("-v", "--verbose", action="store_true",
                    help="at exit, print one line per process that got upgraded sockets")
+    r.add_argument("--backend", choices=BACKENDS, default="auto",
+                   help="bpf: fmod_ret on update_socket_protocol (Linux >= 6.6); seccomp: user "
+                        "notification supervisor (Linux >= 5.14); auto: bpf, else seccomp")
     r.add_argument("argv", nargs="*", metavar="CMD [ARGS...]")
 
     c = sub.add_parser("check", help="report what this host can do; exit 0 if run can upgrade, 69 if not")
@@ -43,13 +46,25 @@ def _err(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
 
 
-RUN_USAGE = f"{PROG} run [-v] [--] CMD [ARGS...]"
+RUN_USAGE = f"{PROG} run [-v] [--backend auto|bpf|seccomp] [--] CMD [ARGS...]"
+BACKENDS = ("auto", "bpf", "seccomp")
 
 
 def parse_run_args(tokens: list[str]) -> argparse.Namespace:
     """run's options end at "--" or at the first word that is not an option: that word is CMD."""
-    args = argparse.Namespace(verbose=False, help=False, argv=[])
-    for i, tok in enumerate(tokens):
+    args = argparse.Namespace(verbose=False, help=False, argv=[], backend="auto")
+    it = iter(enumerate(tokens))
+    for i, tok in it:
+        if tok == "--backend" or tok.startswith("--backend="):
+            if tok == "--backend":
+                value = next(it, (None, None))[1]
+            else:
+                value = tok.split("=", 1)[1]
+            if value not in BACKENDS:
+                raise UsageError(f"run: --backend must be one of {', '.join(BACKENDS)}"
+                                 f"{'' if value is None else f', not {value!r}'}", hint=RUN_USAGE)
+            args.backend = value
+            continue
         if tok == "--":
             args.argv = tokens[i + 1:]
             break
@@ -73,7 +88,7 @@ def cmd_run(args) -> int:
     from . import report, runner
     argv = args.argv
     runner.resolve_command(argv[0])  # 127/126 before loading anything
-    backend = runner.BpfRunBackend()
+    backend = runner.make_backend(args.backend)
     try:
         status, reports = runner.run_command(argv, backend)
         if args.verbose:

@@ -14,7 +14,7 @@ import signal
 import subprocess
 from dataclasses import dataclass
 
-from .errors import EXIT_CANNOT_EXECUTE, EXIT_NOT_FOUND, MptcpizeError
+from .errors import EXIT_CANNOT_EXECUTE, EXIT_NOT_FOUND, MptcpizeError, Unavailable
 
 FORWARDED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 _SI_KERNEL = 0x80  # si_code of a signal the kernel raised (e.g. ^C at a terminal), not kill(2)
@@ -152,3 +152,28 @@ class BpfRunBackend:
     def close(self) -> None:
         self._stop.set()
         self._rewriter.close()
+
+
+def make_backend(choice: str):
+    """The backend `run --backend CHOICE` uses; auto tries BPF, then seccomp."""
+    if choice == "bpf":
+        return BpfRunBackend()
+    if choice == "seccomp":
+        return _seccomp_backend()
+    try:
+        return BpfRunBackend()
+    except Unavailable as bpf_error:
+        try:
+            return _seccomp_backend()
+        except Unavailable as seccomp_error:
+            raise Unavailable(f"no backend can upgrade sockets here: bpf: {bpf_error.message}; "
+                              f"seccomp: {seccomp_error.message}",
+                              hint=bpf_error.hint or seccomp_error.hint) from None
+
+
+def _seccomp_backend():
+    try:
+        from .seccomp import SeccompRunBackend
+    except ImportError:
+        raise Unavailable("the seccomp backend is not part of this build") from None
+    return SeccompRunBackend()

@@ -3,3 +3,15 @@ STATE_DIR=${STATE_DIR:-/opt/mptcpize-py}
 VENV=${VENV:-$STATE_DIR/venv}
 VM_KVER_FILE=$STATE_DIR/vm-kernel-version
 VNG_VERSION=${VNG_VERSION:-1.42}
+
+# scripts/vm.sh: the nested test VM (qemu TCG, 2 host cores: run one VM at a time).
+VM_CPUS=${VM_CPUS:-2}
+VM_MEMORY=${VM_MEMORY:-2G}
+VM_TIMEOUT=${VM_TIMEOUT:-900}        # seconds, default for vm.sh --timeout
+# Modules the guest's udev coldplug would load for emulated q35 hardware nobody here uses (CD-ROM, AHCI,
+# PS/2, watchdogs, KVM, CPU crypto/crc acceleration). Under TCG each load costs ~0.3-1 s of boot.
+# Kernel cmdline `modprobe.blacklist=` only stops alias (udev) loading; `modprobe NAME` still works.
+VM_MODPROBE_BLACKLIST=${VM_MODPROBE_BLACKLIST:-kvm,kvm_amd,kvm_intel,iTCO_wdt,iTCO_vendor_support,pcspkr,sr_mod,cdrom,sg,ahci,powernow_k8,i2c_i801,lpc_ich,psmouse,serio_raw,evdev,aesni_intel,ghash_clmulni_intel,sha1_ssse3,sha256_ssse3,sha512_ssse3,crc32_pclmul,crct10dif_pclmul,crc32c_intel}
+# Loaded in the guest before the command (modules in Debian's 6.12, built in on the host kernel), so
+# tests do not depend on on-demand request_module(): veth pairs, netem, TCP/MPTCP sock_diag (`ss -M`).
+VM_MODULES=${VM_MODULES:-veth sch_netem inet_diag tcp_diag mptcp_diag}

@@ -1,0 +1,105 @@
+"""The runner's process handling (exit status, signals, exec errors), with a backend that upgrades
+nothing: what is under test here is what a caller of `run` sees, whatever the backend."""
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+from mptcpize_py import runner
+from mptcpize_py.errors import MptcpizeError
+
+
+class NoUpgradeBackend:
+    name = "none"
+
+    def __init__(self):
+        self.child_pid_seen_in_child = None
+
+    def child_setup(self):
+        pass
+
+    def started(self, pid):
+        self.pid = pid
+
+    def finish(self):
+        return []
+
+    def close(self):
+        pass
+
+
+def test_exit_status_is_kept():
+    assert runner.run_command(["sh", "-c", "exit 7"], NoUpgradeBackend())[0] == 7
+    assert runner.run_command(["true"], NoUpgradeBackend())[0] == 0
+
+
+def test_killed_by_signal_is_128_plus_n():
+    assert runner.run_command(["sh", "-c", "kill -TERM $$"], NoUpgradeBackend())[0] == 128 + 15
+
+
+def test_resolve_command_codes(tmp_path):
+    with pytest.raises(MptcpizeError) as e:
+        runner.resolve_command("definitely-not-a-command-xyz")
+    assert e.value.exit_code == 127
+    f = tmp_path / "noexec"
+    f.write_text("")
+    f.chmod(0o644)
+    with pytest.raises(MptcpizeError) as e:
+        runner.resolve_command(str(f))
+    assert e.value.exit_code == 126
+
+
+# A child that reports the signals it receives into a file, then exits 40+signo on SIGTERM.
+CHILD = textwrap.dedent("""
+    import os, signal, sys, time
+    out = sys.argv[1]
+    def on(sig, _f):
+        with open(out, "a") as f:
+            f.write(f"{sig}\\n")
+        if sig == signal.SIGTERM:
+            sys.exit(40 + sig)
+    for s in (signal.SIGINT, signal.SIGHUP, signal.SIGTERM):
+        signal.signal(s, on)
+    open(out + ".ready", "w").close()
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        time.sleep(0.05)
+    sys.exit(3)
+""")
+
+# Runs runner.run_command() in a separate process so that signals can be sent to "run" itself.
+DRIVER = textwrap.dedent("""
+    import sys
+    sys.path.insert(0, sys.argv[1])
+    from tests.unit.test_runner import NoUpgradeBackend
+    from mptcpize_py import runner
+    sys.exit(runner.run_command(sys.argv[2:], NoUpgradeBackend())[0])
+""")
+
+
+def test_signals_are_forwarded_once(tmp_path):
+    out = tmp_path / "signals"
+    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    driver = subprocess.Popen([sys.executable, "-c", DRIVER, repo, sys.executable, "-c", CHILD, str(out)],
+                              start_new_session=True)
+    try:
+        deadline = time.monotonic() + 15
+        while not (tmp_path / "signals.ready").exists():
+            assert time.monotonic() < deadline and driver.poll() is None, "child never started"
+            time.sleep(0.02)
+        for sig in (signal.SIGHUP, signal.SIGINT):
+            os.kill(driver.pid, sig)
+            time.sleep(0.3)
+        os.kill(driver.pid, signal.SIGTERM)
+        assert driver.wait(timeout=15) == 40 + signal.SIGTERM
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+    # Each signal sent to "run" reached the child exactly once, in order.
+    assert out.read_text().split() == [str(int(signal.SIGHUP)), str(int(signal.SIGINT)),
+                                       str(int(signal.SIGTERM))]
