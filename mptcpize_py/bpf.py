@@ -103,7 +103,7 @@ class Rewriter:
                               hint=f"apt-get install linux-headers-{os.uname().release}")
         try:
             self._b = bcc.BPF(src_file=str(abi.PROGRAM).encode(),
-                              cflags=[f"-I{abi.BPF_DIR}", "-Wno-macro-redefined"])
+                              cflags=[f"-I{abi.BPF_DIR}", "-w"])
         except Exception as e:
             raise Unavailable(f"bcc could not compile {abi.PROGRAM.name}: {e}") from None
         self._bcc = bcc
