@@ -45,47 +45,47 @@
 #define MPTCPIZE_CNT_MAX 8
 
 struct mptcpize_config {
-	__u64 pernet_id_addr;  /* address of the kernel's mptcp_pernet_id (from /proc/kallsyms) */
-	__u32 enabled_offset;  /* offsetof(struct mptcp_pernet, mptcp_enabled) (from kernel BTF) */
-	__u32 flags;           /* MPTCPIZE_CFG_* */
+	u64 pernet_id_addr;  /* address of the kernel's mptcp_pernet_id (from /proc/kallsyms) */
+	u32 enabled_offset;  /* offsetof(struct mptcp_pernet, mptcp_enabled) (from kernel BTF) */
+	u32 flags;           /* MPTCPIZE_CFG_* */
 };
 
 /* An allow or deny entry of the exe or cgroup maps. rule_id is userspace's number for the rule. */
 struct mptcpize_rule {
-	__u32 rule_id;
-	__u32 action;
+	u32 rule_id;
+	u32 action;
 };
 
 /* Executable identity: the kernel's dev_t (MKDEV: major << 20 | minor) and inode number. */
 struct mptcpize_exe_key {
-	__u64 dev;
-	__u64 ino;
+	u64 dev;
+	u64 ino;
 };
 
 /* A process (tgid) of a `run` tree; children inherit the entry at fork. */
 struct mptcpize_run_entry {
-	__u32 run_id;
-	__u32 pad;
+	u32 run_id;
+	u32 pad;
 };
 
 /* Exact per-process totals (the ring buffer may drop events; these never do). */
 struct mptcpize_proc_stats {
-	__u64 upgraded;
-	__u32 rule_id;
-	__u32 kind;
+	u64 upgraded;
+	u32 rule_id;
+	u32 kind;
 };
 
 /* One per upgraded socket. */
 struct mptcpize_event {
-	__u64 ts_ns;
-	__u64 cgroup_id;
-	__u32 pid;
-	__u32 tgid;
-	__u32 uid;
-	__u32 rule_id;
-	__u32 netns;
-	__u16 family;
-	__u16 kind;
+	u64 ts_ns;
+	u64 cgroup_id;
+	u32 pid;
+	u32 tgid;
+	u32 uid;
+	u32 rule_id;
+	u32 netns;
+	u16 family;
+	u16 kind;
 	char comm[16];
 };
 

@@ -94,6 +94,9 @@ def cmd_run(args) -> int:
         if args.verbose:
             for line in report.run_verbose(backend.name, reports, backend.counters()):
                 _err(line)
+            handed_off = getattr(backend, "handed_off_pid", None)
+            if handed_off:
+                _err(f"{PROG}: descendants outlived CMD: pid {handed_off} keeps upgrading their sockets")
     finally:
         backend.close()
     return status
@@ -110,9 +113,19 @@ def cmd_check(args) -> int:
     return 0 if rep.run_can_upgrade else EXIT_UNAVAILABLE
 
 
+def _setup_logging(debug: bool) -> None:
+    """Other modules log (e.g. seccomp: a setuid program exec'd under no_new_privs); this prints it."""
+    import logging
+    for level in (logging.DEBUG, logging.INFO, logging.WARNING, logging.ERROR):
+        logging.addLevelName(level, logging.getLevelName(level).lower())
+    logging.basicConfig(format=f"{PROG}: %(levelname)s: %(message)s",
+                        level=logging.DEBUG if debug else logging.WARNING)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     debug = "--debug" in argv
+    _setup_logging(debug)
     try:
         parser = _build_parser()
         # Global options, then "run" and its own tokens (see parse_run_args).

@@ -92,10 +92,18 @@ def run_checks(compile_test: bool = True) -> Report:
     add(_path_manager_check())
 
     failed = [c.name for c in rep.checks if c.required and c.status == FAIL]
-    if failed:
-        rep.backend, rep.backend_reason = None, "BPF backend unusable: " + ", ".join(failed)
-    else:
+    if not failed:
         rep.backend, rep.backend_reason = "bpf", "fmod_ret on update_socket_protocol works here"
+        return rep
+    from . import seccomp
+    try:
+        seccomp.probe()
+        add(Check("seccomp notify", OK, "user notification with ADDFD+SEND works", required=False))
+        rep.backend, rep.backend_reason = "seccomp", ("BPF backend unusable (" + ", ".join(failed)
+                                                      + "); seccomp user notification works")
+    except MptcpizeError as e:
+        add(Check("seccomp notify", FAIL, e.message, e.hint, required=False))
+        rep.backend, rep.backend_reason = None, "BPF backend unusable: " + ", ".join(failed)
     return rep
 
 

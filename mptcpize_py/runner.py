@@ -14,7 +14,7 @@ import signal
 import subprocess
 from dataclasses import dataclass
 
-from .errors import EXIT_CANNOT_EXECUTE, EXIT_NOT_FOUND, MptcpizeError, Unavailable
+from .errors import EXIT_CANNOT_EXECUTE, EXIT_NOT_FOUND, MptcpizeError, PermissionDenied, Unavailable
 
 FORWARDED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 _SI_KERNEL = 0x80  # si_code of a signal the kernel raised (e.g. ^C at a terminal), not kill(2)
@@ -162,7 +162,7 @@ def make_backend(choice: str):
         return _seccomp_backend()
     try:
         return BpfRunBackend()
-    except Unavailable as bpf_error:
+    except (Unavailable, PermissionDenied) as bpf_error:  # seccomp needs no privilege
         try:
             return _seccomp_backend()
         except Unavailable as seccomp_error:

@@ -4,12 +4,15 @@
 # with that command's status. See `scripts/vm.sh --help`.
 #
 # Host side: boots the kernel with virtme-ng (qemu, TCG) on a read-only 9p view of the host root.
-# Guest side: the same file, re-invoked inside the VM as `vm.sh --guest ARGV_FILE`, prepares the
-# guest (modules, pseudo filesystems, PATH) and execs the command. One file, so both halves agree.
+# Guest side: the same file, re-invoked inside the VM as `vm.sh --guest SHARE_DIR`, prepares the
+# guest (modules, pseudo filesystems, PATH), runs the command and writes its status to SHARE_DIR, a
+# host temp dir mounted read-write. One file, so both halves agree.
 set -euo pipefail
 
-SELF=$(readlink -f "${BASH_SOURCE[0]}")
-REPO=$(dirname "$(dirname "$SELF")")
+# In the guest every fork+exec costs ~0.1 s (TCG), so the guest path avoids external commands where
+# a builtin does: the host hands over an absolute, resolved path, so no readlink/dirname there.
+if [ "${1:-}" = --guest ]; then SELF=${BASH_SOURCE[0]}; else SELF=$(readlink -f "${BASH_SOURCE[0]}"); fi
+REPO=${SELF%/*/*}
 # shellcheck source=config.sh
 . "$REPO/scripts/config.sh"
 
@@ -29,8 +32,8 @@ Guest: the host's root filesystem, read-only over 9p, with throwaway overlays on
 /tmp /home /opt /srv (and the repo); PATH starts with $VENV/bin; modules
 ($VM_MODULES) loaded; debugfs, tracefs, bpffs, cgroup2 mounted. stdin is empty.
 The host environment is not passed in: use \`env VAR=value CMD\`.
-Exit status: CMD's; 124 timeout; 125 vm.sh itself failed; 255 the VM ended without a status
-(guest kernel panic or init failure: rerun with --verbose).
+Exit status: CMD's (127 not found, 126 not executable); 124 timeout; 125 vm.sh or the VM
+failed before CMD finished (boot failure, guest kernel panic: rerun with --verbose).
 EOF
 }
 
@@ -39,22 +42,29 @@ EOF
 # ---------------------------------------------------------------------------------------------
 gwarn() { printf 'vm.sh (guest): warning: %s\n' "$*" >&2; }
 
-# Filesystem type mounted at $1 (last mount wins), or nothing.
-fstype_at() { awk -v m="$1" '$2 == m { t = $3 } END { print t }' /proc/self/mounts; }
-
-ensure_mount() {  # TYPE DIR
-    [ "$(fstype_at "$2")" = "$1" ] && return 0
+ensure_mount() {  # TYPE DIR: mount TYPE on DIR unless the last mount on DIR already is one
+    local dev mnt type rest found=
+    while read -r dev mnt type rest; do
+        [ "$mnt" != "$2" ] || found=$type
+    done < /proc/self/mounts
+    [ "$found" != "$1" ] || return 0
     mkdir -p "$2" 2>/dev/null || true
     mount -t "$1" "$1" "$2" || gwarn "cannot mount $1 on $2"
 }
 
 guest_main() {
-    local argv_file=$1 m
+    local share=$1 m rc
     local -a argv
+    # Tells the host the VM got as far as this script (see the end of the host side).
+    : > "$share/started"
     # The argv travels as a NUL-separated file, not as shell text: the --exec string is run by the
     # guest's /bin/sh (dash), which cannot parse bash's printf %q output ($'...') for arguments with
     # control characters, and the kernel command line that carries it is limited to 2 KiB.
-    mapfile -d '' -t argv < "$argv_file"
+    mapfile -d '' -t argv < "$share/argv" && [ ${#argv[@]} -gt 0 ] || {
+        printf 'vm.sh (guest): error: cannot read the command from %s\n' "$share/argv" >&2
+        printf '125\n' > "$share/status"
+        exit 125
+    }
 
     export PATH="$VENV/bin:$PATH"
 
@@ -62,24 +72,38 @@ guest_main() {
     # a missing one a clear warning instead of an odd test failure later. modprobe succeeds for a
     # built-in module, so no special case is needed; it comes from the host's kmod package.
     if command -v modprobe >/dev/null; then
-        for m in $VM_MODULES; do
-            modprobe -q "$m" || gwarn "cannot load module $m"
-        done
+        # One modprobe for all (each exec is slow here); name the culprit only when that fails.
+        # shellcheck disable=SC2086  # VM_MODULES is a word list
+        if ! modprobe -q -a $VM_MODULES; then
+            for m in $VM_MODULES; do
+                modprobe -q "$m" || gwarn "cannot load module $m"
+            done
+        fi
     else
         gwarn "no modprobe in the guest (install kmod on the host: scripts/setup.sh)"
     fi
 
-    # virtme-ng-init 1.42 mounts debugfs, tracefs and cgroup2 itself; keep the checks so a vng
-    # upgrade that stops doing it fails loudly here rather than in bcc. bpffs is never mounted by it.
+    # virtme-ng-init 1.42 mounts debugfs, tracefs and cgroup2 itself (bpffs it does not); checked
+    # anyway so a vng upgrade that stops doing it does not break bcc and cgroup tests.
     ensure_mount debugfs /sys/kernel/debug
     ensure_mount tracefs /sys/kernel/tracing
     ensure_mount bpf /sys/fs/bpf
     ensure_mount cgroup2 /sys/fs/cgroup
 
     cd "$REPO"
-    # exec: CMD's status is the script's status, which virtme-ng-init reports back to the host;
-    # a missing command gives 127 and a non-executable one 126, like a shell.
-    exec "${argv[@]}"
+    # Not exec: the status also goes to the share so the host can tell "CMD exited 255" from "the
+    # VM died" (vng reports 255 for both). Missing command: 127, not executable: 126, like a shell.
+    set +e
+    # Paths are left to bash (126 not executable, 127 missing); bare names get a clear message.
+    if [[ ${argv[0]} != */* ]] && ! command -v -- "${argv[0]}" >/dev/null; then
+        printf 'vm.sh (guest): %s: command not found\n' "${argv[0]}" >&2
+        printf '127\n' > "$share/status"
+        exit 127
+    fi
+    "${argv[@]}"
+    rc=$?
+    printf '%s\n' "$rc" > "$share/status"
+    exit "$rc"
 }
 
 if [ "${1:-}" = --guest ]; then
@@ -139,14 +163,19 @@ if grep -q -m1 '\.ko\.xz:' "/lib/modules/$KVER/modules.dep" 2>/dev/null; then
     die "modules of $KVER are still xz-compressed" "run scripts/setup.sh as root"
 fi
 # Two TCG VMs on this machine's 2 cores slow each other down past any sensible timeout.
-if pgrep -x qemu-system-x86_64 >/dev/null 2>&1; then
+# (pgrep matches the 15-character comm, "qemu-system-x86", not the full binary name.)
+if pgrep -x qemu-system-x86 >/dev/null 2>&1; then
     printf 'vm.sh: warning: another qemu is running; with 2 cores both VMs will crawl\n' >&2
 fi
 
 work=$(mktemp -d "${TMPDIR:-/tmp}/vmh-XXXXXX") || die "cannot create a temporary directory"
 trap 'rm -rf "$work"' EXIT
-# Read by the guest through the 9p root (the file exists before boot, so the guest sees it).
-printf '%s\0' "$@" > "$work/argv"
+[[ $work =~ ^[A-Za-z0-9._/+@-]+$ ]] || die "temporary directory '$work' has characters the VM cannot pass" \
+    "set TMPDIR to a plain path"
+# share: mounted read-write in the guest (argv in; started marker and CMD's status out).
+share=$work/share
+mkdir "$share"
+printf '%s\0' "$@" > "$share/argv"
 
 vng_args=(
     --run "$kernel"
@@ -155,7 +184,8 @@ vng_args=(
     --cpus "$VM_CPUS" --memory "$VM_MEMORY"
     --cwd "$REPO"
     --append "modprobe.blacklist=$VM_MODPROBE_BLACKLIST"   # see config.sh: ~7 s less udev settle
-    --exec "exec /bin/bash $(sh_quote "$SELF") --guest $(sh_quote "$work/argv")"
+    --rwdir "$share"
+    --exec "exec /bin/bash $(sh_quote "$SELF") --guest $(sh_quote "$share")"
 )
 if [ "$rw_repo" = 1 ]; then
     vng_args+=(--rwdir "$REPO")          # 9p read-write: guest writes reach the host
@@ -176,7 +206,6 @@ cat "$work/err" >&2 & err_pid=$!
 
 # stdin: vng crashes with stdin closed ('NoneType' object has no attribute 'isatty'), and the
 # guest's stdin is qemu's: keep it empty. `timeout` kills its whole process group (vng, qemu).
-start=$SECONDS
 timeout --kill-after=10 "$timeout_s" "$VENV/bin/vng" "${vng_args[@]}" \
     </dev/null >"$work/out" 2>"$work/err" &
 vm_pid=$!
@@ -200,10 +229,18 @@ wait "$out_pid" "$err_pid" || true
 if [ "$signalled" != 0 ]; then
     exit "$signalled"
 fi
-# 124: timeout sent TERM; 137: it had to follow with KILL. A guest command killed by SIGKILL also
-# reports 137, so only call it a timeout when the deadline has really passed.
-if [ "$rc" = 124 ] || { [ "$rc" = 137 ] && [ $((SECONDS - start)) -ge "$timeout_s" ]; }; then
+# The status written by the guest side is CMD's, whatever vng says (it also returns 124 or 255 when
+# CMD does). Without it, 124/137 is `timeout` (TERM / TERM then KILL) and anything else a VM failure.
+if [ -s "$share/status" ]; then
+    read -r status < "$share/status"
+    exit "$status"
+elif [ "$rc" = 124 ] || [ "$rc" = 137 ]; then
     printf 'vm.sh: error: timed out after %ss: %s\n' "$timeout_s" "$*" >&2
     exit 124
+elif [ -e "$share/started" ]; then
+    die "the VM stopped while the command was running (vng status $rc)" \
+        "a guest kernel panic or power-off? rerun with --verbose to see the guest console"
+else
+    die "the VM never got to run the command (vng status $rc)" \
+        "rerun with --verbose to see qemu and the guest console"
 fi
-exit "$rc"

@@ -1,0 +1,415 @@
+"""`mptcpize-py run --backend seccomp`, natively on this host, seen from outside: SO_PROTOCOL, socket
+flags, the namespace and owner of the sockets, exit statuses, bytes through a two-path connection."""
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from mptcpize_py import errors as _errors
+from mptcpize_py import seccomp as _seccomp
+from tests.conftest import MPTCPIZE, PROGS, PYTHON, is_root
+from tests.host import netlab
+from tests.progs import sockmatrix
+
+SOCKMATRIX = str(PROGS / "sockmatrix.py")
+NOBODY = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+
+try:
+    _seccomp.probe()
+    _UNAVAILABLE = None
+except _errors.MptcpizeError as e:
+    _UNAVAILABLE = e.message
+
+pytestmark = pytest.mark.skipif(_UNAVAILABLE is not None,
+                                reason=f"seccomp backend unavailable here: {_UNAVAILABLE}")
+needs_root = pytest.mark.skipif(not is_root(),
+                                reason="needs root (network namespaces, setpriv, setuid binaries)")
+
+
+def run(*argv, verbose=False, timeout=30, **kw) -> subprocess.CompletedProcess:
+    """CMD under the real CLI with the seccomp backend."""
+    opts = ["-v"] if verbose else []
+    return subprocess.run([MPTCPIZE, "run", *opts, "--backend", "seccomp", *argv],
+                          capture_output=True, text=True, timeout=timeout, **kw)
+
+
+def plain(*argv, timeout=30) -> subprocess.CompletedProcess:
+    return subprocess.run(list(argv), capture_output=True, text=True, timeout=timeout)
+
+
+def reports(stderr: str) -> dict[int, tuple[str, int]]:
+    """-v lines 'pid=P exe=E upgraded=N' -> {P: (E, N)}."""
+    return {int(m[1]): (m[2], int(m[3]))
+            for m in re.finditer(r"pid=(\d+) exe=(\S+) upgraded=(\d+)", stderr)}
+
+
+def not_upgraded(stderr: str) -> dict[str, int]:
+    m = re.search(r"not upgraded: (.*)", stderr)
+    return {k: int(v) for k, v in (kv.split("=") for kv in m[1].split())} if m else {}
+
+
+def matrix(proc: subprocess.CompletedProcess) -> dict:
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+UPGRADABLE = {name: case[3] for name, case in sockmatrix.CASES.items()}
+
+
+def assert_matrix(base: dict, under: dict, upgraded: bool) -> None:
+    """Upgradable cases: 6 -> 262 (or 6 -> 6 when not upgraded), same nonblock/cloexec; every other
+    case exactly as in the plain run."""
+    assert base.keys() == under.keys()
+    for name, want in base.items():
+        got = under[name]
+        if UPGRADABLE[name]:
+            assert want["protocol"] == 6, (name, want)
+            assert got == {**want, "protocol": 262 if upgraded else 6}, name
+        else:
+            assert got == want, name
+
+
+SO_PROTOCOL_PY = textwrap.dedent("""
+    import socket
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    print(s.getsockopt(socket.SOL_SOCKET, socket.SO_PROTOCOL), flush=True)
+""")
+
+
+# --- what gets upgraded ---------------------------------------------------------------------------
+def test_sockmatrix_only_tcp_stream_is_upgraded_with_flags_kept():
+    base = matrix(plain(PYTHON, SOCKMATRIX))
+    r = run(PYTHON, SOCKMATRIX, verbose=True)
+    assert_matrix(base, matrix(r), upgraded=True)
+    (exe, count), = reports(r.stderr).values()
+    assert count == sum(UPGRADABLE.values()) and exe == os.path.realpath(PYTHON)
+
+
+def test_descendant_of_a_shell_is_upgraded():
+    r = run("sh", "-c", f"{PYTHON} -c '{SO_PROTOCOL_PY}'; echo done", verbose=True)
+    assert r.returncode == 0 and r.stdout.split() == ["262", "done"]
+    (exe, count), = reports(r.stderr).values()  # the python process, not sh (which made no socket)
+    assert count == 1 and "python" in exe
+
+
+def test_static_binary_is_upgraded(static_rawsock):
+    for arg in ("4", "6"):
+        assert plain(static_rawsock, arg).stdout.strip() == "6"
+        r = run(static_rawsock, arg)
+        assert (r.returncode, r.stdout.strip()) == (0, "262"), r.stderr
+
+
+def test_unrelated_process_stays_tcp(tmp_path):
+    go = tmp_path / "go"
+    child = subprocess.Popen([MPTCPIZE, "run", "--backend", "seccomp", PYTHON, "-c", textwrap.dedent(f"""
+        import os, socket, time
+        s = socket.socket()
+        print(s.getsockopt(socket.SOL_SOCKET, socket.SO_PROTOCOL), flush=True)
+        while not os.path.exists({str(go)!r}):
+            time.sleep(0.01)
+    """)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout.readline().strip() == "262"  # the run is active now
+        with socket.socket() as mine:
+            assert mine.getsockopt(socket.SOL_SOCKET, socket.SO_PROTOCOL) == 6
+        assert plain(PYTHON, "-c", SO_PROTOCOL_PY).stdout.strip() == "6"
+    finally:
+        go.touch()
+        assert child.wait(10) == 0
+
+
+def test_many_threads_at_once():
+    r = run(PYTHON, "-c", textwrap.dedent("""
+        import socket, threading
+        protos, lock = [], threading.Lock()
+        def work():
+            mine = []
+            for _ in range(200):
+                s = socket.socket()
+                mine.append(s.getsockopt(socket.SOL_SOCKET, socket.SO_PROTOCOL))
+                s.close()
+            with lock:
+                protos.extend(mine)
+        ts = [threading.Thread(target=work) for _ in range(8)]
+        [t.start() for t in ts]
+        [t.join() for t in ts]
+        print(len(protos), sorted(set(protos)))
+    """), verbose=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "1600 [262]"
+    (_exe, count), = reports(r.stderr).values()
+    assert count == 1600
+
+
+# --- network namespaces -------------------------------------------------------------------------
+def _netns(name: str, mptcp_enabled: bool = True):
+    subprocess.run(["ip", "netns", "del", name], capture_output=True)
+    subprocess.run(["ip", "netns", "add", name], check=True)
+    subprocess.run(["ip", "-n", name, "link", "set", "lo", "up"], check=True)
+    if not mptcp_enabled:
+        subprocess.run(["ip", "netns", "exec", name, "sysctl", "-qw", "net.mptcp.enabled=0"], check=True)
+    return name
+
+
+@pytest.fixture
+def netns_mptcp_off():
+    name = _netns("mzs-off", mptcp_enabled=False)
+    yield name
+    subprocess.run(["ip", "netns", "del", name], capture_output=True)
+
+
+@pytest.fixture
+def netns_other():
+    name = _netns("mzs-other")
+    subprocess.run(["ip", "-n", name, "addr", "add", "10.231.99.1/32", "dev", "lo"], check=True)
+    yield name
+    subprocess.run(["ip", "netns", "del", name], capture_output=True)
+
+
+@needs_root
+def test_mptcp_disabled_netns_keeps_working_tcp(netns_mptcp_off):
+    ns = ["ip", "netns", "exec", netns_mptcp_off]
+    base = matrix(plain(*ns, PYTHON, SOCKMATRIX))
+    r = run(*ns, PYTHON, SOCKMATRIX)
+    assert r.stderr == ""
+    assert_matrix(base, matrix(r), upgraded=False)
+    r = run(*ns, PYTHON, SOCKMATRIX, verbose=True)
+    assert not_upgraded(r.stderr) == {"mptcp_disabled": sum(UPGRADABLE.values())}
+
+
+@needs_root
+def test_socket_is_made_in_the_netns_the_caller_entered(netns_other):
+    # The child enters the netns itself, after start: the socket must be created there, where
+    # 10.231.99.1 exists, and SIOCGSKNS must name that netns.
+    r = run(PYTHON, "-c", textwrap.dedent(f"""
+        import ctypes, fcntl, os, socket
+        libc = ctypes.CDLL(None, use_errno=True)
+        fd = os.open("/run/netns/{netns_other}", os.O_RDONLY)
+        assert libc.setns(fd, 0x40000000) == 0, ctypes.get_errno()
+        s = socket.socket()
+        s.bind(("10.231.99.1", 0))
+        sk_ns = fcntl.ioctl(s.fileno(), 0x894C)  # SIOCGSKNS: an fd of the socket's netns
+        print(s.getsockopt(socket.SOL_SOCKET, socket.SO_PROTOCOL), os.fstat(sk_ns).st_ino)
+    """))
+    assert r.returncode == 0, r.stderr
+    proto, ino = map(int, r.stdout.split())
+    assert proto == 262 and ino == os.stat(f"/run/netns/{netns_other}").st_ino
+
+
+# --- exit status and signals --------------------------------------------------------------------
+def test_exit_status_is_kept():
+    assert run("sh", "-c", "exit 7").returncode == 7
+    assert run("sh", "-c", "kill -TERM $$").returncode == 128 + signal.SIGTERM
+
+
+def test_sigterm_is_forwarded(tmp_path):
+    ready, got = tmp_path / "ready", tmp_path / "got"
+    proc = subprocess.Popen([MPTCPIZE, "run", "--backend", "seccomp", PYTHON, "-c", textwrap.dedent(f"""
+        import signal, socket, sys, time
+        def bye(*_):
+            open({str(got)!r}, "w").write("TERM")
+            sys.exit(42)
+        signal.signal(signal.SIGTERM, bye)
+        socket.socket()
+        open({str(ready)!r}, "w").close()
+        time.sleep(30)
+    """)])
+    try:
+        deadline = time.monotonic() + 10
+        while not ready.exists():
+            assert time.monotonic() < deadline and proc.poll() is None
+            time.sleep(0.01)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(10) == 42
+        assert got.read_text() == "TERM"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+# --- children that do unusual things ------------------------------------------------------------
+def test_child_with_its_own_seccomp_filter():
+    # Its filter refuses AF_INET6 sockets with EACCES, allows the rest. Both filters apply: ERRNO
+    # outranks USER_NOTIF, so its refusal stands, and AF_INET still comes out MPTCP.
+    r = run(PYTHON, "-c", textwrap.dedent("""
+        import ctypes, errno, socket, struct
+        libc = ctypes.CDLL(None, use_errno=True)
+        ld, jeq, ret = 0x20, 0x15, 0x06
+        insns = [(ld, 0, 0, 0), (jeq, 0, 3, 41), (ld, 0, 0, 16), (jeq, 0, 1, 10),
+                 (ret, 0, 0, 0x00050000 | errno.EACCES), (ret, 0, 0, 0x7FFF0000)]
+        code = b"".join(struct.pack("<HBBI", c, jt, jf, k) for c, jt, jf, k in insns)
+        buf = ctypes.create_string_buffer(code, len(code))
+        prog = struct.pack("<H6xQ", len(insns), ctypes.addressof(buf))
+        assert libc.prctl(38, 1, 0, 0, 0) == 0
+        assert libc.syscall(317, 1, 0, ctypes.c_char_p(prog)) == 0, ctypes.get_errno()
+        try:
+            socket.socket(socket.AF_INET6)
+            print("inet6-created")
+        except PermissionError:
+            print("inet6-EACCES")
+        s = socket.socket(socket.AF_INET)
+        print(s.getsockopt(socket.SOL_SOCKET, socket.SO_PROTOCOL))
+    """))
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["inet6-EACCES", "262"]
+
+
+def test_child_that_closes_all_its_fds(tmp_path):
+    out = tmp_path / "out"
+    r = run(PYTHON, "-c", textwrap.dedent(f"""
+        import os, socket
+        os.closerange(0, 1 << 20)  # close_range(2) in CPython: stdio and anything inherited
+        s = socket.socket()
+        with open({str(out)!r}, "w") as f:
+            f.write(str(s.getsockopt(socket.SOL_SOCKET, socket.SO_PROTOCOL)))
+    """))
+    assert r.returncode == 0
+    assert out.read_text() == "262"
+
+
+@needs_root
+def test_socket_carries_the_callers_uid_not_ours():
+    # Made by a root supervisor for a nobody caller: the socket's owner (sk_uid, the inode's uid, what
+    # `-m owner`/uid routing/ss see) must be nobody's, as if nobody had made it.
+    prog = textwrap.dedent("""
+        import os, socket
+        s = socket.socket()
+        st = os.fstat(s.fileno())
+        print(s.getsockopt(socket.SOL_SOCKET, socket.SO_PROTOCOL), st.st_uid, st.st_gid)
+    """)
+    base = plain(*NOBODY, PYTHON, "-c", prog).stdout.split()
+    r = run(*NOBODY, PYTHON, "-c", prog)
+    assert base == ["6", "65534", "65534"]
+    assert r.stdout.split() == ["262", "65534", "65534"], r.stderr
+
+
+@needs_root
+def test_child_in_another_cgroup_stays_tcp():
+    cg2 = next((line.split()[1] for line in open("/proc/self/mounts")
+                if line.split()[2] == "cgroup2"), None)
+    if cg2 is None or not os.access(cg2, os.W_OK):
+        pytest.skip("no writable cgroup2 hierarchy")
+    group = Path(cg2) / f"mzs-test-{os.getpid()}"
+    group.mkdir()
+    try:
+        # Moved elsewhere, its sockets would be charged and filtered (cgroup BPF) as the
+        # supervisor's: it keeps plain TCP instead.
+        r = run("sh", "-c", f"echo $$ > {group}/cgroup.procs && exec {PYTHON} -c '{SO_PROTOCOL_PY}'",
+                verbose=True)
+        assert r.returncode == 0 and r.stdout.strip() == "6", r.stderr
+        assert not_upgraded(r.stderr) == {"other_cgroup": 1}
+    finally:
+        group.rmdir()
+
+
+SUID_C = r"""
+#include <stdio.h>
+#include <unistd.h>
+int main(void) { printf("%d %d\n", (int)getuid(), (int)geteuid()); return 0; }
+"""
+
+
+@pytest.fixture
+def setuid_binary(tmp_path):
+    """A setuid-root program printing 'ruid euid', in a directory nobody can reach."""
+    src, exe = tmp_path / "suid.c", tmp_path / "suid"
+    src.write_text(SUID_C)
+    subprocess.run(["gcc", "-O2", "-o", str(exe), str(src)], check=True)
+    os.chown(exe, 0, 0)
+    os.chmod(exe, 0o4755)
+    # pytest's tmp dirs are private (0700): let nobody traverse them for this test only.
+    changed = []
+    for d in [tmp_path, *tmp_path.parents]:
+        if d == Path("/tmp") or d == Path("/"):
+            break
+        mode = d.stat().st_mode & 0o7777
+        if mode & 0o001 == 0:
+            os.chmod(d, mode | 0o001)
+            changed.append((d, mode))
+    yield str(exe)
+    for d, mode in changed:
+        os.chmod(d, mode)
+
+
+@needs_root
+def test_setuid_program_keeps_its_privilege_under_a_root_run(setuid_binary):
+    # As root the filter is installed without no_new_privs: a descendant that dropped to nobody still
+    # gets euid 0 from a setuid-root program, exactly as without mptcpize-py.
+    assert plain(*NOBODY, setuid_binary).stdout.split() == ["65534", "0"]
+    r = run(*NOBODY, setuid_binary)
+    assert (r.returncode, r.stdout.split()) == (0, ["65534", "0"]), r.stderr
+
+
+@needs_root
+def test_unprivileged_run_setuid_program_runs_unprivileged_and_is_named(setuid_binary):
+    # Without CAP_SYS_ADMIN, no_new_privs is mandatory: the program runs (no hang, no error of ours)
+    # without its setuid privilege, and the run says so. Sockets are still upgraded.
+    r = subprocess.run([*NOBODY, MPTCPIZE, "run", "--backend", "seccomp", "sh", "-c",
+                        f"{setuid_binary}; {PYTHON} -c '{SO_PROTOCOL_PY}'"],
+                       capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["65534", "65534", "262"]
+    assert setuid_binary in r.stderr and "setuid" in r.stderr
+
+
+# --- the tree outlives CMD ------------------------------------------------------------------------
+def test_descendants_outliving_cmd_keep_working(tmp_path):
+    # CMD exits at once, leaving a background child that makes a socket later. Had the listener been
+    # closed, that socket() would fail with ENOSYS: a detached supervisor keeps answering instead,
+    # and goes away with the last descendant.
+    out = tmp_path / "out"
+    t0 = time.monotonic()
+    r = run("sh", "-c", f"(sleep 0.5; {PYTHON} -c '{SO_PROTOCOL_PY}' > {out} 2>&1) &")
+    assert r.returncode == 0 and time.monotonic() - t0 < 5
+    deadline = time.monotonic() + 10
+    while not (out.exists() and out.read_text()):
+        assert time.monotonic() < deadline, "background child never wrote"
+        time.sleep(0.05)
+    time.sleep(0.1)
+    assert out.read_text().strip() == "262"
+    deadline = time.monotonic() + 5
+    while _detached_supervisors():
+        assert time.monotonic() < deadline, "detached supervisor outlived the tree"
+        time.sleep(0.05)
+
+
+def _detached_supervisors() -> list[int]:
+    pids = []
+    for d in Path("/proc").iterdir():
+        try:
+            if d.name.isdigit() and (d / "comm").read_bytes().strip() == b"mptcpize-seccom":
+                pids.append(int(d.name))
+        except OSError:
+            pass
+    return pids
+
+
+# --- a real two-path connection ----------------------------------------------------------------
+@pytest.fixture
+def lab():
+    lab = netlab.TwoPathLab("mzs")
+    lab.setup()
+    yield lab
+    lab.teardown()
+
+
+@needs_root
+def test_two_path_transfer(lab):
+    res = lab.transfer([MPTCPIZE, "run", "--backend", "seccomp"], python=PYTHON)
+    assert res.server_status == 0 and res.client_status == 0, (res.server_stderr, res.client_stderr)
+    assert res.client["protocol"] == 262 and res.server["protocol"] == 262
+    info = res.client["mptcp_info"]
+    assert info is not None and not info["fallback"], info
+    assert info["subflows"] >= 1, info
+    assert res.client_counters["MPTcpExtMPJoinSynAckRx"] > 0
+    assert res.server_counters["MPTcpExtMPJoinAckRx"] > 0
+    assert res.server["bytes"] == res.client["bytes"] == 8 << 20
+    assert res.server["sha256"] == res.client["sha256"]
