@@ -4,13 +4,17 @@ VENV ?= /opt/mptcpize-py/venv
 PY := $(VENV)/bin/python
 PYTEST := $(PY) -m pytest -q -p no:cacheprovider
 
-.PHONY: setup demo test test-native test-vm bench
+.PHONY: setup demo demo-vm test test-native test-vm bench
 
 setup:
 	bash scripts/setup.sh
 
 demo: setup
 	bash scripts/demo.sh
+
+# The same demo inside the 6.12 VM, where the BPF backend works.
+demo-vm: setup
+	bash scripts/demo.sh --vm
 
 # Unit tests (no root needed), host tests (root, this kernel), then the VM tier on the 6.12 kernel,
 # where "BPF unusable" fails instead of skipping.
@@ -20,7 +24,7 @@ test-native:
 	$(PYTEST) tests/unit tests/host
 
 test-vm:
-	bash scripts/vm.sh --timeout 1500 -- env MPTCPIZE_REQUIRE_BPF=1 $(PYTEST) tests/vm
+	bash scripts/vm.sh --timeout 1500 -- env MPTCPIZE_REQUIRE_BPF=1 $(PYTEST) tests/vm tests/host/test_seccomp.py
 
 bench: setup
 	$(PY) bench/socket_cost.py

@@ -2,7 +2,9 @@
 # `make demo`: two network namespaces joined by two 20 Mbit/s paths; iperf3 plain TCP, then the same
 # unmodified iperf3 (server and client) under `mptcpize-py run`. Prints both throughputs, the ratio
 # and the evidence that the second path carried a subflow (MP_JOIN counters, MPTCP endpoints).
-# Runs here when `mptcpize-py check` says run can upgrade sockets, otherwise inside the 6.12 VM.
+# Runs here when `mptcpize-py check` says run can upgrade sockets (BPF, else seccomp), otherwise
+# inside the 6.12 VM; `demo.sh --vm` always uses the VM (the BPF backend on a kernel with the hook).
+# DEMO_BACKEND=auto|bpf|seccomp picks run's backend.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/config.sh
@@ -12,13 +14,16 @@ RATE=${DEMO_RATE:-20mbit}
 SECS=${DEMO_SECONDS:-8}
 CLI=mzd-cli SRV=mzd-srv
 
-if [ "${1:-}" != --here ]; then
-    if mptcpize-py check >/dev/null 2>&1; then
-        exec bash scripts/demo.sh --here
-    fi
-    echo "demo: this kernel cannot run the BPF hook (see 'mptcpize-py check'): running in the 6.12 VM" >&2
-    exec bash scripts/vm.sh --timeout 900 -- bash scripts/demo.sh --here
-fi
+BACKEND=${DEMO_BACKEND:-auto}
+case ${1:-} in
+    --here) ;;
+    --vm) exec bash scripts/vm.sh --timeout 900 -- env DEMO_BACKEND="$BACKEND" bash scripts/demo.sh --here ;;
+    *)  if mptcpize-py check >/dev/null 2>&1; then
+            exec bash scripts/demo.sh --here
+        fi
+        echo "demo: no backend can upgrade sockets on this kernel (see 'mptcpize-py check'): running in the 6.12 VM" >&2
+        exec bash scripts/vm.sh --timeout 900 -- env DEMO_BACKEND="$BACKEND" bash scripts/demo.sh --here ;;
+esac
 
 cleanup() { ip netns del "$CLI" 2>/dev/null || true; ip netns del "$SRV" 2>/dev/null || true; }
 trap cleanup EXIT
@@ -44,7 +49,7 @@ ip -n "$CLI" mptcp endpoint add 10.200.2.1 dev c2 subflow
 
 wait_listening() {  # wait (bounded) until something listens on 5201 in $SRV
     for _ in $(seq 600); do
-        ip netns exec "$SRV" ss -Hln 'sport = :5201' | grep -q . && return 0
+        ip netns exec "$SRV" ss -Hltn 'sport = :5201' 2>/dev/null | grep -q . && return 0
         sleep 0.2
     done
     echo "demo: iperf3 server did not start" >&2
@@ -52,7 +57,7 @@ wait_listening() {  # wait (bounded) until something listens on 5201 in $SRV
 }
 
 mbits() {  # iperf3 -J output on stdin -> received Mbit/s
-    "$VENV/bin/python" -c 'import json,sys; print(f"{json.load(sys.stdin)["end"]["sum_received"]["bits_per_second"]/1e6:.1f}")'
+    "$VENV/bin/python" -c 'import json,sys; print(round(json.load(sys.stdin)["end"]["sum_received"]["bits_per_second"] / 1e6, 1))'
 }
 
 echo "== plain TCP: iperf3 over path 1 ($RATE), ${SECS}s"
@@ -62,12 +67,12 @@ plain=$(ip netns exec "$CLI" iperf3 -c 10.200.1.2 -t "$SECS" -J | mbits)
 wait
 echo "   $plain Mbit/s"
 
-echo "== MPTCP: the same iperf3 under 'mptcpize-py run' (server and client)"
+echo "== MPTCP: the same iperf3 under 'mptcpize-py run --backend $BACKEND' (server and client)"
 ip netns exec "$CLI" nstat -n >/dev/null
 ip netns exec "$SRV" nstat -n >/dev/null
-ip netns exec "$SRV" mptcpize-py run -v iperf3 -s -1 >/dev/null 2>"/tmp/mzd-server.log" &
+ip netns exec "$SRV" mptcpize-py run -v --backend "$BACKEND" iperf3 -s -1 >/dev/null 2>"/tmp/mzd-server.log" &
 wait_listening
-mptcp=$(ip netns exec "$CLI" mptcpize-py run -v iperf3 -c 10.200.1.2 -t "$SECS" -J 2>/tmp/mzd-client.log | mbits)
+mptcp=$(ip netns exec "$CLI" mptcpize-py run -v --backend "$BACKEND" iperf3 -c 10.200.1.2 -t "$SECS" -J 2>/tmp/mzd-client.log | mbits)
 wait
 echo "   $mptcp Mbit/s"
 sed 's/^/   client: /' /tmp/mzd-client.log

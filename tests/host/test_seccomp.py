@@ -16,7 +16,7 @@ import pytest
 from mptcpize_py import errors as _errors
 from mptcpize_py import seccomp as _seccomp
 from tests.conftest import MPTCPIZE, PROGS, PYTHON, is_root
-from tests.host import netlab
+from tests import netlab
 from tests.progs import sockmatrix
 
 SOCKMATRIX = str(PROGS / "sockmatrix.py")

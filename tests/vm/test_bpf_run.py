@@ -145,3 +145,23 @@ def test_mptcp_disabled_netns_gets_working_tcp(bpf_backend, netns_pair, tmp_path
     assert sockmatrix.mismatches(baseline_on, on) == []
     # Every upgradable socket() of the disabled namespace was seen and deliberately left alone.
     assert f"mptcp_disabled={UPGRADABLE}" in proc.stderr, proc.stderr
+
+
+def test_two_path_transfer_uses_both_paths(bpf_backend):
+    from tests import netlab
+    lab = netlab.TwoPathLab("mzv")
+    lab.setup()
+    try:
+        # Each `run` compiles the program (~30 s under TCG): generous, bounded timeouts.
+        res = lab.transfer([MPTCPIZE, "run", "--backend", "bpf"], python=PYTHON, timeout=400)
+    finally:
+        lab.teardown()
+    assert res.server_status == 0 and res.client_status == 0, (res.server_stderr, res.client_stderr)
+    assert res.client["protocol"] == 262 and res.server["protocol"] == 262
+    info = res.client["mptcp_info"]
+    assert info is not None and not info["fallback"], info
+    assert info["subflows"] >= 1, info
+    assert res.client_counters["MPTcpExtMPJoinSynAckRx"] > 0
+    assert res.server_counters["MPTcpExtMPJoinAckRx"] > 0
+    assert res.server["bytes"] == res.client["bytes"] == 8 << 20
+    assert res.server["sha256"] == res.client["sha256"]

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 HERE = Path(__file__).resolve()
-REPO = HERE.parents[2]
+REPO = HERE.parents[1]
 
 
 def _ip(*args: str, check: bool = True) -> subprocess.CompletedProcess:
