@@ -13,6 +13,7 @@
 #include <linux/nsproxy.h>
 #include <linux/fs.h>
 #include <linux/mm_types.h>
+#include <linux/binfmts.h>
 #include <net/net_namespace.h>
 #include <net/netns/generic.h>
 #include "mptcpize.h"
@@ -29,6 +30,7 @@ BPF_HASH(exe_rules, struct mptcpize_exe_key, struct mptcpize_rule, MPTCPIZE_MAX_
 BPF_HASH(cgroup_rules, u64, struct mptcpize_rule, MPTCPIZE_MAX_CGROUP_RULES);
 BPF_HASH(netns_allow, u32, u8, MPTCPIZE_MAX_NETNS);
 BPF_TABLE("lru_hash", u32, struct mptcpize_proc_stats, proc_stats, MPTCPIZE_MAX_PROCS);
+BPF_TABLE("lru_hash", u32, struct mptcpize_exe_name, exe_names, MPTCPIZE_MAX_PROCS);
 BPF_PERCPU_ARRAY(counters, u64, MPTCPIZE_CNT_MAX);
 BPF_RINGBUF_OUTPUT(events, MPTCPIZE_RINGBUF_PAGES);
 
@@ -235,6 +237,23 @@ RAW_TRACEPOINT_PROBE(sched_process_fork)
 	struct mptcpize_run_entry entry = *run;
 	if (run_tgids.update(&key, &entry) != 0)
 		count(MPTCPIZE_CNT_RUN_TABLE_FULL);
+	return 0;
+}
+
+/* Remember what a run-tree process executes: short-lived ones are gone before userspace can look. */
+RAW_TRACEPOINT_PROBE(sched_process_exec)
+{
+	u32 tgid = bpf_get_current_pid_tgid() >> 32;
+	struct linux_binprm *bprm = (struct linux_binprm *)ctx->args[2];
+	const char *filename = NULL;
+	struct mptcpize_exe_name name = {};
+
+	if (!run_tgids.lookup(&tgid))
+		return 0;
+	bpf_probe_read_kernel(&filename, sizeof(filename), &bprm->filename);
+	if (!filename || bpf_probe_read_kernel_str(name.path, sizeof(name.path), filename) <= 0)
+		return 0;
+	exe_names.update(&tgid, &name);
 	return 0;
 }
 

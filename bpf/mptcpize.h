@@ -16,6 +16,8 @@
 #define MPTCPIZE_MAX_NETNS 1024
 #define MPTCPIZE_MAX_PROCS 16384
 #define MPTCPIZE_RINGBUF_PAGES 64
+/* Bytes of an executed file name kept for reports (exe_names map). */
+#define MPTCPIZE_EXE_NAME_LEN 256
 /* Deepest cgroup level looked at for cgroup rules (the root is level 0). */
 #define MPTCPIZE_CGROUP_MAX_DEPTH 16
 
@@ -73,6 +75,12 @@ struct mptcpize_proc_stats {
 	u64 upgraded;
 	u32 rule_id;
 	u32 kind;
+};
+
+/* The file name a run-tree process last exec'd (bprm->filename), for reports about processes that
+ * exited before userspace could read /proc/PID/exe. */
+struct mptcpize_exe_name {
+	char path[MPTCPIZE_EXE_NAME_LEN];
 };
 
 /* One per upgraded socket. */

@@ -141,6 +141,14 @@ class Rewriter:
         return [ProcStats(k.value, v.upgraded, abi.KIND_NAMES.get(v.kind, "?"), v.rule_id)
                 for k, v in self._b["proc_stats"].items()]
 
+    def exe_name(self, tgid: int) -> str | None:
+        """The file a run-tree process last exec'd, as the kernel saw it (None if unknown)."""
+        t = self._b["exe_names"]
+        try:
+            return t[t.Key(tgid)].path.decode(errors="replace") or None
+        except KeyError:
+            return None
+
     def open_events(self, callback) -> None:
         """callback(UpgradeEvent) for every upgrade; call poll_events() to have them delivered."""
         table = self._b["events"]

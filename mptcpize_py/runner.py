@@ -114,7 +114,8 @@ class BpfRunBackend:
 
         from .bpf import Rewriter
         self._rewriter = Rewriter(all_netns=True)
-        self._exe: dict[int, str] = {}
+        self._exe: dict[int, str | None] = {}
+        self._comm: dict[int, str] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._poll, name="mptcpize-events", daemon=True)
         self._rewriter.open_events(self._on_event)
@@ -127,12 +128,18 @@ class BpfRunBackend:
         self._thread.start()
 
     def _on_event(self, ev) -> None:
-        # Name the executable at the first upgrade, while the process most likely still exists.
+        # Name the executable at the first upgrade, while the process most likely still exists;
+        # finish() falls back to what the kernel saw at exec, then to the command name.
         if ev.tgid not in self._exe:
             try:
                 self._exe[ev.tgid] = os.readlink(f"/proc/{ev.tgid}/exe")
             except OSError:
-                self._exe[ev.tgid] = f"[{ev.comm}]"
+                self._exe[ev.tgid] = None
+                self._comm[ev.tgid] = ev.comm
+
+    def _exe_of(self, tgid: int) -> str:
+        return (self._exe.get(tgid) or self._rewriter.exe_name(tgid)
+                or f"[{self._comm.get(tgid, '?')}]")
 
     def _poll(self) -> None:
         while not self._stop.is_set():
@@ -143,7 +150,7 @@ class BpfRunBackend:
         if self._thread.is_alive():
             self._thread.join()
         self._rewriter.drain_events()
-        return sorted((ProcessReport(s.tgid, self._exe.get(s.tgid, "?"), s.upgraded)
+        return sorted((ProcessReport(s.tgid, self._exe_of(s.tgid), s.upgraded)
                        for s in self._rewriter.proc_stats()), key=lambda r: r.pid)
 
     def counters(self) -> dict[str, int]:

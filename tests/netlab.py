@@ -100,7 +100,8 @@ class TwoPathLab:
         `MPTCPIZE... ip netns exec NS python netlab.py ROLE`, and returns both sides' reports.
         `mptcpize` is the wrapper prefix, e.g. [cli, "run", "--backend", "bpf"]; [] runs plain."""
         server = subprocess.Popen(
-            [*mptcpize, "ip", "netns", "exec", self.srv, python, str(HERE), "server", str(port)],
+            [*mptcpize, "ip", "netns", "exec", self.srv, python, str(HERE), "server", str(port),
+             str(timeout)],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         try:
             ready = server.stdout.readline()  # "listening" once bound, or EOF if it failed
@@ -131,13 +132,13 @@ def _last_json(text: str) -> dict:
 
 
 # --- the programs (run inside the namespaces, under the wrapper) --------------------------------------
-def _serve(port: int) -> None:
+def _serve(port: int, accept_timeout: float) -> None:
     ls = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     ls.bind(("0.0.0.0", port))
     ls.listen(1)
     print("listening", flush=True)
-    ls.settimeout(30)
+    ls.settimeout(accept_timeout)  # the client's wrapper may take a while to start (bcc compiles)
     conn, _ = ls.accept()
     conn.settimeout(30)
     h, n = hashlib.sha256(), 0
@@ -193,8 +194,8 @@ def _client(host: str, port: int, size: int) -> None:
 if __name__ == "__main__":
     role = sys.argv[1]
     if role == "server":
-        _serve(int(sys.argv[2]))
+        _serve(int(sys.argv[2]), float(sys.argv[3]))
     elif role == "client":
         _client(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]))
     else:
-        sys.exit(f"usage: {sys.argv[0]} server PORT | client HOST PORT SIZE")
+        sys.exit(f"usage: {sys.argv[0]} server PORT ACCEPT_TIMEOUT | client HOST PORT SIZE")
