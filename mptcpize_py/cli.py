@@ -124,14 +124,14 @@ def _setup_logging(debug: bool) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    debug = "--debug" in argv
+    # Global options come first; after "run" everything belongs to run or to CMD.
+    i = 0
+    while i < len(argv) and argv[i] == "--debug":
+        i += 1
+    debug = i > 0
     _setup_logging(debug)
     try:
         parser = _build_parser()
-        # Global options, then "run" and its own tokens (see parse_run_args).
-        i = 0
-        while i < len(argv) and argv[i] == "--debug":
-            i += 1
         if i < len(argv) and argv[i] == "run":
             args = parse_run_args(argv[i + 1:])
             if args.help:

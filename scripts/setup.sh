@@ -58,7 +58,11 @@ if [ ! -x "$VENV/bin/pip" ]; then
     log "creating venv $VENV"
     /usr/bin/python3 -m venv --clear --system-site-packages "$VENV"
 fi
-if ! "$VENV/bin/python" -c 'import mptcpize_py, pyroute2, psutil, pytest, virtme_ng' 2>/dev/null; then
+# The venv must run THIS checkout (an editable install of another clone would test other code).
+here=$(pwd -P)/mptcpize_py/__init__.py
+installed=$(cd / && "$VENV/bin/python" -c 'import mptcpize_py, pyroute2, psutil, pytest, virtme_ng, os
+print(os.path.realpath(mptcpize_py.__file__))' 2>/dev/null || true)
+if [ "$installed" != "$here" ]; then
     log "pip install"
     "$VENV/bin/pip" install -q --disable-pip-version-check -e '.[test]' "virtme-ng==$VNG_VERSION"
 fi
