@@ -185,15 +185,16 @@ def _read_policy_file(dfd: int, name: str, label: str, owner_uid: int) -> str:
         st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
     except OSError as e:
         raise _FileRefused(f"{label}: cannot stat: {e.strerror}") from None
+    symlink = _FileRefused(f"{label}: refused: a symbolic link (copy the file into the directory instead)")
     if stat.S_ISLNK(st.st_mode):
-        raise _FileRefused(f"{label}: refused: a symbolic link (copy the file into the directory instead)")
+        raise symlink
     if not stat.S_ISREG(st.st_mode):
         raise _FileRefused(f"{label}: refused: not a regular file")
     try:
         fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dfd)
     except OSError as e:
         if e.errno == errno.ELOOP:
-            raise _FileRefused(f"{label}: refused: a symbolic link (copy the file into the directory instead)") from None
+            raise symlink from None
         raise _FileRefused(f"{label}: cannot open: {e.strerror}") from None
     try:
         st = os.fstat(fd)
