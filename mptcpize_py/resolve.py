@@ -1,0 +1,596 @@
+"""Policy -> the integer keys the kernel program matches: exe identities, cgroup ids, netns inums.
+
+The kernel side (bpf/mptcpize.bpf.c) sees only numbers. This module turns a validated Policy into them,
+and says per rule what could not be resolved, as `file:line: reason` lines like policy errors. Nothing
+here raises for a single rule: the daemon decides what is fatal (e.g. at start) and what is a warning
+(e.g. on reload), so resolve_policy() always returns a complete Resolved.
+
+What each key is, and why (each one checked against what a BPF program reads, tests/host/test_resolve.py):
+
+- exe rule -> (dev, ino) of `mm->exe_file->f_inode`: `i_sb->s_dev` (the kernel's dev_t, MKDEV =
+  major << 20 | minor) and `i_ino`. The path is opened with O_PATH, following symlinks
+  (/usr/bin/python3 -> /usr/bin/python3.11: the process runs the file the link leads to, and that is
+  what the kernel sees). We do NOT take stat()'s st_dev: filesystems may report another device there
+  than their superblock's. Measured on this host (6.18): an overlayfs whose layers are on different
+  filesystems (lower ext4, upper tmpfs, as in the VM tier's writable /usr) reports st_dev 0:44 for a
+  lower file, while the superblock, and so the kernel key, is 0:42; btrfs reports a per-subvolume
+  st_dev that is not s_dev either. Instead the inode number comes from /proc/self/fdinfo/FD (`ino:`,
+  which is file_inode(file)->i_ino) and the device from the superblock of the fd's mount (`mnt_id:` ->
+  /proc/self/mountinfo `major:minor`, which the kernel prints from sb->s_dev). Both describe exactly the
+  inode that exec() puts into mm->exe_file. Limits: a container's binary on the container's own overlay
+  is a different file (another overlay superblock) from the host path the policy names; a file replaced
+  by a package upgrade is a new inode: the daemon re-resolves when the directory changes.
+- cgroup rule -> the cgroup id, i.e. the inode number of its directory on the cgroup v2 filesystem
+  (since Linux 5.5 a cgroup's id is its kernfs node id, which is its inode number on 64-bit).
+  bpf_get_current_cgroup_id() and bpf_get_current_ancestor_cgroup_id() return the same number for the
+  default (v2) hierarchy, also on hybrid v1/v2 hosts. The cgroup v2 mount is found in mountinfo: it is
+  /sys/fs/cgroup on a unified host but /sys/fs/cgroup/unified on a hybrid one (this host). A cgroup that
+  does not exist yet is not an error but `pending`: a unit may start later. Ids are never reused
+  within a boot, so a unit that restarts gets a new cgroup and a new id: the daemon must watch and
+  re-resolve.
+- unit rule -> a cgroup path by systemd's naming rules (system manager, no Slice= override; the pure
+  functions below follow src/basic/cgroup-util.c and src/core/unit.c), or, when PID 1 is systemd and
+  systemctl exists, by asking it (`systemctl show -p ControlGroup -p Slice UNIT`, argv list, timeout).
+  Only asking finds units with Slice= overrides and units of a manager whose cgroup root is not "/"
+  (systemd in a container); user units (user@UID.service/...) are out of reach of the system policy.
+- netns -> the inode number of the namespace (ns.inum): st_ino of /run/netns/NAME (an nsfs bind mount,
+  as `ip netns add` makes it) and of /proc/self/ns/net for "host". "host" is the daemon's own namespace:
+  under systemd (no PrivateNetwork=) that is PID 1's; we do not read /proc/1/ns/net because that needs
+  ptrace access to PID 1 (CAP_SYS_PTRACE), which the hardened unit should not hold (and which is
+  refused even to root on this host). A named namespace that does not exist (yet) is `pending`.
+
+Policy values are hostile input: exe paths are only opened with O_PATH (no read, no exec) and must be
+regular files; cgroup paths are normalised, joined under the cgroup2 mount and must stay under it after
+realpath() and be directories of that very filesystem; netns names cannot contain '/' (policy.py).
+"""
+
+import os
+import posixpath
+import shutil
+import stat
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable, Mapping
+
+from . import abi
+from .policy import Policy, Rule
+
+PROC_MOUNTINFO = "/proc/self/mountinfo"
+DEFAULT_CGROUP2_MOUNT = "/sys/fs/cgroup"
+NETNS_DIR = "/run/netns"
+HOST_NETNS = "/proc/self/ns/net"
+SYSTEMD_RUNTIME = "/run/systemd/system"   # sd_booted(): PID 1 is systemd when this directory exists
+SYSTEMCTL_TIMEOUT = 2.0
+
+
+@dataclass(frozen=True)
+class ExeKey:
+    """struct mptcpize_exe_key: the kernel's dev_t (MKDEV) and inode number of an executable."""
+    dev: int
+    ino: int
+
+    def __str__(self) -> str:
+        return f"dev {self.dev >> 20}:{self.dev & 0xFFFFF} ino {self.ino}"
+
+
+@dataclass(frozen=True)
+class Pending:
+    """Something a rule names that does not exist yet; the daemon watches `path` and re-resolves."""
+    kind: str              # "cgroup" (cgroup and unit rules) | "netns"
+    rule: Rule | None      # None for a [netns] name
+    path: str              # the filesystem path that will appear: /sys/fs/cgroup/..., /run/netns/NAME
+    message: str           # one line for the log
+
+
+@dataclass(frozen=True)
+class Resolved:
+    exe: Mapping[ExeKey, Rule] = field(default_factory=dict)    # exe_rules map entries
+    cgroups: Mapping[int, Rule] = field(default_factory=dict)   # cgroup_rules map entries
+    netns: frozenset[int] = frozenset()                          # netns_allow entries (unused if all)
+    all_netns: bool = False
+    targets: Mapping[int, str] = field(default_factory=dict)    # rule id -> what it resolved to
+    pending: tuple[Pending, ...] = ()
+    problems: tuple[str, ...] = ()   # `file:line: reason`: rules that resolve to nothing until fixed
+    notes: tuple[str, ...] = ()      # informational: two rules with one key, systemd not asked, ...
+
+    def exe_map(self) -> dict[tuple[int, int], tuple[int, int]]:
+        """{(dev, ino): (rule_id, action)} ready for bpf.py (action: abi.ACTION_ALLOW / ACTION_DENY)."""
+        return {(k.dev, k.ino): (r.id, _action(r)) for k, r in self.exe.items()}
+
+    def cgroup_map(self) -> dict[int, tuple[int, int]]:
+        """{cgroup id: (rule_id, action)} ready for bpf.py."""
+        return {k: (r.id, _action(r)) for k, r in self.cgroups.items()}
+
+    def flags(self) -> int:
+        """mptcpize_config.flags for this selection."""
+        return ((abi.CFG_ALL_NETNS if self.all_netns else 0)
+                | (abi.CFG_HAS_EXE_RULES if self.exe else 0)
+                | (abi.CFG_HAS_CGROUP_RULES if self.cgroups else 0))
+
+
+def _action(rule: Rule) -> int:
+    return abi.ACTION_DENY if rule.action == "deny" else abi.ACTION_ALLOW
+
+
+class ResolveError(ValueError):
+    """Why one selector resolves to nothing: a reason without the selector (the caller prefixes it)."""
+
+
+# ---------------------------------------------------------------------------------------------------
+# mountinfo (pure)
+
+
+@dataclass(frozen=True)
+class Mount:
+    mount_id: int
+    major: int
+    minor: int
+    root: str
+    mount_point: str
+    fstype: str
+
+    @property
+    def kernel_dev(self) -> int:
+        """The superblock's s_dev as the kernel stores it (MKDEV: major << 20 | minor)."""
+        return (self.major << 20) | self.minor
+
+
+def _unescape_mountinfo(s: str) -> str:
+    # The kernel escapes ' ', '\t', '\n' and '\\' in paths as \ooo (fs/proc_namespace.c, mangle()).
+    if "\\" not in s:
+        return s
+    out, i = [], 0
+    while i < len(s):
+        if s[i] == "\\" and i + 4 <= len(s) and s[i + 1:i + 4].isdigit():
+            out.append(chr(int(s[i + 1:i + 4], 8)))
+            i += 4
+        else:
+            out.append(s[i])
+            i += 1
+    return "".join(out)
+
+
+def parse_mountinfo(text: str) -> list[Mount]:
+    """/proc/PID/mountinfo lines -> Mounts (malformed lines are skipped)."""
+    mounts = []
+    for line in text.splitlines():
+        fields = line.split(" ")
+        try:
+            sep = fields.index("-", 6)
+            major, minor = fields[2].split(":")
+            mounts.append(Mount(int(fields[0]), int(major), int(minor), _unescape_mountinfo(fields[3]),
+                                _unescape_mountinfo(fields[4]), fields[sep + 1]))
+        except (ValueError, IndexError):
+            continue
+    return mounts
+
+
+def find_cgroup2_mount(mounts: Iterable[Mount]) -> Mount | None:
+    """The cgroup v2 hierarchy's mount: /sys/fs/cgroup (unified) or /sys/fs/cgroup/unified (hybrid)
+    first, else the first cgroup2 mount. Only mounts of the whole hierarchy (root "/") count: inside
+    a cgroup namespace the mount's root is a subtree and policy paths (which are absolute) would not
+    map onto it."""
+    candidates = [m for m in mounts if m.fstype == "cgroup2" and m.root == "/"]
+    for preferred in (DEFAULT_CGROUP2_MOUNT, DEFAULT_CGROUP2_MOUNT + "/unified"):
+        for m in candidates:
+            if m.mount_point == preferred:
+                return m
+    return candidates[0] if candidates else None
+
+
+def read_mounts() -> list[Mount]:
+    with open(PROC_MOUNTINFO, encoding="utf-8", errors="surrogateescape") as f:
+        return parse_mountinfo(f.read())
+
+
+def cgroup2_mount_point() -> str | None:
+    m = find_cgroup2_mount(read_mounts())
+    return m.mount_point if m else None
+
+
+# ---------------------------------------------------------------------------------------------------
+# Executables
+
+
+def parse_fdinfo(text: str) -> dict[str, str]:
+    """/proc/PID/fdinfo/FD 'key:\\tvalue' lines -> {key: value} (the first lines; later ones are
+    per-file-type extras)."""
+    out = {}
+    for line in text.splitlines():
+        key, sep, value = line.partition(":")
+        if sep:
+            out.setdefault(key.strip(), value.strip())
+    return out
+
+
+def exe_key(path: str, mounts: list[Mount] | None = None) -> tuple[ExeKey, str]:
+    """(the kernel's identity of the file `path` leads to, its real path). Raises ResolveError.
+
+    Opens with O_PATH (following symlinks), so nothing is read or executed; the descriptor pins the
+    inode while we look it up, so the key and the checks describe one and the same file.
+    """
+    try:
+        fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise ResolveError("does not exist") from None
+    except OSError as e:
+        raise ResolveError(f"cannot open: {e.strerror}") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise ResolveError("not a regular file")
+        if not st.st_mode & 0o111:
+            raise ResolveError("not executable (no x permission bit)")
+        real = os.readlink(f"/proc/self/fd/{fd}")
+        try:
+            with open(f"/proc/self/fdinfo/{fd}", encoding="ascii") as f:
+                info = parse_fdinfo(f.read())
+        except OSError:
+            info = {}
+    finally:
+        os.close(fd)
+    ino = int(info["ino"]) if info.get("ino", "").isdigit() else st.st_ino  # "ino:" since Linux 5.14
+    mnt_id = int(info["mnt_id"]) if info.get("mnt_id", "").isdigit() else None
+    if mounts is None:
+        mounts = read_mounts()
+    mount = next((m for m in mounts if m.mount_id == mnt_id), None)
+    if mount is not None:
+        dev = mount.kernel_dev
+    else:  # mountinfo unreadable: st_dev is right for ext4, xfs, tmpfs, same-filesystem overlays
+        dev = (os.major(st.st_dev) << 20) | os.minor(st.st_dev)
+    return ExeKey(dev, ino), real
+
+
+# ---------------------------------------------------------------------------------------------------
+# Cgroups
+
+
+def cgroup_fs_path(mount_point: str, cgroup: str) -> str:
+    """`cgroup` (a cgroup v2 path such as /system.slice/x.service) as a path under `mount_point`.
+
+    Lexical: '.', '..' and repeated '/' are normalised away first, so the result always stays under
+    `mount_point` (the "/.." of a hostile path ends at the root). Raises ResolveError otherwise.
+    """
+    rel = posixpath.normpath("/" + cgroup).lstrip("/")
+    full = posixpath.join(mount_point, rel) if rel else mount_point
+    if posixpath.commonpath([mount_point, full]) != mount_point:
+        raise ResolveError("leads outside the cgroup hierarchy")
+    return full
+
+
+def cgroup_id(mount_point: str, cgroup: str) -> int | None:
+    """The id of cgroup `cgroup` (st_ino of its directory), None when it does not exist (yet).
+
+    Raises ResolveError when the path leaves the cgroup2 filesystem or names a file, not a cgroup.
+    """
+    full = cgroup_fs_path(mount_point, cgroup)
+    real_root = os.path.realpath(mount_point)
+    real = os.path.realpath(full)
+    if real != real_root and not real.startswith(real_root.rstrip("/") + "/"):
+        raise ResolveError(f"leads outside the cgroup hierarchy ({real})")
+    try:
+        root_st = os.stat(real_root)
+    except OSError as e:
+        raise ResolveError(f"cannot stat the cgroup v2 mount {mount_point}: {e.strerror}") from None
+    try:
+        st = os.stat(real, follow_symlinks=False)
+    except FileNotFoundError:
+        return None
+    except NotADirectoryError:
+        raise ResolveError("not a cgroup (a component is a file)") from None
+    except OSError as e:
+        raise ResolveError(f"cannot stat {full}: {e.strerror}") from None
+    if not stat.S_ISDIR(st.st_mode):
+        raise ResolveError(f"not a cgroup ({full} is not a directory)")
+    if st.st_dev != root_st.st_dev:
+        raise ResolveError(f"{full} is not on the cgroup v2 filesystem mounted at {mount_point}")
+    return st.st_ino
+
+
+# ---------------------------------------------------------------------------------------------------
+# systemd unit -> cgroup path (pure). systemd v252 (Debian 12): src/basic/cgroup-util.c cg_escape(),
+# cg_slice_to_path(); src/core/unit.c unit_set_default_slice(), unit_default_cgroup_path();
+# src/basic/unit-name.c unit_name_escape().
+
+# cgroup_controller_table of systemd v252. v256 dropped the cgroup v1 names cpuacct and blkio, so a unit
+# named e.g. "blkio.service" is escaped by v252 and not by v256+: only `systemctl show` knows for sure.
+CGROUP_CONTROLLERS = ("cpu", "cpuacct", "cpuset", "io", "blkio", "memory", "devices", "pids",
+                      "bpf-firewall", "bpf-devices", "bpf-foreign", "bpf-socket-bind",
+                      "bpf-restrict-network-interfaces")
+_UNIT_VALID_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789:-_.\\")
+ROOT_SLICE = "-.slice"
+SYSTEM_SLICE = "system.slice"
+INIT_SCOPE = "init.scope"
+
+
+class UnitNameError(ResolveError):
+    pass
+
+
+def cg_needs_escape(name: str) -> bool:
+    """systemd's cg_needs_escape(): names that could clash with kernel files get a '_' prefix."""
+    if name in ("", ".", "..") or "/" in name or len(name.encode()) > 255:
+        return True
+    if name[0] in "_.":
+        return True
+    if name in ("notify_on_release", "release_agent", "tasks") or name.startswith("cgroup."):
+        return True
+    return any(name.startswith(c + ".") for c in CGROUP_CONTROLLERS)
+
+
+def cg_escape(name: str) -> str:
+    return "_" + name if cg_needs_escape(name) else name
+
+
+def unit_name_escape(s: str) -> str:
+    """systemd's unit_name_escape(): '/' -> '-', a leading '.', '-', '\\' and anything outside the
+    unit name characters -> \\xNN (lower-case hex)."""
+    out = []
+    for i, c in enumerate(s):
+        if c == "/":
+            out.append("-")
+        elif (i == 0 and c == ".") or c in "-\\" or c not in _UNIT_VALID_CHARS:
+            out.extend(f"\\x{b:02x}" for b in c.encode())
+        else:
+            out.append(c)
+    return "".join(out)
+
+
+def _split_unit(unit: str) -> tuple[str, str | None, str]:
+    """'foo@bar.service' -> ('foo', 'bar', 'service'); 'foo.service' -> ('foo', None, 'service')."""
+    dot = unit.rfind(".")
+    if dot <= 0:
+        raise UnitNameError(f"{unit!r} has no unit type suffix")
+    name, suffix = unit[:dot], unit[dot + 1:]
+    prefix, at, instance = name.partition("@")
+    if not prefix:
+        raise UnitNameError(f"{unit!r} is not a valid unit name")
+    return prefix, (instance if at else None), suffix
+
+
+def slice_path(slice_name: str) -> str:
+    """systemd's slice nesting: 'a-b-c.slice' -> '/a.slice/a-b.slice/a-b-c.slice'; '-.slice' -> '/'.
+
+    Every '-' of the name is a level ('\\x2d' is how a literal dash is written); leading, trailing
+    and double dashes, and instance names (foo@bar.slice), are invalid, as in cg_slice_to_path().
+    """
+    if slice_name == ROOT_SLICE:
+        return "/"
+    prefix, instance, suffix = _split_unit(slice_name)
+    if suffix != "slice":
+        raise UnitNameError(f"{slice_name!r} is not a slice")
+    if instance is not None or "@" in slice_name:
+        raise UnitNameError(f"{slice_name!r} is not a valid slice name ('@' is not allowed)")
+    if prefix.startswith("-") or prefix.endswith("-") or "--" in prefix:
+        raise UnitNameError(f"{slice_name!r} is not a valid slice name (leading, trailing or double '-')")
+    parts = prefix.split("-")
+    levels = ["-".join(parts[:i + 1]) + ".slice" for i in range(len(parts))]
+    return "/" + "/".join(cg_escape(level) for level in levels)
+
+
+def default_slice(unit: str) -> str:
+    """The slice systemd (system manager) puts `unit` in when it has no Slice= setting."""
+    prefix, instance, suffix = _split_unit(unit)
+    if suffix == "slice":
+        # A slice's parent follows from its name (slice_build_parent_slice()).
+        dash = prefix.rfind("-")
+        return ROOT_SLICE if dash < 0 else prefix[:dash] + ".slice"
+    if unit == INIT_SCOPE:
+        return ROOT_SLICE
+    if instance is not None:
+        # Instances go to a per-template slice; the prefix's own '-' would nest, so it is escaped.
+        return f"system-{unit_name_escape(prefix)}.slice"
+    return SYSTEM_SLICE
+
+
+def unit_cgroup_path(unit: str, slice_name: str | None = None) -> str:
+    """The cgroup path of `unit` in slice `slice_name` (default: default_slice(unit)), as systemd's
+    unit_default_cgroup_path() builds it for a manager whose cgroup root is '/'."""
+    prefix, _, suffix = _split_unit(unit)
+    if suffix == "slice":
+        return slice_path(unit)
+    parent = slice_path(slice_name or default_slice(unit))
+    return parent.rstrip("/") + "/" + cg_escape(unit)
+
+
+def parse_systemctl_show(text: str) -> dict[str, str]:
+    out = {}
+    for line in text.splitlines():
+        key, sep, value = line.partition("=")
+        if sep:
+            out[key] = value
+    return out
+
+
+def systemd_booted(runtime_dir: str = SYSTEMD_RUNTIME) -> bool:
+    return os.path.isdir(runtime_dir)
+
+
+def ask_systemd(unit: str, systemctl: str = "systemctl", timeout: float = SYSTEMCTL_TIMEOUT) -> str:
+    """The cgroup path systemd gives `unit`: its ControlGroup= while it runs, else its Slice= (known
+    from the unit file even while inactive) joined with the unit's escaped name. Raises UnitNameError
+    with the reason when systemd cannot tell (then the caller falls back to unit_cgroup_path()).
+
+    argv list, never a shell: `unit` has passed policy validation, and "--" ends options anyway.
+    """
+    exe = shutil.which(systemctl) if "/" not in systemctl else systemctl
+    if exe is None:
+        raise UnitNameError("systemctl not found")
+    argv = [exe, "show", "--property=ControlGroup", "--property=Slice", "--", unit]
+    try:
+        proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout,
+                              stdin=subprocess.DEVNULL, env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin",
+                                                             "SYSTEMD_PAGER": "", "LC_ALL": "C"})
+    except subprocess.TimeoutExpired:
+        raise UnitNameError(f"systemctl show {unit} did not answer within {timeout:g} s") from None
+    except OSError as e:
+        raise UnitNameError(f"cannot run {exe}: {e.strerror}") from None
+    if proc.returncode != 0:
+        why = (proc.stderr.strip().splitlines() or [f"exit status {proc.returncode}"])[0]
+        raise UnitNameError(f"systemctl show {unit}: {why}")
+    props = parse_systemctl_show(proc.stdout)
+    cg = props.get("ControlGroup", "")
+    if cg.startswith("/"):
+        return cg
+    slice_name = props.get("Slice", "")
+    if slice_name:
+        return unit_cgroup_path(unit, slice_name)
+    raise UnitNameError(f"systemd reports neither ControlGroup nor Slice for {unit}")
+
+
+# ---------------------------------------------------------------------------------------------------
+# Network namespaces
+
+
+def netns_inum(path: str, nsfs_dev: int | None = None) -> int | None:
+    """The inum of the network namespace bound at `path`; None when there is none (yet): the file
+    is missing, or exists but nothing is mounted on it (`ip netns add` creates, then mounts)."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    if nsfs_dev is None:
+        nsfs_dev = os.stat(HOST_NETNS).st_dev  # every namespace file lives on the one nsfs superblock
+    if st.st_dev != nsfs_dev:
+        return None
+    return st.st_ino
+
+
+# ---------------------------------------------------------------------------------------------------
+# The whole policy
+
+
+SystemdAsker = Callable[[str], str]
+
+
+def resolve_policy(policy: Policy, *, cgroup_mount: str | None = None, netns_dir: str = NETNS_DIR,
+                   host_netns: str = HOST_NETNS, systemd: SystemdAsker | bool | None = None,
+                   mounts: list[Mount] | None = None) -> Resolved:
+    """Resolves every rule of `policy`; never raises for a single rule (see Resolved.problems/pending).
+
+    cgroup_mount: the cgroup v2 mount point (default: found in /proc/self/mountinfo).
+    systemd: None = ask systemctl when PID 1 is systemd and systemctl exists; False = never (naming
+    rules only); True = always; or a callable unit -> cgroup path (tests).
+    """
+    problems: list[str] = []
+    notes: list[str] = []
+    pending: list[Pending] = []
+    targets: dict[int, str] = {}
+    exe_entries: list[tuple[ExeKey, Rule]] = []
+    cg_entries: list[tuple[int, Rule]] = []
+
+    def problem(rule: Rule, reason: str) -> None:
+        problems.append(f"{rule.source_file}:{rule.line}: {rule.kind}={rule.value}: {reason}")
+
+    rules = policy.rules
+    if mounts is None and (any(r.kind == "exe" for r in rules) or cgroup_mount is None):
+        try:
+            mounts = read_mounts()
+        except OSError as e:
+            notes.append(f"cannot read {PROC_MOUNTINFO}: {e.strerror}")
+            mounts = []
+
+    if cgroup_mount is None and any(r.kind != "exe" for r in rules):
+        found = find_cgroup2_mount(mounts or [])
+        cgroup_mount = found.mount_point if found else None
+
+    asker = _systemd_asker(systemd, rules)
+
+    for rule in rules:
+        try:
+            if rule.kind == "exe":
+                key, real = exe_key(rule.value, mounts or None)
+                exe_entries.append((key, rule))
+                shown = rule.value if real == rule.value else f"{rule.value} -> {real}"
+                targets[rule.id] = f"{shown} ({key})"
+                continue
+            if cgroup_mount is None:
+                raise ResolveError("no cgroup v2 hierarchy is mounted (cgroup2 in /proc/self/mountinfo)")
+            if rule.kind == "unit":
+                cgpath = _unit_path(rule.value, asker, notes, rule)
+            else:
+                cgpath = rule.value
+            cid = cgroup_id(cgroup_mount, cgpath)
+            full = cgroup_fs_path(cgroup_mount, cgpath)
+            if cid is None:
+                what = "not running yet" if rule.kind == "unit" else "does not exist yet"
+                pending.append(Pending("cgroup", rule, full,
+                                       f"{rule.source_file}:{rule.line}: {rule.kind}={rule.value}: "
+                                       f"{what} (no cgroup {full}); waiting for it"))
+                targets[rule.id] = f"{cgpath} (pending)"
+                continue
+            cg_entries.append((cid, rule))
+            targets[rule.id] = f"{cgpath} (cgroup id {cid})"
+        except ResolveError as e:
+            problem(rule, str(e))
+
+    exe_map = _merge(exe_entries, "file", notes)
+    cg_map = _merge(cg_entries, "cgroup", notes)
+
+    all_netns = policy.netns.mode == "all"
+    netns: set[int] = set()
+    if not all_netns:
+        try:
+            host = os.stat(host_netns)
+            netns.add(host.st_ino)
+            nsfs_dev = host.st_dev
+        except OSError as e:
+            problems.append(f"netns host: cannot stat {host_netns}: {e.strerror}")
+            nsfs_dev = None
+        for name in policy.netns.names if policy.netns.mode == "names" else ():
+            path = posixpath.join(netns_dir, name)
+            if "/" in name or name in ("", ".", ".."):  # policy.py refuses these; never trust a join
+                problems.append(f"netns {name!r}: not a namespace name")
+                continue
+            try:
+                inum = netns_inum(path, nsfs_dev)
+            except OSError as e:
+                problems.append(f"netns {name}: cannot stat {path}: {e.strerror}")
+                continue
+            if inum is None:
+                pending.append(Pending("netns", None, path,
+                                       f"netns {name}: {path} is not a network namespace (yet); "
+                                       "waiting for it (ip netns add " + name + ")"))
+            else:
+                netns.add(inum)
+
+    return Resolved(exe_map, cg_map, frozenset(netns), all_netns, targets, tuple(pending),
+                    tuple(problems), tuple(notes))
+
+
+def _systemd_asker(systemd, rules) -> SystemdAsker | None:
+    if callable(systemd):
+        return systemd
+    if systemd is False or not any(r.kind == "unit" for r in rules):
+        return None
+    if systemd is None and not (systemd_booted() and shutil.which("systemctl")):
+        return None
+    return ask_systemd
+
+
+def _unit_path(unit: str, asker: SystemdAsker | None, notes: list[str], rule: Rule) -> str:
+    if asker is not None:
+        try:
+            return asker(unit)
+        except UnitNameError as e:
+            notes.append(f"{rule.source_file}:{rule.line}: unit={unit}: {e}; using systemd's default "
+                         "cgroup path")
+    return unit_cgroup_path(unit)
+
+
+def _merge(entries: list[tuple], what: str, notes: list[str]) -> dict:
+    """One map entry per key: a deny rule beats allow rules; among equals the first rule (lowest id)."""
+    out: dict = {}
+    for key, rule in sorted(entries, key=lambda e: e[1].id):
+        have = out.get(key)
+        if have is None:
+            out[key] = rule
+            continue
+        winner = rule if (rule.action == "deny" and have.action == "allow") else have
+        loser = have if winner is rule else rule
+        notes.append(f"{rule.source_file}:{rule.line}: {rule.kind}={rule.value} selects the same {what} "
+                     f"as {have.description}; {winner.action} ({winner.source_file}:{winner.line}) "
+                     f"applies, {loser.source_file}:{loser.line} is shadowed")
+        out[key] = winner
+    return out
