@@ -83,7 +83,6 @@ class Rewriter:
         if os.geteuid() != 0:
             raise PermissionDenied("loading the BPF program needs root (CAP_BPF, CAP_PERFMON, "
                                    "CAP_SYS_ADMIN)", hint="run it as root, e.g. with sudo")
-        bcc = _import_bcc()
         facts = kernel.read_hook_facts()
         if facts.update_socket_protocol_id is None:
             raise Unavailable(f"this kernel has no {HOOK}() in its BTF",
@@ -98,6 +97,7 @@ class Rewriter:
             raise Unavailable("cannot locate net.mptcp.enabled in kernel memory "
                               "(mptcp_pernet_id in /proc/kallsyms, struct mptcp_pernet in BTF)",
                               hint="needs CONFIG_KALLSYMS_ALL=y; see `mptcpize-py check`")
+        bcc = _import_bcc()  # after the cheap probes: importing bcc loads libLLVM (slow)
         if not (_headers_dir() / "include").is_dir():
             raise Unavailable(f"no kernel headers at {_headers_dir()} for bcc to compile against",
                               hint=f"apt-get install linux-headers-{os.uname().release}")
@@ -107,9 +107,8 @@ class Rewriter:
         except Exception as e:
             raise Unavailable(f"bcc could not compile {abi.PROGRAM.name}: {e}") from None
         self._bcc = bcc
-        flags = abi.CFG_ALL_NETNS if all_netns else 0
-        cfg = self._b["config"]
-        cfg[ctypes.c_int(0)] = cfg.Leaf(pernet_addr, facts.mptcp_enabled_offset, flags)
+        self._pernet_addr, self._enabled_offset = pernet_addr, facts.mptcp_enabled_offset
+        self._set_flags(abi.CFG_ALL_NETNS if all_netns else 0)
         try:
             fn = self._b.load_func(b"kmod_ret__" + HOOK.encode(), bcc.BPF.TRACING)
         except Exception as e:
@@ -131,6 +130,37 @@ class Rewriter:
         """Selects process `pid` and every process it forks from now on."""
         t = self._b["run_tgids"]
         t[t.Key(pid)] = t.Leaf(run_id, 0)
+
+    def set_selection(self, exe_rules: dict[tuple[int, int], tuple[int, int]],
+                      cgroup_rules: dict[int, tuple[int, int]], netns: set[int] | None) -> None:
+        """Makes the policy maps equal to the arguments: exe_rules {(kernel dev, ino): (rule_id,
+        action)}, cgroup_rules {cgroup id: (rule_id, action)}, netns = allowed netns inodes, or None
+        for every namespace. New entries go in before stale ones go out, so a rule present in both the
+        old and the new selection never stops matching."""
+        flags = (abi.CFG_ALL_NETNS if netns is None else 0) \
+            | (abi.CFG_HAS_EXE_RULES if exe_rules else 0) \
+            | (abi.CFG_HAS_CGROUP_RULES if cgroup_rules else 0)
+        self._set_flags(self._flags | flags)  # match by the old and the new rules while syncing
+        self._sync(self._b["exe_rules"], {self._b["exe_rules"].Key(dev, ino): rule
+                                          for (dev, ino), rule in exe_rules.items()})
+        self._sync(self._b["cgroup_rules"], {self._b["cgroup_rules"].Key(cg): rule
+                                             for cg, rule in cgroup_rules.items()})
+        self._sync(self._b["netns_allow"], {self._b["netns_allow"].Key(inum): 1
+                                            for inum in (netns or ())})
+        self._set_flags(flags)
+
+    @staticmethod
+    def _sync(table, wanted: dict) -> None:
+        for key, value in wanted.items():
+            table[key] = table.Leaf(*value) if isinstance(value, tuple) else table.Leaf(value)
+        wanted_raw = {bytes(k) for k in wanted}
+        for key in [k for k in table.keys() if bytes(k) not in wanted_raw]:
+            del table[key]
+
+    def _set_flags(self, flags: int) -> None:
+        cfg = self._b["config"]
+        cfg[ctypes.c_int(0)] = cfg.Leaf(self._pernet_addr, self._enabled_offset, flags)
+        self._flags = flags
 
     # --- reports ---------------------------------------------------------------------------------
     def counters(self) -> dict[str, int]:

@@ -1,0 +1,573 @@
+"""The daemon's local control socket: `status` and `run` registration, root-only.
+
+A Unix stream socket at /run/mptcpize-py/control (directory 0700, socket 0600, both root's). Every
+connection's peer is checked with SO_PEERCRED before a byte is read: only `allowed_uids` (root) are
+served; anyone else gets one line `{"error": "permission denied"}`, the connection is closed and the
+refusal logged. The file modes already keep other users out (connect() fails with EACCES, which the
+client maps to exit 77 too); the credential check is what holds when they do not, e.g. for a process
+with CAP_DAC_OVERRIDE but not uid 0.
+
+Protocol: one JSON object per line each way. Requests `{"cmd": "status"}`, `{"cmd": "register",
+"pid": N}`; a response is the handler's object, or `{"error": "...", "hint": "...", "exit_code": N}`.
+A request may not exceed 64 KiB nor take more than 2 s to arrive; malformed JSON gets an error line and
+the connection is closed (framing cannot be trusted after it). A connection may carry several requests.
+
+Threads, not a selectable object: the daemon's main loop blocks in bcc's ring_buffer_poll(), whose epoll
+descriptor bcc does not expose, so the socket could not join that loop without a second poll loop
+anyway. The server runs an accept thread and one short-lived thread per connection (at most
+`max_connections`); handlers are called one at a time under one lock, so the daemon's handlers need
+no locking among themselves, only against its main loop (e.g. read a snapshot it swaps atomically).
+
+One daemon at a time: start() holds an exclusive flock on CONTROL.lock for the server's life. With the
+lock held, a leftover socket file is a dead daemon's: it is replaced (after a connect() that must be
+refused, as a guard against a daemon that predates the lock). Without the lock, start() refuses.
+"""
+
+import errno
+import fcntl
+import json
+import logging
+import os
+import re
+import selectors
+import socket
+import stat
+import struct
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Mapping
+
+from .errors import EXIT_NO_DAEMON, MptcpizeError, PermissionDenied
+
+DEFAULT_PATH = Path("/run/mptcpize-py/control")
+MAX_REQUEST = 64 * 1024
+MAX_RESPONSE = 64 * 1024 * 1024   # `status` of a busy host: ~16k process rows
+TIMEOUT = 2.0
+MAX_CONNECTIONS = 16
+PERMISSION_DENIED = "permission denied"
+PID_MAX = 1 << 22                  # PID_MAX_LIMIT on 64-bit
+
+log = logging.getLogger("mptcpize_py.control")
+
+
+# ---------------------------------------------------------------------------------------------------
+# Peer credentials (pure parsing + one getsockopt)
+
+_UCRED = struct.Struct("=iII")     # struct ucred { pid_t pid; uid_t uid; gid_t gid; }
+
+
+@dataclass(frozen=True)
+class Ucred:
+    pid: int
+    uid: int
+    gid: int
+
+
+def parse_ucred(data: bytes) -> Ucred:
+    if len(data) != _UCRED.size:
+        raise ValueError(f"struct ucred is {_UCRED.size} bytes, got {len(data)}")
+    return Ucred(*_UCRED.unpack(data))
+
+
+def peer_cred(sock: socket.socket) -> Ucred:
+    """The credentials the peer had when it called connect() (SO_PEERCRED)."""
+    return parse_ucred(sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size))
+
+
+# ---------------------------------------------------------------------------------------------------
+# Framing (pure)
+
+
+class RequestError(ValueError):
+    """A request we cannot serve; the message goes back to the client."""
+
+
+def encode(obj: dict) -> bytes:
+    """One line: compact JSON (ASCII, so no character can be taken for a line break) and '\\n'."""
+    return json.dumps(obj, separators=(",", ":"), ensure_ascii=True, default=str).encode() + b"\n"
+
+
+def decode_request(line: bytes) -> dict:
+    """One request line (without its '\\n') -> the request object; RequestError when malformed."""
+    try:
+        obj = json.loads(line.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError) as e:
+        raise RequestError(f"malformed request: not JSON ({_short(e)})") from None
+    if not isinstance(obj, dict):
+        raise RequestError("malformed request: expected a JSON object such as {\"cmd\": \"status\"}")
+    cmd = obj.get("cmd")
+    if not isinstance(cmd, str) or not cmd:
+        raise RequestError("malformed request: no \"cmd\" string")
+    return obj
+
+
+def _short(e: Exception) -> str:
+    s = str(e)
+    return s if len(s) <= 100 else s[:100] + "..."
+
+
+class TooLarge(RequestError):
+    pass
+
+
+class LineReader:
+    """Reads '\\n'-terminated lines from a socket, each bounded in size and in time."""
+
+    def __init__(self, sock: socket.socket, limit: int):
+        self._sock = sock
+        self._limit = limit
+        self._buf = b""
+
+    @property
+    def buffered(self) -> bool:
+        return bool(self._buf)
+
+    def readline(self, deadline: float) -> bytes | None:
+        """The next line without '\\n'; None at EOF (a partial last line is dropped).
+
+        Raises TooLarge past `limit` bytes, TimeoutError when `deadline` (time.monotonic()) passes.
+        """
+        while True:
+            nl = self._buf.find(b"\n")
+            if nl >= 0:
+                if nl > self._limit:
+                    raise TooLarge(f"request larger than {self._limit} bytes")
+                line, self._buf = self._buf[:nl], self._buf[nl + 1:]
+                return line
+            if len(self._buf) > self._limit:
+                raise TooLarge(f"request larger than {self._limit} bytes")
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError
+            self._sock.settimeout(remaining)
+            try:
+                chunk = self._sock.recv(65536)
+            except socket.timeout:
+                raise TimeoutError from None
+            if not chunk:
+                return None
+            self._buf += chunk
+
+
+# ---------------------------------------------------------------------------------------------------
+# Registration check
+
+
+def parse_stat_ppid(text: str) -> int:
+    """The ppid field of /proc/PID/stat. comm (field 2) may hold spaces and ')': split after the last
+    ')'; then come state, ppid."""
+    rest = text[text.rindex(")") + 1:].split()
+    return int(rest[1])
+
+
+def parse_status_field(text: str, name: str) -> str | None:
+    m = re.search(rf"^{re.escape(name)}:\s*(.*)$", text, re.M)
+    return m.group(1).strip() if m else None
+
+
+def check_registrant(pid, peer: Ucred, proc: str = "/proc") -> None:
+    """Refuses (MptcpizeError) unless `pid` is a process whose parent is the peer.
+
+    `run` registers the child it forked, before letting it exec: the child cannot have been reaped
+    (its parent, the peer, is busy waiting for our answer), so its pid cannot have been recycled.
+    """
+    if type(pid) is not int or not 0 < pid <= PID_MAX:
+        raise MptcpizeError(f"register: pid must be an integer in 1..{PID_MAX}, not {pid!r}")
+    try:
+        with open(f"{proc}/{pid}/stat", encoding="utf-8", errors="replace") as f:
+            ppid = parse_stat_ppid(f.read())
+        with open(f"{proc}/{pid}/status", encoding="utf-8", errors="replace") as f:
+            tgid = parse_status_field(f.read(), "Tgid")
+    except FileNotFoundError:
+        raise MptcpizeError(f"register: no process {pid}") from None
+    except (OSError, ValueError, IndexError) as e:
+        raise MptcpizeError(f"register: cannot read {proc}/{pid}: {_short(e)}") from None
+    if tgid is not None and tgid != str(pid):
+        raise MptcpizeError(f"register: {pid} is a thread of process {tgid}, not a process")
+    if ppid != peer.pid:
+        raise MptcpizeError(f"register: process {pid} is not a child of the caller (pid {peer.pid}); "
+                            f"its parent is {ppid}")
+
+
+# ---------------------------------------------------------------------------------------------------
+# Server
+
+Handler = Callable[[dict, Ucred], dict]
+
+
+class ControlServer:
+    """The listening side. `handlers`: cmd -> handler(request, peer) -> response object.
+
+    A handler may raise MptcpizeError: its message, hint and exit code go back as an error response.
+    Use as a context manager, or start() ... close().
+    """
+
+    def __init__(self, handlers: Mapping[str, Handler], path: Path | str = DEFAULT_PATH, *,
+                 allowed_uids=frozenset({0}), timeout: float = TIMEOUT, max_request: int = MAX_REQUEST,
+                 max_connections: int = MAX_CONNECTIONS, socket_mode: int = 0o600,
+                 dir_mode: int | None = 0o700):
+        self.path = Path(path)
+        self.handlers = dict(handlers)
+        self.allowed_uids = frozenset(allowed_uids)
+        self.timeout = timeout
+        self.max_request = max_request
+        self.max_connections = max_connections
+        self.socket_mode = socket_mode
+        self.dir_mode = dir_mode      # None: leave an existing directory's mode alone (tests)
+        self.lock_path = self.path.with_name(self.path.name + ".lock")
+        self._lock_fd = -1
+        self._listen: socket.socket | None = None
+        self._bound: tuple[int, int] | None = None
+        self._thread: threading.Thread | None = None
+        self._wake_r = self._wake_w = -1
+        self._stopping = threading.Event()
+        self._handler_lock = threading.Lock()
+        self._conns: set[socket.socket] = set()
+        self._conns_lock = threading.Lock()
+        self.replaced_stale = False   # start() found a dead daemon's socket and replaced it
+
+    # --- lifecycle ------------------------------------------------------------------------------
+    def __enter__(self) -> "ControlServer":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def start(self) -> "ControlServer":
+        self._prepare_dir()
+        self._take_lock()
+        try:
+            self._remove_stale()
+            self._bind()
+        except BaseException:
+            self._release_lock()
+            raise
+        self._wake_r, self._wake_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
+        self._thread = threading.Thread(target=self._accept_loop, name="mptcpize-control", daemon=True)
+        self._thread.start()
+        return self
+
+    def close(self) -> None:
+        self._stopping.set()
+        if self._wake_w >= 0:
+            try:
+                os.write(self._wake_w, b"x")
+            except OSError:
+                pass
+        if self._thread is not None:
+            self._thread.join(5)
+            self._thread = None
+        with self._conns_lock:
+            for conn in self._conns:
+                try:
+                    conn.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+        if self._listen is not None:
+            self._listen.close()
+            self._listen = None
+        # Unlink only our own socket: a file someone else bound after us is theirs.
+        if self._bound is not None:
+            try:
+                st = os.lstat(self.path)
+                if (st.st_dev, st.st_ino) == self._bound:
+                    os.unlink(self.path)
+            except OSError:
+                pass
+            self._bound = None
+        for fd in (self._wake_r, self._wake_w):
+            if fd >= 0:
+                os.close(fd)
+        self._wake_r = self._wake_w = -1
+        self._release_lock()
+
+    # --- start-up steps -------------------------------------------------------------------------
+    def _prepare_dir(self) -> None:
+        d = self.path.parent
+        try:
+            os.mkdir(d, self.dir_mode if self.dir_mode is not None else 0o700)
+        except FileExistsError:
+            pass
+        except OSError as e:
+            raise MptcpizeError(f"cannot create {d}: {e.strerror}") from None
+        st = os.lstat(d)
+        if not stat.S_ISDIR(st.st_mode):
+            raise MptcpizeError(f"{d} is not a directory (a symbolic link or a file is in the way)",
+                                hint=f"remove it; the daemon creates {d} itself")
+        if st.st_uid != os.geteuid():
+            raise MptcpizeError(f"{d} is owned by uid {st.st_uid}, not by uid {os.geteuid()}",
+                                hint=f"remove it; the daemon creates {d} itself")
+        if self.dir_mode is not None and stat.S_IMODE(st.st_mode) != self.dir_mode:
+            os.chmod(d, self.dir_mode)  # mkdir's mode is masked by the umask; systemd's may be 0755
+
+    def _take_lock(self) -> None:
+        try:
+            fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+        except OSError as e:
+            raise MptcpizeError(f"cannot open {self.lock_path}: {e.strerror}") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise self._already_running() from None
+        self._lock_fd = fd
+
+    def _release_lock(self) -> None:
+        if self._lock_fd >= 0:
+            os.close(self._lock_fd)  # releases the flock
+            self._lock_fd = -1
+
+    def _already_running(self) -> MptcpizeError:
+        return MptcpizeError(f"another mptcpize-py daemon is already running (it serves {self.path})",
+                             hint="stop it first (systemctl stop mptcpize-py), or ask it: "
+                                  "mptcpize-py status")
+
+    def _remove_stale(self) -> None:
+        try:
+            st = os.lstat(self.path)
+        except FileNotFoundError:
+            return
+        if not stat.S_ISSOCK(st.st_mode):
+            raise MptcpizeError(f"{self.path} exists and is not a socket", hint="remove it")
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        probe.settimeout(1.0)
+        try:
+            probe.connect(str(self.path))
+        except ConnectionRefusedError:
+            pass          # nobody listens: a dead daemon's socket
+        except FileNotFoundError:
+            return
+        except OSError as e:
+            raise MptcpizeError(f"cannot check the existing socket {self.path}: {e.strerror}") from None
+        else:
+            raise self._already_running()
+        finally:
+            probe.close()
+        os.unlink(self.path)
+        self.replaced_stale = True
+        log.info("replaced the stale control socket %s (a previous daemon did not shut down cleanly)",
+                 self.path)
+
+    def _bind(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+        try:
+            # unix_bind() creates the file with the socket inode's mode & ~umask: set the mode first so
+            # the file is never more open than socket_mode, then chmod() in case the umask narrowed it.
+            try:
+                os.fchmod(sock.fileno(), self.socket_mode)
+            except OSError:
+                pass
+            try:
+                sock.bind(str(self.path))
+            except OSError as e:
+                if e.errno == errno.EADDRINUSE:
+                    raise self._already_running() from None
+                raise MptcpizeError(f"cannot bind {self.path}: {e.strerror}") from None
+            os.chmod(self.path, self.socket_mode)
+            st = os.lstat(self.path)
+            self._bound = (st.st_dev, st.st_ino)
+            sock.listen(MAX_CONNECTIONS)
+            sock.setblocking(False)
+        except BaseException:
+            sock.close()
+            if self._bound is not None:
+                os.unlink(self.path)
+                self._bound = None
+            raise
+        self._listen = sock
+
+    # --- serving ------------------------------------------------------------------------------
+    def _accept_loop(self) -> None:
+        sel = selectors.DefaultSelector()
+        sel.register(self._listen, selectors.EVENT_READ)
+        sel.register(self._wake_r, selectors.EVENT_READ)
+        try:
+            while not self._stopping.is_set():
+                for key, _ in sel.select():
+                    if key.fileobj == self._wake_r:
+                        return
+                try:
+                    conn, _ = self._listen.accept()
+                except (BlockingIOError, InterruptedError):
+                    continue
+                except OSError as e:
+                    log.warning("control socket: accept failed: %s", e.strerror)
+                    time.sleep(0.05)  # e.g. EMFILE: do not spin
+                    continue
+                self._admit(conn)
+        finally:
+            sel.close()
+
+    def _admit(self, conn: socket.socket) -> None:
+        conn.setblocking(True)
+        try:
+            cred = peer_cred(conn)
+        except (OSError, ValueError) as e:
+            log.warning("control socket: cannot read the peer's credentials: %s", e)
+            conn.close()
+            return
+        if cred.uid not in self.allowed_uids:
+            log.warning("control socket: refused pid=%d uid=%d gid=%d: permission denied (only uid %s)",
+                        cred.pid, cred.uid, cred.gid, ",".join(map(str, sorted(self.allowed_uids))))
+            self._send_and_close(conn, {"error": PERMISSION_DENIED, "exit_code": 77})
+            return
+        with self._conns_lock:
+            if len(self._conns) >= self.max_connections:
+                busy = True
+            else:
+                busy = False
+                self._conns.add(conn)
+        if busy:
+            log.warning("control socket: refused pid=%d: %d connections already open",
+                        cred.pid, self.max_connections)
+            self._send_and_close(conn, {"error": "busy: too many control connections, try again"})
+            return
+        threading.Thread(target=self._serve, args=(conn, cred), name=f"mptcpize-control-{cred.pid}",
+                         daemon=True).start()
+
+    def _send_and_close(self, conn: socket.socket, obj: dict) -> None:
+        try:
+            conn.settimeout(0.2)
+            conn.sendall(encode(obj))
+            conn.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
+        finally:
+            conn.close()
+
+    def _serve(self, conn: socket.socket, cred: Ucred) -> None:
+        reader = LineReader(conn, self.max_request)
+        try:
+            while not self._stopping.is_set():
+                try:
+                    line = reader.readline(time.monotonic() + self.timeout)
+                except TimeoutError:
+                    if reader.buffered:  # idle between requests is fine; half a request is not
+                        self._reply(conn, {"error": f"request not complete within {self.timeout:g} s"})
+                    break
+                except TooLarge as e:
+                    log.warning("control socket: pid=%d: %s", cred.pid, e)
+                    self._reply(conn, {"error": str(e)})
+                    break
+                if line is None:
+                    break
+                try:
+                    req = decode_request(line)
+                except RequestError as e:
+                    self._reply(conn, {"error": str(e)})
+                    break
+                if not self._reply(conn, self._dispatch(req, cred)):
+                    break
+        except OSError:
+            pass  # the client went away
+        finally:
+            with self._conns_lock:
+                self._conns.discard(conn)
+            conn.close()
+
+    def _dispatch(self, req: dict, cred: Ucred) -> dict:
+        cmd = req["cmd"]
+        handler = self.handlers.get(cmd)
+        if handler is None:
+            known = ", ".join(sorted(self.handlers))
+            return {"error": f"unknown command {cmd[:40]!r} (known: {known})"}
+        try:
+            with self._handler_lock:
+                result = handler(req, cred)
+        except MptcpizeError as e:
+            out = {"error": e.message, "exit_code": e.exit_code}
+            if e.hint:
+                out["hint"] = e.hint
+            return out
+        except Exception as e:  # a bug in a handler must not take the server thread down
+            log.exception("control socket: %s handler failed", cmd)
+            return {"error": f"internal error in {cmd}: {_short(e)}"}
+        if not isinstance(result, dict):
+            log.error("control socket: %s handler returned %s, not a dict", cmd, type(result).__name__)
+            return {"error": f"internal error in {cmd}: bad response"}
+        return result
+
+    def _reply(self, conn: socket.socket, obj: dict) -> bool:
+        # A client that does not read its answer gets the same time limit as one that does not write.
+        conn.settimeout(max(self.timeout, 1.0))
+        try:
+            conn.sendall(encode(obj))
+            return True
+        except OSError:
+            return False
+
+
+# ---------------------------------------------------------------------------------------------------
+# Client
+
+
+def no_daemon_error(path: Path | str = DEFAULT_PATH) -> MptcpizeError:
+    return MptcpizeError(f"no daemon is running (cannot connect to {path})",
+                         hint="start it: systemctl start mptcpize-py", exit_code=EXIT_NO_DAEMON)
+
+
+def request(cmd: dict, path: Path | str = DEFAULT_PATH, timeout: float = TIMEOUT,
+            max_response: int = MAX_RESPONSE) -> dict:
+    """Sends one request, returns the daemon's response object.
+
+    Raises MptcpizeError: exit 3 when no daemon listens, 77 when we may not talk to it (the socket's
+    permissions or the daemon's SO_PEERCRED check), the daemon's exit code for an error response, 1
+    for a daemon that does not answer properly within `timeout` seconds.
+    """
+    path = str(path)
+    deadline = time.monotonic() + timeout
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    try:
+        sock.settimeout(timeout)
+        try:
+            sock.connect(path)
+        except (FileNotFoundError, ConnectionRefusedError):
+            raise no_daemon_error(path) from None
+        except PermissionError:
+            raise _permission_error(path) from None
+        except socket.timeout:
+            raise MptcpizeError(f"the daemon did not accept a connection on {path} within "
+                                f"{timeout:g} s") from None
+        except OSError as e:
+            raise MptcpizeError(f"cannot connect to {path}: {e.strerror}") from None
+        try:
+            sock.sendall(encode(cmd))
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the daemon may have refused us already: its answer is still ours to read
+        except socket.timeout:
+            raise MptcpizeError(f"the daemon on {path} did not take the request within {timeout:g} s") \
+                from None
+        reader = LineReader(sock, max_response)
+        try:
+            line = reader.readline(deadline)
+        except TimeoutError:
+            raise MptcpizeError(f"the daemon on {path} did not answer within {timeout:g} s") from None
+        except TooLarge:
+            raise MptcpizeError(f"the daemon's answer is larger than {max_response} bytes") from None
+        except ConnectionResetError:
+            line = None
+    finally:
+        sock.close()
+    if line is None:
+        raise MptcpizeError(f"the daemon on {path} closed the connection without an answer")
+    try:
+        resp = json.loads(line)
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        raise MptcpizeError(f"the daemon on {path} sent a malformed answer") from None
+    if not isinstance(resp, dict):
+        raise MptcpizeError(f"the daemon on {path} sent a malformed answer")
+    if "error" in resp:
+        if resp["error"] == PERMISSION_DENIED:
+            raise _permission_error(path)
+        code = resp.get("exit_code")
+        hint = resp.get("hint") if isinstance(resp.get("hint"), str) else None
+        raise MptcpizeError(str(resp["error"]), hint=hint,
+                            exit_code=code if type(code) is int and 0 < code < 256 else None)
+    return resp
+
+
+def _permission_error(path: str) -> PermissionDenied:
+    return PermissionDenied(f"permission denied: the daemon's control socket {path} is root-only",
+                            hint="run it as root, e.g. with sudo")

@@ -1,0 +1,368 @@
+"""The control socket for real: a server thread with stub handlers, clients as root and as nobody
+(uid 65534, refused both by the file modes and by SO_PEERCRED), framing limits, slow clients, stale
+sockets and a second daemon."""
+
+import json
+import logging
+import os
+import shutil
+import socket
+import stat
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from mptcpize_py import control
+from mptcpize_py.errors import MptcpizeError
+from tests.conftest import REPO, is_root
+
+needs_root = pytest.mark.skipif(not is_root(), reason="needs root (uid 0 peers, setuid to 65534)")
+NOBODY = 65534
+
+
+def stub_handlers(calls: list | None = None) -> dict:
+    def status(req, peer):
+        if calls is not None:
+            calls.append((req, peer))
+        return {"backend": "stub", "peer_uid": peer.uid, "peer_pid": peer.pid}
+
+    def register(req, peer):
+        control.check_registrant(req.get("pid"), peer)
+        return {"registered": req["pid"]}
+
+    def fail(req, peer):
+        raise MptcpizeError("cannot do that", hint="do this instead", exit_code=69)
+
+    def crash(req, peer):
+        raise RuntimeError("boom")
+
+    def bad(req, peer):
+        return ["not", "a", "dict"]
+
+    return {"status": status, "register": register, "fail": fail, "crash": crash, "bad": bad}
+
+
+@pytest.fixture
+def sock_path(tmp_path) -> Path:
+    return tmp_path / "run" / "control"
+
+
+@pytest.fixture
+def server(sock_path):
+    """A server that serves the tests' own uid (root on the host tier)."""
+    with control.ControlServer(stub_handlers(), sock_path, allowed_uids={os.geteuid()}) as srv:
+        yield srv
+
+
+def raw_exchange(path: Path, data: bytes, timeout: float = 5.0) -> list[dict]:
+    """Sends raw bytes, returns every response line until the server closes."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(timeout)
+        s.connect(str(path))
+        try:
+            s.sendall(data)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        buf = b""
+        while True:
+            try:
+                chunk = s.recv(65536)
+            except ConnectionResetError:
+                break
+            if not chunk:
+                break
+            buf += chunk
+    return [json.loads(line) for line in buf.splitlines()]
+
+
+# ---------------------------------------------------------------------------------------------------
+# Serving
+
+
+@needs_root
+def test_root_client_gets_status_and_the_socket_is_root_only(sock_path):
+    calls = []
+    with control.ControlServer(stub_handlers(calls), sock_path):  # defaults: uid 0, 0700, 0600
+        resp = control.request({"cmd": "status"}, sock_path)
+        assert resp == {"backend": "stub", "peer_uid": 0, "peer_pid": os.getpid()}
+        assert calls[0][0] == {"cmd": "status"}
+        d, s = os.lstat(sock_path.parent), os.lstat(sock_path)
+        assert stat.S_IMODE(d.st_mode) == 0o700 and d.st_uid == 0
+        assert stat.S_ISSOCK(s.st_mode) and stat.S_IMODE(s.st_mode) == 0o600 and s.st_uid == 0
+    assert not sock_path.exists()  # closed: the socket file is gone, the lock file stays (harmless)
+
+
+def test_several_requests_on_one_connection(server, sock_path):
+    out = raw_exchange(sock_path, b'{"cmd":"status"}\n{"cmd":"status"}\n')
+    assert [r["backend"] for r in out] == ["stub", "stub"]
+
+
+def test_handler_errors_are_answers_not_crashes(server, sock_path):
+    with pytest.raises(MptcpizeError) as e:
+        control.request({"cmd": "fail"}, sock_path)
+    assert (e.value.message, e.value.hint, e.value.exit_code) == ("cannot do that", "do this instead", 69)
+    with pytest.raises(MptcpizeError, match="internal error in crash: boom") as e:
+        control.request({"cmd": "crash"}, sock_path)
+    assert e.value.exit_code == 1
+    with pytest.raises(MptcpizeError, match="internal error in bad: bad response"):
+        control.request({"cmd": "bad"}, sock_path)
+    with pytest.raises(MptcpizeError, match=r"unknown command 'nope' \(known: bad, crash, fail, "
+                                            r"register, status\)"):
+        control.request({"cmd": "nope"}, sock_path)
+    assert control.request({"cmd": "status"}, sock_path)["backend"] == "stub"  # still serving
+
+
+def test_malformed_json_gets_an_error_and_the_connection_closed(server, sock_path):
+    out = raw_exchange(sock_path, b'{"cmd": status}\n{"cmd":"status"}\n')
+    assert len(out) == 1 and out[0]["error"].startswith("malformed request: not JSON")
+    out = raw_exchange(sock_path, b'[1, 2]\n')
+    assert out == [{"error": "malformed request: expected a JSON object such as {\"cmd\": \"status\"}"}]
+
+
+def test_oversized_request_is_refused(server, sock_path):
+    big = json.dumps({"cmd": "status", "pad": "x" * control.MAX_REQUEST}).encode() + b"\n"
+    out = raw_exchange(sock_path, big)
+    assert out == [{"error": f"request larger than {control.MAX_REQUEST} bytes"}]
+    with pytest.raises(MptcpizeError, match="request larger than 65536 bytes"):
+        control.request({"cmd": "status", "pad": "x" * control.MAX_REQUEST}, sock_path)
+    # without a newline at all: refused as soon as the limit is passed, not at the time limit
+    start = time.monotonic()
+    assert raw_exchange(sock_path, b"x" * (control.MAX_REQUEST + 10)) == out
+    assert time.monotonic() - start < control.TIMEOUT
+
+
+def test_slow_client_is_cut_off(sock_path):
+    with control.ControlServer(stub_handlers(), sock_path, allowed_uids={os.geteuid()}, timeout=0.3):
+        start = time.monotonic()
+        out = raw_exchange(sock_path, b'{"cmd": "sta')  # and then nothing
+        assert out == [{"error": "request not complete within 0.3 s"}]
+        assert time.monotonic() - start < 2
+        # an idle connection (no request at all) is simply closed
+        assert raw_exchange(sock_path, b"") == []
+
+
+def test_a_stalled_client_does_not_block_others(sock_path):
+    with control.ControlServer(stub_handlers(), sock_path, allowed_uids={os.geteuid()}, timeout=3):
+        with socket.socket(socket.AF_UNIX) as idle:
+            idle.connect(str(sock_path))
+            idle.sendall(b'{"cmd"')
+            start = time.monotonic()
+            assert control.request({"cmd": "status"}, sock_path)["backend"] == "stub"
+            assert time.monotonic() - start < 1
+
+
+def test_too_many_connections_get_busy(sock_path):
+    with control.ControlServer(stub_handlers(), sock_path, allowed_uids={os.geteuid()},
+                               max_connections=2, timeout=3):
+        held = [socket.socket(socket.AF_UNIX) for _ in range(2)]
+        try:
+            for s in held:
+                s.connect(str(sock_path))
+            time.sleep(0.2)
+            with pytest.raises(MptcpizeError, match="busy"):
+                control.request({"cmd": "status"}, sock_path)
+        finally:
+            for s in held:
+                s.close()
+        time.sleep(0.2)
+        assert control.request({"cmd": "status"}, sock_path)["backend"] == "stub"
+
+
+def test_register_accepts_our_child_and_refuses_others(server, sock_path):
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(5)"])
+    try:
+        assert control.request({"cmd": "register", "pid": child.pid}, sock_path) == \
+            {"registered": child.pid}
+        with pytest.raises(MptcpizeError, match="is not a child of the caller"):
+            control.request({"cmd": "register", "pid": os.getppid()}, sock_path)
+        with pytest.raises(MptcpizeError, match="pid must be an integer"):
+            control.request({"cmd": "register", "pid": "1"}, sock_path)
+    finally:
+        child.kill()
+        child.wait()
+
+
+# ---------------------------------------------------------------------------------------------------
+# Who may talk to it
+
+CLIENT = f"""
+import sys
+sys.path.insert(0, {str(REPO)!r})
+from mptcpize_py import control
+from mptcpize_py.errors import MptcpizeError
+try:
+    control.request({{"cmd": "status"}}, sys.argv[1])
+except MptcpizeError as e:
+    print(e.message)
+    print(e.hint)
+    sys.exit(e.exit_code)
+print("served")
+"""
+
+
+def as_nobody(path: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", CLIENT, str(path)], user=NOBODY, group=NOBODY,
+                          extra_groups=[], capture_output=True, text=True, timeout=30)
+
+
+@pytest.fixture
+def open_dir():
+    """A directory anyone may enter (tmp_path's parents are 0700), removed afterwards."""
+    d = tempfile.mkdtemp(prefix="mzr-control-")
+    os.chmod(d, 0o755)
+    yield Path(d)
+    shutil.rmtree(d)
+
+
+@needs_root
+def test_nobody_is_refused_by_the_file_modes_with_exit_77(open_dir):
+    path = open_dir / "run" / "control"
+    with control.ControlServer(stub_handlers(), path):   # 0700 directory, 0600 socket
+        r = as_nobody(path)
+    assert r.returncode == 77, r.stderr
+    assert r.stdout.splitlines() == [f"permission denied: the daemon's control socket {path} is root-only",
+                                     "run it as root, e.g. with sudo"]
+
+
+@needs_root
+def test_nobody_is_refused_by_so_peercred_and_it_is_logged(open_dir, caplog):
+    # The file modes let everyone in here: only the SO_PEERCRED check stands in the way.
+    path = open_dir / "run" / "control"
+    calls = []
+    caplog.set_level(logging.WARNING, logger="mptcpize_py.control")
+    with control.ControlServer(stub_handlers(calls), path, socket_mode=0o666, dir_mode=0o755):
+        r = as_nobody(path)
+        assert r.returncode == 77, r.stderr
+        assert r.stdout.splitlines()[0].startswith("permission denied")
+        # the raw answer is one JSON line, then the server closes
+        out = subprocess.run([sys.executable, "-c",
+                              "import socket,sys; s=socket.socket(socket.AF_UNIX); s.connect(sys.argv[1]);"
+                              "print(s.makefile().read(), end='')", str(path)],
+                             user=NOBODY, group=NOBODY, capture_output=True, text=True, timeout=30)
+        assert json.loads(out.stdout) == {"error": "permission denied", "exit_code": 77}
+        assert control.request({"cmd": "status"}, path)["peer_uid"] == 0  # root still served
+    assert [(req, peer.uid) for req, peer in calls] == [({"cmd": "status"}, 0)]  # nobody: no handler
+    refusals = [r.getMessage() for r in caplog.records if "refused" in r.getMessage()]
+    assert len(refusals) == 2 and all(f"uid={NOBODY}" in m for m in refusals)
+
+
+@needs_root
+def test_allowed_uids_can_admit_another_user(open_dir):
+    path = open_dir / "run" / "control"
+    with control.ControlServer(stub_handlers(), path, allowed_uids={0, NOBODY}, socket_mode=0o666,
+                               dir_mode=0o755):
+        r = as_nobody(path)
+    assert (r.returncode, r.stdout.strip()) == (0, "served")
+
+
+# ---------------------------------------------------------------------------------------------------
+# Start-up: no daemon, stale socket, second daemon
+
+
+def test_no_daemon_exit_3_after_a_clean_shutdown(sock_path):
+    with control.ControlServer(stub_handlers(), sock_path, allowed_uids={os.geteuid()}):
+        pass
+    with pytest.raises(MptcpizeError) as e:
+        control.request({"cmd": "status"}, sock_path)
+    assert e.value.exit_code == 3 and "no daemon is running" in e.value.message
+
+
+def test_stale_socket_of_a_dead_daemon_is_replaced(sock_path):
+    # A daemon killed with SIGKILL leaves its socket file behind (and its flock is gone with it).
+    script = ("import os, signal, sys\nsys.path.insert(0, sys.argv[2])\nfrom mptcpize_py import control\n"
+              "control.ControlServer({}, sys.argv[1], allowed_uids={os.geteuid()}).start()\n"
+              "os.kill(os.getpid(), signal.SIGKILL)\n")
+    r = subprocess.run([sys.executable, "-c", script, str(sock_path), str(REPO)], timeout=30)
+    assert r.returncode == -9
+    assert stat.S_ISSOCK(os.lstat(sock_path).st_mode)
+    with pytest.raises(MptcpizeError) as e:
+        control.request({"cmd": "status"}, sock_path)
+    assert e.value.exit_code == 3  # ECONNREFUSED counts as "no daemon"
+
+    with control.ControlServer(stub_handlers(), sock_path, allowed_uids={os.geteuid()}) as srv:
+        assert srv.replaced_stale
+        assert control.request({"cmd": "status"}, sock_path)["backend"] == "stub"
+
+
+def test_second_server_is_refused_and_the_first_keeps_serving(server, sock_path):
+    with pytest.raises(MptcpizeError) as e:
+        control.ControlServer(stub_handlers(), sock_path, allowed_uids={os.geteuid()}).start()
+    assert e.value.message == f"another mptcpize-py daemon is already running (it serves {sock_path})"
+    assert control.request({"cmd": "status"}, sock_path)["backend"] == "stub"
+
+
+def test_second_server_in_another_process_is_refused(server, sock_path):
+    script = ("import sys\nsys.path.insert(0, sys.argv[2])\nfrom mptcpize_py import control\n"
+              "from mptcpize_py.errors import MptcpizeError\n"
+              "try:\n    control.ControlServer({}, sys.argv[1]).start()\n"
+              "except MptcpizeError as e:\n    print(e.message); sys.exit(e.exit_code)\n")
+    r = subprocess.run([sys.executable, "-c", script, str(sock_path), str(REPO)], capture_output=True,
+                       text=True, timeout=30)
+    assert r.returncode == 1 and "already running" in r.stdout
+
+
+def test_live_socket_without_the_lock_is_not_replaced(sock_path):
+    # e.g. a daemon of a version before the lock: it answers, so it is alive.
+    sock_path.parent.mkdir(mode=0o700)
+    with socket.socket(socket.AF_UNIX) as other:
+        other.bind(str(sock_path))
+        other.listen(1)
+        with pytest.raises(MptcpizeError, match="already running"):
+            control.ControlServer(stub_handlers(), sock_path, allowed_uids={os.geteuid()}).start()
+        assert stat.S_ISSOCK(os.lstat(sock_path).st_mode)  # left alone
+    # and the refused start released its lock: once the other one is gone we can start
+    os.unlink(sock_path)
+    with control.ControlServer(stub_handlers(), sock_path, allowed_uids={os.geteuid()}):
+        pass
+
+
+@pytest.mark.parametrize("make, why", [
+    (lambda p: p.write_text("not a socket"), "exists and is not a socket"),
+    (lambda p: p.symlink_to("/etc/passwd"), "exists and is not a socket"),
+])
+def test_something_else_at_the_socket_path_is_refused(sock_path, make, why):
+    sock_path.parent.mkdir(mode=0o700)
+    make(sock_path)
+    with pytest.raises(MptcpizeError, match=why):
+        control.ControlServer(stub_handlers(), sock_path, allowed_uids={os.geteuid()}).start()
+
+
+def test_run_directory_that_is_a_symlink_is_refused(tmp_path):
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "run").symlink_to(tmp_path / "elsewhere")
+    with pytest.raises(MptcpizeError, match="is not a directory"):
+        control.ControlServer(stub_handlers(), tmp_path / "run" / "control").start()
+
+
+def test_run_directory_mode_is_tightened(sock_path):
+    sock_path.parent.mkdir()
+    os.chmod(sock_path.parent, 0o755)  # e.g. systemd's RuntimeDirectoryMode default
+    with control.ControlServer(stub_handlers(), sock_path, allowed_uids={os.geteuid()}):
+        assert stat.S_IMODE(os.lstat(sock_path.parent).st_mode) == 0o700
+
+
+def test_close_does_not_remove_a_socket_that_is_not_ours(sock_path):
+    srv = control.ControlServer(stub_handlers(), sock_path, allowed_uids={os.geteuid()}).start()
+    os.unlink(sock_path)
+    with socket.socket(socket.AF_UNIX) as other:
+        other.bind(str(sock_path))
+        srv.close()
+        assert stat.S_ISSOCK(os.lstat(sock_path).st_mode)
+
+
+def test_close_returns_promptly_with_clients_connected(sock_path):
+    srv = control.ControlServer(stub_handlers(), sock_path, allowed_uids={os.geteuid()}, timeout=30)
+    srv.start()
+    with socket.socket(socket.AF_UNIX) as idle:
+        idle.connect(str(sock_path))
+        time.sleep(0.1)
+        start = time.monotonic()
+        srv.close()
+        assert time.monotonic() - start < 2
+        assert idle.recv(10) == b""  # shut down by close()
+    assert threading.active_count() < 50

@@ -1,0 +1,260 @@
+"""control.py pure parts: struct ucred, request/response framing, /proc parsing for `register`."""
+
+import json
+import os
+import socket
+import struct
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from mptcpize_py import control
+from mptcpize_py.control import LineReader, RequestError, TooLarge, Ucred
+from mptcpize_py.errors import MptcpizeError
+
+
+# ---------------------------------------------------------------------------------------------------
+# struct ucred
+
+
+def test_parse_ucred():
+    assert control.parse_ucred(struct.pack("=iII", 1234, 0, 0)) == Ucred(1234, 0, 0)
+    assert control.parse_ucred(struct.pack("=iII", 7, 65534, 65534)) == Ucred(7, 65534, 65534)
+    assert control.parse_ucred(struct.pack("=iII", 7, 4294967294, 1)).uid == 4294967294  # uid_t is unsigned
+
+
+@pytest.mark.parametrize("size", [0, 8, 11, 13, 16])
+def test_parse_ucred_wrong_size(size):
+    with pytest.raises(ValueError):
+        control.parse_ucred(b"\0" * size)
+
+
+def test_peer_cred_of_a_socketpair_is_ourselves():
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    with a, b:
+        assert control.peer_cred(a) == Ucred(os.getpid(), os.geteuid(), os.getegid())
+
+
+# ---------------------------------------------------------------------------------------------------
+# Framing
+
+
+@pytest.mark.parametrize("obj", [
+    {"cmd": "status"},
+    {"text": "line\nbreak\r\u2028\u2029 and NUL \0"},
+    {"nested": {"list": [1, 2.5, None, True]}, "unicode": "é€😀"},
+])
+def test_encode_is_one_ascii_line(obj):
+    data = control.encode(obj)
+    assert data.endswith(b"\n") and data.count(b"\n") == 1 and b"\r" not in data
+    assert data.isascii()
+    assert json.loads(data) == obj
+
+
+def test_encode_falls_back_to_str_for_odd_values():
+    assert json.loads(control.encode({"path": Path("/x")})) == {"path": "/x"}
+
+
+def test_decode_request_ok():
+    assert control.decode_request(b'{"cmd": "register", "pid": 42}') == {"cmd": "register", "pid": 42}
+
+
+@pytest.mark.parametrize("line, why", [
+    (b"", "not JSON"),
+    (b"status", "not JSON"),
+    (b'{"cmd": "status"', "not JSON"),
+    (b"\xff\xfe", "not JSON"),
+    (b'["status"]', "JSON object"),
+    (b'"status"', "JSON object"),
+    (b"{}", 'no "cmd"'),
+    (b'{"cmd": 1}', 'no "cmd"'),
+    (b'{"cmd": ""}', 'no "cmd"'),
+    (b'{"cmd": null}', 'no "cmd"'),
+    (b"[" * 100000 + b"]" * 100000, "not JSON"),
+])
+def test_decode_request_malformed(line, why):
+    with pytest.raises(RequestError, match=why):
+        control.decode_request(line)
+
+
+def pair():
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    return a, b
+
+
+def test_line_reader_lines_across_and_within_chunks():
+    a, b = pair()
+    with a, b:
+        r = LineReader(a, 100)
+        b.sendall(b'{"a":1}\n{"b"')
+        deadline = time.monotonic() + 2
+        assert r.readline(deadline) == b'{"a":1}'
+
+        def later():
+            time.sleep(0.05)
+            b.sendall(b':2}\n\n')
+            b.shutdown(socket.SHUT_WR)
+
+        threading.Thread(target=later).start()
+        assert r.readline(deadline) == b'{"b":2}'
+        assert r.readline(deadline) == b""
+        assert r.readline(deadline) is None
+
+
+def test_line_reader_partial_last_line_at_eof_is_dropped():
+    a, b = pair()
+    with a, b:
+        b.sendall(b'{"cmd":"status"}')
+        b.shutdown(socket.SHUT_WR)
+        assert LineReader(a, 100).readline(time.monotonic() + 1) is None
+
+
+def test_line_reader_size_limit():
+    a, b = pair()
+    with a, b:
+        b.sendall(b"x" * 101)
+        with pytest.raises(TooLarge, match="larger than 100 bytes"):
+            LineReader(a, 100).readline(time.monotonic() + 1)
+    a, b = pair()
+    with a, b:  # a newline that comes too late does not make it acceptable
+        b.sendall(b"x" * 150 + b"\n")
+        with pytest.raises(TooLarge):
+            LineReader(a, 100).readline(time.monotonic() + 1)
+    a, b = pair()
+    with a, b:  # exactly at the limit is fine
+        b.sendall(b"x" * 100 + b"\n")
+        assert LineReader(a, 100).readline(time.monotonic() + 1) == b"x" * 100
+
+
+def test_line_reader_deadline_holds_against_a_trickle():
+    a, b = pair()
+    with a, b:
+        stop = threading.Event()
+
+        def trickle():
+            while not stop.is_set():
+                try:
+                    b.send(b"x")
+                except OSError:
+                    return
+                time.sleep(0.02)
+
+        t = threading.Thread(target=trickle)
+        t.start()
+        start = time.monotonic()
+        try:
+            with pytest.raises(TimeoutError):
+                LineReader(a, 1 << 20).readline(start + 0.3)
+        finally:
+            stop.set()
+            t.join()
+        assert time.monotonic() - start < 1.0
+
+
+# ---------------------------------------------------------------------------------------------------
+# register: the pid must be the caller's child process
+
+
+@pytest.mark.parametrize("comm", ["sleep", "a b", "x) S 1 (y", "))", "(", "with\nnewline"])
+def test_parse_stat_ppid_with_hostile_comm(comm):
+    text = f"4242 ({comm}) S 777 4242 4242 0 -1 4194560 101 0 0 0 0 0 0 0 20 0 1 0 9 0 0\n"
+    assert control.parse_stat_ppid(text) == 777
+
+
+def test_parse_status_field():
+    text = "Name:\tsleep\nUmask:\t0022\nState:\tS (sleeping)\nTgid:\t4242\nNgid:\t0\nPid:\t4243\nPPid:\t7\n"
+    assert control.parse_status_field(text, "Tgid") == "4242"
+    assert control.parse_status_field(text, "PPid") == "7"
+    assert control.parse_status_field(text, "Missing") is None
+
+
+def fake_proc(tmp_path: Path, pid: int, ppid: int, tgid: int | None = None) -> str:
+    d = tmp_path / "proc" / str(pid)
+    d.mkdir(parents=True)
+    (d / "stat").write_text(f"{pid} (x) S {ppid} {pid} {pid} 0 -1 0 0 0 0 0\n")
+    (d / "status").write_text(f"Name:\tx\nTgid:\t{tgid or pid}\nPid:\t{pid}\nPPid:\t{ppid}\n")
+    return str(tmp_path / "proc")
+
+
+def test_check_registrant_fake_proc(tmp_path):
+    proc = fake_proc(tmp_path, 500, 400)
+    control.check_registrant(500, Ucred(400, 0, 0), proc=proc)
+    with pytest.raises(MptcpizeError, match=r"process 500 is not a child of the caller \(pid 401\); its "
+                                            r"parent is 400"):
+        control.check_registrant(500, Ucred(401, 0, 0), proc=proc)
+    proc = fake_proc(tmp_path / "t", 501, 400, tgid=499)
+    with pytest.raises(MptcpizeError, match="501 is a thread of process 499"):
+        control.check_registrant(501, Ucred(400, 0, 0), proc=proc)
+    with pytest.raises(MptcpizeError, match="no process 502"):
+        control.check_registrant(502, Ucred(400, 0, 0), proc=proc)
+
+
+@pytest.mark.parametrize("pid", [True, False, "12", 1.0, None, 0, -1, (1 << 22) + 1, [1]])
+def test_check_registrant_bad_pid_values(pid):
+    with pytest.raises(MptcpizeError, match="pid must be an integer"):
+        control.check_registrant(pid, Ucred(1, 0, 0))
+
+
+def test_check_registrant_real_child():
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(5)"])
+    try:
+        me = Ucred(os.getpid(), os.geteuid(), os.getegid())
+        control.check_registrant(child.pid, me)
+        with pytest.raises(MptcpizeError, match="not a child of the caller"):
+            control.check_registrant(child.pid, Ucred(os.getppid(), 0, 0))
+        with pytest.raises(MptcpizeError, match="not a child of the caller"):
+            control.check_registrant(os.getpid(), me)  # ourselves: our parent is not us
+    finally:
+        child.kill()
+        child.wait()
+
+
+def test_check_registrant_thread_id_is_refused():
+    tid = []
+    ready, done = threading.Event(), threading.Event()
+
+    def run():
+        tid.append(threading.get_native_id())
+        ready.set()
+        done.wait(5)
+
+    t = threading.Thread(target=run)
+    t.start()
+    ready.wait(5)
+    try:
+        with pytest.raises(MptcpizeError, match="is a thread of process"):
+            control.check_registrant(tid[0], Ucred(os.getppid(), 0, 0))
+    finally:
+        done.set()
+        t.join()
+
+
+# ---------------------------------------------------------------------------------------------------
+# Client errors without any server
+
+
+def test_no_daemon_is_exit_3(tmp_path):
+    with pytest.raises(MptcpizeError) as e:
+        control.request({"cmd": "status"}, tmp_path / "control")
+    assert e.value.exit_code == 3
+    assert e.value.message == f"no daemon is running (cannot connect to {tmp_path}/control)"
+    assert e.value.hint == "start it: systemctl start mptcpize-py"
+
+
+def test_refused_connection_is_exit_3(tmp_path):
+    s = socket.socket(socket.AF_UNIX)
+    s.bind(str(tmp_path / "control"))
+    s.close()  # a dead daemon's socket file: connect() -> ECONNREFUSED
+    with pytest.raises(MptcpizeError) as e:
+        control.request({"cmd": "status"}, tmp_path / "control")
+    assert e.value.exit_code == 3
+
+
+def test_default_path():
+    assert control.DEFAULT_PATH == Path("/run/mptcpize-py/control")
+    assert control.no_daemon_error().message == \
+        "no daemon is running (cannot connect to /run/mptcpize-py/control)"
