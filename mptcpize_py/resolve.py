@@ -44,13 +44,15 @@ regular files; cgroup paths are normalised, joined under the cgroup2 mount and m
 realpath() and be directories of that very filesystem; netns names cannot contain '/' (policy.py).
 """
 
+import ctypes
+import errno
 import os
 import posixpath
 import shutil
 import stat
+import struct
 import subprocess
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Callable, Iterable, Mapping
 
 from . import abi
@@ -101,6 +103,10 @@ class Resolved:
     def cgroup_map(self) -> dict[int, tuple[int, int]]:
         """{cgroup id: (rule_id, action)} ready for bpf.py."""
         return {k: (r.id, _action(r)) for k, r in self.cgroups.items()}
+
+    def selection(self) -> tuple[dict, dict, set[int] | None]:
+        """The arguments of bpf.Rewriter.set_selection(): exe map, cgroup map, netns set (None: all)."""
+        return self.exe_map(), self.cgroup_map(), (None if self.all_netns else set(self.netns))
 
     def flags(self) -> int:
         """mptcpize_config.flags for this selection."""
@@ -204,17 +210,46 @@ def parse_fdinfo(text: str) -> dict[str, str]:
     return out
 
 
+_SYS_OPENAT2 = 437         # the same number on every architecture (Linux >= 5.6)
+_RESOLVE_NO_MAGICLINKS = 0x02
+_AT_FDCWD = -100
+_libc = None
+
+
+def _open_no_magiclinks(path: str) -> int:
+    """open(path, O_PATH) following ordinary symlinks but no /proc magic links: a policy (or a symlink
+    in it) naming /proc/self/exe or /proc/PID/fd/N would otherwise resolve to whatever that process
+    runs, the daemon itself included. openat2(RESOLVE_NO_MAGICLINKS); plain open() before Linux 5.6."""
+    global _libc
+    if _libc is None:
+        _libc = ctypes.CDLL(None, use_errno=True)
+        _libc.syscall.restype = ctypes.c_long
+    how = struct.pack("=QQQ", os.O_PATH | os.O_CLOEXEC, 0, _RESOLVE_NO_MAGICLINKS)
+    fd = _libc.syscall(ctypes.c_long(_SYS_OPENAT2), ctypes.c_int(_AT_FDCWD), os.fsencode(path),
+                       ctypes.c_char_p(how), ctypes.c_size_t(len(how)))
+    if fd >= 0:
+        return fd
+    err = ctypes.get_errno()
+    if err in (errno.ENOSYS, errno.EPERM):  # no openat2, or a seccomp filter that refuses it
+        return os.open(path, os.O_PATH | os.O_CLOEXEC)
+    raise OSError(err, os.strerror(err), path)
+
+
 def exe_key(path: str, mounts: list[Mount] | None = None) -> tuple[ExeKey, str]:
     """(the kernel's identity of the file `path` leads to, its real path). Raises ResolveError.
 
-    Opens with O_PATH (following symlinks), so nothing is read or executed; the descriptor pins the
-    inode while we look it up, so the key and the checks describe one and the same file.
+    Opens with O_PATH (following symlinks, refusing /proc magic links), so nothing is read or
+    executed; the descriptor pins the inode while we look it up, so the key and the checks describe
+    one and the same file.
     """
     try:
-        fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
+        fd = _open_no_magiclinks(path)
     except FileNotFoundError:
         raise ResolveError("does not exist") from None
     except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise ResolveError("leads through a /proc magic link (such as /proc/PID/exe) or a symbolic "
+                               "link loop: name the executable's own path") from None
         raise ResolveError(f"cannot open: {e.strerror}") from None
     try:
         st = os.fstat(fd)

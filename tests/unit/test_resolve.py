@@ -282,6 +282,21 @@ def test_exe_key_refusals(tmp_path, make, reason):
         resolve.exe_key(str(path))
 
 
+@pytest.mark.parametrize("path", ["/proc/self/exe", "/proc/self/fd/0", "/proc/thread-self/exe"])
+def test_exe_key_refuses_proc_magic_links(path):
+    # They would resolve to whatever that process runs: for /proc/self/exe, the daemon itself.
+    with pytest.raises(ResolveError, match="magic link"):
+        resolve.exe_key(path)
+
+
+def test_exe_key_refuses_a_symlink_into_proc_magic_links(tmp_path):
+    (tmp_path / "sneaky").symlink_to("/proc/self/exe")
+    with pytest.raises(ResolveError, match="magic link"):
+        resolve.exe_key(str(tmp_path / "sneaky"))
+    res = resolve.resolve_policy(policy(f'[[allow]]\nexe = "{tmp_path}/sneaky"\n'), systemd=False)
+    assert res.exe == {} and "magic link" in res.problems[0]
+
+
 def test_exe_key_fifo_is_not_opened_for_reading(tmp_path):
     # O_PATH: a FIFO with no writer would block a plain open(); this must return at once.
     os.mkfifo(tmp_path / "fifo")
@@ -439,6 +454,19 @@ def test_host_netns_from_the_given_path(tmp_path):
     assert res.netns == {os.stat("/proc/self/ns/net").st_ino}
     res = resolve.resolve_policy(policy(""), host_netns=str(tmp_path / "nope"), systemd=False)
     assert res.netns == frozenset() and "netns host" in res.problems[0]
+
+
+def test_selection_is_what_bpf_set_selection_takes(tmp_path):
+    exe = make_exe(tmp_path / "prog")
+    (tmp_path / "cg" / "a").mkdir(parents=True)
+    pol = policy(f'[[allow]]\nexe = "{exe}"\n[[deny]]\ncgroup = "/a"\n')
+    res = resolve.resolve_policy(pol, cgroup_mount=str(tmp_path / "cg"), systemd=False)
+    key, _ = resolve.exe_key(str(exe))
+    assert res.selection() == ({(key.dev, key.ino): (16, abi.ACTION_ALLOW)},
+                               {os.stat(tmp_path / "cg" / "a").st_ino: (17, abi.ACTION_DENY)},
+                               {os.stat("/proc/self/ns/net").st_ino})
+    res = resolve.resolve_policy(policy("[netns]\nall = true\n"), systemd=False)
+    assert res.selection() == ({}, {}, None)
 
 
 def test_empty_policy_resolves_to_nothing():

@@ -8,7 +8,7 @@ import subprocess
 
 import pytest
 
-from mptcpize_py import abi, kernel
+from mptcpize_py import abi, kernel, resolve
 
 pytestmark = pytest.mark.vm
 
@@ -44,8 +44,10 @@ def cgroups():
 
 
 def exe_key(path: str) -> tuple[int, int]:
-    st = os.stat(path)
-    return kernel.kernel_dev(st.st_dev), st.st_ino
+    # Not os.stat(): on overlayfs (the VM's /tmp and /usr) st_dev is not the superblock's dev_t
+    # that the kernel keys on; resolve.exe_key reads the mount's and the inode from fdinfo.
+    key, _real = resolve.exe_key(path)
+    return key.dev, key.ino
 
 
 def proto(path: str, cgroup: str | None = None, netns: str | None = None) -> str:
