@@ -128,7 +128,7 @@ class Rewriter:
     # --- selection -------------------------------------------------------------------------------
     def add_run_root(self, pid: int, run_id: int = 1) -> None:
         """Selects process `pid` and every process it forks from now on."""
-        t = self._b["run_tgids"]
+        t = self._b[b"run_tgids"]
         t[t.Key(pid)] = t.Leaf(run_id, 0)
 
     def set_selection(self, exe_rules: dict[tuple[int, int], tuple[int, int]],
@@ -141,39 +141,39 @@ class Rewriter:
             | (abi.CFG_HAS_EXE_RULES if exe_rules else 0) \
             | (abi.CFG_HAS_CGROUP_RULES if cgroup_rules else 0)
         self._set_flags(self._flags | flags)  # match by the old and the new rules while syncing
-        self._sync(self._b["exe_rules"], {self._b["exe_rules"].Key(dev, ino): rule
-                                          for (dev, ino), rule in exe_rules.items()})
-        self._sync(self._b["cgroup_rules"], {self._b["cgroup_rules"].Key(cg): rule
-                                             for cg, rule in cgroup_rules.items()})
-        self._sync(self._b["netns_allow"], {self._b["netns_allow"].Key(inum): 1
-                                            for inum in (netns or ())})
+        exe, cg, ns = self._b[b"exe_rules"], self._b[b"cgroup_rules"], self._b[b"netns_allow"]
+        self._sync(exe, [(exe.Key(dev, ino), exe.Leaf(*rule)) for (dev, ino), rule in exe_rules.items()])
+        self._sync(cg, [(cg.Key(cgid), cg.Leaf(*rule)) for cgid, rule in cgroup_rules.items()])
+        self._sync(ns, [(ns.Key(inum), ns.Leaf(1)) for inum in (netns or ())])
         self._set_flags(flags)
 
     @staticmethod
-    def _sync(table, wanted: dict) -> None:
-        for key, value in wanted.items():
-            table[key] = table.Leaf(*value) if isinstance(value, tuple) else table.Leaf(value)
-        wanted_raw = {bytes(k) for k in wanted}
-        for key in [k for k in table.keys() if bytes(k) not in wanted_raw]:
+    def _sync(table, entries: list) -> None:
+        """Makes `table` hold exactly `entries` [(Key, Leaf)]: upserts first, then deletes the rest."""
+        wanted = set()
+        for key, leaf in entries:
+            table[key] = leaf
+            wanted.add(bytes(key))
+        for key in [k for k in table.keys() if bytes(k) not in wanted]:
             del table[key]
 
     def _set_flags(self, flags: int) -> None:
-        cfg = self._b["config"]
+        cfg = self._b[b"config"]
         cfg[ctypes.c_int(0)] = cfg.Leaf(self._pernet_addr, self._enabled_offset, flags)
         self._flags = flags
 
     # --- reports ---------------------------------------------------------------------------------
     def counters(self) -> dict[str, int]:
-        t = self._b["counters"]
+        t = self._b[b"counters"]
         return {name: sum(t[t.Key(idx)]) for name, idx in abi.COUNTERS.items()}
 
     def proc_stats(self) -> list[ProcStats]:
         return [ProcStats(k.value, v.upgraded, abi.KIND_NAMES.get(v.kind, "?"), v.rule_id)
-                for k, v in self._b["proc_stats"].items()]
+                for k, v in self._b[b"proc_stats"].items()]
 
     def exe_name(self, tgid: int) -> str | None:
         """The file a run-tree process last exec'd, as the kernel saw it (None if unknown)."""
-        t = self._b["exe_names"]
+        t = self._b[b"exe_names"]
         try:
             return t[t.Key(tgid)].path.decode(errors="replace") or None
         except KeyError:
@@ -181,7 +181,7 @@ class Rewriter:
 
     def open_events(self, callback) -> None:
         """callback(UpgradeEvent) for every upgrade; call poll_events() to have them delivered."""
-        table = self._b["events"]
+        table = self._b[b"events"]
 
         def on_event(_ctx, data, _size):
             ev = table.event(data)

@@ -6,6 +6,9 @@ from pathlib import Path
 
 import pytest
 
+# netlab's assert_multipath() is shared by tiers: give its asserts pytest's detailed messages.
+pytest.register_assert_rewrite("tests.netlab")
+
 REPO = Path(__file__).resolve().parent.parent
 PROGS = REPO / "tests" / "progs"
 # The CLI installed next to the interpreter running the tests (the project's venv).

@@ -124,6 +124,20 @@ class TwoPathLab:
             client_status=client.returncode, server_status=server.returncode)
 
 
+def assert_multipath(res: TransferResult, size: int = 8 << 20) -> None:
+    """Both ends were MPTCP, the connection did not fall back, a second subflow joined (MP_JOIN
+    counters on both sides), and every byte arrived intact."""
+    assert res.server_status == 0 and res.client_status == 0, (res.server_stderr, res.client_stderr)
+    assert res.client["protocol"] == 262 and res.server["protocol"] == 262
+    info = res.client["mptcp_info"]
+    assert info is not None and not info["fallback"], info
+    assert info["subflows"] >= 1, info
+    assert res.client_counters["MPTcpExtMPJoinSynAckRx"] > 0
+    assert res.server_counters["MPTcpExtMPJoinAckRx"] > 0
+    assert res.server["bytes"] == res.client["bytes"] == size
+    assert res.server["sha256"] == res.client["sha256"]
+
+
 def _last_json(text: str) -> dict:
     for line in reversed(text.splitlines()):
         if line.startswith("{"):

@@ -156,12 +156,4 @@ def test_two_path_transfer_uses_both_paths(bpf_backend):
         res = lab.transfer([MPTCPIZE, "run", "--backend", "bpf"], python=PYTHON, timeout=400)
     finally:
         lab.teardown()
-    assert res.server_status == 0 and res.client_status == 0, (res.server_stderr, res.client_stderr)
-    assert res.client["protocol"] == 262 and res.server["protocol"] == 262
-    info = res.client["mptcp_info"]
-    assert info is not None and not info["fallback"], info
-    assert info["subflows"] >= 1, info
-    assert res.client_counters["MPTcpExtMPJoinSynAckRx"] > 0
-    assert res.server_counters["MPTcpExtMPJoinAckRx"] > 0
-    assert res.server["bytes"] == res.client["bytes"] == 8 << 20
-    assert res.server["sha256"] == res.client["sha256"]
+    netlab.assert_multipath(res)
