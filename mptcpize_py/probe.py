@@ -9,6 +9,7 @@ from .errors import MptcpizeError
 
 OK, WARN, FAIL = "ok", "warn", "fail"
 
+
 @dataclass
 class Check:
     name: str
@@ -62,7 +63,7 @@ def run_checks(compile_test: bool = True) -> Report:
                     "run as root" if e.errno == errno.EPERM else None)
             add(Check("bpf trampoline", FAIL, f"fmod_ret load/attach refused: {_errno_text(e)}", hint))
     else:
-        add(Check("bpf trampoline", FAIL, "not tried: no hook to attach to"))
+        add(Check("bpf trampoline", FAIL, "not tried: no hook to attach to", "see 'kernel hook' above"))
 
     pernet_addr = kernel.read_kallsyms_address("mptcp_pernet_id")
     if facts is not None and facts.mptcp_enabled_offset is not None and pernet_addr:
