@@ -35,6 +35,18 @@ def _build_parser() -> argparse.ArgumentParser:
 
     c = sub.add_parser("check", help="report what this host can do; exit 0 if run can upgrade, 69 if not")
     c.add_argument("--json", action="store_true", help="machine-readable output")
+
+    d = sub.add_parser("daemon", help="system-wide: upgrade the processes an allowlist policy selects",
+                       description="Load the policy of DIR (every *.toml file), attach the BPF program "
+                                   "and keep its maps in sync: SIGHUP or a change in DIR reloads, "
+                                   "SIGTERM detaches. Exit 78 on a bad policy.")
+    d.add_argument("--policy-dir", metavar="DIR", default=None,
+                   help="policy directory (default /etc/mptcpize-py/policy.d)")
+    d.add_argument("--check", action="store_true",
+                   help="validate and resolve the policy without loading BPF; exit 0 or 78")
+
+    s = sub.add_parser("status", help="ask the running daemon what it upgraded (exit 3: no daemon)")
+    s.add_argument("--json", action="store_true", help="machine-readable output")
     return p
 
 
@@ -113,6 +125,32 @@ def cmd_check(args) -> int:
     return 0 if rep.run_can_upgrade else EXIT_UNAVAILABLE
 
 
+def cmd_daemon(args) -> int:
+    import logging
+    from . import daemon, report
+    from .policy import DEFAULT_POLICY_DIR
+    policy_dir = args.policy_dir or DEFAULT_POLICY_DIR
+    if args.check:
+        policy, resolved = daemon.check(policy_dir)
+        for line in report.policy_check_text(policy, resolved):
+            _out(line)
+        return 0
+    logging.getLogger().setLevel(logging.DEBUG if logging.getLogger().level == logging.DEBUG
+                                 else logging.INFO)
+    return daemon.run_daemon(policy_dir)
+
+
+def cmd_status(args) -> int:
+    from . import control, daemon, report
+    resp = control.request({"cmd": "status"}, daemon.control_path(), timeout=10)
+    if args.json:
+        _out(report.status_json(resp))
+    else:
+        for line in report.status_text(resp):
+            _out(line)
+    return 0
+
+
 def _setup_logging(debug: bool) -> None:
     """Other modules log (e.g. seccomp: a setuid program exec'd under no_new_privs); this prints it."""
     import logging
@@ -140,12 +178,14 @@ def main(argv: list[str] | None = None) -> int:
         args = parser.parse_args(argv)
         if args.command is None:
             raise UsageError("no command given", hint=f"see '{PROG} --help'")
-        return {"run": cmd_run, "check": cmd_check}[args.command](args)
+        return {"run": cmd_run, "check": cmd_check, "daemon": cmd_daemon,
+                "status": cmd_status}[args.command](args)
     except MptcpizeError as e:
         if debug:
             import traceback
             traceback.print_exc()
-        _err(f"{PROG}: error: {e.message}")
+        for message in getattr(e, "errors", None) or [e.message]:  # PolicyError: every file:line
+            _err(f"{PROG}: error: {message}")
         if e.hint:
             _err(f"{PROG}: hint: {e.hint}")
         return e.exit_code

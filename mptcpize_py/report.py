@@ -37,3 +37,44 @@ def run_verbose(backend_name: str, reports, counters: dict[str, int] | None) -> 
             lines.append("mptcpize-py: not upgraded: "
                          + " ".join(f"{k}={v}" for k, v in sorted(skipped.items())))
     return lines
+
+
+def policy_check_text(policy, resolved) -> list[str]:
+    """`daemon --check` on a good policy: the summary, what each rule resolved to, what is pending."""
+    lines = [f"policy ok: {policy.summary()}"]
+    for r in policy.rules:
+        lines.append(f"  {r.description} -> {resolved.targets.get(r.id, '?')}")
+    lines.extend(f"  pending: {p.message}" for p in resolved.pending)
+    lines.extend(f"  note: {n}" for n in resolved.notes)
+    return lines
+
+
+def status_json(status: dict) -> str:
+    return json.dumps(status, indent=2, sort_keys=True)
+
+
+def status_text(status: dict) -> list[str]:
+    """`status` for people: the daemon's answer (control protocol, see daemon.Daemon._status)."""
+    pol = status.get("policy") or {}
+    totals = status.get("totals") or {}
+    rows = status.get("processes") or []
+    lines = [f"backend: {status.get('backend', '?')} (daemon pid {status.get('pid', '?')}, "
+             f"up {status.get('uptime_s', '?')} s)",
+             f"policy: {pol.get('summary', '?')} in {pol.get('dir', '?')} "
+             f"(reloads {pol.get('reloads', 0)}, refused {pol.get('failed_reloads', 0)})"]
+    for r in pol.get("rules") or []:
+        lines.append(f"  {r.get('description')} -> {r.get('target') or '?'}")
+    lines.extend(f"  pending: {p}" for p in pol.get("pending") or [])
+    lines.extend(f"  problem: {p}" for p in pol.get("problems") or [])
+    skipped = " ".join(f"{k}={v}" for k, v in sorted(totals.items()) if k != "upgraded" and v)
+    lines.append(f"totals: {totals.get('upgraded', 0)} socket(s) upgraded in {len(rows)} process(es)"
+                 + (f"; not upgraded: {skipped}" if skipped else ""))
+    lines.append(f"events dropped: {status.get('events_dropped', 0)}")
+    if rows:
+        lines.append(f"{'PID':>8} {'UPGRADED':>9} {'ALIVE':<5} {'UNIT/CGROUP':<30} {'EXE':<30} RULE")
+        for p in rows:
+            where = p.get("unit") or p.get("cgroup") or "-"
+            lines.append(f"{p.get('pid', '?'):>8} {p.get('upgraded', 0):>9} "
+                         f"{'yes' if p.get('alive') else 'no':<5} {where:<30} "
+                         f"{p.get('exe') or '?':<30} {p.get('rule') or '-'}")
+    return lines

@@ -1,0 +1,376 @@
+"""`mptcpize-py daemon`: policy -> BPF maps, kept in sync; upgrade reports; `status` over the control socket.
+
+Lifecycle: load + validate the policy (PolicyError -> exit 78), resolve it to kernel keys (a rule that
+resolves to nothing, e.g. a missing executable, is a bad policy at start too), load and attach the
+program (bpf.Rewriter, fail-open: the link dies with this process), fill the maps, serve the control
+socket, then loop:
+
+- ring-buffer events: the first upgrade of each process is logged at INFO
+  (`upgraded pid=… exe=… rule=… unit=…`); per-socket volume stays in the kernel's counters.
+- SIGHUP, or a change in the policy directory (names, sizes, mtimes, inodes of its *.toml files,
+  checked every RESYNC_INTERVAL seconds; polling, not inotify: one stat per file every 2 s is cheap and
+  needs no extra dependency), reloads: load + resolve + set_selection. A reload that fails validation
+  or leaves a rule unresolvable keeps the last good policy and logs each `file:line: reason`.
+- every RESYNC_INTERVAL seconds the current policy is re-resolved: a unit that (re)started gets a new
+  cgroup id, a pending cgroup/netns may have appeared, a package upgrade replaced an executable (new
+  inode). The maps are rewritten only when the selection changed. Problems found here (e.g. an
+  executable briefly missing during an upgrade) are logged once; the rules that still resolve apply.
+- SIGTERM/SIGINT: stop serving, detach (close the link), exit 0.
+
+The control socket path is control.DEFAULT_PATH, or $MPTCPIZE_CONTROL (tests).
+"""
+
+import logging
+import os
+import signal
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import control
+from .policy import DEFAULT_POLICY_DIR, Policy, PolicyError, load_policy
+from .resolve import Resolved, resolve_policy
+
+CONTROL_ENV = "MPTCPIZE_CONTROL"
+RESYNC_INTERVAL = 2.0
+POLL_MS = 200
+MAX_PROC_RECORDS = 16384   # bpf/mptcpize.h MPTCPIZE_MAX_PROCS: the kernel's proc_stats holds as many
+
+log = logging.getLogger("mptcpize_py.daemon")
+
+# Unit types whose cgroup holds processes directly (a slice only holds other units).
+_UNIT_SUFFIXES = (".service", ".scope", ".socket", ".mount", ".swap")
+
+
+def control_path() -> Path:
+    return Path(os.environ.get(CONTROL_ENV) or control.DEFAULT_PATH)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Pure helpers
+
+
+def unit_of_cgroup(cgroup: str | None) -> str | None:
+    """The systemd unit owning a cgroup v2 path: the innermost component named like a unit with
+    processes ("/system.slice/nginx.service/x" -> "nginx.service"); None outside units."""
+    if not cgroup:
+        return None
+    for part in reversed(cgroup.strip("/").split("/")):
+        if part.endswith(_UNIT_SUFFIXES):
+            return part
+    return None
+
+
+def parse_proc_cgroup(text: str) -> str | None:
+    """The cgroup v2 path from /proc/PID/cgroup (the "0::/path" line)."""
+    for line in text.splitlines():
+        if line.startswith("0::"):
+            return line[3:] or "/"
+    return None
+
+
+def check_resolved(resolved: Resolved) -> None:
+    """Rules that resolve to nothing are a bad policy (at start, --check, reload)."""
+    if resolved.problems:
+        raise PolicyError(list(resolved.problems),
+                          hint="fix or remove these rules; `mptcpize-py daemon --check` validates")
+
+
+def load_and_resolve(policy_dir: Path, owner_uid: int = 0) -> tuple[Policy, Resolved]:
+    policy = load_policy(policy_dir, owner_uid=owner_uid)
+    resolved = resolve_policy(policy)
+    check_resolved(resolved)
+    return policy, resolved
+
+
+def dir_fingerprint(policy_dir: Path) -> tuple | None:
+    """What changes when a policy file is added, removed, replaced or edited (None: unreadable)."""
+    try:
+        out = []
+        with os.scandir(policy_dir) as it:
+            for e in it:
+                if e.name.endswith(".toml") and not e.name.startswith("."):
+                    st = e.stat(follow_symlinks=False)
+                    out.append((e.name, st.st_ino, st.st_size, st.st_mtime_ns, st.st_mode, st.st_uid))
+        return tuple(sorted(out))
+    except OSError:
+        return None
+
+
+# ---------------------------------------------------------------------------------------------------
+# Process records (what we learn at a process's first upgrade event)
+
+
+@dataclass(frozen=True)
+class ProcRecord:
+    tgid: int
+    exe: str | None
+    cgroup: str | None
+    unit: str | None
+    rule_id: int
+    rule: str          # the rule's description when the event arrived (ids are renumbered on reload)
+    kind: str
+    starttime: str | None   # /proc/PID/stat field 22: tells a recycled pid from the same process
+
+
+def _read(path: str) -> str | None:
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            return f.read()
+    except OSError:
+        return None
+
+
+def _starttime(tgid: int) -> str | None:
+    text = _read(f"/proc/{tgid}/stat")
+    if not text:
+        return None
+    try:
+        return text[text.rindex(")") + 2:].split()[19]
+    except (ValueError, IndexError):
+        return None
+
+
+def _exe(tgid: int) -> str | None:
+    try:
+        return os.readlink(f"/proc/{tgid}/exe")
+    except OSError:
+        return None
+
+
+def alive(rec: ProcRecord | None, tgid: int) -> bool:
+    st = _starttime(tgid)
+    if st is None:
+        return False
+    return rec is None or rec.starttime is None or rec.starttime == st
+
+
+# ---------------------------------------------------------------------------------------------------
+# The daemon
+
+
+class Daemon:
+    def __init__(self, policy_dir: Path = DEFAULT_POLICY_DIR, path: Path | None = None,
+                 resync_interval: float = RESYNC_INTERVAL, *, owner_uid: int = 0,
+                 rewriter_factory=None, serve: bool = True):
+        """owner_uid, rewriter_factory (() -> a bpf.Rewriter look-alike) and serve=False are for tests
+        that drive the daemon's logic without BPF or a control socket."""
+        self.policy_dir = Path(policy_dir)
+        self.owner_uid = owner_uid
+        self.rewriter_factory = rewriter_factory
+        self.serve = serve
+        self.path = Path(path) if path else control_path()
+        self.resync_interval = resync_interval
+        self.policy: Policy | None = None
+        self.resolved: Resolved | None = None
+        self.rw = None
+        self.server = None
+        self._procs: dict[int, ProcRecord] = {}
+        self._lock = threading.Lock()   # _procs, policy/resolved snapshot vs. the control thread
+        self._reload = False
+        self._stop = False
+        self._fingerprint = None
+        self._logged_problems: tuple[str, ...] = ()
+        self.started = time.time()
+        self.reloads = 0
+        self.failed_reloads = 0
+
+    # --- lifecycle -------------------------------------------------------------------------------
+    def start(self) -> None:
+        self._fingerprint = dir_fingerprint(self.policy_dir)
+        policy, resolved = load_and_resolve(self.policy_dir, self.owner_uid)
+        log.info("policy ok (%s); loading the BPF program", policy.summary())
+        t0 = time.monotonic()
+        if self.rewriter_factory is None:
+            from .bpf import Rewriter
+            self.rw = Rewriter(all_netns=False)
+        else:
+            self.rw = self.rewriter_factory()
+        try:
+            self.rw.set_selection(*resolved.selection())
+            self.policy, self.resolved = policy, resolved
+            self.rw.open_events(self._on_event)
+            if self.serve:
+                self.server = control.ControlServer({"status": self.status}, self.path).start()
+        except BaseException:
+            self.close()
+            raise
+        log.info("started in %.1f s: %s; control socket %s", time.monotonic() - t0, policy.summary(),
+                 self.path)
+        self._log_resolution(resolved)
+
+    def close(self) -> None:
+        if self.server is not None:
+            self.server.close()
+            self.server = None
+        if self.rw is not None:
+            self.rw.close()   # detaches: new sockets are plain TCP again
+            self.rw = None
+
+    def install_signals(self) -> None:
+        """SIGHUP: reload; SIGTERM/SIGINT: stop. Installed before start() so that a signal during the
+        (slow) compile does not kill the process with the default action; it is acted on after."""
+        def on_hup(_sig, _frm):
+            self._reload = True
+
+        def on_term(_sig, _frm):
+            self._stop = True
+
+        signal.signal(signal.SIGHUP, on_hup)
+        signal.signal(signal.SIGTERM, on_term)
+        signal.signal(signal.SIGINT, on_term)
+
+    def run(self) -> None:
+        next_sync = time.monotonic() + self.resync_interval
+        while not self._stop:
+            self.rw.poll_events(POLL_MS)
+            if self._stop:
+                break
+            try:
+                if self._reload:
+                    self._reload = False
+                    self.reload("SIGHUP")
+                if time.monotonic() >= next_sync:
+                    next_sync = time.monotonic() + self.resync_interval
+                    if dir_fingerprint(self.policy_dir) != self._fingerprint:
+                        self.reload("policy directory changed")
+                    else:
+                        self.resync()
+                    self._prune()
+            except Exception:  # a bug or an odd filesystem must not stop the upgrades: log, go on
+                log.exception("policy sync failed; keeping the current selection")
+        self.rw.drain_events()
+        log.info("stopping: detaching the program (new sockets are plain TCP)")
+
+    # --- policy ----------------------------------------------------------------------------------
+    def reload(self, why: str) -> bool:
+        self._fingerprint = dir_fingerprint(self.policy_dir)
+        try:
+            policy, resolved = load_and_resolve(self.policy_dir, self.owner_uid)
+        except PolicyError as e:
+            self.failed_reloads += 1
+            for line in e.errors:
+                log.error("reload (%s) refused: %s", why, line)
+            log.error("reload refused: keeping the last good policy (%s)", self.policy.summary())
+            return False
+        self.rw.set_selection(*resolved.selection())
+        with self._lock:
+            self.policy, self.resolved = policy, resolved
+        self.reloads += 1
+        log.info("reloaded (%s): %s", why, policy.summary())
+        self._log_resolution(resolved)
+        return True
+
+    def resync(self) -> None:
+        """Re-resolves the current policy: new cgroup ids, pending things that appeared, new inodes."""
+        resolved = resolve_policy(self.policy)
+        if resolved.problems != self._logged_problems:
+            for line in resolved.problems:
+                log.warning("%s (the rule matches nothing until this is fixed)", line)
+            self._logged_problems = resolved.problems
+        old = self.resolved
+        if resolved.selection() == old.selection():
+            return
+        self.rw.set_selection(*resolved.selection())
+        with self._lock:
+            self.resolved = resolved
+        for rid, target in resolved.targets.items():
+            if old.targets.get(rid) != target:
+                log.info("rule %s now resolves to %s", self._rule_desc(rid), target)
+
+    def _log_resolution(self, resolved: Resolved) -> None:
+        self._logged_problems = resolved.problems
+        for p in resolved.pending:
+            log.info("%s", p.message)
+        for n in resolved.notes:
+            log.info("%s", n)
+
+    def _rule_desc(self, rule_id: int) -> str:
+        pol = self.policy
+        for r in pol.rules if pol else ():
+            if r.id == rule_id:
+                return r.description
+        return f"rule {rule_id}" if rule_id else "none"
+
+    # --- events ----------------------------------------------------------------------------------
+    def _on_event(self, ev) -> None:
+        with self._lock:
+            if ev.tgid in self._procs:
+                return
+        cgroup_text = _read(f"/proc/{ev.tgid}/cgroup")
+        cgroup = parse_proc_cgroup(cgroup_text) if cgroup_text else None
+        rec = ProcRecord(ev.tgid, _exe(ev.tgid), cgroup, unit_of_cgroup(cgroup), ev.rule_id,
+                         self._rule_desc(ev.rule_id), ev.kind, _starttime(ev.tgid))
+        with self._lock:
+            self._procs[ev.tgid] = rec
+        where = f"unit={rec.unit}" if rec.unit else f"cgroup={rec.cgroup or '?'}"
+        log.info("upgraded pid=%d exe=%s rule=%s %s", ev.tgid, rec.exe or f"?({ev.comm})", rec.rule,
+                 where)
+
+    def _prune(self) -> None:
+        """Forgets records of dead processes when there are many (the kernel's LRU forgets too)."""
+        with self._lock:
+            if len(self._procs) <= MAX_PROC_RECORDS:
+                return
+            dead = [t for t, r in self._procs.items() if not alive(r, t)]
+            for t in dead:
+                del self._procs[t]
+
+    # --- status ----------------------------------------------------------------------------------
+    def status(self, _req=None, _peer=None) -> dict:
+        with self._lock:
+            policy, resolved, procs = self.policy, self.resolved, dict(self._procs)
+        counters = self.rw.counters()
+        rows = []
+        for st in sorted(self.rw.proc_stats(), key=lambda s: s.tgid):
+            rec = procs.get(st.tgid)
+            rows.append({
+                "pid": st.tgid,
+                "exe": rec.exe if rec else _exe(st.tgid),
+                "rule": rec.rule if rec else self._rule_desc(st.rule_id),
+                "rule_id": st.rule_id,
+                "kind": st.kind,
+                "unit": rec.unit if rec else None,
+                "cgroup": rec.cgroup if rec else None,
+                "upgraded": st.upgraded,
+                "alive": alive(rec, st.tgid),
+            })
+        return {
+            "backend": "bpf",
+            "pid": os.getpid(),
+            "uptime_s": round(time.time() - self.started, 1),
+            "policy": {
+                "dir": str(self.policy_dir),
+                "summary": policy.summary(),
+                "files": list(policy.files),
+                "rules": [{"id": r.id, "description": r.description,
+                           "target": resolved.targets.get(r.id)} for r in policy.rules],
+                "pending": [p.message for p in resolved.pending],
+                "problems": list(resolved.problems),
+                "reloads": self.reloads,
+                "failed_reloads": self.failed_reloads,
+            },
+            "totals": counters,
+            "processes": rows,
+            "events_dropped": counters.get("events_dropped", 0),
+        }
+
+
+def check(policy_dir: Path) -> tuple[Policy, Resolved]:
+    """`daemon --check`: validates and resolves without loading BPF; raises PolicyError."""
+    return load_and_resolve(Path(policy_dir))
+
+
+def run_daemon(policy_dir: Path = DEFAULT_POLICY_DIR, check_only: bool = False) -> int:
+    if check_only:
+        check(policy_dir)
+        return 0
+    d = Daemon(policy_dir)
+    d.install_signals()
+    d.start()
+    try:
+        d.run()
+    finally:
+        d.close()
+    return 0

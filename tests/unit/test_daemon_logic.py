@@ -1,0 +1,199 @@
+"""The daemon's loop logic without BPF: a fake Rewriter records what the maps would hold."""
+
+import logging
+import os
+import sys
+
+import pytest
+
+from mptcpize_py import abi
+from mptcpize_py.bpf import ProcStats, UpgradeEvent
+from mptcpize_py.daemon import Daemon
+from mptcpize_py.policy import PolicyError
+
+
+class FakeRewriter:
+    def __init__(self):
+        self.selections = []
+        self.callback = None
+        self.stats = []
+        self.closed = False
+
+    def set_selection(self, exe, cgroups, netns):
+        self.selections.append((exe, cgroups, netns))
+
+    def open_events(self, cb):
+        self.callback = cb
+
+    def poll_events(self, _ms):
+        pass
+
+    def drain_events(self):
+        pass
+
+    def counters(self):
+        return {name: 0 for name in abi.COUNTERS} | {"upgraded": sum(s.upgraded for s in self.stats)}
+
+    def proc_stats(self):
+        return list(self.stats)
+
+    def close(self):
+        self.closed = True
+
+
+EXE = os.path.realpath(sys.executable)
+
+
+@pytest.fixture
+def daemon(tmp_path):
+    d = tmp_path / "policy.d"
+    d.mkdir(mode=0o755)
+    (d / "10.toml").write_text(f'[[allow]]\nname = "py"\nexe = "{EXE}"\n')
+    fake = FakeRewriter()
+    dm = Daemon(d, tmp_path / "control", owner_uid=os.geteuid(), rewriter_factory=lambda: fake,
+                serve=False)
+    dm.start()
+    yield dm, fake, d
+    dm.close()
+    assert fake.closed
+
+
+def event(tgid, rule_id=16):
+    return UpgradeEvent(tgid, tgid, 0, "python", 1, 1, 2, "exe", rule_id)
+
+
+def test_start_fills_the_maps(daemon):
+    dm, fake, _ = daemon
+    exe, cgroups, netns = fake.selections[-1]
+    assert list(exe.values()) == [(16, abi.ACTION_ALLOW)]
+    assert cgroups == {}
+    assert netns == {os.stat("/proc/self/ns/net").st_ino}   # the host's namespace only
+
+
+def test_first_upgrade_logged_once(daemon, caplog):
+    dm, fake, _ = daemon
+    caplog.set_level(logging.INFO, logger="mptcpize_py.daemon")
+    for _ in range(3):
+        fake.callback(event(os.getpid()))
+    lines = [r.getMessage() for r in caplog.records if "upgraded pid=" in r.getMessage()]
+    assert len(lines) == 1
+    assert lines[0].startswith(f"upgraded pid={os.getpid()} exe={EXE} rule=allow exe={EXE} \"py\" "
+                               "(10.toml:1)")
+    assert " unit=" in lines[0] or " cgroup=" in lines[0]
+
+
+def test_status_rows(daemon):
+    dm, fake, _ = daemon
+    fake.callback(event(os.getpid()))
+    fake.stats = [ProcStats(os.getpid(), 500, "exe", 16), ProcStats(2 ** 22 + 5, 3, "exe", 16)]
+    st = dm.status()
+    assert st["backend"] == "bpf"
+    assert st["totals"]["upgraded"] == 503
+    rows = {r["pid"]: r for r in st["processes"]}
+    me = rows[os.getpid()]
+    assert me["upgraded"] == 500 and me["alive"] is True and me["exe"] == EXE
+    assert me["rule"].startswith(f"allow exe={EXE}")
+    gone = rows[2 ** 22 + 5]
+    assert gone["alive"] is False and gone["upgraded"] == 3
+    assert st["policy"]["summary"] == "1 allow, 0 deny rules from 1 file; netns: host"
+    assert st["events_dropped"] == 0
+
+
+def test_reload_applies_a_good_policy(daemon):
+    dm, fake, d = daemon
+    (d / "20.toml").write_text(f'[[deny]]\nexe = "{EXE}"\n')
+    assert dm.reload("test") is True
+    exe, _, _ = fake.selections[-1]
+    assert list(exe.values()) == [(17, abi.ACTION_DENY)]   # deny beats allow for the same file
+    assert dm.policy.summary().startswith("1 allow, 1 deny")
+
+
+def test_bad_reload_keeps_the_last_good_policy(daemon, caplog):
+    dm, fake, d = daemon
+    before = fake.selections[-1]
+    (d / "30.toml").write_text("[[allow]]\nexe = 'relative'\n[[allow]]\nexe = '/nonexistent/x'\n")
+    caplog.set_level(logging.ERROR, logger="mptcpize_py.daemon")
+    assert dm.reload("test") is False
+    assert fake.selections[-1] == before
+    assert dm.failed_reloads == 1
+    msgs = [r.getMessage() for r in caplog.records]
+    assert any("30.toml:2: exe:" in m and "not an absolute path" in m for m in msgs)
+    assert any("keeping the last good policy" in m for m in msgs)
+    (d / "30.toml").write_text("[[allow]]\nexe = '/nonexistent/x'\n")   # valid TOML, unresolvable
+    assert dm.reload("test") is False
+    assert fake.selections[-1] == before
+
+
+def test_resync_follows_a_replaced_executable(tmp_path):
+    d = tmp_path / "policy.d"
+    d.mkdir(mode=0o755)
+    exe = tmp_path / "prog"
+    exe.write_bytes(b"#!/bin/sh\n")
+    exe.chmod(0o755)
+    (d / "10.toml").write_text(f'[[allow]]\nexe = "{exe}"\n')
+    fake = FakeRewriter()
+    dm = Daemon(d, tmp_path / "control", owner_uid=os.geteuid(), rewriter_factory=lambda: fake,
+                serve=False)
+    dm.start()
+    n = len(fake.selections)
+    dm.resync()
+    assert len(fake.selections) == n          # nothing changed: the maps are not rewritten
+    new = tmp_path / "prog.new"
+    new.write_bytes(b"#!/bin/sh\n")
+    new.chmod(0o755)
+    os.rename(new, exe)                        # a package upgrade: same path, new inode
+    dm.resync()
+    assert len(fake.selections) == n + 1
+    assert fake.selections[-1][0] != fake.selections[n - 1][0]
+    dm.close()
+
+
+def test_start_with_bad_policy_loads_nothing(tmp_path):
+    d = tmp_path / "policy.d"
+    d.mkdir(mode=0o755)
+    (d / "10.toml").write_text("[[allow]]\nexe = '/nonexistent/x'\n")
+    made = []
+    dm = Daemon(d, tmp_path / "control", owner_uid=os.geteuid(),
+                rewriter_factory=lambda: made.append(1), serve=False)
+    with pytest.raises(PolicyError) as e:
+        dm.start()
+    assert e.value.exit_code == 78 and "10.toml:1: exe=/nonexistent/x: does not exist" in e.value.errors[0]
+    assert made == []
+
+
+def test_loop_reloads_on_directory_change_and_stops(daemon):
+    dm, fake, d = daemon
+    dm.resync_interval = 0
+    polls = []
+
+    def poll(_ms):
+        polls.append(1)
+        if len(polls) == 1:
+            (d / "20.toml").write_text(f'[[deny]]\nexe = "{EXE}"\n')
+        if len(polls) == 3:
+            dm._stop = True   # what SIGTERM's handler does
+
+    fake.poll_events = poll
+    dm.run()
+    assert dm.reloads == 1
+    assert list(fake.selections[-1][0].values()) == [(17, abi.ACTION_DENY)]
+
+
+def test_loop_survives_a_failing_sync(daemon, caplog):
+    dm, fake, d = daemon
+    dm.resync_interval = 0
+    polls = []
+
+    def poll(_ms):
+        polls.append(1)
+        if len(polls) == 3:
+            dm._stop = True
+
+    def broken():
+        raise OSError("odd filesystem")
+
+    fake.poll_events = poll
+    dm.resync = broken
+    dm.run()
+    assert len(polls) == 3
+    assert any("policy sync failed" in r.getMessage() for r in caplog.records)
