@@ -128,9 +128,14 @@ def read_kallsyms_address(symbol: str) -> int | None:
         return None
 
 
+def mkdev(major: int, minor: int) -> int:
+    """The kernel's internal dev_t encoding (include/linux/kdev_t.h MKDEV: major << 20 | minor)."""
+    return (major << 20) | minor
+
+
 def kernel_dev(st_dev: int) -> int:
-    """The kernel's internal dev_t (MKDEV: major << 20 | minor) for a userspace st_dev."""
-    return (os.major(st_dev) << 20) | os.minor(st_dev)
+    """The kernel's internal dev_t for a userspace st_dev."""
+    return mkdev(os.major(st_dev), os.minor(st_dev))
 
 
 def read_sysctl(name: str, proc: Path = Path("/proc/sys")) -> str | None:

@@ -55,7 +55,7 @@ import subprocess
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Mapping
 
-from . import abi
+from . import abi, kernel
 from .policy import Policy, Rule
 
 PROC_MOUNTINFO = "/proc/self/mountinfo"
@@ -138,8 +138,8 @@ class Mount:
 
     @property
     def kernel_dev(self) -> int:
-        """The superblock's s_dev as the kernel stores it (MKDEV: major << 20 | minor)."""
-        return (self.major << 20) | self.minor
+        """The superblock's s_dev as the kernel stores it."""
+        return kernel.mkdev(self.major, self.minor)
 
 
 def _unescape_mountinfo(s: str) -> str:
@@ -273,7 +273,7 @@ def exe_key(path: str, mounts: list[Mount] | None = None) -> tuple[ExeKey, str]:
     if mount is not None:
         dev = mount.kernel_dev
     else:  # mountinfo unreadable: st_dev is right for ext4, xfs, tmpfs, same-filesystem overlays
-        dev = (os.major(st.st_dev) << 20) | os.minor(st.st_dev)
+        dev = kernel.kernel_dev(st.st_dev)
     return ExeKey(dev, ino), real
 
 
