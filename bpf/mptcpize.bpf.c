@@ -8,15 +8,34 @@
  * Whatever happens, a namespace where net.mptcp.enabled=0 is left alone: socket(..., IPPROTO_MPTCP)
  * fails there with ENOPROTOOPT, so rewriting would break a working TCP socket().
  */
-#include <linux/sched.h>
-#include <linux/sched/signal.h>
-#include <linux/nsproxy.h>
-#include <linux/fs.h>
-#include <linux/mm_types.h>
-#include <linux/binfmts.h>
-#include <net/net_namespace.h>
-#include <net/netns/generic.h>
 #include "mptcpize.h"
+
+/*
+ * Kernel structs are read at offsets userspace takes from the running kernel's BTF and passes as
+ * -DOFF_* (mptcpize_py/kernel.py STRUCT_FIELDS), never from a headers tree: the same source reads the
+ * right bytes on every kernel, and bcc may compile it against whatever headers are installed.
+ * MPTCPIZE_DRY_RUN builds the same decision on the socket() syscall tracepoint instead of the
+ * fmod_ret hook: it counts and reports what would be upgraded and changes nothing.
+ */
+#ifndef OFF_TASK_MM
+#error "compile with the -DOFF_* offsets from mptcpize_py/kernel.py"
+#endif
+
+static __always_inline u64 read_ptr(u64 base, u32 off)
+{
+	u64 v = 0;
+	if (base)
+		bpf_probe_read_kernel(&v, sizeof(v), (void *)(base + off));
+	return v;
+}
+
+static __always_inline u32 read_u32(u64 base, u32 off)
+{
+	u32 v = 0;
+	if (base)
+		bpf_probe_read_kernel(&v, sizeof(v), (void *)(base + off));
+	return v;
+}
 
 #define AF_INET_ 2
 #define AF_INET6_ 10
@@ -29,6 +48,9 @@ BPF_HASH(run_tgids, u32, struct mptcpize_run_entry, MPTCPIZE_MAX_RUN_TGIDS);
 BPF_HASH(exe_rules, struct mptcpize_exe_key, struct mptcpize_rule, MPTCPIZE_MAX_EXE_RULES);
 BPF_HASH(cgroup_rules, u64, struct mptcpize_rule, MPTCPIZE_MAX_CGROUP_RULES);
 BPF_HASH(netns_allow, u32, u8, MPTCPIZE_MAX_NETNS);
+/* net.mptcp.enabled per netns inode, filled by userspace: used only where kernel memory cannot be
+ * read (no mptcp_pernet_id in /proc/kallsyms), and only by the dry run. */
+BPF_HASH(netns_mptcp, u32, u8, MPTCPIZE_MAX_NETNS);
 BPF_TABLE("lru_hash", u32, struct mptcpize_proc_stats, proc_stats, MPTCPIZE_MAX_PROCS);
 BPF_TABLE("lru_hash", u32, struct mptcpize_exe_name, exe_names, MPTCPIZE_MAX_PROCS);
 BPF_PERCPU_ARRAY(counters, u64, MPTCPIZE_CNT_MAX);
@@ -46,28 +68,34 @@ static __always_inline void count(u32 idx)
  * is a struct mptcp_pernet (net/mptcp/ctrl.c, private, so its offset comes from BTF at load time).
  * Returns 1/0, or -1 when it cannot be read (then we do not rewrite: fail towards plain TCP).
  */
-static __always_inline int netns_mptcp_enabled(struct net *net, struct mptcpize_config *cfg)
+static __always_inline int netns_mptcp_enabled(u64 net, u32 netns, struct mptcpize_config *cfg)
 {
 	unsigned int id = 0;
-	struct net_generic *gen = NULL;
-	void *pernet = NULL;
 	u8 enabled = 0;
 
-	if (!cfg->pernet_id_addr)
+	if (!cfg->pernet_id_addr) {
+#ifdef MPTCPIZE_DRY_RUN
+		u8 *known = netns_mptcp.lookup(&netns);
+		return known ? (*known ? 1 : 0) : -1;
+#else
 		return -1;
+#endif
+	}
 	if (bpf_probe_read_kernel(&id, sizeof(id), (void *)cfg->pernet_id_addr))
 		return -1;
-	if (bpf_probe_read_kernel(&gen, sizeof(gen), &net->gen) || !gen)
+	u64 gen = read_ptr(net, OFF_NET_GEN);
+	if (!gen)
 		return -1;
-	if (bpf_probe_read_kernel(&pernet, sizeof(pernet), &gen->ptr[id]) || !pernet)
+	u64 pernet = read_ptr(gen, OFF_NET_GENERIC_PTR + id * sizeof(void *));
+	if (!pernet)
 		return -1;
-	if (bpf_probe_read_kernel(&enabled, sizeof(enabled), pernet + cfg->enabled_offset))
+	if (bpf_probe_read_kernel(&enabled, sizeof(enabled), (void *)(pernet + cfg->enabled_offset)))
 		return -1;
 	return enabled ? 1 : 0;
 }
 
 /* Sets *rule_id and *kind to the allow rule that selects the task; returns 1 when a deny entry matches. */
-static __always_inline int select_task(struct task_struct *task, u32 tgid, u32 flags,
+static __always_inline int select_task(u64 task, u32 tgid, u32 flags,
 				       u32 *rule_id, u32 *kind)
 {
 	struct mptcpize_rule *r;
@@ -81,23 +109,12 @@ static __always_inline int select_task(struct task_struct *task, u32 tgid, u32 f
 
 	if (flags & MPTCPIZE_CFG_HAS_EXE_RULES) {
 		struct mptcpize_exe_key key = {};
-		struct mm_struct *mm = NULL;
-		struct file *exe = NULL;
-		struct inode *inode = NULL;
-		struct super_block *sb = NULL;
-		dev_t dev = 0;
+		u64 exe = read_ptr(read_ptr(task, OFF_TASK_MM), OFF_MM_EXE_FILE);
+		u64 inode = read_ptr(exe, OFF_FILE_INODE);
 
-		bpf_probe_read_kernel(&mm, sizeof(mm), &task->mm);
-		if (mm)
-			bpf_probe_read_kernel(&exe, sizeof(exe), &mm->exe_file);
-		if (exe)
-			bpf_probe_read_kernel(&inode, sizeof(inode), &exe->f_inode);
 		if (inode) {
-			bpf_probe_read_kernel(&key.ino, sizeof(key.ino), &inode->i_ino);
-			bpf_probe_read_kernel(&sb, sizeof(sb), &inode->i_sb);
-			if (sb)
-				bpf_probe_read_kernel(&dev, sizeof(dev), &sb->s_dev);
-			key.dev = dev;
+			key.ino = read_ptr(inode, OFF_INODE_INO);
+			key.dev = read_u32(read_ptr(inode, OFF_INODE_SB), OFF_SB_DEV);
 			r = exe_rules.lookup(&key);
 			if (r) {
 				if (r->action == MPTCPIZE_ACTION_DENY)
@@ -131,11 +148,12 @@ static __always_inline int select_task(struct task_struct *task, u32 tgid, u32 f
 	return denied;
 }
 
-KMOD_RET(update_socket_protocol, int family, int type, int protocol, int ret)
+/*
+ * The decision, shared by the real hook and the dry run: 1 when this socket() of the current task is
+ * (or would be) upgraded. Counts, per-process totals and the event happen here too.
+ */
+static __always_inline int decide(int family, int type, int protocol)
 {
-	/* Another fmod_ret program already chose a protocol: keep it. */
-	if (ret)
-		return ret;
 	if (family != AF_INET_ && family != AF_INET6_)
 		return 0;
 	/* type arrives unmasked: SOCK_NONBLOCK|SOCK_CLOEXEC are still set. */
@@ -151,7 +169,7 @@ KMOD_RET(update_socket_protocol, int family, int type, int protocol, int ret)
 
 	u64 pid_tgid = bpf_get_current_pid_tgid();
 	u32 tgid = pid_tgid >> 32;
-	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
+	u64 task = bpf_get_current_task();
 	u32 rule_id = 0, kind = MPTCPIZE_KIND_NONE;
 
 	if (select_task(task, tgid, cfg->flags, &rule_id, &kind)) {
@@ -161,22 +179,20 @@ KMOD_RET(update_socket_protocol, int family, int type, int protocol, int ret)
 	if (kind == MPTCPIZE_KIND_NONE)
 		return 0;
 
-	struct nsproxy *nsproxy = NULL;
-	struct net *net = NULL;
-	u32 netns = 0;
-	bpf_probe_read_kernel(&nsproxy, sizeof(nsproxy), &task->nsproxy);
-	if (nsproxy)
-		bpf_probe_read_kernel(&net, sizeof(net), &nsproxy->net_ns);
+	u64 net = read_ptr(read_ptr(task, OFF_TASK_NSPROXY), OFF_NSPROXY_NET);
 	if (!net) {
 		count(MPTCPIZE_CNT_NETNS_UNREADABLE);
 		return 0;
 	}
-	bpf_probe_read_kernel(&netns, sizeof(netns), &net->ns.inum);
-	if (!(cfg->flags & MPTCPIZE_CFG_ALL_NETNS) && !netns_allow.lookup(&netns)) {
+	u32 netns = read_u32(net, OFF_NET_INUM);
+	/* A run tree goes wherever its command goes (as a standalone `run` would); policy rules only
+	 * where the policy's [netns] says. */
+	if (kind != MPTCPIZE_KIND_RUN && !(cfg->flags & MPTCPIZE_CFG_ALL_NETNS)
+	    && !netns_allow.lookup(&netns)) {
 		count(MPTCPIZE_CNT_NETNS_NOT_SELECTED);
 		return 0;
 	}
-	int enabled = netns_mptcp_enabled(net, cfg);
+	int enabled = netns_mptcp_enabled(net, netns, cfg);
 	if (enabled <= 0) {
 		count(enabled == 0 ? MPTCPIZE_CNT_MPTCP_DISABLED : MPTCPIZE_CNT_NETNS_UNREADABLE);
 		return 0;
@@ -199,7 +215,7 @@ KMOD_RET(update_socket_protocol, int family, int type, int protocol, int ret)
 	struct mptcpize_event *ev = events.ringbuf_reserve(sizeof(struct mptcpize_event));
 	if (!ev) {
 		count(MPTCPIZE_CNT_EVENTS_DROPPED);
-		return MPTCPIZE_IPPROTO_MPTCP;
+		return 1;
 	}
 	ev->ts_ns = bpf_ktime_get_ns();
 	ev->cgroup_id = bpf_get_current_cgroup_id();
@@ -212,8 +228,25 @@ KMOD_RET(update_socket_protocol, int family, int type, int protocol, int ret)
 	ev->kind = kind;
 	bpf_get_current_comm(&ev->comm, sizeof(ev->comm));
 	events.ringbuf_submit(ev, 0);
-	return MPTCPIZE_IPPROTO_MPTCP;
+	return 1;
 }
+
+#ifndef MPTCPIZE_DRY_RUN
+KMOD_RET(update_socket_protocol, int family, int type, int protocol, int ret)
+{
+	/* Another fmod_ret program already chose a protocol: keep it. */
+	if (ret)
+		return ret;
+	return decide(family, type, protocol) ? MPTCPIZE_IPPROTO_MPTCP : 0;
+}
+#else
+/* socket(2)'s arguments as update_socket_protocol() would see them; the result is not changed. */
+TRACEPOINT_PROBE(syscalls, sys_enter_socket)
+{
+	decide((int)args->family, (int)args->type, (int)args->protocol);
+	return 0;
+}
+#endif
 
 /*
  * The run tree: a new process (not a thread) whose parent process is in run_tgids joins it. This
@@ -222,15 +255,14 @@ KMOD_RET(update_socket_protocol, int family, int type, int protocol, int ret)
  */
 RAW_TRACEPOINT_PROBE(sched_process_fork)
 {
-	struct task_struct *child = (struct task_struct *)ctx->args[1];
+	u64 child = ctx->args[1];
 	u32 parent_tgid = bpf_get_current_pid_tgid() >> 32;
-	pid_t child_pid = 0, child_tgid = 0;
 
 	struct mptcpize_run_entry *run = run_tgids.lookup(&parent_tgid);
 	if (!run)
 		return 0;
-	bpf_probe_read_kernel(&child_pid, sizeof(child_pid), &child->pid);
-	bpf_probe_read_kernel(&child_tgid, sizeof(child_tgid), &child->tgid);
+	u32 child_pid = read_u32(child, OFF_TASK_PID);
+	u32 child_tgid = read_u32(child, OFF_TASK_TGID);
 	if (child_pid != child_tgid)
 		return 0;  /* a thread: its process is already covered */
 	u32 key = child_tgid;
@@ -244,14 +276,13 @@ RAW_TRACEPOINT_PROBE(sched_process_fork)
 RAW_TRACEPOINT_PROBE(sched_process_exec)
 {
 	u32 tgid = bpf_get_current_pid_tgid() >> 32;
-	struct linux_binprm *bprm = (struct linux_binprm *)ctx->args[2];
-	const char *filename = NULL;
+	u64 bprm = ctx->args[2];
 	struct mptcpize_exe_name name = {};
 
 	if (!run_tgids.lookup(&tgid))
 		return 0;
-	bpf_probe_read_kernel(&filename, sizeof(filename), &bprm->filename);
-	if (!filename || bpf_probe_read_kernel_str(name.path, sizeof(name.path), filename) <= 0)
+	u64 filename = read_ptr(bprm, OFF_BPRM_FILENAME);
+	if (!filename || bpf_probe_read_kernel_str(name.path, sizeof(name.path), (void *)filename) <= 0)
 		return 0;
 	exe_names.update(&tgid, &name);
 	return 0;
@@ -260,13 +291,8 @@ RAW_TRACEPOINT_PROBE(sched_process_exec)
 /* Forget a process when its last thread exits, so a recycled pid is not upgraded by mistake. */
 RAW_TRACEPOINT_PROBE(sched_process_exit)
 {
-	struct task_struct *task = (struct task_struct *)bpf_get_current_task();
-	struct signal_struct *signal = NULL;
-	int live = 1;
-
-	bpf_probe_read_kernel(&signal, sizeof(signal), &task->signal);
-	if (signal)
-		bpf_probe_read_kernel(&live, sizeof(live), &signal->live.counter);
+	u64 signal = read_ptr(bpf_get_current_task(), OFF_TASK_SIGNAL);
+	u32 live = signal ? read_u32(signal, OFF_SIGNAL_LIVE) : 1;
 	/* do_exit() decrements signal->live before this tracepoint: 0 means the whole group is dead. */
 	if (live == 0) {
 		u32 tgid = bpf_get_current_pid_tgid() >> 32;

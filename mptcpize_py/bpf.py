@@ -1,7 +1,13 @@
 """The only bcc importer: compile bpf/mptcpize.bpf.c, attach it, fill its maps, read its reports.
 
-bcc comes from the distribution (python3-bpfcc) and compiles at run time against the running kernel's
-headers (/lib/modules/$(uname -r)/build).
+bcc comes from the distribution (python3-bpfcc) and compiles at run time. The program reads kernel
+structs at offsets taken from the running kernel's BTF (kernel.STRUCT_FIELDS), so the headers only
+have to satisfy the compiler: the running kernel's (/lib/modules/$(uname -r)/build) when installed,
+else any Debian linux-headers tree under /usr/src, merged into the one-directory layout bcc expects
+($BCC_KERNEL_SOURCE).
+
+Rewriter(dry_run=True) builds the same decision on the socket() syscall tracepoint: it needs no
+trampoline and no hook, counts and reports what would be upgraded, and changes no socket.
 """
 
 import ctypes
@@ -22,8 +28,56 @@ class ToolchainStatus:
     hint: str | None = None
 
 
+MERGED_HEADERS_DIR = Path("/run/mptcpize-py/headers")
+
+
 def _headers_dir() -> Path:
     return Path("/lib/modules") / os.uname().release / "build"
+
+
+def _debian_header_trees(src: Path = Path("/usr/src")) -> list[tuple[Path, Path]]:
+    """(arch tree, -common tree) pairs of installed Debian linux-headers packages, newest first."""
+    pairs = []
+    for arch in sorted(src.glob("linux-headers-*-amd64"), reverse=True):
+        common = arch.with_name(arch.name[:-len("amd64")] + "common")
+        if (arch / "include" / "generated").is_dir() and (common / "include" / "linux").is_dir():
+            pairs.append((arch, common))
+    return pairs
+
+
+def merge_header_tree(arch: Path, common: Path, dest: Path) -> Path:
+    """Builds in `dest` (symlinks only) the single tree bcc's $BCC_KERNEL_SOURCE wants from Debian's
+    split arch/-common packages: common's include/ and arch/x86/include/ plus arch's generated/."""
+    for sub in ("include", "arch/x86/include"):
+        out = dest / sub
+        out.mkdir(parents=True, exist_ok=True)
+        for src_dir in (common / sub, arch / sub):
+            if not src_dir.is_dir():
+                continue
+            for entry in src_dir.iterdir():
+                link = out / entry.name
+                if not link.exists() and not link.is_symlink():
+                    link.symlink_to(entry)
+    return dest
+
+
+def compile_env() -> tuple[Path | None, str]:
+    """(headers tree for bcc or None, description). Sets $BCC_KERNEL_SOURCE when it is not the
+    running kernel's own tree."""
+    own = _headers_dir()
+    if (own / "include").is_dir():
+        return own, str(own)
+    for arch, common in _debian_header_trees():
+        dest = MERGED_HEADERS_DIR / arch.name
+        try:
+            if not (dest / "include" / "linux").exists():
+                merge_header_tree(arch, common, dest)
+        except OSError:
+            continue
+        os.environ["BCC_KERNEL_SOURCE"] = str(dest)
+        return dest, f"{arch.name} (this kernel's own headers are not installed; the program takes " \
+                     f"struct offsets from BTF, so other headers do)"
+    return None, f"no kernel headers at {own} or /usr/src/linux-headers-*"
 
 
 def _import_bcc():
@@ -41,9 +95,9 @@ def toolchain_status(compile_test: bool = True) -> ToolchainStatus:
         bcc = _import_bcc()
     except MptcpizeError as e:
         return ToolchainStatus(False, e.message, e.hint)
-    headers = _headers_dir()
-    if not (headers / "include").is_dir():
-        return ToolchainStatus(False, f"bcc importable, but no kernel headers at {headers}",
+    headers, where = compile_env()
+    if headers is None:
+        return ToolchainStatus(False, f"bcc importable, but {where}",
                                f"apt-get install linux-headers-{os.uname().release}")
     if compile_test:
         try:
@@ -52,7 +106,7 @@ def toolchain_status(compile_test: bool = True) -> ToolchainStatus:
             return ToolchainStatus(False, f"bcc cannot compile against {headers}: {e}",
                                    f"reinstall linux-headers-{os.uname().release}")
     return ToolchainStatus(True, f"bcc {getattr(bcc, '__version__', '?')} "
-                                 f"{'compiles' if compile_test else 'with headers'} at {headers}")
+                                 f"{'compiles' if compile_test else 'with headers'} at {where}")
 
 
 @dataclass(frozen=True)
@@ -79,36 +133,53 @@ class ProcStats:
 class Rewriter:
     """The loaded and attached program. Detaches on close() or when this process exits (fail-open)."""
 
-    def __init__(self, all_netns: bool = True):
+    def __init__(self, all_netns: bool = True, dry_run: bool = False):
         if os.geteuid() != 0:
             raise PermissionDenied("loading the BPF program needs root (CAP_BPF, CAP_PERFMON, "
                                    "CAP_SYS_ADMIN)", hint="run it as root, e.g. with sudo")
+        self.dry_run = dry_run
         facts = kernel.read_hook_facts()
-        if facts.update_socket_protocol_id is None:
-            raise Unavailable(f"this kernel has no {HOOK}() in its BTF",
-                              hint="the BPF backend needs Linux >= 6.6 with CONFIG_DEBUG_INFO_BTF=y")
-        try:
-            kernel.probe_trampoline(facts.update_socket_protocol_id)
-        except OSError as e:
-            raise Unavailable(f"this kernel refuses the fmod_ret program on {HOOK}(): {e.strerror}",
-                              hint="BPF trampolines are disabled here; see `mptcpize-py check`") from None
+        offsets = kernel.read_struct_offsets()
+        if not dry_run:
+            if facts.update_socket_protocol_id is None:
+                raise Unavailable(f"this kernel has no {HOOK}() in its BTF",
+                                  hint="the BPF backend needs Linux >= 6.6 with CONFIG_DEBUG_INFO_BTF=y")
+            try:
+                kernel.probe_trampoline(facts.update_socket_protocol_id)
+            except OSError as e:
+                raise Unavailable(f"this kernel refuses the fmod_ret program on {HOOK}(): {e.strerror}",
+                                  hint="BPF trampolines are disabled here; see `mptcpize-py check`") \
+                    from None
         pernet_addr = kernel.read_kallsyms_address("mptcp_pernet_id")
         if pernet_addr is None or facts.mptcp_enabled_offset is None:
-            raise Unavailable("cannot locate net.mptcp.enabled in kernel memory "
-                              "(mptcp_pernet_id in /proc/kallsyms, struct mptcp_pernet in BTF)",
-                              hint="needs CONFIG_KALLSYMS_ALL=y; see `mptcpize-py check`")
+            if not dry_run:
+                raise Unavailable("cannot locate net.mptcp.enabled in kernel memory "
+                                  "(mptcp_pernet_id in /proc/kallsyms, struct mptcp_pernet in BTF)",
+                                  hint="needs CONFIG_KALLSYMS_ALL=y; see `mptcpize-py check`")
+            pernet_addr = 0   # the dry run then asks userspace's netns_mptcp map (set_netns_mptcp)
         bcc = _import_bcc()  # after the cheap probes: importing bcc loads libLLVM (slow)
-        if not (_headers_dir() / "include").is_dir():
-            raise Unavailable(f"no kernel headers at {_headers_dir()} for bcc to compile against",
-                              hint=f"apt-get install linux-headers-{os.uname().release}")
+        headers, where = compile_env()
+        if headers is None:
+            raise Unavailable(f"bcc has nothing to compile against: {where}",
+                              hint=f"apt-get install linux-headers-{os.uname().release} (or any "
+                                   f"linux-headers-*-amd64)")
+        cflags = [f"-I{abi.BPF_DIR}", "-w"] + [f"-D{k}={v}" for k, v in sorted(offsets.items())]
+        if dry_run:
+            cflags.append("-DMPTCPIZE_DRY_RUN")
+            kernel.ensure_tracefs()
         try:
-            self._b = bcc.BPF(src_file=str(abi.PROGRAM).encode(),
-                              cflags=[f"-I{abi.BPF_DIR}", "-w"])
+            self._b = bcc.BPF(src_file=str(abi.PROGRAM).encode(), cflags=cflags)
         except Exception as e:
-            raise Unavailable(f"bcc could not compile {abi.PROGRAM.name}: {e}") from None
+            raise Unavailable(f"bcc could not compile {abi.PROGRAM.name} against {where}: {e}") \
+                from None
         self._bcc = bcc
-        self._pernet_addr, self._enabled_offset = pernet_addr, facts.mptcp_enabled_offset
+        self._pernet_addr, self._enabled_offset = pernet_addr, facts.mptcp_enabled_offset or 0
         self._set_flags(abi.CFG_ALL_NETNS if all_netns else 0)
+        self._link_fd = -1
+        self.reads_netns_from_kernel = bool(pernet_addr)
+        if dry_run:   # bcc attached the syscall tracepoint when it loaded the program
+            self._events_open = False
+            return
         try:
             fn = self._b.load_func(b"kmod_ret__" + HOOK.encode(), bcc.BPF.TRACING)
         except Exception as e:
@@ -146,6 +217,12 @@ class Rewriter:
         self._sync(cg, [(cg.Key(cgid), cg.Leaf(*rule)) for cgid, rule in cgroup_rules.items()])
         self._sync(ns, [(ns.Key(inum), ns.Leaf(1)) for inum in (netns or ())])
         self._set_flags(flags)
+
+    def set_netns_mptcp(self, enabled: dict[int, bool]) -> None:
+        """net.mptcp.enabled per netns inode, for a dry run on a kernel whose memory we cannot read it
+        from (no mptcp_pernet_id in /proc/kallsyms). Namespaces not listed count as unreadable."""
+        t = self._b[b"netns_mptcp"]
+        self._sync(t, [(t.Key(inum), t.Leaf(1 if on else 0)) for inum, on in enabled.items()])
 
     @staticmethod
     def _sync(table, entries: list) -> None:

@@ -44,9 +44,35 @@ def _build_parser() -> argparse.ArgumentParser:
                    help="policy directory (default /etc/mptcpize-py/policy.d)")
     d.add_argument("--check", action="store_true",
                    help="validate and resolve the policy without loading BPF; exit 0 or 78")
+    d.add_argument("--dry-run", action="store_true",
+                   help="evaluate the policy at every socket() (syscall tracepoint, no hook or "
+                        "trampoline needed) and report what would be upgraded; change nothing")
+
+    rs = sub.add_parser("resync", help="make the daemon re-resolve its policy now (used by the "
+                                       "ExecStartPre= of units enabled with `enable`)",
+                        description="Ask the daemon to re-resolve its policy now and answer once its "
+                                    "maps hold the result. With --unit, exit 0 only when UNIT's current "
+                                    "cgroup is selected (1: UNIT not in the policy or not running; "
+                                    "3: no daemon).")
+    rs.add_argument("--unit", metavar="UNIT", default=None, help="a unit named by an allow rule")
 
     s = sub.add_parser("status", help="ask the running daemon what it upgraded (exit 3: no daemon)")
     s.add_argument("--json", action="store_true", help="machine-readable output")
+    s.add_argument("--connections", action="store_true",
+                   help="the MPTCP connections of the upgraded processes (subflows, fallback, bytes), "
+                        "read from the kernel (MPTCP sock_diag); with no daemon, every MPTCP "
+                        "connection of this network namespace")
+    s.add_argument("--netns", metavar="NAME", default=None,
+                   help="with --connections: only network namespace NAME (/run/netns/NAME)")
+
+    m = sub.add_parser("metrics", help="Prometheus text-format metrics (stdout, or a file for "
+                                       "node_exporter's textfile collector)",
+                       description="Print the daemon's upgrade counters and the MPTCP connections of "
+                                   "the upgraded processes in the Prometheus text format. With no "
+                                   "daemon, only mptcpize_daemon_up 0.")
+    m.add_argument("--output", metavar="FILE", default=None,
+                   help="replace FILE atomically (mode 0644) instead of printing, e.g. "
+                        "/var/lib/prometheus/node-exporter/mptcpize.prom")
     return p
 
 
@@ -137,17 +163,68 @@ def cmd_daemon(args) -> int:
         return 0
     logging.getLogger().setLevel(logging.DEBUG if logging.getLogger().level == logging.DEBUG
                                  else logging.INFO)
-    return daemon.run_daemon(policy_dir)
+    return daemon.run_daemon(policy_dir, dry_run=args.dry_run)
+
+
+def _daemon_status_or_none() -> dict | None:
+    """The daemon's `status` answer; None when no daemon runs (other errors are raised)."""
+    from . import control, daemon
+    from .errors import EXIT_NO_DAEMON
+    try:
+        return control.request({"cmd": "status"}, daemon.control_path(), timeout=10)
+    except MptcpizeError as e:
+        if e.exit_code != EXIT_NO_DAEMON:
+            raise
+        return None
+
+
+def cmd_status_connections(args) -> int:
+    from . import mptcpdiag, report
+    netns = mptcpdiag.netns_path(args.netns) if args.netns is not None else None
+    view = mptcpdiag.connection_view(_daemon_status_or_none(), netns)
+    if args.json:
+        _out(report.connections_json(view))
+    else:
+        for line in report.connections_text(view):
+            _out(line)
+    return 0
+
+
+def cmd_metrics(args) -> int:
+    from . import metrics, mptcpdiag
+    status = _daemon_status_or_none()
+    text = metrics.render(status, mptcpdiag.connection_view(status) if status is not None else None)
+    if args.output:
+        metrics.write_atomic(args.output, text)
+    else:
+        print(text, end="", flush=True)
+    return 0
 
 
 def cmd_status(args) -> int:
     from . import control, daemon, report
+    if args.connections:
+        return cmd_status_connections(args)
+    if args.netns is not None:
+        raise UsageError("status: --netns only applies with --connections",
+                         hint=f"{PROG} status --connections --netns NAME")
     resp = control.request({"cmd": "status"}, daemon.control_path(), timeout=10)
     if args.json:
         _out(report.status_json(resp))
     else:
         for line in report.status_text(resp):
             _out(line)
+    return 0
+
+
+def cmd_resync(args) -> int:
+    from . import control, daemon
+    req = {"cmd": "resync"}
+    if args.unit is not None:
+        req["unit"] = args.unit
+    resp = control.request(req, daemon.control_path(), timeout=30)
+    for rule in resp.get("rules", []):
+        _out(f"{args.unit}: {rule.get('action')} rule {rule.get('id')}: {rule.get('target')}")
     return 0
 
 
@@ -179,7 +256,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command is None:
             raise UsageError("no command given", hint=f"see '{PROG} --help'")
         return {"run": cmd_run, "check": cmd_check, "daemon": cmd_daemon,
-                "status": cmd_status}[args.command](args)
+                "status": cmd_status, "resync": cmd_resync, "metrics": cmd_metrics}[args.command](args)
     except MptcpizeError as e:
         if debug:
             import traceback

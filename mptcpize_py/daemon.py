@@ -17,6 +17,15 @@ socket, then loop:
   executable briefly missing during an upgrade) are logged once; the rules that still resolve apply.
 - SIGTERM/SIGINT: stop serving, detach (close the link), exit 0.
 
+Under systemd (Type=notify): READY=1 with a STATUS= summary once the program is attached and the
+policy loaded, STATUS= updates, watchdog pings from the main loop (a wedged loop gets restarted), and log
+records as journald entries with MPTCPIZE_* fields (journal.py).
+
+Control requests besides `status`: `register` (a `run` process puts itself, before exec, into the run
+tree: the fast path that spares `run` compiling its own program), `run_report` (that run's per-process
+counts, for `run -v`), `resync` (re-resolve now; a unit's ExecStartPre uses it so the unit's new cgroup
+is selected before its main process starts).
+
 The control socket path is control.DEFAULT_PATH, or $MPTCPIZE_CONTROL (tests).
 """
 
@@ -28,8 +37,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import control
-from .policy import DEFAULT_POLICY_DIR, Policy, PolicyError, load_policy
+from . import control, journal
+from .errors import MptcpizeError
+from .policy import DEFAULT_POLICY_DIR, Policy, PolicyError, check_unit_name, load_policy
 from .resolve import Resolved, resolve_policy
 
 CONTROL_ENV = "MPTCPIZE_CONTROL"
@@ -153,13 +163,15 @@ def alive(rec: ProcRecord | None, tgid: int) -> bool:
 class Daemon:
     def __init__(self, policy_dir: Path = DEFAULT_POLICY_DIR, path: Path | None = None,
                  resync_interval: float = RESYNC_INTERVAL, *, owner_uid: int = 0,
-                 rewriter_factory=None, serve: bool = True):
+                 rewriter_factory=None, serve: bool = True, dry_run: bool = False):
         """owner_uid, rewriter_factory (() -> a bpf.Rewriter look-alike) and serve=False are for tests
         that drive the daemon's logic without BPF or a control socket."""
         self.policy_dir = Path(policy_dir)
         self.owner_uid = owner_uid
         self.rewriter_factory = rewriter_factory
         self.serve = serve
+        self.dry_run = dry_run
+        self.verb = "would upgrade" if dry_run else "upgraded"
         self.path = Path(path) if path else control_path()
         self.resync_interval = resync_interval
         self.policy: Policy | None = None
@@ -175,6 +187,10 @@ class Daemon:
         self.started = time.time()
         self.reloads = 0
         self.failed_reloads = 0
+        self.notifier = journal.Notifier()
+        self._sync_lock = threading.Lock()   # reload/resync from the main loop vs. a `resync` request
+        self._next_run_id = 1
+        self._runs: dict[int, int] = {}      # run id -> registered pid
 
     # --- lifecycle -------------------------------------------------------------------------------
     def start(self) -> None:
@@ -184,21 +200,35 @@ class Daemon:
         t0 = time.monotonic()
         if self.rewriter_factory is None:
             from .bpf import Rewriter
-            self.rw = Rewriter(all_netns=False)
+            self.rw = Rewriter(all_netns=False, dry_run=self.dry_run)
         else:
             self.rw = self.rewriter_factory()
         try:
             self.rw.set_selection(*resolved.selection())
             self.policy, self.resolved = policy, resolved
+            self._refresh_netns_mptcp()
             self.rw.open_events(self._on_event)
             if self.serve:
-                self.server = control.ControlServer({"status": self.status}, self.path).start()
+                self.server = control.ControlServer(
+                    {"hello": self.hello, "status": self.status, "register": self.register, "run_report": self.run_report,
+                     "resync": self.resync_request}, self.path).start()
         except BaseException:
             self.close()
             raise
-        log.info("started in %.1f s: %s; control socket %s", time.monotonic() - t0, policy.summary(),
-                 self.path)
+        log.info("started in %.1f s%s: %s; control socket %s", time.monotonic() - t0,
+                 " as a DRY RUN (syscalls:sys_enter_socket tracepoint: reports what would be "
+                 "upgraded, changes no socket)" if self.dry_run else "", policy.summary(), self.path)
         self._log_resolution(resolved)
+        self.notifier.ready(self.status_line())
+
+    def status_line(self) -> str:
+        """One line for systemd's STATUS=: the policy and the volume so far."""
+        c = self.rw.counters() if self.rw is not None else {}
+        with self._lock:
+            procs = len(self._procs)
+        return (f"{'DRY RUN: ' if self.dry_run else ''}{self.policy.summary()}; "
+                f"{c.get('upgraded', 0)} sockets {self.verb} in {procs} processes; "
+                f"{c.get('events_dropped', 0)} events dropped")
 
     def close(self) -> None:
         if self.server is not None:
@@ -223,6 +253,8 @@ class Daemon:
 
     def run(self) -> None:
         next_sync = time.monotonic() + self.resync_interval
+        wd = self.notifier.watchdog_interval
+        next_ping = time.monotonic()
         while not self._stop:
             self.rw.poll_events(POLL_MS)
             if self._stop:
@@ -230,21 +262,34 @@ class Daemon:
             try:
                 if self._reload:
                     self._reload = False
+                    self.notifier.reloading()
                     self.reload("SIGHUP")
+                    self.notifier.ready(self.status_line())
                 if time.monotonic() >= next_sync:
                     next_sync = time.monotonic() + self.resync_interval
                     if dir_fingerprint(self.policy_dir) != self._fingerprint:
                         self.reload("policy directory changed")
                     else:
                         self.resync()
+                    self._refresh_netns_mptcp()
                     self._prune()
+                    self.notifier.status(self.status_line())
             except Exception:  # a bug or an odd filesystem must not stop the upgrades: log, go on
                 log.exception("policy sync failed; keeping the current selection")
+            # The watchdog vouches for this loop: events read, policy kept in sync.
+            if wd and time.monotonic() >= next_ping:
+                self.notifier.watchdog()
+                next_ping = time.monotonic() + wd
+        self.notifier.stopping()
         self.rw.drain_events()
         log.info("stopping: detaching the program (new sockets are plain TCP)")
 
     # --- policy ----------------------------------------------------------------------------------
     def reload(self, why: str) -> bool:
+        with self._sync_lock:
+            return self._reload_locked(why)
+
+    def _reload_locked(self, why: str) -> bool:
         self._fingerprint = dir_fingerprint(self.policy_dir)
         try:
             policy, resolved = load_and_resolve(self.policy_dir, self.owner_uid)
@@ -264,6 +309,10 @@ class Daemon:
 
     def resync(self) -> None:
         """Re-resolves the current policy: new cgroup ids, pending things that appeared, new inodes."""
+        with self._sync_lock:
+            self._resync_locked()
+
+    def _resync_locked(self) -> None:
         resolved = resolve_policy(self.policy)
         if resolved.problems != self._logged_problems:
             for line in resolved.problems:
@@ -278,6 +327,29 @@ class Daemon:
         for rid, target in resolved.targets.items():
             if old.targets.get(rid) != target:
                 log.info("rule %s now resolves to %s", self._rule_desc(rid), target)
+
+    def _refresh_netns_mptcp(self) -> None:
+        """Dry run on a kernel whose net.mptcp.enabled we cannot read from kernel memory: tell the
+        program the value of the namespaces we know (the host's and /run/netns/*), every resync."""
+        if not self.dry_run or getattr(self.rw, "reads_netns_from_kernel", True):
+            return
+        from .kernel import read_sysctl_in_netns
+        from .resolve import HOST_NETNS, NETNS_DIR
+        paths = [HOST_NETNS]   # the daemon's own: the policy's "host" namespace
+        try:
+            paths += [os.path.join(NETNS_DIR, n) for n in sorted(os.listdir(NETNS_DIR))]
+        except OSError:
+            pass
+        known = {}
+        for p in paths:
+            try:
+                inum = os.stat(p).st_ino
+            except OSError:
+                continue
+            value = read_sysctl_in_netns(p, "net.mptcp.enabled")
+            if value is not None:
+                known[inum] = value == "1"
+        self.rw.set_netns_mptcp(known)
 
     def _log_resolution(self, resolved: Resolved) -> None:
         self._logged_problems = resolved.problems
@@ -305,8 +377,10 @@ class Daemon:
         with self._lock:
             self._procs[ev.tgid] = rec
         where = f"unit={rec.unit}" if rec.unit else f"cgroup={rec.cgroup or '?'}"
-        log.info("upgraded pid=%d exe=%s rule=%s %s", ev.tgid, rec.exe or f"?({ev.comm})", rec.rule,
-                 where)
+        log.info("%s pid=%d exe=%s rule=%s %s", self.verb, ev.tgid, rec.exe or f"?({ev.comm})", rec.rule,
+                 where, extra=journal.fields(pid=ev.tgid, exe=rec.exe, comm=ev.comm, rule=rec.rule,
+                                             rule_id=ev.rule_id, kind=ev.kind, unit=rec.unit,
+                                             cgroup=rec.cgroup, netns=ev.netns))
 
     def _prune(self) -> None:
         """Forgets records of dead processes when there are many (the kernel's LRU forgets too)."""
@@ -316,6 +390,69 @@ class Daemon:
             dead = [t for t, r in self._procs.items() if not alive(r, t)]
             for t in dead:
                 del self._procs[t]
+
+    # --- control requests other than status -----------------------------------------------------
+    def hello(self, _req=None, _peer=None) -> dict:
+        return {"ok": True, "pid": os.getpid(), "backend": self.backend}
+
+    @property
+    def backend(self) -> str:
+        return "dry-run" if self.dry_run else "bpf"
+
+    def register(self, req: dict, peer) -> dict:
+        """`run`'s fast path: the process `pid` (the peer itself, before it execs CMD, or a child of the
+        peer that has not been reaped) and everything it forks from now on is upgraded."""
+        if self.dry_run:
+            raise MptcpizeError("register: this daemon is a dry run and upgrades nothing")
+        pid = req.get("pid")
+        if pid != peer.pid:
+            control.check_registrant(pid, peer)
+        elif type(pid) is not int:
+            raise MptcpizeError(f"register: pid must be an integer, not {pid!r}")
+        with self._lock:
+            run_id = self._next_run_id
+            self._next_run_id = run_id + 1 if run_id < 0xFFFFFFFF else 1
+            self._runs[run_id] = pid
+        self.rw.add_run_root(pid, run_id)
+        log.debug("run %d: registered pid %d (peer pid %d)", run_id, pid, peer.pid)
+        return {"ok": True, "run_id": run_id}
+
+    def run_report(self, req: dict, _peer=None) -> dict:
+        """Per-process counts of one registered run (for `run -v`)."""
+        run_id = req.get("run_id")
+        if type(run_id) is not int or run_id not in self._runs:
+            raise MptcpizeError(f"run_report: unknown run id {run_id!r}")
+        rows = [{"pid": s.tgid, "exe": _exe(s.tgid) or self.rw.exe_name(s.tgid), "upgraded": s.upgraded}
+                for s in self.rw.proc_stats() if s.kind == "run" and s.rule_id == run_id]
+        with self._lock:
+            self._runs.pop(run_id, None)
+        return {"ok": True, "processes": sorted(rows, key=lambda r: r["pid"]),
+                "counters": self.rw.counters()}
+
+    def resync_request(self, req: dict, _peer=None) -> dict:
+        """Re-resolves now. With "unit": answers once the unit's current cgroup is in the maps, or
+        says why it cannot be (not in the policy; no cgroup: the unit is not running)."""
+        unit = req.get("unit")
+        if unit is not None:
+            problem = check_unit_name(unit)
+            if problem:
+                raise MptcpizeError(f"resync: {problem}")
+        self.resync()
+        if unit is None:
+            return {"ok": True}
+        with self._lock:
+            policy, resolved = self.policy, self.resolved
+        rules = [r for r in policy.rules if r.kind == "unit" and r.value == unit]
+        if not rules:
+            raise MptcpizeError(f"resync: {unit} is not in the policy ({self.policy_dir})",
+                                hint=f"mptcpize-py enable {unit}")
+        selected = [r for r in rules if any(rr.id == r.id for rr in resolved.cgroups.values())]
+        if not selected:
+            raise MptcpizeError(f"resync: {unit} has no cgroup now ({resolved.targets.get(rules[0].id)})",
+                                hint="it is selected as soon as it runs")
+        return {"ok": True, "unit": unit, "rules": [{"id": r.id, "action": r.action,
+                                                     "target": resolved.targets.get(r.id)}
+                                                    for r in selected]}
 
     # --- status ----------------------------------------------------------------------------------
     def status(self, _req=None, _peer=None) -> dict:
@@ -337,7 +474,8 @@ class Daemon:
                 "alive": alive(rec, st.tgid),
             })
         return {
-            "backend": "bpf",
+            "backend": self.backend,
+            "dry_run": self.dry_run,
             "pid": os.getpid(),
             "uptime_s": round(time.time() - self.started, 1),
             "policy": {
@@ -362,11 +500,13 @@ def check(policy_dir: Path) -> tuple[Policy, Resolved]:
     return load_and_resolve(Path(policy_dir))
 
 
-def run_daemon(policy_dir: Path = DEFAULT_POLICY_DIR, check_only: bool = False) -> int:
+def run_daemon(policy_dir: Path = DEFAULT_POLICY_DIR, check_only: bool = False,
+               dry_run: bool = False) -> int:
     if check_only:
         check(policy_dir)
         return 0
-    d = Daemon(policy_dir)
+    journal.use_journal_if_under_systemd()
+    d = Daemon(policy_dir, dry_run=dry_run)
     d.install_signals()
     d.start()
     try:

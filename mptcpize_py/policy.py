@@ -435,7 +435,7 @@ def _check_abs_path(v, what: str) -> str | None:
     return None
 
 
-def _check_unit(v) -> str | None:
+def check_unit_name(v) -> str | None:
     """systemd's unit_name_is_valid(), minus templates and unit types that run no processes."""
     if not isinstance(v, str):
         return f"must be a string, not {_toml_type(v)}"
@@ -489,7 +489,7 @@ def _check_netns_name(v) -> str | None:
     return None
 
 
-_CHECKS = {"exe": _check_exe, "cgroup": _check_cgroup, "unit": _check_unit}
+_CHECKS = {"exe": _check_exe, "cgroup": _check_cgroup, "unit": check_unit_name}
 
 
 def _show(v: str) -> str:

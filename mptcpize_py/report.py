@@ -67,7 +67,10 @@ def status_text(status: dict) -> list[str]:
     lines.extend(f"  pending: {p}" for p in pol.get("pending") or [])
     lines.extend(f"  problem: {p}" for p in pol.get("problems") or [])
     skipped = " ".join(f"{k}={v}" for k, v in sorted(totals.items()) if k != "upgraded" and v)
-    lines.append(f"totals: {totals.get('upgraded', 0)} socket(s) upgraded in {len(rows)} process(es)"
+    verb = "would be upgraded" if status.get("dry_run") else "upgraded"
+    if status.get("dry_run"):
+        lines.insert(0, "DRY RUN: counts are sockets that would have been upgraded; none was changed")
+    lines.append(f"totals: {totals.get('upgraded', 0)} socket(s) {verb} in {len(rows)} process(es)"
                  + (f"; not upgraded: {skipped}" if skipped else ""))
     lines.append(f"events dropped: {status.get('events_dropped', 0)}")
     if rows:
@@ -77,4 +80,59 @@ def status_text(status: dict) -> list[str]:
             lines.append(f"{p.get('pid', '?'):>8} {p.get('upgraded', 0):>9} "
                          f"{'yes' if p.get('alive') else 'no':<5} {where:<30} "
                          f"{p.get('exe') or '?':<30} {p.get('rule') or '-'}")
+    return lines
+
+
+def connections_json(view: dict) -> str:
+    """`status --connections --json`: mptcpdiag.connection_view() as is."""
+    return json.dumps(view, indent=2, sort_keys=True)
+
+
+def _bytes(n) -> str:
+    if n is None:
+        return "?"
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+def connections_text(view: dict) -> list[str]:
+    """`status --connections` for people: one block per process (per upgraded process when the daemon
+    runs), one line per MPTCP socket; a fallback to TCP says so."""
+    lines = [view.get("scope", "")]
+    for ns in view.get("namespaces") or []:
+        if ns.get("error"):
+            lines.append(f"netns {ns['name']}: cannot read its connections: {ns['error']}")
+    group = None
+    for c in view.get("connections") or []:
+        key = (c.get("netns"), c.get("process") or c.get("pid"))
+        if key != group:
+            group = key
+            pid = key[1]
+            exe = c.get("process_exe") if c.get("process") else c.get("exe")
+            head = f"netns {c.get('netns')}: " + (f"pid {pid} {exe or '?'}" if pid
+                                                   else "not accepted yet (no process holds it)")
+            if c.get("rule"):
+                head += f"  rule {c['rule']}"
+            if c.get("unit"):
+                head += f"  unit {c['unit']}"
+            lines.append(head)
+            lines.append(f"  {'STATE':<12} {'LOCAL':<28} {'REMOTE':<28} {'SUBFLOWS':>8}  {'MODE':<12} "
+                         f"{'SENT':>10} {'RECEIVED':>10}")
+        if c.get("state") == "LISTEN":
+            mode, subflows = "listening", "-"
+        else:
+            mode = "fallback-TCP" if c.get("fallback") else "mptcp"
+            subflows = "?" if c.get("subflows") is None else str(c["subflows"])
+        owner = ""
+        if c.get("process") and c.get("pid") != c.get("process"):
+            owner = f"  pid {c.get('pid')} {c.get('exe') or '?'}"
+        lines.append(f"  {c.get('state', '?'):<12} {c.get('local', '?'):<28} {c.get('remote', '?'):<28} "
+                     f"{subflows:>8}  {mode:<12} {_bytes(c.get('bytes_sent')):>10} "
+                     f"{_bytes(c.get('bytes_received')):>10}{owner}")
+    t = view.get("totals") or {}
+    lines.append(f"total: {t.get('connections', 0)} connection(s), {t.get('subflows', 0)} subflow(s), "
+                 f"{t.get('fallback', 0)} fell back to TCP; {t.get('listeners', 0)} listener(s)")
     return lines

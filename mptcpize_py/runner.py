@@ -1,7 +1,7 @@
 """`mptcpize-py run`: start CMD with a backend that upgrades its sockets, forward signals, keep its status.
 
 A backend provides:
-  name            "bpf" or "seccomp"
+  name            "bpf", "bpf (via the daemon, pid N)" or "seccomp"
   child_setup()   runs in the child between fork and exec (so the very first socket() is covered)
   started(pid)    runs in the parent once CMD is running
   finish()        after CMD exited: returns [ProcessReport] (one per process that got upgraded sockets)
@@ -74,6 +74,10 @@ def run_command(argv: list[str], backend) -> tuple[int, list[ProcessReport]]:
             raise MptcpizeError(f"{argv[0]}: {e.strerror}", exit_code=EXIT_NOT_FOUND) from None
         except OSError as e:
             raise MptcpizeError(f"{argv[0]}: {e.strerror}", exit_code=EXIT_CANNOT_EXECUTE) from None
+        except subprocess.SubprocessError:  # child_setup raised in the child: CMD did not start
+            raise MptcpizeError(f"{argv[0]} was not started: the {backend.name} backend could not "
+                                f"prepare it", hint="see `mptcpize-py check`; retry with --debug"
+                                ) from None
         backend.started(proc.pid)
         try:
             returncode = _wait_forwarding(proc)
@@ -161,8 +165,78 @@ class BpfRunBackend:
         self._rewriter.close()
 
 
+class DaemonRunBackend:
+    """The fast path: the running daemon's program already sits on the hook, so CMD only has to join
+    its run tree. The child registers itself (pid == peer pid, before exec) over the control socket and
+    execs only after the daemon's answer, so its first socket() is covered; nothing is compiled here.
+    The run tree ignores the daemon's [netns] choice (like a standalone run) but not
+    net.mptcp.enabled=0."""
+
+    name = "bpf"
+
+    def __init__(self, path, hello: dict):
+        self.path = path
+        self.daemon_pid = hello.get("pid")
+        self.name = f"bpf (via the daemon, pid {self.daemon_pid})"
+        self.run_id = None
+        self._r, self._w = os.pipe2(os.O_CLOEXEC)  # the child reports its run id through it
+
+    def child_setup(self) -> None:
+        from . import control
+        os.close(self._r)
+        resp = control.request({"cmd": "register", "pid": os.getpid()}, self.path, timeout=10)
+        os.write(self._w, str(resp["run_id"]).encode())
+        os.close(self._w)
+
+    def started(self, pid: int) -> None:
+        os.close(self._w)
+        with os.fdopen(self._r, "rb") as f:
+            data = f.read()
+        self.run_id = int(data) if data.isdigit() else None
+
+    def finish(self) -> list[ProcessReport]:
+        if self.run_id is None:
+            return []
+        from . import control
+        resp = control.request({"cmd": "run_report", "run_id": self.run_id}, self.path, timeout=10)
+        return [ProcessReport(r["pid"], r.get("exe") or "?", r["upgraded"]) for r in resp["processes"]]
+
+    def counters(self) -> None:
+        return None   # the daemon's counters cover every process it upgrades, not this run only
+
+    def close(self) -> None:
+        for fd in (self._r, self._w):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+
+def daemon_backend():
+    """DaemonRunBackend when a daemon answers on its control socket and we may use it (root), else
+    None. Costs one round trip."""
+    if os.geteuid() != 0:
+        return None
+    from . import control, daemon
+    path = daemon.control_path()
+    if not os.path.exists(path):
+        return None
+    try:
+        hello = control.request({"cmd": "hello"}, path, timeout=2)
+    except MptcpizeError:
+        return None
+    if hello.get("backend") != "bpf":   # a dry-run daemon upgrades nothing
+        return None
+    return DaemonRunBackend(path, hello)
+
+
 def make_backend(choice: str):
-    """The backend `run --backend CHOICE` uses; auto tries BPF, then seccomp."""
+    """The backend `run --backend CHOICE` uses: bpf = the running daemon's program, else our own;
+    auto = that, else seccomp."""
+    if choice in ("auto", "bpf"):
+        fast = daemon_backend()
+        if fast is not None:
+            return fast
     if choice == "bpf":
         return BpfRunBackend()
     if choice == "seccomp":

@@ -1,0 +1,172 @@
+"""`daemon --dry-run` on this host, whose kernel refuses the fmod_ret hook: the same decision runs on the
+socket() syscall tracepoint. It must report exactly the processes the policy selects, with exact counts,
+and change no socket (SO_PROTOCOL stays 6). The VM tier runs this file too, on the kernel where the real
+hook works (there net.mptcp.enabled is read from kernel memory instead of userspace's table)."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+
+import pytest
+
+from mptcpize_py.resolve import find_cgroup2_mount, read_mounts
+from tests.conftest import MPTCPIZE, is_root, mptcpize
+
+pytestmark = pytest.mark.skipif(not is_root(), reason="the daemon needs root")
+
+CG2 = find_cgroup2_mount(read_mounts())
+CG_ROOT = CG2.mount_point if CG2 else "/sys/fs/cgroup"   # this host: /sys/fs/cgroup/unified (hybrid)
+CG_NAME = "mzdry-allow"
+START_TIMEOUT = 240
+PROGRAM_500 = """
+import os, socket, sys
+socks = [socket.socket(socket.AF_INET, socket.SOCK_STREAM) for _ in range(500)]
+protos = {s.getsockopt(socket.SOL_SOCKET, socket.SO_PROTOCOL) for s in socks}
+print(os.getpid(), sorted(protos), flush=True)
+sys.stdin.read()
+"""
+
+
+@pytest.fixture(scope="module")
+def dry(static_rawsock, tmp_path_factory):
+    base = tmp_path_factory.mktemp("dryrun")
+    os.chmod(base, 0o755)
+    policy_dir = base / "policy.d"
+    policy_dir.mkdir(mode=0o755)
+    bins = {}
+    for name in ("selected", "other", "denied"):
+        bins[name] = str(base / f"rawsock-{name}")
+        shutil.copy2(static_rawsock, bins[name])
+    cgroup = os.path.join(CG_ROOT, CG_NAME)
+    os.makedirs(cgroup, exist_ok=True)
+    policy = policy_dir / "10-dry.toml"
+    policy.write_text(f"""
+[[allow]]
+exe = "{bins['selected']}"
+
+[[allow]]
+cgroup = "/{CG_NAME}"
+
+[[deny]]
+exe = "{bins['denied']}"
+""")
+    policy.chmod(0o644)
+    control = str(base / "run" / "control")
+    environ = dict(os.environ, MPTCPIZE_CONTROL=control)
+    log_path = base / "daemon.log"
+    log = open(log_path, "w")
+    proc = subprocess.Popen([MPTCPIZE, "daemon", "--dry-run", "--policy-dir", str(policy_dir)],
+                            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=environ)
+    t0 = time.monotonic()
+    try:
+        while not os.path.exists(control):
+            if proc.poll() is not None:
+                pytest.fail(f"daemon --dry-run exited {proc.returncode}: {log_path.read_text()}")
+            if time.monotonic() - t0 > START_TIMEOUT:
+                pytest.fail(f"daemon --dry-run not ready: {log_path.read_text()}")
+            time.sleep(0.2)
+        yield {"bins": bins, "env": environ, "log": log_path, "cgroup": cgroup, "proc": proc}
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.close()
+        try:
+            os.rmdir(cgroup)
+        except OSError:
+            pass
+
+
+def status(dry) -> dict:
+    res = mptcpize("status", "--json", env=dry["env"], timeout=30)
+    assert res.returncode == 0, res.stderr
+    return json.loads(res.stdout)
+
+
+def rows_by_pid(st) -> dict[int, dict]:
+    return {r["pid"]: r for r in st["processes"]}
+
+
+def run_probe(path) -> tuple[int, int]:
+    """Starts the static probe, returns (its pid, the SO_PROTOCOL it saw)."""
+    p = subprocess.Popen([path], stdout=subprocess.PIPE, text=True)
+    out, _ = p.communicate(timeout=30)
+    assert p.returncode == 0
+    return p.pid, int(out)
+
+
+def wait_rows(dry, pids, deadline=10.0) -> dict[int, dict]:
+    t0 = time.monotonic()
+    while True:
+        st = status(dry)
+        rows = rows_by_pid(st)
+        if all(p in rows for p in pids) or time.monotonic() - t0 > deadline:
+            return rows
+
+
+def test_status_says_dry_run(dry):
+    st = status(dry)
+    assert st["dry_run"] is True and st["backend"] == "dry-run"
+    text = mptcpize("status", env=dry["env"], timeout=30)
+    assert text.returncode == 0 and text.stdout.startswith("DRY RUN:")
+
+
+def test_selected_exe_reported_and_socket_unchanged(dry):
+    results = [run_probe(dry["bins"]["selected"]) for _ in range(3)]
+    assert {proto for _, proto in results} == {6}, "a dry run must not change any socket"
+    rows = wait_rows(dry, [pid for pid, _ in results])
+    for pid, _ in results:
+        assert pid in rows, f"selected probe {pid} not reported: {rows}"
+        assert rows[pid]["upgraded"] == 1 and rows[pid]["kind"] == "exe"
+        assert rows[pid]["rule_id"] >= 16
+    log = dry["log"].read_text()
+    assert f"would upgrade pid={results[0][0]} " in log
+
+
+def test_other_and_denied_not_reported(dry):
+    before = status(dry)["totals"]["denied"]
+    other_pid, other_proto = run_probe(dry["bins"]["other"])
+    denied_pid, denied_proto = run_probe(dry["bins"]["denied"])
+    sentinel, _ = run_probe(dry["bins"]["selected"])
+    rows = wait_rows(dry, [sentinel])
+    assert sentinel in rows
+    assert other_pid not in rows and denied_pid not in rows
+    assert other_proto == denied_proto == 6
+    # The denied probe is not in an allowed cgroup or exe rule, so deny only counts where it matched.
+    assert status(dry)["totals"]["denied"] == before + 1
+
+
+def test_cgroup_rule_counts_exactly_500(dry):
+    cg_procs = os.path.join(dry["cgroup"], "cgroup.procs")
+
+    def join_cgroup():
+        with open(cg_procs, "w") as f:
+            f.write(str(os.getpid()))
+
+    p = subprocess.Popen([sys.executable, "-c", PROGRAM_500], stdin=subprocess.PIPE,
+                         stdout=subprocess.PIPE, text=True, preexec_fn=join_cgroup)
+    try:
+        pid_s, protos = p.stdout.readline().split(" ", 1)
+        assert int(pid_s) == p.pid
+        assert protos.strip() == "[6]"
+        rows = wait_rows(dry, [p.pid])
+        assert rows[p.pid]["upgraded"] == 500
+        assert rows[p.pid]["kind"] == "cgroup" and rows[p.pid]["cgroup"] == f"/{CG_NAME}"
+        assert rows[p.pid]["alive"] is True
+    finally:
+        p.stdin.close()
+        p.wait(timeout=30)
+
+
+def test_run_does_not_use_a_dry_run_daemon(dry):
+    """`run` must not hand its child to a daemon that upgrades nothing."""
+    res = subprocess.run([MPTCPIZE, "run", "-v", dry["bins"]["other"]], env=dry["env"],
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert "via the daemon" not in res.stderr
