@@ -24,7 +24,8 @@ test-native:
 	$(PYTEST) tests/unit tests/host
 
 test-vm:
-	bash scripts/vm.sh --timeout 1500 -- env MPTCPIZE_REQUIRE_BPF=1 $(PYTEST) tests/vm tests/host/test_seccomp.py
+	bash scripts/vm.sh --timeout 1500 -- env MPTCPIZE_REQUIRE_BPF=1 $(PYTEST) tests/vm tests/host/test_seccomp.py \
+		tests/host/test_daemon_dry_run.py tests/host/test_btf_offsets.py
 
 bench: setup
 	$(PY) bench/socket_cost.py

@@ -44,6 +44,8 @@ def _build_parser() -> argparse.ArgumentParser:
                    help="policy directory (default /etc/mptcpize-py/policy.d)")
     d.add_argument("--check", action="store_true",
                    help="validate and resolve the policy without loading BPF; exit 0 or 78")
+    d.add_argument("--example-policy", action="store_true",
+                   help="print the commented example policy file and exit")
     d.add_argument("--dry-run", action="store_true",
                    help="evaluate the policy at every socket() (syscall tracepoint, no hook or "
                         "trampoline needed) and report what would be upgraded; change nothing")
@@ -156,6 +158,10 @@ def cmd_daemon(args) -> int:
     from . import daemon, report
     from .policy import DEFAULT_POLICY_DIR
     policy_dir = args.policy_dir or DEFAULT_POLICY_DIR
+    if args.example_policy:
+        from .policy import EXAMPLE_POLICY
+        sys.stdout.write(EXAMPLE_POLICY)
+        return 0
     if args.check:
         policy, resolved = daemon.check(policy_dir)
         for line in report.policy_check_text(policy, resolved):

@@ -654,39 +654,6 @@ def _toml_lines(text: str) -> dict[tuple, int]:
     return lines
 
 
-EXAMPLE_POLICY = '''\
-# mptcpize-py policy. The daemon reads every *.toml file of /etc/mptcpize-py/policy.d in name order.
-# Files and the directory must be owned by root and writable only by root; symlinks are refused.
-# Check a change with `mptcpize-py daemon --check`, then apply it with `systemctl reload mptcpize-py`.
-#
-# Each [[allow]] or [[deny]] table selects processes with exactly one of:
-#   exe    = the absolute path of an executable. Matched by the file's identity (device + inode), not
-#            by its name; a package upgrade that replaces the file is followed without a restart.
-#   cgroup = a cgroup v2 path: the processes of that cgroup and of everything below it.
-#   unit   = a systemd unit (service, socket, mount, swap, scope or slice): its processes, also after
-#            a restart. Templates (foo@.service) run nothing: name an instance (foo@bar.service).
-# and an optional name = "..." shown in reports. A deny rule beats every allow rule.
-
-[[allow]]
-name = "iperf3 servers and clients"
-exe = "/usr/bin/iperf3"
-
-[[allow]]
-unit = "nginx.service"
-
-[[allow]]
-name = "batch jobs"
-cgroup = "/system.slice/batch.slice"
-
-# ... except the backup job, which runs in batch.slice too.
-[[deny]]
-unit = "backup.service"
-
-# Network namespaces where sockets may be upgraded. Without a [netns] table: the host's only.
-# A namespace where net.mptcp.enabled = 0 is never rewritten, whatever is chosen here.
-# At most one [netns] table across all files.
-#
-# [netns]
-# names = ["blue", "red"]   # the host's namespace plus /run/netns/blue and /run/netns/red
-# all = true                # or: every namespace (not together with names)
-'''
+# The commented example shipped as /etc/mptcpize-py/policy.d/example.toml.sample (not loaded: only
+# *.toml files are); `mptcpize-py daemon --example-policy` prints it.
+EXAMPLE_POLICY = (Path(__file__).resolve().parent / "data" / "example-policy.toml").read_text()
