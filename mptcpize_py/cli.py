@@ -174,10 +174,10 @@ def cmd_daemon(args) -> int:
 
 def _daemon_status_or_none() -> dict | None:
     """The daemon's `status` answer; None when no daemon runs (other errors are raised)."""
-    from . import control, daemon
+    from . import control
     from .errors import EXIT_NO_DAEMON
     try:
-        return control.request({"cmd": "status"}, daemon.control_path(), timeout=10)
+        return control.request({"cmd": "status"}, control.control_path(), timeout=10)
     except MptcpizeError as e:
         if e.exit_code != EXIT_NO_DAEMON:
             raise
@@ -208,13 +208,13 @@ def cmd_metrics(args) -> int:
 
 
 def cmd_status(args) -> int:
-    from . import control, daemon, report
+    from . import control, report
     if args.connections:
         return cmd_status_connections(args)
     if args.netns is not None:
         raise UsageError("status: --netns only applies with --connections",
                          hint=f"{PROG} status --connections --netns NAME")
-    resp = control.request({"cmd": "status"}, daemon.control_path(), timeout=10)
+    resp = control.request({"cmd": "status"}, control.control_path(), timeout=10)
     if args.json:
         _out(report.status_json(resp))
     else:
@@ -224,11 +224,11 @@ def cmd_status(args) -> int:
 
 
 def cmd_resync(args) -> int:
-    from . import control, daemon
+    from . import control
     req = {"cmd": "resync"}
     if args.unit is not None:
         req["unit"] = args.unit
-    resp = control.request(req, daemon.control_path(), timeout=30)
+    resp = control.request(req, control.control_path(), timeout=30)
     for rule in resp.get("rules", []):
         _out(f"{args.unit}: {rule.get('action')} rule {rule.get('id')}: {rule.get('target')}")
     return 0

@@ -42,6 +42,7 @@ from typing import Callable, Mapping
 from .errors import EXIT_NO_DAEMON, MptcpizeError, PermissionDenied
 
 DEFAULT_PATH = Path("/run/mptcpize-py/control")
+CONTROL_ENV = "MPTCPIZE_CONTROL"   # another path, for tests and side-by-side daemons
 MAX_REQUEST = 64 * 1024
 MAX_RESPONSE = 64 * 1024 * 1024   # `status` of a busy host: ~16k process rows
 TIMEOUT = 2.0
@@ -501,6 +502,11 @@ class ControlServer:
 
 # ---------------------------------------------------------------------------------------------------
 # Client
+
+
+def control_path() -> Path:
+    """The daemon's control socket: $MPTCPIZE_CONTROL, else DEFAULT_PATH."""
+    return Path(os.environ.get(CONTROL_ENV) or DEFAULT_PATH)
 
 
 def no_daemon_error(path: Path | str = DEFAULT_PATH) -> MptcpizeError:

@@ -42,7 +42,6 @@ from .errors import MptcpizeError
 from .policy import DEFAULT_POLICY_DIR, Policy, PolicyError, check_unit_name, load_policy
 from .resolve import Resolved, resolve_policy
 
-CONTROL_ENV = "MPTCPIZE_CONTROL"
 RESYNC_INTERVAL = 2.0
 POLL_MS = 200
 MAX_PROC_RECORDS = 16384   # bpf/mptcpize.h MPTCPIZE_MAX_PROCS: the kernel's proc_stats holds as many
@@ -51,10 +50,6 @@ log = logging.getLogger("mptcpize_py.daemon")
 
 # Unit types whose cgroup holds processes directly (a slice only holds other units).
 _UNIT_SUFFIXES = (".service", ".scope", ".socket", ".mount", ".swap")
-
-
-def control_path() -> Path:
-    return Path(os.environ.get(CONTROL_ENV) or control.DEFAULT_PATH)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -172,7 +167,7 @@ class Daemon:
         self.serve = serve
         self.dry_run = dry_run
         self.verb = "would upgrade" if dry_run else "upgraded"
-        self.path = Path(path) if path else control_path()
+        self.path = Path(path) if path else control.control_path()
         self.resync_interval = resync_interval
         self.policy: Policy | None = None
         self.resolved: Resolved | None = None

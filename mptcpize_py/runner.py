@@ -217,8 +217,8 @@ def daemon_backend():
     None. Costs one round trip."""
     if os.geteuid() != 0:
         return None
-    from . import control, daemon
-    path = daemon.control_path()
+    from . import control
+    path = control.control_path()
     if not os.path.exists(path):
         return None
     try:
