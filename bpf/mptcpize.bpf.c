@@ -52,6 +52,8 @@ BPF_HASH(netns_allow, u32, u8, MPTCPIZE_MAX_NETNS);
  * read (no mptcp_pernet_id in /proc/kallsyms), and only by the dry run. */
 BPF_HASH(netns_mptcp, u32, u8, MPTCPIZE_MAX_NETNS);
 BPF_TABLE("lru_hash", u32, struct mptcpize_proc_stats, proc_stats, MPTCPIZE_MAX_PROCS);
+/* Exact totals per rule, (kind << 32 | rule_id): processes come and go (LRU), rules stay. */
+BPF_PERCPU_HASH(rule_stats, u64, u64, MPTCPIZE_MAX_RULE_STATS);
 BPF_TABLE("lru_hash", u32, struct mptcpize_exe_name, exe_names, MPTCPIZE_MAX_PROCS);
 BPF_PERCPU_ARRAY(counters, u64, MPTCPIZE_CNT_MAX);
 BPF_RINGBUF_OUTPUT(events, MPTCPIZE_RINGBUF_PAGES);
@@ -199,6 +201,18 @@ static __always_inline int decide(int family, int type, int protocol)
 	}
 
 	count(MPTCPIZE_CNT_UPGRADED);
+	u64 rule_key = ((u64)kind << 32) | rule_id;
+	u64 *per_rule = kind == MPTCPIZE_KIND_RUN ? NULL : rule_stats.lookup(&rule_key);
+	if (per_rule) {
+		(*per_rule)++;
+	} else if (kind != MPTCPIZE_KIND_RUN) {   /* run trees: per process, see run_report */
+		u64 one = 1;
+		if (rule_stats.insert(&rule_key, &one) != 0) {   /* another CPU's first insert won */
+			per_rule = rule_stats.lookup(&rule_key);
+			if (per_rule)
+				(*per_rule)++;
+		}
+	}
 	struct mptcpize_proc_stats *st = proc_stats.lookup(&tgid);
 	if (st) {
 		__sync_fetch_and_add(&st->upgraded, 1);

@@ -15,6 +15,7 @@
 #define MPTCPIZE_MAX_CGROUP_RULES 4096
 #define MPTCPIZE_MAX_NETNS 1024
 #define MPTCPIZE_MAX_PROCS 16384
+#define MPTCPIZE_MAX_RULE_STATS 8192  /* exe + cgroup rules, each counted per (kind, rule id) */
 #define MPTCPIZE_RINGBUF_PAGES 64
 /* Bytes of an executed file name kept for reports (exe_names map). */
 #define MPTCPIZE_EXE_NAME_LEN 256

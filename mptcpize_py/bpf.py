@@ -244,6 +244,11 @@ class Rewriter:
         t = self._b[b"counters"]
         return {name: sum(t[t.Key(idx)]) for name, idx in abi.COUNTERS.items()}
 
+    def rule_stats(self) -> dict[tuple[str, int], int]:
+        """{(kind, rule id): sockets upgraded} for policy rules (not run trees), exact."""
+        return {(abi.KIND_NAMES.get(k.value >> 32, "?"), k.value & 0xFFFFFFFF): sum(v)
+                for k, v in self._b[b"rule_stats"].items()}
+
     def proc_stats(self) -> list[ProcStats]:
         return [ProcStats(k.value, v.upgraded, abi.KIND_NAMES.get(v.kind, "?"), v.rule_id)
                 for k, v in self._b[b"proc_stats"].items()]

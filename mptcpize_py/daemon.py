@@ -454,6 +454,9 @@ class Daemon:
         with self._lock:
             policy, resolved, procs = self.policy, self.resolved, dict(self._procs)
         counters = self.rw.counters()
+        per_rule: dict[int, int] = {}
+        for (_kind, rule_id), n in self.rw.rule_stats().items():
+            per_rule[rule_id] = per_rule.get(rule_id, 0) + n
         rows = []
         for st in sorted(self.rw.proc_stats(), key=lambda s: s.tgid):
             rec = procs.get(st.tgid)
@@ -477,8 +480,10 @@ class Daemon:
                 "dir": str(self.policy_dir),
                 "summary": policy.summary(),
                 "files": list(policy.files),
-                "rules": [{"id": r.id, "description": r.description,
-                           "target": resolved.targets.get(r.id)} for r in policy.rules],
+                "rules": [{"id": r.id, "description": r.description, "action": r.action,
+                           "kind": r.kind, "value": r.value,
+                           "target": resolved.targets.get(r.id),
+                           "upgraded": per_rule.get(r.id, 0)} for r in policy.rules],
                 "pending": [p.message for p in resolved.pending],
                 "problems": list(resolved.problems),
                 "reloads": self.reloads,

@@ -10,6 +10,7 @@ def check_text(report) -> list[str]:
         lines.append(f"{c.status:<5} {c.name:<18} {c.detail}")
         if c.hint and c.status != "ok":
             lines.append(f"{'':<5} {'':<18} hint: {c.hint}")
+    lines.extend(path_management_text(getattr(report, "path_management", None) or []))
     if report.backend:
         lines.append(f"run backend: {report.backend} ({report.backend_reason})")
     else:
@@ -23,6 +24,7 @@ def check_json(report) -> str:
         "backend": report.backend,
         "backend_reason": report.backend_reason,
         "run_can_upgrade": report.run_can_upgrade,
+        "path_management": [asdict(p) for p in getattr(report, "path_management", None) or []],
     }, indent=2)
 
 
@@ -63,7 +65,8 @@ def status_text(status: dict) -> list[str]:
              f"policy: {pol.get('summary', '?')} in {pol.get('dir', '?')} "
              f"(reloads {pol.get('reloads', 0)}, refused {pol.get('failed_reloads', 0)})"]
     for r in pol.get("rules") or []:
-        lines.append(f"  {r.get('description')} -> {r.get('target') or '?'}")
+        count = f" [{r['upgraded']} upgraded]" if r.get("action") == "allow" else ""
+        lines.append(f"  {r.get('description')} -> {r.get('target') or '?'}{count}")
     lines.extend(f"  pending: {p}" for p in pol.get("pending") or [])
     lines.extend(f"  problem: {p}" for p in pol.get("problems") or [])
     skipped = " ".join(f"{k}={v}" for k, v in sorted(totals.items()) if k != "upgraded" and v)
@@ -121,18 +124,42 @@ def connections_text(view: dict) -> list[str]:
             lines.append(head)
             lines.append(f"  {'STATE':<12} {'LOCAL':<28} {'REMOTE':<28} {'SUBFLOWS':>8}  {'MODE':<12} "
                          f"{'SENT':>10} {'RECEIVED':>10}")
+        remote, sent, received = c.get("remote", "?"), _bytes(c.get("bytes_sent")), \
+            _bytes(c.get("bytes_received"))
         if c.get("state") == "LISTEN":
-            mode, subflows = "listening", "-"
+            mode, subflows, remote, sent, received = "listening", "-", "*", "-", "-"
         else:
             mode = "fallback-TCP" if c.get("fallback") else "mptcp"
             subflows = "?" if c.get("subflows") is None else str(c["subflows"])
         owner = ""
         if c.get("process") and c.get("pid") != c.get("process"):
             owner = f"  pid {c.get('pid')} {c.get('exe') or '?'}"
-        lines.append(f"  {c.get('state', '?'):<12} {c.get('local', '?'):<28} {c.get('remote', '?'):<28} "
-                     f"{subflows:>8}  {mode:<12} {_bytes(c.get('bytes_sent')):>10} "
-                     f"{_bytes(c.get('bytes_received')):>10}{owner}")
+        lines.append(f"  {c.get('state', '?'):<12} {c.get('local', '?'):<28} {remote:<28} "
+                     f"{subflows:>8}  {mode:<12} {sent:>10} {received:>10}{owner}")
     t = view.get("totals") or {}
     lines.append(f"total: {t.get('connections', 0)} connection(s), {t.get('subflows', 0)} subflow(s), "
                  f"{t.get('fallback', 0)} fell back to TCP; {t.get('listeners', 0)} listener(s)")
+    return lines
+
+
+def path_management_text(entries) -> list[str]:
+    """`check`'s per-namespace path-management section (probe.NetnsPaths): facts, endpoints, notes."""
+    if not entries:
+        return []
+    lines = ["path management (per network namespace; informational, not part of the exit status):"]
+    for ns in entries:
+        if ns.error:
+            lines.append(f"  netns {ns.name}: {ns.error}")
+        else:
+            lines.append(f"  netns {ns.name}: net.mptcp.enabled={ns.enabled}, path manager "
+                         f"{ns.path_manager or 'kernel'}, limits subflows={ns.subflows} "
+                         f"add_addr_accepted={ns.add_addr_accepted}, {len(ns.endpoints)} endpoint(s)")
+        for e in ns.endpoints:
+            lines.append(f"    endpoint {e['address']} id {e['id']}"
+                         + (f" dev {e['dev']}" if e.get("dev") else "")
+                         + (" " + " ".join(e["flags"]) if e["flags"] else " (no flags)"))
+        for n in ns.notes:
+            lines.append(f"    note: {n.text}")
+            if n.hint:
+                lines.append(f"          hint: {n.hint}")
     return lines

@@ -37,6 +37,13 @@ class FakeRewriter:
     def proc_stats(self):
         return list(self.stats)
 
+    def rule_stats(self):
+        out = {}
+        for s in self.stats:
+            if s.kind != "run":
+                out[(s.kind, s.rule_id)] = out.get((s.kind, s.rule_id), 0) + s.upgraded
+        return out
+
     def close(self):
         self.closed = True
 

@@ -140,7 +140,13 @@ def test_first_upgrade_logged(env):
     assert 'rule=allow exe=' in line and "10-base.toml:2" in line
 
 
+def _rule_count(env, prefix):
+    return next(r["upgraded"] for r in status(env)["policy"]["rules"]
+                if r["description"].startswith(prefix))
+
+
 def test_status_counts_exactly_the_sockets_made(env):
+    rule_before = _rule_count(env, f"allow cgroup=/{CG_ALLOW}")
     child = subprocess.Popen(["sh", "-c", f'echo $$ > "{env.cgroup}/cgroup.procs" && exec "$0" -c "$1"',
                               sys.executable, PROGRAM_500],
                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
@@ -164,6 +170,7 @@ def test_status_counts_exactly_the_sockets_made(env):
         child.wait()
     assert row()["alive"] is False
     assert row()["upgraded"] == 500
+    assert _rule_count(env, f"allow cgroup=/{CG_ALLOW}") == rule_before + 500   # per-rule, exact
     assert status(env)["events_dropped"] == 0
 
 
