@@ -312,9 +312,33 @@ def test_named_and_all_netns(env):
             subprocess.run(["ip", "netns", "del", ns])
 
 
+CONNECTED_PAIR = """
+import hashlib, os, socket, sys
+srv = socket.socket(); srv.bind(("127.0.0.1", 0)); srv.listen(1)
+cli = socket.create_connection(srv.getsockname()); conn, _ = srv.accept()
+print(cli.getsockopt(socket.SOL_SOCKET, socket.SO_PROTOCOL), flush=True)
+sys.stdin.readline()                      # the daemon is killed meanwhile
+data = os.urandom(1 << 20)
+cli.sendall(data); cli.shutdown(socket.SHUT_WR)
+got = b""
+while len(got) < len(data):
+    chunk = conn.recv(65536)
+    if not chunk:
+        break
+    got += chunk
+print(len(got), hashlib.sha256(got).hexdigest() == hashlib.sha256(data).hexdigest(), flush=True)
+"""
+
+
 def test_sigkill_is_fail_open(env):
+    pair = subprocess.Popen(["sh", "-c", f'echo $$ > "{env.cgroup}/cgroup.procs" && exec "$0" -c "$1"',
+                             sys.executable, CONNECTED_PAIR],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert pair.stdout.readline().strip() == "262"   # an upgraded connection, open across the kill
     env.proc.kill()
     env.proc.wait()
+    out, _ = pair.communicate("go\n", timeout=60)
+    assert out.split() == [str(1 << 20), "True"]      # existing connection unaffected: bytes equal
     assert proto(env.bins["selected"]) == "6"
     assert proto(env.bins["other"], env.cgroup) == "6"
     proc = mptcpize("status", env=env.environ)
