@@ -45,6 +45,7 @@ from .resolve import Resolved, resolve_policy
 RESYNC_INTERVAL = 2.0
 POLL_MS = 200
 MAX_PROC_RECORDS = 16384   # bpf/mptcpize.h MPTCPIZE_MAX_PROCS: the kernel's proc_stats holds as many
+MAX_RUN_RECORDS = 4096     # registered runs waiting for their run_report
 
 log = logging.getLogger("mptcpize_py.daemon")
 
@@ -204,9 +205,9 @@ class Daemon:
             self._refresh_netns_mptcp()
             self.rw.open_events(self._on_event)
             if self.serve:
-                self.server = control.ControlServer(
-                    {"hello": self.hello, "status": self.status, "register": self.register, "run_report": self.run_report,
-                     "resync": self.resync_request}, self.path).start()
+                handlers = {"hello": self.hello, "status": self.status, "register": self.register,
+                            "run_report": self.run_report, "resync": self.resync_request}
+                self.server = control.ControlServer(handlers, self.path).start()
         except BaseException:
             self.close()
             raise
@@ -372,10 +373,11 @@ class Daemon:
         with self._lock:
             self._procs[ev.tgid] = rec
         where = f"unit={rec.unit}" if rec.unit else f"cgroup={rec.cgroup or '?'}"
-        log.info("%s pid=%d exe=%s rule=%s %s", self.verb, ev.tgid, rec.exe or f"?({ev.comm})", rec.rule,
-                 where, extra=journal.fields(pid=ev.tgid, exe=rec.exe, comm=ev.comm, rule=rec.rule,
-                                             rule_id=ev.rule_id, kind=ev.kind, unit=rec.unit,
-                                             cgroup=rec.cgroup, netns=ev.netns))
+        fields = journal.fields(pid=ev.tgid, exe=rec.exe, comm=ev.comm, rule=rec.rule,
+                                rule_id=ev.rule_id, kind=ev.kind, unit=rec.unit, cgroup=rec.cgroup,
+                                netns=ev.netns)
+        log.info("%s pid=%d exe=%s rule=%s %s", self.verb, ev.tgid, rec.exe or f"?({ev.comm})",
+                 rec.rule, where, extra=fields)
 
     def _prune(self) -> None:
         """Forgets records of dead processes when there are many (the kernel's LRU forgets too)."""
@@ -408,6 +410,8 @@ class Daemon:
             run_id = self._next_run_id
             self._next_run_id = run_id + 1 if run_id < 0xFFFFFFFF else 1
             self._runs[run_id] = pid
+            while len(self._runs) > MAX_RUN_RECORDS:   # runs killed before asking for their report
+                del self._runs[next(iter(self._runs))]
         self.rw.add_run_root(pid, run_id)
         log.debug("run %d: registered pid %d (peer pid %d)", run_id, pid, peer.pid)
         return {"ok": True, "run_id": run_id}
@@ -417,12 +421,12 @@ class Daemon:
         run_id = req.get("run_id")
         if type(run_id) is not int or run_id not in self._runs:
             raise MptcpizeError(f"run_report: unknown run id {run_id!r}")
-        rows = [{"pid": s.tgid, "exe": _exe(s.tgid) or self.rw.exe_name(s.tgid), "upgraded": s.upgraded}
+        rows = [{"pid": s.tgid, "exe": _exe(s.tgid) or self.rw.exe_name(s.tgid),
+                 "upgraded": s.upgraded}
                 for s in self.rw.proc_stats() if s.kind == "run" and s.rule_id == run_id]
         with self._lock:
             self._runs.pop(run_id, None)
-        return {"ok": True, "processes": sorted(rows, key=lambda r: r["pid"]),
-                "counters": self.rw.counters()}
+        return {"ok": True, "processes": sorted(rows, key=lambda r: r["pid"])}
 
     def resync_request(self, req: dict, _peer=None) -> dict:
         """Re-resolves now. With "unit": answers once the unit's current cgroup is in the maps, or
