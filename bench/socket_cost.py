@@ -1,107 +1,134 @@
-"""Cost of one upgraded socket()+close(), as ratios measured in one run.
+"""Cost of one socket()+close(), as ratios measured in one run (library for native_bench/vm_bench, and
+a quick standalone table).
 
-A small C loop (compiled here with gcc, dynamically linked so that an LD_PRELOAD can reach it) creates
-and closes N sockets and prints ns per iteration. It runs:
+bench/socketloop.c (built here with gcc, dynamically linked so that an LD_PRELOAD can reach it) creates
+and closes N sockets and prints ns per iteration. Cases run in rounds; each round runs every case once,
+and every other round in the reverse order (A B C, C B A, ...), so slow drift and a neighbour's load hit
+all cases alike. The best (least disturbed) run of each case counts; the median is kept too. Every case
+states the protocol its sockets must have (SO_PROTOCOL of the first and last socket), so a wrapper that
+silently did nothing is reported, not measured.
 
-  native-tcp     socket(AF_INET, SOCK_STREAM, 0)              no wrapper
-  native-mptcp   socket(AF_INET, SOCK_STREAM, IPPROTO_MPTCP)  no wrapper   <- the denominator
-  seccomp        socket(AF_INET, SOCK_STREAM, 0) under `mptcpize-py run --backend seccomp`
-  mptcpize       socket(AF_INET, SOCK_STREAM, 0) under mptcpd's `mptcpize run` (LD_PRELOAD of
-                 libmptcpwrap, which rewrites the protocol in the libc call)
+Standalone (native): native TCP, native MPTCP (the denominator), `mptcpize-py run --backend seccomp`,
+mptcpd's `mptcpize run` (LD_PRELOAD of libmptcpwrap):
 
-Each case runs REPEATS times; the best (least disturbed) run counts. Every case checks SO_PROTOCOL of
-its sockets, so a wrapper that silently did nothing is reported, not measured.
-
-    /opt/mptcpize-py/venv/bin/python bench/socket_cost.py [-n 20000] [-r 3]
+    /opt/mptcpize-py/venv/bin/python bench/socket_cost.py [-n 20000] [-r 5]
 """
 
 import argparse
 import os
 import shutil
+import statistics
 import subprocess
 import sys
-import tempfile
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
-LOOP_C = r"""
-#include <stdio.h>
-#include <stdlib.h>
-#include <sys/socket.h>
-#include <time.h>
-#include <unistd.h>
+HERE = Path(__file__).resolve().parent
+LOOP_SRC = HERE / "socketloop.c"
+IPPROTO_TCP, IPPROTO_MPTCP = 6, 262
 
-int main(int argc, char **argv)
-{
-	long n = atol(argv[1]);
-	int proto = atoi(argv[2]), got = -1, wrong = 0;
-	socklen_t len = sizeof(got);
-	struct timespec a, b;
 
-	clock_gettime(CLOCK_MONOTONIC, &a);
-	for (long i = 0; i < n; i++) {
-		int fd = socket(AF_INET, SOCK_STREAM, proto);
-		if (fd < 0) { perror("socket"); return 2; }
-		if (i == 0 || i == n - 1) {  /* outside the timed steady state: two checks are enough */
-			getsockopt(fd, SOL_SOCKET, SO_PROTOCOL, &got, &len);
-			wrong += got != 262;
-		}
-		close(fd);
-	}
-	clock_gettime(CLOCK_MONOTONIC, &b);
-	printf("%.1f %d %d\n", ((b.tv_sec - a.tv_sec) * 1e9 + (b.tv_nsec - a.tv_nsec)) / n, got, wrong);
-	return 0;
-}
-"""
+class BenchError(Exception):
+    """A benchmark could not measure what it claims to (a wrapper did nothing, a program failed)."""
+
+
+def build_loop(dest_dir: str) -> str:
+    """Compiles bench/socketloop.c into dest_dir; returns the executable's path."""
+    if shutil.which("gcc") is None:
+        raise BenchError("gcc is needed to build bench/socketloop.c (apt-get install gcc)")
+    out = os.path.join(dest_dir, "socketloop")
+    subprocess.run(["gcc", "-O2", "-o", out, str(LOOP_SRC)], check=True)
+    return out
+
+
+@dataclass
+class Case:
+    argv: list[str]
+    proto: int                              # the SO_PROTOCOL its sockets must have
+    before: Callable[[], None] | None = None  # e.g. attach or detach the program
+    env: dict | None = None
+
+
+@dataclass
+class Result:
+    runs: list[float] = field(default_factory=list)   # ns per iteration, one per round
+
+    @property
+    def best(self) -> float:
+        return min(self.runs)
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.runs)
+
+
+def run_loop(name: str, case: Case) -> float:
+    """One run of the loop; returns ns per iteration."""
+    if case.before is not None:
+        case.before()
+    out = subprocess.run(case.argv, capture_output=True, text=True, env=case.env)
+    if out.returncode != 0:
+        raise BenchError(f"{name}: {case.argv[0]} failed ({out.returncode}): {out.stderr.strip()}")
+    try:
+        ns, proto, wrong = out.stdout.split()[-3:]
+    except ValueError:
+        raise BenchError(f"{name}: unexpected output {out.stdout!r}") from None
+    if int(proto) != case.proto or (case.proto == IPPROTO_MPTCP and int(wrong)):
+        raise BenchError(f"{name}: sockets had SO_PROTOCOL {proto}, expected {case.proto}")
+    return float(ns)
+
+
+def measure(cases: dict[str, Case], rounds: int, progress: Callable[[str], None] | None = None
+            ) -> dict[str, Result]:
+    """Runs every case once per round, alternating the order; returns every run of every case."""
+    results = {name: Result() for name in cases}
+    names = list(cases)
+    for r in range(rounds):
+        for name in (names if r % 2 == 0 else reversed(names)):
+            results[name].runs.append(run_loop(name, cases[name]))
+        if progress:
+            progress(f"round {r + 1}/{rounds}: " +
+                     ", ".join(f"{n} {results[n].runs[-1]:.0f}" for n in names) + " ns")
+    return results
+
+
+def native_cases(loop: str, n: int) -> dict[str, Case]:
+    """The standalone set: what a process pays per socket with each way of getting MPTCP here."""
+    cli = str(Path(sys.executable).parent / "mptcpize-py")
+    cases = {
+        "native-tcp": Case([loop, str(n), "0"], IPPROTO_TCP),
+        "native-mptcp": Case([loop, str(n), str(IPPROTO_MPTCP)], IPPROTO_MPTCP),
+        "seccomp": Case([cli, "run", "--backend", "seccomp", loop, str(n), "0"], IPPROTO_MPTCP),
+    }
+    mptcpize = shutil.which("mptcpize")
+    if mptcpize:
+        cases["mptcpize"] = Case([mptcpize, "run", loop, str(n), "0"], IPPROTO_MPTCP)
+    return cases
 
 
 def main() -> int:
+    import tempfile
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("-n", "--iterations", type=int, default=20000)
-    ap.add_argument("-r", "--repeats", type=int, default=3)
+    ap.add_argument("-r", "--rounds", type=int, default=5)
     args = ap.parse_args()
-
-    if shutil.which("gcc") is None:
-        sys.exit("socket_cost: gcc is needed to build the loop")
-    cli = Path(sys.executable).parent / "mptcpize-py"
-    mptcpize = shutil.which("mptcpize")
-
-    with tempfile.TemporaryDirectory(prefix="mz-bench-") as tmp:
-        loop = os.path.join(tmp, "socketloop")
-        subprocess.run(["gcc", "-O2", "-o", loop, "-x", "c", "-"], input=LOOP_C, text=True, check=True)
-        n = str(args.iterations)
-        cases = {
-            "native-tcp": [loop, n, "0"],
-            "native-mptcp": [loop, n, "262"],
-            "seccomp": [str(cli), "run", "--backend", "seccomp", loop, n, "0"],
-        }
-        if mptcpize:
-            cases["mptcpize"] = [mptcpize, "run", loop, n, "0"]
-
-        best: dict[str, float] = {}
-        for _ in range(args.repeats):  # interleaved, so that a noisy moment hits every case alike
-            for name, argv in cases.items():
-                out = subprocess.run(argv, capture_output=True, text=True)
-                if out.returncode != 0:
-                    sys.exit(f"socket_cost: {name} failed ({out.returncode}): {out.stderr.strip()}")
-                ns, proto, wrong = out.stdout.split()
-                if name != "native-tcp" and (int(proto) != 262 or int(wrong)):
-                    sys.exit(f"socket_cost: {name}: sockets were not MPTCP (SO_PROTOCOL {proto})")
-                best[name] = min(best.get(name, float("inf")), float(ns))
-
-    base = best["native-mptcp"]
-    print(f"socket()+close() x {args.iterations}, best of {args.repeats}, "
+    with tempfile.TemporaryDirectory(prefix="mzb-") as tmp:
+        cases = native_cases(build_loop(tmp), args.iterations)
+        res = measure(cases, args.rounds, progress=lambda m: print(m, file=sys.stderr))
+    base = res["native-mptcp"].best
+    print(f"socket()+close() x {args.iterations}, best of {args.rounds} alternating rounds, "
           f"{os.cpu_count()} CPU(s), kernel {os.uname().release}")
-    print(f"{'case':<14} {'ns/iter':>10} {'vs native MPTCP':>16}")
-    for name, ns in best.items():
-        print(f"{name:<14} {ns:>10.0f} {ns / base:>15.2f}x")
-    if not mptcpize:
-        print("mptcpize      (not installed: apt-get install mptcpize)")
-    print(f"ratio seccomp/native-mptcp: {best['seccomp'] / base:.1f}")
-    if mptcpize:
-        print(f"ratio mptcpize/native-mptcp: {best['mptcpize'] / base:.2f}")
-        print(f"ratio seccomp/mptcpize: {best['seccomp'] / best['mptcpize']:.1f}")
+    print(f"{'case':<14} {'best ns':>9} {'median ns':>10} {'best / native MPTCP':>20}")
+    for name, r in res.items():
+        print(f"{name:<14} {r.best:>9.0f} {r.median:>10.0f} {r.best / base:>19.2f}x")
+    if "mptcpize" not in res:
+        print("mptcpize: not installed (apt-get install mptcpize)")
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except BenchError as e:
+        sys.exit(f"socket_cost: {e}")

@@ -1,0 +1,257 @@
+"""The native half of `make bench`: figures measured on this machine's own kernel, where the BPF hook is
+refused (fmod_ret: EPERM) and `run` uses the seccomp backend. Writes one JSON object (--json FILE, or
+stdout after common.JSON_MARK); bench/render.py turns it into docs/BENCHMARKS.md.
+
+  socket     socket()+close(): native TCP, native MPTCP, seccomp `run`, mptcpd's `mptcpize run`
+  selection  the program's own cost on real hardware: the dry-run build (same decide() code, on the
+             socket() syscall tracepoint) loaded with the 1,000-rule policy, attached / not attached in
+             alternating runs: a process not selected, and a selected one (counted + event, as an
+             upgrade would be, but its socket stays TCP)
+  latency    `run true` added latency: seccomp, mptcpize; `mptcpize-py --version` (interpreter start)
+  compile    the BPF program compiled and loaded natively (bpf.Rewriter(dry_run=True): the same C source,
+             attached to the socket() tracepoint, which this kernel allows): a cold BPF start on real
+             hardware, without the fmod_ret attach
+  dryrun     `daemon --dry-run` (the same daemon, counting instead of upgrading): RSS with 1 and 1,000
+             rules, and 8 processes making sockets for 10 s against its exact counters
+  aggregation  two-path transfers (20+20, 20+6 Mbit/s): plain TCP, seccomp `run`, `mptcpize run`
+
+    /opt/mptcpize-py/venv/bin/python bench/native_bench.py [--json FILE] [--only socket,latency,...]
+"""
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+import common
+import socket_cost
+import xfer
+from common import CLI, PYTHON, progress
+
+PARTS = ("socket", "selection", "latency", "compile", "dryrun", "aggregation")
+
+COMPILE_PROBE = r"""
+import json, os, sys, time
+def rss():
+    with open("/proc/self/status") as f:
+        return {l.split(":")[0]: int(l.split()[1]) for l in f if l.startswith(("VmRSS", "RssAnon", "RssFile"))}
+t0 = time.monotonic()
+from mptcpize_py import bpf, daemon   # what the daemon imports before bcc
+rss_python = rss()
+t1 = time.monotonic()
+import bcc
+rss_bcc = rss()
+t_import = time.monotonic()
+rw = bpf.Rewriter(all_netns=False, dry_run=True)
+t_loaded = time.monotonic()
+rss_loaded = rss()
+rw.close()
+print(json.dumps({"import_ours_s": t1 - t0, "import_s": t_import - t1, "load_s": t_loaded - t_import,
+                  "rss_kb": rss_loaded, "rss_python_kb": rss_python, "rss_bcc_imported_kb": rss_bcc}))
+"""
+
+
+def part_socket(loop: str, n: int, rounds: int) -> dict:
+    progress(f"socket()+close() x {n}: native TCP / native MPTCP / seccomp / mptcpize, {rounds} rounds")
+    res = socket_cost.measure(socket_cost.native_cases(loop, n), rounds, progress=progress)
+    return {"iterations": n, "rounds": rounds,
+            "cases": {k: {"best_ns": round(r.best), "median_ns": round(r.median),
+                          "runs_ns": [round(x) for x in r.runs]} for k, r in res.items()}}
+
+
+class DryToggle:
+    """The dry-run program (bpf.Rewriter(dry_run=True)) with its socket() tracepoint detached and
+    re-attached between runs. Rewriter has no detach API (its program lives as long as the process):
+    this benchmark reaches into its bcc object."""
+
+    TP = b"syscalls:sys_enter_socket"
+    FN = b"tracepoint__syscalls__sys_enter_socket"   # bcc's name for TRACEPOINT_PROBE(syscalls, ...)
+
+    def __init__(self, policy_dir: str):
+        from mptcpize_py import bpf, daemon
+        _policy, resolved = daemon.load_and_resolve(policy_dir)
+        self.rw = bpf.Rewriter(all_netns=False, dry_run=True)
+        self.rw.set_selection(*resolved.selection())
+        # As the dry-run daemon does where kernel memory cannot tell net.mptcp.enabled: say it for ours.
+        self.rw.set_netns_mptcp({os.stat("/proc/self/ns/net").st_ino: True})
+        self.reader = common.EventReader(self.rw)
+        self.attached = True
+
+    def attach(self) -> None:
+        self.reader.resume()
+        if not self.attached:
+            self.rw._b.attach_tracepoint(tp=self.TP, fn_name=self.FN)
+            self.attached = True
+
+    def attach_events_paused(self) -> None:
+        self.attach()
+        self.reader.pause()
+
+    def detach(self) -> None:
+        self.reader.resume()
+        if self.attached:
+            self.rw._b.detach_tracepoint(tp=self.TP)
+            self.attached = False
+
+    def close(self) -> None:
+        self.reader.close()
+        self.rw.close()
+
+
+def part_selection(work: str, loop: str, selected: str, n: int, rounds: int) -> dict:
+    from socket_cost import IPPROTO_MPTCP, IPPROTO_TCP, Case
+    pdir = os.path.join(work, "policy-selection")
+    os.makedirs(pdir, mode=0o755, exist_ok=True)
+    try:
+        common.write_policy(pdir, common.bulk_policy(work, selected, rules=1000))
+        progress("selection cost natively: dry-run program, 1,000 rules, attached / not attached")
+        t = DryToggle(pdir)
+        try:
+            cases = {
+                "tcp_detached": Case([loop, str(n), "0"], IPPROTO_TCP, before=t.detach),
+                "notsel_attached": Case([loop, str(n), "0"], IPPROTO_TCP, before=t.attach),
+                "selected_attached": Case([selected, str(n), "0"], IPPROTO_TCP, before=t.attach),
+                "selected_events_paused": Case([selected, str(n), "0"], IPPROTO_TCP,
+                                               before=t.attach_events_paused),
+                "mptcp_detached": Case([loop, str(n), str(IPPROTO_MPTCP)], IPPROTO_MPTCP, before=t.detach),
+                "mptcp_attached": Case([loop, str(n), str(IPPROTO_MPTCP)], IPPROTO_MPTCP, before=t.attach),
+            }
+            res = socket_cost.measure(cases, rounds, progress=progress)
+            counters = t.rw.counters()
+        finally:
+            t.close()
+    finally:
+        common.remove_bench_cgroups()
+    if counters.get("upgraded", 0) < 2 * n * rounds:   # the selected runs must have been counted
+        raise socket_cost.BenchError(f"dry run counted {counters} for {2 * n * rounds} selected sockets")
+    return {"iterations": n, "rounds": rounds, "counters": counters, "events_received": t.reader.events,
+            "cases": {k: {"best_ns": round(r.best), "median_ns": round(r.median),
+                          "runs_ns": [round(x) for x in r.runs]} for k, r in res.items()}}
+
+
+def part_latency(rounds: int) -> dict:
+    progress(f"`run true` latency: true / mptcpize-py --version / run --backend seccomp / mptcpize run, "
+             f"{rounds} rounds")
+    cases = {"true": ["true"], "python_pass": [PYTHON, "-c", "pass"],
+             "python_nosite": [PYTHON, "-S", "-c", "pass"], "cli_version": [CLI, "--version"],
+             "seccomp_run_true": [CLI, "run", "--backend", "seccomp", "true"]}
+    if shutil.which("mptcpize"):
+        cases["mptcpize_run_true"] = ["mptcpize", "run", "true"]
+    return {"rounds": rounds, "cases": common.latencies(cases, rounds)}
+
+
+def part_compile(runs: int) -> dict:
+    progress(f"BPF compile + load natively (dry-run program), {runs} runs")
+    out = []
+    for _ in range(runs):
+        t0 = time.monotonic()
+        p = subprocess.run([PYTHON, "-c", COMPILE_PROBE], capture_output=True, text=True, cwd=common.REPO)
+        wall = time.monotonic() - t0
+        if p.returncode != 0:
+            return {"error": p.stderr.strip().splitlines()[-1] if p.stderr.strip() else str(p.returncode)}
+        r = json.loads(p.stdout.strip().splitlines()[-1])
+        r["process_wall_s"] = round(wall, 3)
+        for k in ("import_ours_s", "import_s", "load_s"):
+            r[k] = round(r[k], 3)
+        out.append(r)
+        progress(f"  process {wall:.2f} s (import bcc {r['import_s']:.2f} s, compile+load "
+                 f"{r['load_s']:.2f} s; RSS: our modules {r['rss_python_kb']['VmRSS'] // 1024} MB, + bcc "
+                 f"{r['rss_bcc_imported_kb']['VmRSS'] // 1024} MB, loaded {r['rss_kb']['VmRSS'] // 1024} MB)")
+    return {"runs": out}
+
+
+def part_dryrun(work: str, selected: str, storm_procs: int, storm_secs: float) -> dict:
+    pdir = os.path.join(work, "policy-native")
+    os.makedirs(pdir, mode=0o755, exist_ok=True)
+    out = {}
+    try:
+        for rules in (1, 1000):
+            if rules == 1:
+                files = {"10-selected.toml": f'[[allow]]\nname = "bench loop"\nexe = "{selected}"\n'}
+            else:
+                files = common.bulk_policy(work, selected, rules=rules)
+            common.write_policy(pdir, files)
+            progress(f"dry-run daemon, {rules} rule(s): start")
+            d = common.DaemonUnderTest(pdir, work, dry_run=True, tag=f"dryrun-{rules}")
+            try:
+                ready = d.wait_ready()
+                summary = d.request({"cmd": "status"})["policy"]["summary"]
+                rss = d.steady_rss()
+                progress(f"  ready in {ready:.1f} s ({summary}); RSS {rss['VmRSS'] // 1024} MB "
+                         f"(anon {rss['RssAnon'] // 1024}, file {rss['RssFile'] // 1024}); idle CPU "
+                         f"{rss['idle_cpu_percent']} %")
+                row = {"ready_s": round(ready, 2), "policy": summary, "rss_kb": rss}
+                if rules == 1000:
+                    progress(f"  {storm_procs} processes x {storm_secs:g} s of socket()+close()")
+                    row["storm"] = common.event_storm(d, selected, storm_procs, storm_secs)
+                    row["rss_after_storm_kb"] = common.rss_breakdown(d.proc.pid)
+                    s = row["storm"]
+                    progress(f"  made {s['made']}, counted {s['counted']} (exact: total "
+                             f"{s['total_exact']}, per process {s['per_process_exact']}), events dropped "
+                             f"{s['events_dropped']}, {s['rate_per_s']}/s")
+            finally:
+                row["exit_status"] = d.stop()
+            out[str(rules)] = row
+    finally:
+        common.remove_bench_cgroups()
+    return out
+
+
+def part_aggregation(rounds: int, size: int) -> dict:
+    wrappers = {"seccomp": ([CLI, "run", "--backend", "seccomp"], 262)}
+    if shutil.which("mptcpize"):
+        wrappers["mptcpize"] = (["mptcpize", "run"], 262)
+    progress(f"two-path aggregation, {size >> 20} MiB per transfer, {rounds} rounds")
+    rows = xfer.aggregation(wrappers, [("20mbit", "20mbit"), ("20mbit", "6mbit")], rounds, size,
+                            progress=progress)
+    return {"rows": rows, "sysctl": common.sysctls()}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--json", metavar="FILE")
+    ap.add_argument("--only", default=",".join(PARTS), help="comma-separated parts: " + ", ".join(PARTS))
+    ap.add_argument("-n", "--iterations", type=int, default=20000)
+    ap.add_argument("--rounds", type=int, default=15, help="socket()+close() rounds")
+    ap.add_argument("--latency-rounds", type=int, default=10)
+    ap.add_argument("--xfer-rounds", type=int, default=3)
+    ap.add_argument("--xfer-mib", type=int, default=16)
+    ap.add_argument("--storm-secs", type=float, default=10.0)
+    args = ap.parse_args()
+    parts = [p for p in args.only.split(",") if p]
+    bad = [p for p in parts if p not in PARTS]
+    if bad:
+        ap.error(f"unknown part(s) {', '.join(bad)}")
+    if os.geteuid() != 0:
+        sys.exit("native_bench: run as root (seccomp run in other namespaces, the dry-run daemon, netns)")
+
+    result = {"machine": common.machine(), "argv": sys.argv}
+    with tempfile.TemporaryDirectory(prefix="mzb-native-") as work:
+        os.chmod(work, 0o755)
+        loop = socket_cost.build_loop(work)
+        selected = os.path.join(work, "socketloop-selected")   # its own inode: the exe rule's target
+        shutil.copy2(loop, selected)
+        if "socket" in parts:
+            result["socket"] = part_socket(loop, args.iterations, args.rounds)
+        if "selection" in parts:
+            result["selection"] = part_selection(work, loop, selected, args.iterations, args.rounds)
+        if "latency" in parts:
+            result["latency"] = part_latency(args.latency_rounds)
+        if "compile" in parts:
+            result["compile"] = part_compile(3)
+        if "dryrun" in parts:
+            result["dryrun"] = part_dryrun(work, selected, 8, args.storm_secs)
+        if "aggregation" in parts:
+            result["aggregation"] = part_aggregation(args.xfer_rounds, args.xfer_mib << 20)
+    result["loadavg_end"] = common.loadavg()
+    common.dump(result, args.json)
+    progress("native part done")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
