@@ -58,6 +58,18 @@ def _build_parser() -> argparse.ArgumentParser:
                                     "3: no daemon).")
     rs.add_argument("--unit", metavar="UNIT", default=None, help="a unit named by an allow rule")
 
+    # --- enable / disable (units.py) ---
+    for verb, text in (("enable", "make UNIT's TCP sockets MPTCP from its first one: a drop-in and a "
+                                  "policy record, both ours (exit 69: BPF path unusable, nothing "
+                                  "written)"),
+                       ("disable", "remove exactly what enable wrote: /etc is as it was before")):
+        e = sub.add_parser(verb, help=text, description=text[0].upper() + text[1:] + ".")
+        e.add_argument("unit", metavar="UNIT", help="a service, e.g. nginx.service or foo@bar.service")
+        e.add_argument("--now", action="store_true",
+                       help="also restart UNIT now" if verb == "enable" else
+                            "also restart UNIT now if it runs (its new sockets are plain TCP)")
+    # --- end enable / disable ---
+
     s = sub.add_parser("status", help="ask the running daemon what it upgraded (exit 3: no daemon)")
     s.add_argument("--json", action="store_true", help="machine-readable output")
     s.add_argument("--connections", action="store_true",
@@ -234,6 +246,16 @@ def cmd_resync(args) -> int:
     return 0
 
 
+def cmd_enable_disable(args) -> int:
+    from . import units
+    out = (units.enable if args.command == "enable" else units.disable)(args.unit, now=args.now)
+    for line in out.lines:
+        _out(line)
+    for line in out.warnings:
+        _err(f"{PROG}: warning: {line}")
+    return 0
+
+
 def _setup_logging(debug: bool) -> None:
     """Other modules log (e.g. seccomp: a setuid program exec'd under no_new_privs); this prints it."""
     import logging
@@ -262,7 +284,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command is None:
             raise UsageError("no command given", hint=f"see '{PROG} --help'")
         return {"run": cmd_run, "check": cmd_check, "daemon": cmd_daemon,
-                "status": cmd_status, "resync": cmd_resync, "metrics": cmd_metrics}[args.command](args)
+                "status": cmd_status, "resync": cmd_resync, "metrics": cmd_metrics,
+                "enable": cmd_enable_disable, "disable": cmd_enable_disable}[args.command](args)
     except MptcpizeError as e:
         if debug:
             import traceback

@@ -55,6 +55,12 @@ def parse(data: bytes) -> MptcpInfo:
     return MptcpInfo(**values)
 
 
+def fields_present(length: int) -> frozenset[str]:
+    """The fields a struct of `length` bytes holds: an older kernel sends a shorter struct (e.g. no
+    bytes_sent before 6.5, no subflows_total before 6.10), and parse() reads those as 0, not absent."""
+    return frozenset(name for name, off, fmt in _FIELDS if off + struct.calcsize(fmt) <= length)
+
+
 def of_socket(sock) -> MptcpInfo:
     """MPTCP_INFO of an MPTCP socket object (raises OSError for a plain TCP one)."""
     return parse(sock.getsockopt(SOL_MPTCP, MPTCP_INFO, STRUCT_SIZE))

@@ -83,6 +83,31 @@ def status_text(status: dict) -> list[str]:
             lines.append(f"{p.get('pid', '?'):>8} {p.get('upgraded', 0):>9} "
                          f"{'yes' if p.get('alive') else 'no':<5} {where:<30} "
                          f"{p.get('exe') or '?':<30} {p.get('rule') or '-'}")
+    lines.extend(enabled_units_text(status))
+    return lines
+
+
+def enabled_units_text(status: dict) -> list[str]:
+    """`status`: the units `mptcpize-py enable` selected (their policy records, unit-UNIT.toml, among the
+    daemon's policy files) with the sockets upgraded in their processes (the rows whose unit is it)."""
+    from .units import enabled_unit_of_file
+    pol = status.get("policy") or {}
+    rows = status.get("processes") or []
+    enabled = []
+    for path in pol.get("files") or []:
+        unit = enabled_unit_of_file(path)
+        if unit is not None:
+            enabled.append((unit, path.rsplit("/", 1)[-1]))
+    if not enabled:
+        return ["enabled units (mptcpize-py enable): none"]
+    lines = ["enabled units (mptcpize-py enable):"]
+    for unit, file_name in sorted(enabled):
+        target = next((r.get("target") for r in pol.get("rules") or []
+                       if f"({file_name}:" in (r.get("description") or "")), None)
+        mine = [p for p in rows if p.get("unit") == unit]
+        alive = sum(1 for p in mine if p.get("alive"))
+        lines.append(f"  {unit}: {sum(p.get('upgraded', 0) for p in mine)} socket(s) upgraded in "
+                     f"{len(mine)} process(es) ({alive} alive) -> {target or 'not running'}")
     return lines
 
 

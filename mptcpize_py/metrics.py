@@ -1,0 +1,175 @@
+"""Prometheus text exposition format (version 0.0.4) for node_exporter's textfile collector.
+
+`render()` is pure: the daemon's `status` answer and the connection view (mptcpdiag.connection_view)
+in, text out. `write_atomic()` replaces the output file the way the textfile collector needs: it reads
+every `*.prom` file of its directory at each scrape, so a half-written file must never carry that name
+(temporary file in the same directory, then rename(2)).
+
+Label values come from executable paths, unit names, cgroup paths and rule names, all of which other
+users choose: they are escaped per the format (backslash, double quote, line feed) after any byte that is
+not UTF-8 is spelled `\\xNN`, so no value can end a label, a line or the file's encoding.
+
+Counter semantics: the host-wide total and the per-rule counts are the kernel's exact counters. The
+per-unit sums (and the per-rule count of `run` trees) come from the kernel's per-process table, which
+forgets the oldest processes when full (an LRU of 16384 entries); such a sum can then go down, which
+Prometheus reads as a counter reset.
+"""
+
+import os
+import tempfile
+from collections import defaultdict
+from pathlib import Path
+
+from .errors import MptcpizeError
+
+DEFAULT_TEXTFILE = Path("/var/lib/prometheus/node-exporter/mptcpize.prom")
+
+
+def escape_label(value: object) -> str:
+    """A label value for the text format: valid UTF-8 (other bytes as \\xNN), then \\\\, \\" and \\n."""
+    text = "" if value is None else str(value)
+    # os.readlink() & co. decode undecodable bytes to lone surrogates (surrogateescape): make them text.
+    text = text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    return text.replace("\\", "\\\\").replace("\"", "\\\"").replace("\n", "\\n")
+
+
+def _escape_help(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("\n", "\\n")
+
+
+class _Writer:
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+
+    def family(self, name: str, mtype: str, help_text: str,
+               samples: list[tuple[dict[str, object], int | float]]) -> None:
+        self.lines.append(f"# HELP {name} {_escape_help(help_text)}")
+        self.lines.append(f"# TYPE {name} {mtype}")
+        for labels, value in samples:
+            label_text = ",".join(f'{k}="{escape_label(v)}"' for k, v in labels.items())
+            self.lines.append(f"{name}{{{label_text}}} {value}" if label_text else f"{name} {value}")
+
+    def text(self) -> str:
+        return "\n".join(self.lines) + "\n"
+
+
+def render(status: dict | None, view: dict | None = None) -> str:
+    """The metrics. status None: no daemon answered (only mptcpize_daemon_up 0). view: what
+    `status --connections --json` prints (connections of the upgraded processes), or None."""
+    w = _Writer()
+    w.family("mptcpize_daemon_up", "gauge",
+             "1 when the mptcpize-py daemon answered on its control socket, 0 when none runs.",
+             [({}, 1 if status is not None else 0)])
+    if status is None:
+        return w.text()
+    w.family("mptcpize_dry_run", "gauge",
+             "1 when the daemon runs with --dry-run: its counts are sockets that would have been upgraded.",
+             [({}, 1 if status.get("dry_run") else 0)])
+    totals = status.get("totals") or {}
+    rows = status.get("processes") or []
+    w.family("mptcpize_upgraded_sockets_total", "counter",
+             "Sockets the daemon's program upgraded to MPTCP since it was loaded (exact kernel counter).",
+             [({}, int(totals.get("upgraded", 0)))])
+    w.family("mptcpize_not_upgraded_total", "counter",
+             "TCP sockets of selected processes deliberately left TCP, by reason.",
+             [({"reason": k}, int(v)) for k, v in sorted(totals.items())
+              if k not in ("upgraded", "events_dropped")])
+    w.family("mptcpize_upgrades_total", "counter",
+             "Sockets upgraded, per allow rule of the policy (exact kernel counter); rule=\"run\": "
+             "processes of `mptcpize-py run` trees served by the daemon.",
+             [({"rule": k}, v) for k, v in sorted(_per_rule(status).items())])
+    per_unit: dict[str, int] = defaultdict(int)
+    for r in rows:
+        if r.get("unit"):
+            per_unit[r["unit"]] += int(r.get("upgraded") or 0)
+    w.family("mptcpize_unit_upgrades_total", "counter",
+             "Sockets upgraded, per systemd unit (sum over the processes the daemon tracks).",
+             [({"unit": k}, v) for k, v in sorted(per_unit.items())])
+    alive = sum(1 for r in rows if r.get("alive"))
+    w.family("mptcpize_upgraded_processes", "gauge",
+             "Processes with upgraded sockets that the daemon tracks, alive or exited.",
+             [({"alive": "true"}, alive), ({"alive": "false"}, len(rows) - alive)])
+    w.family("mptcpize_events_dropped_total", "counter",
+             "Upgrade events the kernel could not hand to the daemon (ring buffer full).",
+             [({}, int(status.get("events_dropped") or 0))])
+    if view is not None:
+        _connection_families(w, view)
+    return w.text()
+
+
+def _per_rule(status: dict) -> dict[str, int]:
+    """{rule description: sockets upgraded}: the kernel's exact per-rule counters
+    (status["policy"]["rules"][i]["upgraded"]) for allow rules; run trees have no rule, they are summed
+    from their processes' rows. A daemon without per-rule counters: every row summed by rule."""
+    rules = (status.get("policy") or {}).get("rules") or []
+    rows = status.get("processes") or []
+    out: dict[str, int] = defaultdict(int)
+    if rules and all("upgraded" in r for r in rules):
+        for r in rules:
+            if r.get("action", "allow") == "allow":
+                out[r.get("description") or f"rule {r.get('id')}"] += int(r.get("upgraded") or 0)
+        for row in rows:
+            if row.get("kind") == "run":
+                out["run"] += int(row.get("upgraded") or 0)
+    else:
+        for row in rows:
+            out[row.get("rule") or "none"] += int(row.get("upgraded") or 0)
+    return dict(out)
+
+
+def _connection_families(w: _Writer, view: dict) -> None:
+    per_ns: dict[str, dict[str, int]] = {}
+    for ns in view.get("namespaces") or []:
+        if not ns.get("error"):
+            per_ns.setdefault(ns["name"], {"connections": 0, "subflows": 0, "fallback": 0, "listeners": 0})
+    for c in view.get("connections") or []:
+        n = per_ns.setdefault(c.get("netns") or "?",
+                              {"connections": 0, "subflows": 0, "fallback": 0, "listeners": 0})
+        if c.get("state") == "LISTEN":
+            n["listeners"] += 1
+            continue
+        n["connections"] += 1
+        n["subflows"] += int(c.get("subflows") or 0)
+        n["fallback"] += 1 if c.get("fallback") else 0
+    for key, name, help_text in (
+            ("connections", "mptcpize_mptcp_connections",
+             "MPTCP connections (listeners excluded) of upgraded processes, per network namespace."),
+            ("subflows", "mptcpize_mptcp_subflows",
+             "Subflows of those connections, the initial one included."),
+            ("fallback", "mptcpize_fallback_connections",
+             "Those connections that fell back to plain TCP (the peer or a middlebox refused MPTCP)."),
+            ("listeners", "mptcpize_mptcp_listeners",
+             "MPTCP listening sockets of upgraded processes, per network namespace.")):
+        w.family(name, "gauge", help_text, [({"netns": ns}, v[key]) for ns, v in sorted(per_ns.items())])
+    errors = [ns for ns in view.get("namespaces") or [] if ns.get("error")]
+    w.family("mptcpize_netns_scrape_errors", "gauge",
+             "Network namespaces whose MPTCP connections could not be read this time.",
+             [({}, len(errors))])
+
+
+def write_atomic(path: str | Path, text: str) -> None:
+    """Replaces `path` with `text` at once, mode 0644: a temporary file in the same directory (named so
+    that the textfile collector, which reads *.prom, ignores it), fsync, rename(2)."""
+    path = Path(path)
+    directory = path.parent
+    try:
+        fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{path.name}.", suffix=".tmp")
+    except FileNotFoundError:
+        raise MptcpizeError(f"cannot write {path}: directory {directory} does not exist",
+                            hint="create it, or pass the textfile collector's directory "
+                                 "(node_exporter --collector.textfile.directory)") from None
+    except OSError as e:
+        raise MptcpizeError(f"cannot write {path}: {e.strerror}") from None
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            os.fchmod(f.fileno(), 0o644)
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.rename(tmp, path)
+    except OSError as e:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise MptcpizeError(f"cannot write {path}: {e.strerror}") from None
