@@ -436,7 +436,13 @@ class Daemon:
             problem = check_unit_name(unit)
             if problem:
                 raise MptcpizeError(f"resync: {problem}")
-        self.resync()
+        # `enable --now` writes the unit's policy record and restarts the unit at once: its
+        # ExecStartPre asks here before the 2 s poll has seen the new file, so look at the directory.
+        with self._sync_lock:
+            if dir_fingerprint(self.policy_dir) != self._fingerprint:
+                self._reload_locked("resync request: policy directory changed")
+            else:
+                self._resync_locked()
         if unit is None:
             return {"ok": True}
         with self._lock:

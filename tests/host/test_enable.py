@@ -1,0 +1,168 @@
+"""`enable`/`disable` on this host, through the real CLI: bad names, a kernel whose BPF path is unusable
+(exit 69), no systemd as PID 1 (exit 69), non-root (77): one clear line each, nothing written. And
+`systemd-analyze verify` on the generated drop-in and on the shipped unit (it needs no systemd PID 1).
+The end-to-end run with systemd managing a real service is tests/systemd/test_service.py (VM)."""
+
+import json
+import os
+import shutil
+import stat
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from mptcpize_py import units
+from mptcpize_py.errors import EXIT_UNAVAILABLE, MptcpizeError
+from tests.conftest import MPTCPIZE, REPO, mptcpize
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (enable's checks, setpriv)")
+
+WATCHED = ("/etc/systemd/system", "/etc/mptcpize-py")
+
+
+def etc_snapshot() -> dict:
+    """Paths, types, modes and contents of what enable/disable may touch."""
+    out = {}
+    for top in WATCHED:
+        if not os.path.lexists(top):
+            out[top] = None
+            continue
+        for dirpath, dirnames, filenames in os.walk(top):
+            out[dirpath] = ("dir", os.lstat(dirpath).st_mode)
+            for name in filenames + [d for d in dirnames if os.path.islink(os.path.join(dirpath, d))]:
+                p = os.path.join(dirpath, name)
+                st = os.lstat(p)
+                if stat.S_ISLNK(st.st_mode):
+                    out[p] = ("link", os.readlink(p))
+                else:
+                    out[p] = ("file", st.st_mode, Path(p).read_bytes())
+    return out
+
+
+def one_error(proc, code: int, needle: str) -> None:
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("mptcpize-py: error:")]
+    assert proc.returncode == code, proc.stderr
+    assert len(errors) == 1 and needle in errors[0], proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("verb", ["enable", "disable"])
+@pytest.mark.parametrize("name, needle", [
+    ("nginx", "no valid unit type suffix"),
+    ("foo@.service", "is a template"),
+    ("nginx.socket", "not a service"),
+    ("../../etc/passwd.service", "'/' is not allowed"),
+    ("--help.service\n", r"'\n' is not allowed"),
+    ("x y.service", "' ' is not allowed"),
+    ("", "empty unit name"),
+])
+def test_bad_names_exit_2_nothing_written(verb, name, needle):
+    before = etc_snapshot()
+    proc = mptcpize(verb, "--", name)
+    one_error(proc, 2, needle)
+    assert "mptcpize-py: hint:" in proc.stderr
+    assert etc_snapshot() == before
+
+
+def bpf_path_usable() -> tuple[bool, str]:
+    report = json.loads(mptcpize("check", "--json").stdout)
+    failed = [f"{c['name']}: {c['detail']}" for c in report["checks"]
+              if c["required"] and c["status"] == "fail"]
+    return not failed, "; ".join(failed)
+
+
+def test_enable_where_bpf_is_unusable_exits_69_and_writes_nothing():
+    usable, why = bpf_path_usable()
+    if usable:
+        pytest.skip("the BPF path works on this kernel; the refusal is for kernels where it does not")
+    before = etc_snapshot()
+    for args in (("enable", "nginx.service"), ("enable", "--now", "getty@tty1.service")):
+        proc = mptcpize(*args)
+        one_error(proc, EXIT_UNAVAILABLE, "the BPF backend the daemon needs is unusable here")
+        assert why.split(";")[0].split(":")[0] in proc.stderr   # names the failed check
+        assert "hint:" in proc.stderr and proc.stdout == ""
+    assert etc_snapshot() == before
+
+
+def test_without_systemd_pid1_systemctl_fails_cleanly():
+    """No systemd as PID 1 (this host): asking systemd about a unit is exit 69 with one line, no
+    systemctl noise."""
+    if units.systemd_running():
+        pytest.skip("systemd is PID 1 here")
+    if shutil.which("systemctl") is None:
+        pytest.skip("no systemctl installed")
+    with pytest.raises(MptcpizeError) as e:
+        units.known_unit("nginx.service")
+    assert e.value.exit_code == EXIT_UNAVAILABLE
+    assert "systemd is not running" in e.value.message and e.value.hint
+
+
+def test_disable_without_anything_enabled_changes_nothing():
+    before = etc_snapshot()
+    proc = mptcpize("disable", "mzu-never-enabled.service")
+    assert proc.returncode == 0, proc.stderr
+    assert "is not enabled: nothing changed" in proc.stdout
+    assert etc_snapshot() == before
+
+
+@pytest.mark.parametrize("verb", ["enable", "disable"])
+def test_non_root_gets_77(verb):
+    setpriv = shutil.which("setpriv")
+    if setpriv is None:
+        pytest.skip("no setpriv")
+    before = etc_snapshot()
+    proc = subprocess.run([setpriv, "--reuid=65534", "--regid=65534", "--clear-groups", MPTCPIZE, verb,
+                           "nginx.service"], capture_output=True, text=True, timeout=120, cwd="/")
+    one_error(proc, 77, "need root")
+    assert etc_snapshot() == before
+
+
+# --- systemd-analyze verify ---------------------------------------------------------------------------
+
+def analyze_verify(unit_dir: Path, unit: str) -> subprocess.CompletedProcess:
+    exe = shutil.which("systemd-analyze")
+    if exe is None:
+        pytest.skip("systemd-analyze not installed")
+    env = dict(os.environ, SYSTEMD_UNIT_PATH=f"{unit_dir}:", SYSTEMD_LOG_COLOR="0", LC_ALL="C")
+    return subprocess.run([exe, "verify", "--man=no", str(unit_dir / unit)], capture_output=True,
+                          text=True, timeout=120, env=env)
+
+
+@pytest.fixture
+def unit_dir(tmp_path):
+    """A service with Environment= lines (what mptcpd's rewrite loses), our drop-in, and the shipped
+    mptcpize-py.service it pulls in."""
+    d = tmp_path / "units"
+    d.mkdir()
+    (d / "mzu-web.service").write_text(
+        "[Unit]\nDescription=test web server\n\n[Service]\nEnvironment=WORKERS=4\n"
+        "Environment=\"GREETING=hello world\"\nExecStart=/usr/bin/python3 -m http.server 18080\n")
+    shutil.copy(REPO / "systemd/mptcpize-py.service", d / "mptcpize-py.service")
+    (tmp_path / "root").mkdir()
+    tree = units.Tree(tmp_path / "root")
+    units.write_files("mzu-web.service", units.cli_executable(), tree)
+    (d / "mzu-web.service.d").mkdir()
+    shutil.copy(tree.dropin("mzu-web.service"), d / "mzu-web.service.d" / units.DROPIN_NAME)
+    return d
+
+
+def test_generated_dropin_passes_systemd_analyze_verify(unit_dir):
+    proc = analyze_verify(unit_dir, "mzu-web.service")
+    assert proc.returncode == 0, proc.stderr
+    assert units.DROPIN_NAME not in proc.stderr + proc.stdout, proc.stderr
+    assert "mptcpize-py.service" not in proc.stderr + proc.stdout, proc.stderr
+
+
+def test_verify_really_reads_the_dropin(unit_dir):
+    """Negative control: the same drop-in with an unknown key is reported, by its path."""
+    dropin = unit_dir / "mzu-web.service.d" / units.DROPIN_NAME
+    dropin.write_text(dropin.read_text() + "NoSuchSetting=1\n")
+    proc = analyze_verify(unit_dir, "mzu-web.service")
+    assert f"{dropin}:" in proc.stderr and "NoSuchSetting" in proc.stderr, proc.stderr
+
+
+def test_shipped_unit_passes_systemd_analyze_verify(unit_dir):
+    proc = analyze_verify(unit_dir, "mptcpize-py.service")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr.strip() == "", proc.stderr

@@ -1,0 +1,301 @@
+"""systemd as PID 1 manages the hardened mptcpize-py.service and a real service enabled with
+`mptcpize-py enable --now`: what the service's listening socket is (SO_PROTOCOL, as the service itself
+reads it, and `ss -M`), across restarts and after `disable`; that /etc comes back byte for byte; that
+READY, STATUS=, reload and the watchdog work; and what fails without each capability of the unit.
+
+Run by `make test-systemd` (scripts/vm-systemd.sh). One daemon start for the module (bcc compiles for
+~30 s under TCG); the tests run in file order and share it."""
+
+import json
+import os
+import stat
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import MPTCPIZE, REPO, mptcpize
+
+pytestmark = pytest.mark.usefixtures("systemd_and_bpf")
+
+SERVICE = "mptcpize-py.service"
+WEB = "mzu-web.service"
+ALIAS = "mzu-alias.service"      # a symlink to WEB: another name of the same unit
+PORT = 18765
+TEST_DIR = Path("/run/mzu-test")
+CAPS = ("CAP_BPF", "CAP_PERFMON", "CAP_SYSLOG")   # systemd/mptcpize-py.service's bounding set
+CAP_BITS = {"CAP_SYSLOG": 34, "CAP_PERFMON": 38, "CAP_BPF": 39}
+
+LISTENER = f"""
+import json, os, socket
+s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("127.0.0.1", {PORT}))
+s.listen()
+out = {{"pid": os.getpid(), "protocol": s.getsockopt(socket.SOL_SOCKET, socket.SO_PROTOCOL),
+       "workers": os.environ.get("MZU_WORKERS"), "greeting": os.environ.get("MZU_GREETING")}}
+with open(os.environ["RUNTIME_DIRECTORY"] + "/socket.json", "w") as f:
+    json.dump(out, f)
+while True:
+    s.accept()[0].close()
+"""
+
+# A sandboxed, unprivileged service with Environment= lines (what mptcpd's unit rewrite loses). It
+# lives in /run/systemd/system so that /etc holds only what enable writes.
+WEB_UNIT = f"""[Unit]
+Description=mptcpize-py test listener
+
+[Service]
+Environment=MZU_WORKERS=4
+Environment="MZU_GREETING=hello world"
+User=nobody
+RuntimeDirectory=mzu-web
+NoNewPrivileges=yes
+PrivateTmp=yes
+ProtectSystem=strict
+ExecStart=/usr/bin/python3 {TEST_DIR}/listener.py
+"""
+
+
+def run(*argv, check=True, timeout=300) -> subprocess.CompletedProcess:
+    proc = subprocess.run(list(argv), capture_output=True, text=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        pytest.fail(f"{' '.join(argv)} failed ({proc.returncode}): {proc.stderr}{proc.stdout}")
+    return proc
+
+
+def show(unit: str, *props: str) -> dict[str, str]:
+    out = run("systemctl", "show", *(f"--property={p}" for p in props), "--", unit).stdout
+    return dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
+
+
+def etc_snapshot() -> dict:
+    """Every path under /etc: type, mode, owner, and for files size, inode and mtime (any write shows);
+    the contents, too, where enable and disable write (reading all of /etc over 9p costs ~15 s)."""
+    out = {}
+    for dirpath, dirnames, filenames in os.walk("/etc"):
+        for name in dirnames + filenames:
+            p = os.path.join(dirpath, name)
+            st = os.lstat(p)
+            if stat.S_ISLNK(st.st_mode):
+                out[p] = ("link", os.readlink(p))
+            elif stat.S_ISREG(st.st_mode):
+                content = Path(p).read_bytes() if p.startswith(("/etc/systemd/", "/etc/mptcpize-py/")) \
+                    else None
+                out[p] = ("file", st.st_mode, st.st_uid, st.st_gid, st.st_size, st.st_ino,
+                          st.st_mtime_ns, content)
+            else:
+                out[p] = ("other", st.st_mode, st.st_uid, st.st_gid)
+    return out
+
+
+def diff(a: dict, b: dict) -> list[str]:
+    return sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))
+
+
+def journal_cursor() -> str:
+    out = run("journalctl", "-q", "-n", "0", "--show-cursor").stdout
+    return out.strip().rsplit("cursor: ", 1)[-1]
+
+
+def journal_after(cursor: str, unit: str) -> str:
+    return run("journalctl", "-q", "--no-pager", "-o", "cat", f"--after-cursor={cursor}", "-u", unit).stdout
+
+
+def listener_socket(timeout: float = 60) -> dict:
+    """What the running listener wrote about its listening socket (its current MainPID's)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        pid = show(WEB, "MainPID")["MainPID"]
+        try:
+            data = json.loads(Path("/run/mzu-web/socket.json").read_text())
+            if str(data["pid"]) == pid:
+                return data
+        except (OSError, ValueError):
+            pass
+        if time.monotonic() > deadline:
+            pytest.fail(f"{WEB} (MainPID {pid}) did not report its socket: "
+                        f"{run('systemctl', 'status', WEB, check=False).stdout}")
+        time.sleep(0.5)
+
+
+def mptcp_listeners() -> str:
+    return run("ss", "-Mln").stdout
+
+
+class Env:
+    pass
+
+
+def nocap_unit(cap: str) -> str:
+    """The shipped unit with `cap` taken out of its bounding set."""
+    text = (REPO / "systemd" / SERVICE).read_text()
+    line = next(ln for ln in text.splitlines() if ln.startswith("CapabilityBoundingSet="))
+    assert line == "CapabilityBoundingSet=" + " ".join(CAPS), "update CAPS: the unit changed"
+    return text.replace(line, "CapabilityBoundingSet=" + " ".join(c for c in CAPS if c != cap))
+
+
+@pytest.fixture(scope="module")
+def env():
+    """Units in /run/systemd/system (so /etc holds only what install-units and enable write), then
+    `make install-units`, whose daemon-reload (~8 s under TCG) loads them all, then the daemon."""
+    e = Env()
+    TEST_DIR.mkdir(exist_ok=True)
+    (TEST_DIR / "listener.py").write_text(LISTENER)
+    runtime = Path("/run/systemd/system")
+    (runtime / WEB).write_text(WEB_UNIT)
+    alias = runtime / ALIAS
+    if not alias.is_symlink():
+        alias.symlink_to(WEB)
+    for cap in CAPS:
+        (runtime / f"mzu-no-{cap.lower()}.service").write_text(nocap_unit(cap))
+    run("make", "-s", "-C", str(REPO), "install-units")
+    e.was_active = show(SERVICE, "ActiveState")["ActiveState"] == "active"
+    t0 = time.monotonic()
+    proc = run("systemctl", "start", SERVICE, check=False)
+    e.start_s = time.monotonic() - t0
+    if proc.returncode != 0:
+        pytest.fail(f"{SERVICE} did not start: {proc.stderr}\n"
+                    + run("journalctl", "-q", "--no-pager", "-u", SERVICE, check=False).stdout)
+    e.ready_at = time.monotonic()
+    e.main_pid = show(SERVICE, "MainPID")["MainPID"]
+    return e
+
+
+def test_daemon_ready_under_the_hardened_unit(env):
+    props = show(SERVICE, "Type", "ActiveState", "SubState", "StatusText", "WatchdogUSec", "NRestarts",
+                 "MainPID")
+    assert (props["Type"], props["ActiveState"], props["SubState"]) == ("notify", "active", "running")
+    # STATUS= from the daemon: its policy summary and counts.
+    assert "allow" in props["StatusText"] and "sockets upgraded" in props["StatusText"], props
+    assert props["WatchdogUSec"] == "30s"
+    status = Path(f"/proc/{props['MainPID']}/status").read_text()
+    fields = dict(line.split(":\t", 1) for line in status.splitlines() if ":\t" in line)
+    # The unit's bounding set is all the daemon holds; no new privileges; a seccomp filter.
+    assert int(fields["CapEff"], 16) == sum(1 << CAP_BITS[c] for c in CAPS), fields["CapEff"]
+    assert int(fields["CapBnd"], 16) == sum(1 << CAP_BITS[c] for c in CAPS), fields["CapBnd"]
+    assert fields["NoNewPrivs"].strip() == "1" and fields["Seccomp"].strip() == "2"
+    st = mptcpize("status")
+    assert st.returncode == 0 and "backend: bpf" in st.stdout, st.stderr
+    if not env.was_active:
+        print(f"{SERVICE}: READY {env.start_s:.1f} s after systemctl start")
+
+
+def test_enable_now_makes_the_listening_socket_mptcp(env):
+    env.etc_before = etc_snapshot()
+    cursor = journal_cursor()
+    proc = mptcpize("enable", "--now", WEB)
+    assert proc.returncode == 0, proc.stderr
+    assert f"enabled {WEB}" in proc.stdout and f"restarted {WEB}" in proc.stdout, proc.stdout
+    sock = listener_socket()
+    assert sock["protocol"] == 262, sock              # IPPROTO_MPTCP from its very first socket
+    assert (sock["workers"], sock["greeting"]) == ("4", "hello world")   # Environment= untouched
+    assert f"127.0.0.1:{PORT}" in mptcp_listeners()
+    changed = diff(env.etc_before, etc_snapshot())
+    assert changed == ["/etc/mptcpize-py/policy.d/unit-mzu-web.service.toml",
+                       f"/etc/systemd/system/{WEB}.d",
+                       f"/etc/systemd/system/{WEB}.d/.created-by-mptcpize-py-enable",
+                       f"/etc/systemd/system/{WEB}.d/mptcpize-py.conf"], changed
+    # systemd applies our drop-in: the unit pulls the daemon in and waits for it.
+    props = show(WEB, "DropInPaths", "Wants", "After")
+    assert f"/etc/systemd/system/{WEB}.d/mptcpize-py.conf" in props["DropInPaths"].split()
+    assert SERVICE in props["Wants"].split() and SERVICE in props["After"].split()
+    # The daemon logged the first upgrade of the listener, with its unit.
+    deadline = time.monotonic() + 30
+    while f"pid={sock['pid']}" not in (log := journal_after(cursor, SERVICE)):
+        assert time.monotonic() < deadline, log
+        time.sleep(1)
+    line = next(ln for ln in log.splitlines() if f"pid={sock['pid']}" in ln)
+    assert f"unit={WEB}" in line, line
+    # The listener runs as nobody; without CAP_SYS_PTRACE the daemon cannot read its /proc/PID/exe.
+    assert "exe=?(" in line, line
+    st = mptcpize("status")
+    line = next((ln for ln in st.stdout.splitlines() if ln.strip().startswith(f"{WEB}:")), "")
+    assert "1 socket(s) upgraded in 1 process(es)" in line, st.stdout
+    env.etc_enabled = etc_snapshot()
+
+
+def test_restart_keeps_mptcp(env):
+    before = listener_socket()
+    run("systemctl", "restart", WEB)
+    after = listener_socket()
+    assert after["pid"] != before["pid"]
+    assert after["protocol"] == 262, after
+    assert f"127.0.0.1:{PORT}" in mptcp_listeners()
+
+
+def test_enable_twice_changes_nothing(env):
+    """Through the alias: systemd's name for the unit is what enable writes under."""
+    proc = mptcpize("enable", ALIAS)
+    assert proc.returncode == 0, proc.stderr
+    assert f"{ALIAS} is an alias of {WEB}" in proc.stdout, proc.stdout
+    assert f"{WEB} is already enabled: nothing changed" in proc.stdout, proc.stdout
+    assert diff(env.etc_enabled, etc_snapshot()) == []
+
+
+def test_reload_and_watchdog(env):
+    before = json.loads(mptcpize("status", "--json").stdout)["policy"]["reloads"]
+    run("systemctl", "reload", SERVICE)
+    deadline = time.monotonic() + 30
+    while json.loads(mptcpize("status", "--json").stdout)["policy"]["reloads"] <= before:
+        assert time.monotonic() < deadline, "SIGHUP from ExecReload= did not reload the policy"
+        time.sleep(1)
+    # The watchdog (30 s) would have killed a daemon that does not ping: let it run past it.
+    wait = 40 - (time.monotonic() - env.ready_at)
+    if wait > 0:
+        time.sleep(wait)
+    props = show(SERVICE, "ActiveState", "MainPID", "NRestarts", "Result")
+    assert props == {"ActiveState": "active", "MainPID": env.main_pid, "NRestarts": "0",
+                     "Result": "success"}, props
+
+
+def test_disable_restores_tcp_and_etc(env):
+    proc = mptcpize("disable", WEB)
+    assert proc.returncode == 0, proc.stderr
+    assert f"disabled {WEB}" in proc.stdout
+    assert diff(env.etc_before, etc_snapshot()) == []      # /etc byte for byte as before enable
+    assert f"/etc/systemd/system/{WEB}.d" not in show(WEB, "DropInPaths")["DropInPaths"]
+    run("systemctl", "restart", WEB)
+    sock = listener_socket()
+    assert sock["protocol"] == 6, sock
+    assert f"127.0.0.1:{PORT}" not in mptcp_listeners()
+    assert (sock["workers"], sock["greeting"]) == ("4", "hello world")
+
+
+def test_unknown_and_bad_units_write_nothing(env):
+    before = etc_snapshot()
+    proc = mptcpize("enable", "mzu-no-such.service")
+    assert proc.returncode == 1 and "systemd does not know mzu-no-such.service" in proc.stderr, proc.stderr
+    assert "hint:" in proc.stderr
+    proc = mptcpize("enable", "mzu-no-such@x.service")
+    assert proc.returncode == 1 and "template mzu-no-such@.service" in proc.stderr, proc.stderr
+    proc = mptcpize("enable", "getty@.service")
+    assert proc.returncode == 2 and "template" in proc.stderr, proc.stderr
+    assert diff(before, etc_snapshot()) == []
+
+
+# What the daemon says when the unit's bounding set lacks one capability (README "Running the daemon
+# under systemd" lists the same).
+WITHOUT = {
+    "CAP_BPF": "refuses the fmod_ret program on update_socket_protocol(): Operation not permitted",
+    "CAP_PERFMON": "refuses the fmod_ret program on update_socket_protocol(): Operation not permitted",
+    "CAP_SYSLOG": "cannot locate net.mptcp.enabled in kernel memory",
+}
+
+
+@pytest.mark.parametrize("cap", CAPS)
+def test_each_capability_is_needed(env, cap):
+    """mzu-no-CAP.service is the shipped unit without CAP; it must fail at start with exit 69 (and
+    RestartPreventExitStatus= keeps it from looping) and say why."""
+    unit = f"mzu-no-{cap.lower()}.service"
+    run("systemctl", "stop", SERVICE)   # it shares /run/mptcpize-py, which a failed start removes
+    cursor = journal_cursor()
+    proc = run("systemctl", "start", unit, check=False)
+    assert proc.returncode != 0
+    props = show(unit, "ActiveState", "ExecMainStatus", "NRestarts")
+    assert props == {"ActiveState": "failed", "ExecMainStatus": "69", "NRestarts": "0"}, props
+    deadline = time.monotonic() + 10
+    while WITHOUT[cap] not in (log := journal_after(cursor, unit)):
+        assert time.monotonic() < deadline, log
+        time.sleep(0.5)
