@@ -65,9 +65,16 @@ def compile_env() -> tuple[Path | None, str]:
     """(headers tree for bcc or None, description). Sets $BCC_KERNEL_SOURCE when it is not the
     running kernel's own tree."""
     own = _headers_dir()
-    if (own / "include").is_dir():
-        return own, str(own)
-    for arch, common in _debian_header_trees():
+    try:
+        if (own / "include").is_dir():
+            return own, str(own)
+    except OSError as e:   # e.g. a sandbox that hides the tree: try the others
+        own = f"{own} ({e.strerror})"
+    try:
+        trees = _debian_header_trees()
+    except OSError:
+        trees = []
+    for arch, common in trees:
         dest = MERGED_HEADERS_DIR / arch.name
         try:
             if not (dest / "include" / "linux").exists():
@@ -147,6 +154,12 @@ class Rewriter:
             try:
                 kernel.probe_trampoline(facts.update_socket_protocol_id)
             except OSError as e:
+                missing = kernel.missing_capabilities(("CAP_BPF", "CAP_PERFMON"))
+                if missing:
+                    raise PermissionDenied(f"loading the fmod_ret program needs {' and '.join(missing)}"
+                                           f" (not in this process's effective set)",
+                                           hint="run as root with them, e.g. AmbientCapabilities= / "
+                                                "CapabilityBoundingSet= in the unit") from None
                 raise Unavailable(f"this kernel refuses the fmod_ret program on {HOOK}(): {e.strerror}",
                                   hint="BPF trampolines are disabled here; see `mptcpize-py check`") \
                     from None

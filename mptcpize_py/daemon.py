@@ -288,7 +288,14 @@ class Daemon:
     def _reload_locked(self, why: str) -> bool:
         self._fingerprint = dir_fingerprint(self.policy_dir)
         try:
-            policy, resolved = load_and_resolve(self.policy_dir, self.owner_uid)
+            if not os.path.lexists(self.policy_dir):
+                # Removed on purpose (e.g. `disable` of the last enabled unit removes the directory
+                # it created): no rules, rather than the last policy forever. At start it is an error.
+                log.warning("policy directory %s is gone: no rules until it is back", self.policy_dir)
+                policy = Policy()
+                resolved = resolve_policy(policy)
+            else:
+                policy, resolved = load_and_resolve(self.policy_dir, self.owner_uid)
         except PolicyError as e:
             self.failed_reloads += 1
             for line in e.errors:

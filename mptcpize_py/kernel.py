@@ -290,6 +290,23 @@ def netns_inode(pid: int | str = "self") -> int:
     return os.stat(f"/proc/{pid}/ns/net").st_ino
 
 
+CAPABILITY_BITS = {"CAP_SYS_ADMIN": 21, "CAP_SYSLOG": 34, "CAP_PERFMON": 38, "CAP_BPF": 39}
+
+
+def missing_capabilities(names, status_text: str | None = None) -> list[str]:
+    """Those of `names` not in this process's effective capability set (/proc/self/status CapEff)."""
+    if status_text is None:
+        try:
+            status_text = Path("/proc/self/status").read_text()
+        except OSError:
+            return []
+    for line in status_text.splitlines():
+        if line.startswith("CapEff:"):
+            eff = int(line.split()[1], 16)
+            return [n for n in names if not eff >> CAPABILITY_BITS[n] & 1]
+    return []
+
+
 _CLONE_NEWNET = 0x40000000
 
 

@@ -71,3 +71,11 @@ def test_kernel_dev_encoding():
     # Userspace st_dev 8:1 (sda1) is MKDEV(8, 1) = 8 << 20 | 1 inside the kernel.
     assert kernel.kernel_dev(os.makedev(8, 1)) == (8 << 20) | 1
     assert kernel.kernel_dev(os.makedev(259, 70000)) == (259 << 20) | 70000
+
+
+def test_missing_capabilities_reads_cap_eff():
+    status = "Name:\tx\nCapEff:\t000000c000000000\n"   # CAP_PERFMON (38) and CAP_BPF (39) only
+    assert kernel.missing_capabilities(("CAP_BPF", "CAP_PERFMON"), status) == []
+    assert kernel.missing_capabilities(("CAP_BPF", "CAP_SYSLOG"), status) == ["CAP_SYSLOG"]
+    assert kernel.missing_capabilities(("CAP_BPF",), "CapEff:\t0000008000000000\n") == []
+    assert kernel.missing_capabilities(("CAP_PERFMON",), "CapEff:\t0000008000000000\n") == ["CAP_PERFMON"]
