@@ -42,7 +42,7 @@ CMD's status. systemctl, daemon-reload and journalctl work as on a booted system
   --verbose, -v   show the guest console (kernel and systemd) on stderr
 
 Guest: the host's root filesystem, read-only over 9p, with throwaway tmpfs overlays on /etc /usr
-/var /root /home /opt /srv /tmp and the repo; PATH starts with $VENV/bin; modules
+/var /root /home /opt /srv and the repo, an empty /tmp; PATH starts with $VENV/bin; modules
 ($VM_MODULES) loaded. CMD's environment: HOME=/root,
 MPTCPIZE_THROWAWAY_SYSTEMD=1, stdin empty; the host's is not passed in: use \`env VAR=value CMD\`.
 Exit status: CMD's (127 not found); 124 timeout; 125 the script or the VM failed before CMD
@@ -82,11 +82,10 @@ pid1_main() {
     : > "$GSHARE/booted"
     modprobe -q overlay || true   # a module in Debian's 6.12; the root's modules are decompressed
     local d
-    # /tmp is an overlay like the rest (the repo may live under it, e.g. a CI clone in /tmp), and
-    # systemd-tmpfiles must not empty it at boot ("D /tmp" in tmp.conf): that would walk the host's
-    # /tmp over 9p (48 s measured) and white out the repo. An empty /etc/tmpfiles.d/tmp.conf masks it.
-    for d in /etc /usr /var /root /home /opt /srv /tmp "$REPO"; do pid1_overlay "$d"; done
-    mkdir -p /etc/tmpfiles.d && : > /etc/tmpfiles.d/tmp.conf
+    for d in /etc /usr /var /root /home /opt /srv "$REPO"; do pid1_overlay "$d"; done
+    # A fresh /tmp, not an overlay of the host's: systemd-tmpfiles --boot empties /tmp ("D /tmp"),
+    # which on an overlay means walking the host's /tmp over 9p (48 s measured) to white it out.
+    mount -t tmpfs -o mode=1777,nosuid,nodev tmpfs /tmp || pid1_fail "cannot mount /tmp"
 
     # The host's fstab and its enabled services are not this VM's business.
     : > /etc/fstab
