@@ -209,6 +209,12 @@ done
 [[ $timeout_s =~ ^[1-9][0-9]*$ ]] || die "--timeout: '$timeout_s' is not a positive number of seconds"
 [[ $REPO =~ ^[A-Za-z0-9._/+@-]+$ ]] || die "repo path '$REPO' has characters the VM cannot pass" \
     "clone the repo to a plain path such as /work/mptcpize-py"
+# The guest gets a fresh /tmp, and the hardened unit PrivateTmp=: a checkout under /tmp (which the
+# venv's editable install points at) would be invisible to both.
+case $REPO/ in
+    /tmp/*|/var/tmp/*) die "the systemd tier cannot run from a checkout in /tmp or /var/tmp ($REPO)" \
+        "PrivateTmp= in mptcpize-py.service hides /tmp and /var/tmp from the daemon: clone the repo to a path such as /work/mptcpize-py";;
+esac
 
 KVER=$(cat "$VM_KVER_FILE" 2>/dev/null) || die "no VM kernel recorded in $VM_KVER_FILE" \
     "run scripts/setup.sh as root"
