@@ -2,6 +2,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -44,3 +45,35 @@ def static_rawsock(tmp_path_factory) -> str:
 
 def is_root() -> bool:
     return os.geteuid() == 0
+
+
+DAEMON_START_TIMEOUT = 240   # bcc compiles for ~30-60 s under TCG
+
+
+def start_daemon(policy_dir, control_path, log_file, log_path, *extra_args, environ=None):
+    """Starts `mptcpize-py daemon [extra_args] --policy-dir DIR` on a private control socket and
+    returns the Popen once `status` answers there; fails the test if it exits or is not ready in time.
+    Polls in-process (not `mptcpize-py status`): a Python start per poll would slow bcc's compile down
+    on the VM's 2 CPUs."""
+    from mptcpize_py import control
+    from mptcpize_py.errors import MptcpizeError
+    env = dict(environ or os.environ, MPTCPIZE_CONTROL=str(control_path))
+    proc = subprocess.Popen([MPTCPIZE, "daemon", *extra_args, "--policy-dir", str(policy_dir)],
+                            stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT, env=env)
+    deadline = time.monotonic() + DAEMON_START_TIMEOUT
+    while True:
+        if proc.poll() is not None:
+            pytest.fail(f"daemon exited with {proc.returncode}: {Path(log_path).read_text()}")
+        if time.monotonic() > deadline:
+            proc.kill()
+            proc.wait()
+            pytest.fail(f"daemon not ready after {DAEMON_START_TIMEOUT} s: {Path(log_path).read_text()}")
+        try:
+            control.request({"cmd": "status"}, control_path, timeout=10)
+            return proc
+        except MptcpizeError as err:
+            if err.exit_code != 3:
+                proc.kill()
+                proc.wait()
+                raise
+        time.sleep(0.5)

@@ -13,14 +13,13 @@ import time
 import pytest
 
 from mptcpize_py.resolve import find_cgroup2_mount, read_mounts
-from tests.conftest import MPTCPIZE, is_root, mptcpize
+from tests.conftest import MPTCPIZE, is_root, mptcpize, start_daemon
 
 pytestmark = pytest.mark.skipif(not is_root(), reason="the daemon needs root")
 
 CG2 = find_cgroup2_mount(read_mounts())
 CG_ROOT = CG2.mount_point if CG2 else "/sys/fs/cgroup"   # this host: /sys/fs/cgroup/unified (hybrid)
 CG_NAME = "mzdry-allow"
-START_TIMEOUT = 240
 PROGRAM_500 = """
 import os, socket, sys
 socks = [socket.socket(socket.AF_INET, socket.SOCK_STREAM) for _ in range(500)]
@@ -58,24 +57,18 @@ exe = "{bins['denied']}"
     environ = dict(os.environ, MPTCPIZE_CONTROL=control)
     log_path = base / "daemon.log"
     log = open(log_path, "w")
-    proc = subprocess.Popen([MPTCPIZE, "daemon", "--dry-run", "--policy-dir", str(policy_dir)],
-                            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, env=environ)
-    t0 = time.monotonic()
+    proc = None
     try:
-        while not os.path.exists(control):
-            if proc.poll() is not None:
-                pytest.fail(f"daemon --dry-run exited {proc.returncode}: {log_path.read_text()}")
-            if time.monotonic() - t0 > START_TIMEOUT:
-                pytest.fail(f"daemon --dry-run not ready: {log_path.read_text()}")
-            time.sleep(0.2)
+        proc = start_daemon(policy_dir, control, log, log_path, "--dry-run")
         yield {"bins": bins, "env": environ, "log": log_path, "cgroup": cgroup, "proc": proc}
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        if proc is not None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
         log.close()
         try:
             os.rmdir(cgroup)

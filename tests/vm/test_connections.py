@@ -13,15 +13,12 @@ import time
 
 import pytest
 
-from mptcpize_py import control
-from mptcpize_py.errors import MptcpizeError
-from tests.conftest import MPTCPIZE, PYTHON, mptcpize
+from tests.conftest import PYTHON, mptcpize, start_daemon
 from tests.netlab import TwoPathLab
 
 pytestmark = pytest.mark.vm
 
 CGROUP = "/sys/fs/cgroup/mzc-conn"
-START_TIMEOUT = 240
 SIZE = 4 << 20
 RULE = 'allow cgroup=/mzc-conn "connections test" (10-conn.toml:1)'
 
@@ -96,34 +93,21 @@ def env(bpf_backend, tmp_path_factory):
     e.environ = dict(os.environ, MPTCPIZE_CONTROL=e.control)
     e.log_path = base / "daemon.log"
     log = open(e.log_path, "w")
-    proc = subprocess.Popen([MPTCPIZE, "daemon", "--policy-dir", str(policy_dir)],
-                            stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                            env=e.environ)
     e.procs = []
-    t0 = time.monotonic()
+    proc = None
     try:
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"daemon exited with {proc.returncode}: {e.log_path.read_text()}")
-            if time.monotonic() - t0 > START_TIMEOUT:
-                pytest.fail(f"daemon not ready after {START_TIMEOUT} s: {e.log_path.read_text()}")
-            try:
-                control.request({"cmd": "status"}, e.control, timeout=10)
-                break
-            except MptcpizeError as err:
-                if err.exit_code != 3:
-                    raise
-            time.sleep(2)
+        proc = start_daemon(policy_dir, e.control, log, e.log_path)
         yield e
     finally:
         for p in e.procs:
             stop(p)
-        proc.terminate()
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        if proc is not None:
+            proc.terminate()
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
         log.close()
         e.lab.teardown()
         os.rmdir(CGROUP)

@@ -12,15 +12,12 @@ import time
 
 import pytest
 
-from mptcpize_py import control
-from mptcpize_py.errors import MptcpizeError
-from tests.conftest import MPTCPIZE, mptcpize
+from tests.conftest import MPTCPIZE, mptcpize, start_daemon
 
 pytestmark = pytest.mark.vm
 
 CG_ROOT = "/sys/fs/cgroup"
 CG_ALLOW = "mzd-allow"
-START_TIMEOUT = 240
 PROGRAM_500 = """
 import socket, sys
 socks = [socket.socket(socket.AF_INET, socket.SOCK_STREAM) for _ in range(500)]
@@ -69,28 +66,13 @@ exe = "{e.bins['denied']}"
     e.log_path = base / "daemon.log"
     e.log = open(e.log_path, "w")
     t0 = time.monotonic()
-    e.proc = subprocess.Popen([MPTCPIZE, "daemon", "--policy-dir", str(e.policy_dir)],
-                              stdin=subprocess.DEVNULL, stdout=e.log, stderr=subprocess.STDOUT,
-                              env=e.environ)
+    e.proc = None
     try:
-        while True:
-            if e.proc.poll() is not None:
-                pytest.fail(f"daemon exited with {e.proc.returncode}: {e.log_path.read_text()}")
-            if time.monotonic() - t0 > START_TIMEOUT:
-                pytest.fail(f"daemon not ready after {START_TIMEOUT} s: {e.log_path.read_text()}")
-            # In-process (not `mptcpize-py status`): a Python start per poll would slow bcc's compile
-            # down on the VM's 2 CPUs.
-            try:
-                control.request({"cmd": "status"}, e.control, timeout=10)
-                break
-            except MptcpizeError as err:
-                if err.exit_code != 3:
-                    raise
-            time.sleep(2)
+        e.proc = start_daemon(e.policy_dir, e.control, e.log, e.log_path)
         e.start_s = time.monotonic() - t0
         yield e
     finally:
-        if e.proc.poll() is None:
+        if e.proc is not None and e.proc.poll() is None:
             e.proc.kill()
             e.proc.wait()
         e.log.close()
