@@ -34,9 +34,10 @@ if [ ${#need_apt[@]} -gt 0 ]; then
 fi
 if [ ! -s "$VM_KVER_FILE" ]; then
     # Debian 12 carries 6.12 in bookworm-security and bookworm-backports; old point releases leave the
-    # archive, so take the newest one that has both an image and headers and remember it.
-    VM_KVER=$(apt-cache search --names-only '^linux-headers-6\.12\.[0-9]+\+deb12-amd64$' \
-              | awk '{print $1}' | sed 's/^linux-headers-//' | sort -V | tail -n 1)
+    # archive, and a new point release may list its headers before its signed image: take the newest
+    # version that has both.
+    VM_KVER=$(apt-cache search --names-only '^linux-(headers|image)-6\.12\.[0-9]+\+deb12-amd64$' \
+              | awk '{print $1}' | sed -E 's/^linux-(headers|image)-//' | sort -V | uniq -d | tail -n 1)
     [ -n "$VM_KVER" ] || { log "no linux-headers-6.12.*+deb12-amd64 in apt"; exit 1; }
     log "installing the VM kernel linux-image-$VM_KVER and its headers"
     DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
