@@ -204,7 +204,7 @@ class DaemonUnderTest:
         self.ready_s: float | None = None
 
     def request(self, cmd: dict, timeout: float = 30) -> dict:
-        from mptcpize_py import control
+        from mptcpize_py.daemon import control
         return control.request(cmd, self.control, timeout=timeout)
 
     def wait_ready(self, timeout: float = 600) -> float:

@@ -8,7 +8,7 @@ stdout after common.JSON_MARK); bench/render.py turns it into docs/BENCHMARKS.md
              alternating runs: a process not selected, and a selected one (counted + event, as an
              upgrade would be, but its socket stays TCP)
   latency    `run true` added latency: seccomp, mptcpize; `mptcpize-py --version` (interpreter start)
-  compile    the BPF program compiled and loaded natively (bpf.Rewriter(dry_run=True): the same C source,
+  compile    the BPF program compiled and loaded natively (loader.Rewriter(dry_run=True): the same C source,
              attached to the socket() tracepoint, which this kernel allows): a cold BPF start on real
              hardware, without the fmod_ret attach
   dryrun     `daemon --dry-run` (the same daemon, counting instead of upgrading): RSS with 1 and 1,000
@@ -40,13 +40,14 @@ def rss():
     with open("/proc/self/status") as f:
         return {l.split(":")[0]: int(l.split()[1]) for l in f if l.startswith(("VmRSS", "RssAnon", "RssFile"))}
 t0 = time.monotonic()
-from mptcpize_py import bpf, daemon   # what the daemon imports before bcc
+from mptcpize_py.program import loader
+from mptcpize_py.daemon import service
 rss_python = rss()
 t1 = time.monotonic()
 import bcc
 rss_bcc = rss()
 t_import = time.monotonic()
-rw = bpf.Rewriter(all_netns=False, dry_run=True)
+rw = loader.Rewriter(all_netns=False, dry_run=True)
 t_loaded = time.monotonic()
 rss_loaded = rss()
 rw.close()
@@ -64,7 +65,7 @@ def part_socket(loop: str, n: int, rounds: int) -> dict:
 
 
 class DryToggle:
-    """The dry-run program (bpf.Rewriter(dry_run=True)) with its socket() tracepoint detached and
+    """The dry-run program (loader.Rewriter(dry_run=True)) with its socket() tracepoint detached and
     re-attached between runs. Rewriter has no detach API (its program lives as long as the process):
     this benchmark reaches into its bcc object."""
 
@@ -72,9 +73,10 @@ class DryToggle:
     FN = b"tracepoint__syscalls__sys_enter_socket"   # bcc's name for TRACEPOINT_PROBE(syscalls, ...)
 
     def __init__(self, policy_dir: str):
-        from mptcpize_py import bpf, daemon
-        _policy, resolved = daemon.load_and_resolve(policy_dir)
-        self.rw = bpf.Rewriter(all_netns=False, dry_run=True)
+        from mptcpize_py.program import loader
+        from mptcpize_py.daemon import service
+        _policy, resolved = service.load_and_resolve(policy_dir)
+        self.rw = loader.Rewriter(all_netns=False, dry_run=True)
         self.rw.set_selection(*resolved.selection())
         # As the dry-run daemon does where kernel memory cannot tell net.mptcp.enabled: say it for ours.
         self.rw.set_netns_mptcp({os.stat("/proc/self/ns/net").st_ino: True})

@@ -9,7 +9,7 @@ are what the figures compare. Run as root in the guest, via bench/run_all.py:
 Prints progress on stderr and the result as one JSON line on stdout (after common.JSON_MARK).
 
   cold       `run --backend bpf true` with no daemon: interpreter + bcc compile + attach
-  toggle     one loaded program (bpf.Rewriter, the daemon's policy of 1,000 rules), its fmod_ret link
+  toggle     one loaded program (loader.Rewriter, the daemon's policy of 1,000 rules), its fmod_ret link
              closed and re-made between runs: socket()+close() of a process NOT selected with the
              program attached / not attached; an upgraded socket() / a native IPPROTO_MPTCP one
   daemon     `mptcpize-py daemon`: RSS with 1 rule and with 1,000 rules; with 1,000 rules: socket cost
@@ -57,16 +57,18 @@ def part_cold(runs: int, latency_rounds: int) -> dict:
 class Toggle:
     """A loaded program whose fmod_ret link can be closed and made again in milliseconds, so that
     "attached" and "not attached" alternate run by run instead of daemon start by daemon start (each a
-    ~40 s compile under TCG). bpf.Rewriter has no detach/re-attach API (the link's lifetime is the
+    ~40 s compile under TCG). loader.Rewriter has no detach/re-attach API (the link's lifetime is the
     process's, on purpose): this benchmark reaches into it."""
 
     def __init__(self, policy_dir: str):
         import bcc
 
-        from mptcpize_py import bpf, daemon
-        _policy, resolved = daemon.load_and_resolve(policy_dir)
+        from mptcpize_py.program import loader
+
+        from mptcpize_py.daemon import service
+        _policy, resolved = service.load_and_resolve(policy_dir)
         t0 = time.monotonic()
-        self.rw = bpf.Rewriter(all_netns=False)          # what the daemon loads
+        self.rw = loader.Rewriter(all_netns=False)          # what the daemon loads
         self.load_s = time.monotonic() - t0
         self.rw.set_selection(*resolved.selection())
         self.fn = self.rw._b.load_func(HOOK_FUNC, bcc.BPF.TRACING)   # bcc returns the loaded one

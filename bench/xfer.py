@@ -49,8 +49,7 @@ def run_server(port: int) -> None:
 
 def run_client(host: str, port: int, size: int) -> None:
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    from mptcpize_py import mptcpinfo
-
+    from mptcpize_py.diag import mptcpinfo
     block = os.urandom(BLOCK)
     s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     s.settimeout(60)

@@ -3,8 +3,8 @@
 import argparse
 import sys
 
-from . import __version__
-from .errors import EXIT_UNAVAILABLE, EXIT_USAGE, MptcpizeError, UsageError
+from mptcpize_py import __version__
+from mptcpize_py.errors import EXIT_UNAVAILABLE, MptcpizeError, UsageError
 
 PROG = "mptcpize-py"
 
@@ -58,7 +58,7 @@ def _build_parser() -> argparse.ArgumentParser:
                                     "3: no daemon).")
     rs.add_argument("--unit", metavar="UNIT", default=None, help="a unit named by an allow rule")
 
-    # --- enable / disable (units.py) ---
+    # --- enable / disable (enable.py) ---
     for verb, text in (("enable", "make UNIT's TCP sockets MPTCP from its first one: a drop-in and a "
                                   "policy record, both ours (exit 69: BPF path unusable, nothing "
                                   "written)"),
@@ -137,7 +137,7 @@ def parse_run_args(tokens: list[str]) -> argparse.Namespace:
 
 
 def cmd_run(args) -> int:
-    from . import report, runner
+    from mptcpize_py import report, runner
     argv = args.argv
     runner.resolve_command(argv[0])  # 127/126 before loading anything
     backend = runner.make_backend(args.backend)
@@ -155,8 +155,8 @@ def cmd_run(args) -> int:
 
 
 def cmd_check(args) -> int:
-    from . import probe, report
-    rep = probe.run_checks()
+    from mptcpize_py import report, support
+    rep = support.run_checks()
     if args.json:
         _out(report.check_json(rep))
     else:
@@ -167,27 +167,29 @@ def cmd_check(args) -> int:
 
 def cmd_daemon(args) -> int:
     import logging
-    from . import daemon, report
-    from .policy import DEFAULT_POLICY_DIR
+
+    from mptcpize_py import report
+    from mptcpize_py.daemon import service
+    from mptcpize_py.policy import DEFAULT_POLICY_DIR
     policy_dir = args.policy_dir or DEFAULT_POLICY_DIR
     if args.example_policy:
-        from .policy import EXAMPLE_POLICY
+        from mptcpize_py.policy import EXAMPLE_POLICY
         sys.stdout.write(EXAMPLE_POLICY)
         return 0
     if args.check:
-        policy, resolved = daemon.check(policy_dir)
+        policy, resolved = service.check(policy_dir)
         for line in report.policy_check_text(policy, resolved):
             _out(line)
         return 0
     logging.getLogger().setLevel(logging.DEBUG if logging.getLogger().level == logging.DEBUG
                                  else logging.INFO)
-    return daemon.run_daemon(policy_dir, dry_run=args.dry_run)
+    return service.run_daemon(policy_dir, dry_run=args.dry_run)
 
 
 def _daemon_status_or_none() -> dict | None:
     """The daemon's `status` answer; None when no daemon runs (other errors are raised)."""
-    from . import control
-    from .errors import EXIT_NO_DAEMON
+    from mptcpize_py.daemon import control
+    from mptcpize_py.errors import EXIT_NO_DAEMON
     try:
         return control.request({"cmd": "status"}, control.control_path(), timeout=10)
     except MptcpizeError as e:
@@ -197,9 +199,11 @@ def _daemon_status_or_none() -> dict | None:
 
 
 def cmd_status_connections(args) -> int:
-    from . import mptcpdiag, report
-    netns = mptcpdiag.netns_path(args.netns) if args.netns is not None else None
-    view = mptcpdiag.connection_view(_daemon_status_or_none(), netns)
+    from mptcpize_py import report
+    from mptcpize_py.diag.view import connection_view
+    from mptcpize_py.host.netns import netns_path
+    netns = netns_path(args.netns) if args.netns is not None else None
+    view = connection_view(_daemon_status_or_none(), netns)
     if args.json:
         _out(report.connections_json(view))
     else:
@@ -209,18 +213,34 @@ def cmd_status_connections(args) -> int:
 
 
 def cmd_metrics(args) -> int:
-    from . import metrics, mptcpdiag
+    from mptcpize_py import metrics
+    from mptcpize_py.diag.view import connection_view
     status = _daemon_status_or_none()
-    text = metrics.render(status, mptcpdiag.connection_view(status) if status is not None else None)
+    text = metrics.render(status, connection_view(status) if status is not None else None)
     if args.output:
-        metrics.write_atomic(args.output, text)
+        _write_output(args.output, text)
     else:
         print(text, end="", flush=True)
     return 0
 
 
+def _write_output(path: str, text: str) -> None:
+    from pathlib import Path
+
+    from mptcpize_py.host.files import write_atomic
+    try:
+        write_atomic(path, text)
+    except FileNotFoundError:
+        raise MptcpizeError(f"cannot write {path}: directory {Path(path).parent} does not exist",
+                            hint="create it, or pass the textfile collector's directory "
+                                 "(node_exporter --collector.textfile.directory)") from None
+    except OSError as e:
+        raise MptcpizeError(f"cannot write {path}: {e.strerror}") from None
+
+
 def cmd_status(args) -> int:
-    from . import control, report
+    from mptcpize_py import report
+    from mptcpize_py.daemon import control
     if args.connections:
         return cmd_status_connections(args)
     if args.netns is not None:
@@ -236,7 +256,7 @@ def cmd_status(args) -> int:
 
 
 def cmd_resync(args) -> int:
-    from . import control
+    from mptcpize_py.daemon import control
     req = {"cmd": "resync"}
     if args.unit is not None:
         req["unit"] = args.unit
@@ -247,8 +267,8 @@ def cmd_resync(args) -> int:
 
 
 def cmd_enable_disable(args) -> int:
-    from . import units
-    out = (units.enable if args.command == "enable" else units.disable)(args.unit, now=args.now)
+    from mptcpize_py import enable
+    out = (enable.enable if args.command == "enable" else enable.disable)(args.unit, now=args.now)
     for line in out.lines:
         _out(line)
     for line in out.warnings:

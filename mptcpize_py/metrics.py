@@ -1,9 +1,8 @@
 """Prometheus text exposition format (version 0.0.4) for node_exporter's textfile collector.
 
-`render()` is pure: the daemon's `status` answer and the connection view (mptcpdiag.connection_view)
-in, text out. `write_atomic()` replaces the output file the way the textfile collector needs: it reads
-every `*.prom` file of its directory at each scrape, so a half-written file must never carry that name
-(temporary file in the same directory, then rename(2)).
+`render()` is pure: the daemon's `status` answer and the connection view (diag.view) in, text out.
+`metrics --output` replaces the file the way the textfile collector needs (host.files.write_atomic): it
+reads every `*.prom` file of its directory at each scrape, so a half-written file never carries that name.
 
 Label values come from executable paths, unit names, cgroup paths and rule names, all of which other
 users choose: they are escaped per the format (backslash, double quote, line feed) after any byte that is
@@ -15,12 +14,8 @@ forgets the oldest processes when full (an LRU of 16384 entries); such a sum can
 Prometheus reads as a counter reset.
 """
 
-import os
-import tempfile
 from collections import defaultdict
 from pathlib import Path
-
-from .errors import MptcpizeError
 
 DEFAULT_TEXTFILE = Path("/var/lib/prometheus/node-exporter/mptcpize.prom")
 
@@ -147,29 +142,3 @@ def _connection_families(w: _Writer, view: dict) -> None:
              [({}, len(errors))])
 
 
-def write_atomic(path: str | Path, text: str) -> None:
-    """Replaces `path` with `text` at once, mode 0644: a temporary file in the same directory (named so
-    that the textfile collector, which reads *.prom, ignores it), fsync, rename(2)."""
-    path = Path(path)
-    directory = path.parent
-    try:
-        fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{path.name}.", suffix=".tmp")
-    except FileNotFoundError:
-        raise MptcpizeError(f"cannot write {path}: directory {directory} does not exist",
-                            hint="create it, or pass the textfile collector's directory "
-                                 "(node_exporter --collector.textfile.directory)") from None
-    except OSError as e:
-        raise MptcpizeError(f"cannot write {path}: {e.strerror}") from None
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            os.fchmod(f.fileno(), 0o644)
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.rename(tmp, path)
-    except OSError as e:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise MptcpizeError(f"cannot write {path}: {e.strerror}") from None

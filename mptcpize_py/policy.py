@@ -36,7 +36,7 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import EXIT_BAD_POLICY, MptcpizeError
+from mptcpize_py.errors import EXIT_BAD_POLICY, MptcpizeError
 
 DEFAULT_POLICY_DIR = Path("/etc/mptcpize-py/policy.d")
 

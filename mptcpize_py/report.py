@@ -90,7 +90,7 @@ def status_text(status: dict) -> list[str]:
 def enabled_units_text(status: dict) -> list[str]:
     """`status`: the units `mptcpize-py enable` selected (their policy records, unit-UNIT.toml, among the
     daemon's policy files) with the sockets upgraded in their processes (the rows whose unit is it)."""
-    from .units import enabled_unit_of_file
+    from mptcpize_py.enable import enabled_unit_of_file
     pol = status.get("policy") or {}
     rows = status.get("processes") or []
     enabled = []

@@ -44,26 +44,29 @@ regular files; cgroup paths are normalised, joined under the cgroup2 mount and m
 realpath() and be directories of that very filesystem; netns names cannot contain '/' (policy.py).
 """
 
-import ctypes
 import errno
 import os
 import posixpath
-import shutil
 import stat
-import struct
-import subprocess
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Mapping
+from typing import Callable, Mapping
 
-from . import abi, kernel
-from .policy import Policy, Rule
-
-PROC_MOUNTINFO = "/proc/self/mountinfo"
-DEFAULT_CGROUP2_MOUNT = "/sys/fs/cgroup"
-NETNS_DIR = "/run/netns"
-HOST_NETNS = "/proc/self/ns/net"
-SYSTEMD_RUNTIME = "/run/systemd/system"   # sd_booted(): PID 1 is systemd when this directory exists
-SYSTEMCTL_TIMEOUT = 2.0
+from mptcpize_py import abi
+from mptcpize_py.host import files
+from mptcpize_py.host.mounts import (
+    PROC_MOUNTINFO,
+    Mount,
+    find_cgroup2_mount,
+    read_mounts,
+)
+from mptcpize_py.host.netns import HOST_NETNS, NETNS_DIR, netns_inum
+from mptcpize_py.host.systemd import (
+    UnitNameError,
+    booted,
+    unit_cgroup,
+    unit_cgroup_path,
+)
+from mptcpize_py.policy import Policy, Rule
 
 
 @dataclass(frozen=True)
@@ -124,115 +127,7 @@ class ResolveError(ValueError):
 
 
 # ---------------------------------------------------------------------------------------------------
-# mountinfo (pure)
-
-
-@dataclass(frozen=True)
-class Mount:
-    mount_id: int
-    major: int
-    minor: int
-    root: str
-    mount_point: str
-    fstype: str
-
-    @property
-    def kernel_dev(self) -> int:
-        """The superblock's s_dev as the kernel stores it."""
-        return kernel.mkdev(self.major, self.minor)
-
-
-def _unescape_mountinfo(s: str) -> str:
-    # The kernel escapes ' ', '\t', '\n' and '\\' in paths as \ooo (fs/proc_namespace.c, mangle()).
-    if "\\" not in s:
-        return s
-    out, i = [], 0
-    while i < len(s):
-        if s[i] == "\\" and i + 4 <= len(s) and s[i + 1:i + 4].isdigit():
-            out.append(chr(int(s[i + 1:i + 4], 8)))
-            i += 4
-        else:
-            out.append(s[i])
-            i += 1
-    return "".join(out)
-
-
-def parse_mountinfo(text: str) -> list[Mount]:
-    """/proc/PID/mountinfo lines -> Mounts (malformed lines are skipped)."""
-    mounts = []
-    for line in text.splitlines():
-        fields = line.split(" ")
-        try:
-            sep = fields.index("-", 6)
-            major, minor = fields[2].split(":")
-            mounts.append(Mount(int(fields[0]), int(major), int(minor), _unescape_mountinfo(fields[3]),
-                                _unescape_mountinfo(fields[4]), fields[sep + 1]))
-        except (ValueError, IndexError):
-            continue
-    return mounts
-
-
-def find_cgroup2_mount(mounts: Iterable[Mount]) -> Mount | None:
-    """The cgroup v2 hierarchy's mount: /sys/fs/cgroup (unified) or /sys/fs/cgroup/unified (hybrid)
-    first, else the first cgroup2 mount. Only mounts of the whole hierarchy (root "/") count: inside
-    a cgroup namespace the mount's root is a subtree and policy paths (which are absolute) would not
-    map onto it."""
-    candidates = [m for m in mounts if m.fstype == "cgroup2" and m.root == "/"]
-    for preferred in (DEFAULT_CGROUP2_MOUNT, DEFAULT_CGROUP2_MOUNT + "/unified"):
-        for m in candidates:
-            if m.mount_point == preferred:
-                return m
-    return candidates[0] if candidates else None
-
-
-def read_mounts() -> list[Mount]:
-    with open(PROC_MOUNTINFO, encoding="utf-8", errors="surrogateescape") as f:
-        return parse_mountinfo(f.read())
-
-
-def cgroup2_mount_point() -> str | None:
-    m = find_cgroup2_mount(read_mounts())
-    return m.mount_point if m else None
-
-
-# ---------------------------------------------------------------------------------------------------
 # Executables
-
-
-def parse_fdinfo(text: str) -> dict[str, str]:
-    """/proc/PID/fdinfo/FD 'key:\\tvalue' lines -> {key: value} (the first lines; later ones are
-    per-file-type extras)."""
-    out = {}
-    for line in text.splitlines():
-        key, sep, value = line.partition(":")
-        if sep:
-            out.setdefault(key.strip(), value.strip())
-    return out
-
-
-_SYS_OPENAT2 = 437         # the same number on every architecture (Linux >= 5.6)
-_RESOLVE_NO_MAGICLINKS = 0x02
-_AT_FDCWD = -100
-_libc = None
-
-
-def _open_no_magiclinks(path: str) -> int:
-    """open(path, O_PATH) following ordinary symlinks but no /proc magic links: a policy (or a symlink
-    in it) naming /proc/self/exe or /proc/PID/fd/N would otherwise resolve to whatever that process
-    runs, the daemon itself included. openat2(RESOLVE_NO_MAGICLINKS); plain open() before Linux 5.6."""
-    global _libc
-    if _libc is None:
-        _libc = ctypes.CDLL(None, use_errno=True)
-        _libc.syscall.restype = ctypes.c_long
-    how = struct.pack("=QQQ", os.O_PATH | os.O_CLOEXEC, 0, _RESOLVE_NO_MAGICLINKS)
-    fd = _libc.syscall(ctypes.c_long(_SYS_OPENAT2), ctypes.c_int(_AT_FDCWD), os.fsencode(path),
-                       ctypes.c_char_p(how), ctypes.c_size_t(len(how)))
-    if fd >= 0:
-        return fd
-    err = ctypes.get_errno()
-    if err in (errno.ENOSYS, errno.EPERM):  # no openat2, or a seccomp filter that refuses it
-        return os.open(path, os.O_PATH | os.O_CLOEXEC)
-    raise OSError(err, os.strerror(err), path)
 
 
 def exe_key(path: str, mounts: list[Mount] | None = None) -> tuple[ExeKey, str]:
@@ -243,7 +138,7 @@ def exe_key(path: str, mounts: list[Mount] | None = None) -> tuple[ExeKey, str]:
     one and the same file.
     """
     try:
-        fd = _open_no_magiclinks(path)
+        fd = files.open_no_magiclinks(path)
     except FileNotFoundError:
         raise ResolveError("does not exist") from None
     except OSError as e:
@@ -260,7 +155,7 @@ def exe_key(path: str, mounts: list[Mount] | None = None) -> tuple[ExeKey, str]:
         real = os.readlink(f"/proc/self/fd/{fd}")
         try:
             with open(f"/proc/self/fdinfo/{fd}", encoding="ascii") as f:
-                info = parse_fdinfo(f.read())
+                info = files.parse_fdinfo(f.read())
         except OSError:
             info = {}
     finally:
@@ -273,7 +168,7 @@ def exe_key(path: str, mounts: list[Mount] | None = None) -> tuple[ExeKey, str]:
     if mount is not None:
         dev = mount.kernel_dev
     else:  # mountinfo unreadable: st_dev is right for ext4, xfs, tmpfs, same-filesystem overlays
-        dev = kernel.kernel_dev(st.st_dev)
+        dev = files.kernel_dev(st.st_dev)
     return ExeKey(dev, ino), real
 
 
@@ -320,175 +215,6 @@ def cgroup_id(mount_point: str, cgroup: str) -> int | None:
         raise ResolveError(f"not a cgroup ({full} is not a directory)")
     if st.st_dev != root_st.st_dev:
         raise ResolveError(f"{full} is not on the cgroup v2 filesystem mounted at {mount_point}")
-    return st.st_ino
-
-
-# ---------------------------------------------------------------------------------------------------
-# systemd unit -> cgroup path (pure). systemd v252 (Debian 12): src/basic/cgroup-util.c cg_escape(),
-# cg_slice_to_path(); src/core/unit.c unit_set_default_slice(), unit_default_cgroup_path();
-# src/basic/unit-name.c unit_name_escape().
-
-# cgroup_controller_table of systemd v252. v256 dropped the cgroup v1 names cpuacct and blkio, so a unit
-# named e.g. "blkio.service" is escaped by v252 and not by v256+: only `systemctl show` knows for sure.
-CGROUP_CONTROLLERS = ("cpu", "cpuacct", "cpuset", "io", "blkio", "memory", "devices", "pids",
-                      "bpf-firewall", "bpf-devices", "bpf-foreign", "bpf-socket-bind",
-                      "bpf-restrict-network-interfaces")
-_UNIT_VALID_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789:-_.\\")
-ROOT_SLICE = "-.slice"
-SYSTEM_SLICE = "system.slice"
-INIT_SCOPE = "init.scope"
-
-
-class UnitNameError(ResolveError):
-    pass
-
-
-def cg_needs_escape(name: str) -> bool:
-    """systemd's cg_needs_escape(): names that could clash with kernel files get a '_' prefix."""
-    if name in ("", ".", "..") or "/" in name or len(name.encode()) > 255:
-        return True
-    if name[0] in "_.":
-        return True
-    if name in ("notify_on_release", "release_agent", "tasks") or name.startswith("cgroup."):
-        return True
-    return any(name.startswith(c + ".") for c in CGROUP_CONTROLLERS)
-
-
-def cg_escape(name: str) -> str:
-    return "_" + name if cg_needs_escape(name) else name
-
-
-def unit_name_escape(s: str) -> str:
-    """systemd's unit_name_escape(): '/' -> '-', a leading '.', '-', '\\' and anything outside the
-    unit name characters -> \\xNN (lower-case hex)."""
-    out = []
-    for i, c in enumerate(s):
-        if c == "/":
-            out.append("-")
-        elif (i == 0 and c == ".") or c in "-\\" or c not in _UNIT_VALID_CHARS:
-            out.extend(f"\\x{b:02x}" for b in c.encode())
-        else:
-            out.append(c)
-    return "".join(out)
-
-
-def _split_unit(unit: str) -> tuple[str, str | None, str]:
-    """'foo@bar.service' -> ('foo', 'bar', 'service'); 'foo.service' -> ('foo', None, 'service')."""
-    dot = unit.rfind(".")
-    if dot <= 0:
-        raise UnitNameError(f"{unit!r} has no unit type suffix")
-    name, suffix = unit[:dot], unit[dot + 1:]
-    prefix, at, instance = name.partition("@")
-    if not prefix:
-        raise UnitNameError(f"{unit!r} is not a valid unit name")
-    return prefix, (instance if at else None), suffix
-
-
-def slice_path(slice_name: str) -> str:
-    """systemd's slice nesting: 'a-b-c.slice' -> '/a.slice/a-b.slice/a-b-c.slice'; '-.slice' -> '/'.
-
-    Every '-' of the name is a level ('\\x2d' is how a literal dash is written); leading, trailing
-    and double dashes, and instance names (foo@bar.slice), are invalid, as in cg_slice_to_path().
-    """
-    if slice_name == ROOT_SLICE:
-        return "/"
-    prefix, instance, suffix = _split_unit(slice_name)
-    if suffix != "slice":
-        raise UnitNameError(f"{slice_name!r} is not a slice")
-    if instance is not None or "@" in slice_name:
-        raise UnitNameError(f"{slice_name!r} is not a valid slice name ('@' is not allowed)")
-    if prefix.startswith("-") or prefix.endswith("-") or "--" in prefix:
-        raise UnitNameError(f"{slice_name!r} is not a valid slice name (leading, trailing or double '-')")
-    parts = prefix.split("-")
-    levels = ["-".join(parts[:i + 1]) + ".slice" for i in range(len(parts))]
-    return "/" + "/".join(cg_escape(level) for level in levels)
-
-
-def default_slice(unit: str) -> str:
-    """The slice systemd (system manager) puts `unit` in when it has no Slice= setting."""
-    prefix, instance, suffix = _split_unit(unit)
-    if suffix == "slice":
-        # A slice's parent follows from its name (slice_build_parent_slice()).
-        dash = prefix.rfind("-")
-        return ROOT_SLICE if dash < 0 else prefix[:dash] + ".slice"
-    if unit == INIT_SCOPE:
-        return ROOT_SLICE
-    if instance is not None:
-        # Instances go to a per-template slice; the prefix's own '-' would nest, so it is escaped.
-        return f"system-{unit_name_escape(prefix)}.slice"
-    return SYSTEM_SLICE
-
-
-def unit_cgroup_path(unit: str, slice_name: str | None = None) -> str:
-    """The cgroup path of `unit` in slice `slice_name` (default: default_slice(unit)), as systemd's
-    unit_default_cgroup_path() builds it for a manager whose cgroup root is '/'."""
-    prefix, _, suffix = _split_unit(unit)
-    if suffix == "slice":
-        return slice_path(unit)
-    parent = slice_path(slice_name or default_slice(unit))
-    return parent.rstrip("/") + "/" + cg_escape(unit)
-
-
-def parse_systemctl_show(text: str) -> dict[str, str]:
-    out = {}
-    for line in text.splitlines():
-        key, sep, value = line.partition("=")
-        if sep:
-            out[key] = value
-    return out
-
-
-def systemd_booted(runtime_dir: str = SYSTEMD_RUNTIME) -> bool:
-    return os.path.isdir(runtime_dir)
-
-
-def ask_systemd(unit: str, systemctl: str = "systemctl", timeout: float = SYSTEMCTL_TIMEOUT) -> str:
-    """The cgroup path systemd gives `unit`: its ControlGroup= while it runs, else its Slice= (known
-    from the unit file even while inactive) joined with the unit's escaped name. Raises UnitNameError
-    with the reason when systemd cannot tell (then the caller falls back to unit_cgroup_path()).
-
-    argv list, never a shell: `unit` has passed policy validation, and "--" ends options anyway.
-    """
-    exe = shutil.which(systemctl) if "/" not in systemctl else systemctl
-    if exe is None:
-        raise UnitNameError("systemctl not found")
-    argv = [exe, "show", "--property=ControlGroup", "--property=Slice", "--", unit]
-    try:
-        proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout,
-                              stdin=subprocess.DEVNULL, env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin",
-                                                             "SYSTEMD_PAGER": "", "LC_ALL": "C"})
-    except subprocess.TimeoutExpired:
-        raise UnitNameError(f"systemctl show {unit} did not answer within {timeout:g} s") from None
-    except OSError as e:
-        raise UnitNameError(f"cannot run {exe}: {e.strerror}") from None
-    if proc.returncode != 0:
-        why = (proc.stderr.strip().splitlines() or [f"exit status {proc.returncode}"])[0]
-        raise UnitNameError(f"systemctl show {unit}: {why}")
-    props = parse_systemctl_show(proc.stdout)
-    cg = props.get("ControlGroup", "")
-    if cg.startswith("/"):
-        return cg
-    slice_name = props.get("Slice", "")
-    if slice_name:
-        return unit_cgroup_path(unit, slice_name)
-    raise UnitNameError(f"systemd reports neither ControlGroup nor Slice for {unit}")
-
-
-# ---------------------------------------------------------------------------------------------------
-# Network namespaces
-
-
-def netns_inum(path: str, nsfs_dev: int | None = None) -> int | None:
-    """The inum of the network namespace bound at `path`; None when there is none (yet): the file
-    is missing, or exists but nothing is mounted on it (`ip netns add` creates, then mounts)."""
-    try:
-        st = os.stat(path)
-    except FileNotFoundError:
-        return None
-    if nsfs_dev is None:
-        nsfs_dev = os.stat(HOST_NETNS).st_dev  # every namespace file lives on the one nsfs superblock
-    if st.st_dev != nsfs_dev:
-        return None
     return st.st_ino
 
 
@@ -599,9 +325,9 @@ def _systemd_asker(systemd, rules) -> SystemdAsker | None:
         return systemd
     if systemd is False or not any(r.kind == "unit" for r in rules):
         return None
-    if systemd is None and not (systemd_booted() and shutil.which("systemctl")):
+    if systemd is None and not booted():
         return None
-    return ask_systemd
+    return unit_cgroup
 
 
 def _unit_path(unit: str, asker: SystemdAsker | None, notes: list[str], rule: Rule) -> str:

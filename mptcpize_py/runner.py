@@ -14,7 +14,7 @@ import signal
 import subprocess
 from dataclasses import dataclass
 
-from .errors import EXIT_CANNOT_EXECUTE, EXIT_NOT_FOUND, MptcpizeError, PermissionDenied, Unavailable
+from mptcpize_py.errors import EXIT_CANNOT_EXECUTE, EXIT_NOT_FOUND, MptcpizeError, PermissionDenied, Unavailable
 
 FORWARDED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 _SI_KERNEL = 0x80  # si_code of a signal the kernel raised (e.g. ^C at a terminal), not kill(2)
@@ -116,7 +116,7 @@ class BpfRunBackend:
     def __init__(self):
         import threading
 
-        from .bpf import Rewriter
+        from mptcpize_py.program.loader import Rewriter
         self._rewriter = Rewriter(all_netns=True)
         self._exe: dict[int, str | None] = {}
         self._comm: dict[int, str] = {}
@@ -182,7 +182,7 @@ class DaemonRunBackend:
         self._r, self._w = os.pipe2(os.O_CLOEXEC)  # the child reports its run id through it
 
     def child_setup(self) -> None:
-        from . import control
+        from mptcpize_py.daemon import control
         os.close(self._r)
         resp = control.request({"cmd": "register", "pid": os.getpid()}, self.path, timeout=10)
         os.write(self._w, str(resp["run_id"]).encode())
@@ -197,7 +197,7 @@ class DaemonRunBackend:
     def finish(self) -> list[ProcessReport]:
         if self.run_id is None:
             return []
-        from . import control
+        from mptcpize_py.daemon import control
         resp = control.request({"cmd": "run_report", "run_id": self.run_id}, self.path, timeout=10)
         return [ProcessReport(r["pid"], r.get("exe") or "?", r["upgraded"]) for r in resp["processes"]]
 
@@ -217,7 +217,7 @@ def daemon_backend():
     None. Costs one round trip."""
     if os.geteuid() != 0:
         return None
-    from . import control
+    from mptcpize_py.daemon import control
     path = control.control_path()
     if not os.path.exists(path):
         return None
@@ -254,7 +254,7 @@ def make_backend(choice: str):
 
 def _seccomp_backend():
     try:
-        from .seccomp import SeccompRunBackend
+        from mptcpize_py.seccomp import SeccompRunBackend
     except ImportError:
         raise Unavailable("the seccomp backend is not part of this build") from None
     return SeccompRunBackend()

@@ -26,8 +26,8 @@ import threading
 import time
 from dataclasses import dataclass
 
-from . import runner
-from .errors import Unavailable
+from mptcpize_py import runner
+from mptcpize_py.errors import Unavailable
 
 log = logging.getLogger(__name__)
 

@@ -55,7 +55,7 @@ def start_daemon(policy_dir, control_path, log_file, log_path, *extra_args, envi
     returns the Popen once `status` answers there; fails the test if it exits or is not ready in time.
     Polls in-process (not `mptcpize-py status`): a Python start per poll would slow bcc's compile down
     on the VM's 2 CPUs."""
-    from mptcpize_py import control
+    from mptcpize_py.daemon import control
     from mptcpize_py.errors import MptcpizeError
     env = dict(environ or os.environ, MPTCPIZE_CONTROL=str(control_path))
     proc = subprocess.Popen([MPTCPIZE, "daemon", *extra_args, "--policy-dir", str(policy_dir)],

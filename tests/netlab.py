@@ -171,8 +171,7 @@ def _serve(port: int, accept_timeout: float) -> None:
 
 def _client(host: str, port: int, size: int) -> None:
     sys.path.insert(0, str(REPO))
-    from mptcpize_py import mptcpinfo
-
+    from mptcpize_py.diag import mptcpinfo
     s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     s.settimeout(30)
     s.connect((host, port))

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from mptcpize_py import mptcpdiag
+from mptcpize_py.diag import sockdiag
 from tests.conftest import MPTCPIZE, PYTHON, mptcpize
 from tests.netlab import TwoPathLab
 
@@ -209,12 +209,12 @@ def test_metrics_without_daemon(env):
 
 def _mptcp_pair(port: int):
     try:
-        ls = socket.socket(socket.AF_INET, socket.SOCK_STREAM, mptcpdiag.IPPROTO_MPTCP)
+        ls = socket.socket(socket.AF_INET, socket.SOCK_STREAM, sockdiag.IPPROTO_MPTCP)
     except OSError as e:
         pytest.skip(f"no MPTCP sockets here: {e}")
     ls.bind(("127.0.0.1", port))
     ls.listen()
-    c = socket.socket(socket.AF_INET, socket.SOCK_STREAM, mptcpdiag.IPPROTO_MPTCP)
+    c = socket.socket(socket.AF_INET, socket.SOCK_STREAM, sockdiag.IPPROTO_MPTCP)
     c.connect(("127.0.0.1", port))
     a, _ = ls.accept()
     return ls, c, a
@@ -232,7 +232,7 @@ def test_dump_finds_our_sockets_with_owner_and_bytes():
             t = socket.socket(socket.AF_INET, socket.SOCK_STREAM)       # a TCP-only server
             t.bind(("127.0.0.1", 5615))
             t.listen()
-            f = socket.socket(socket.AF_INET, socket.SOCK_STREAM, mptcpdiag.IPPROTO_MPTCP)
+            f = socket.socket(socket.AF_INET, socket.SOCK_STREAM, sockdiag.IPPROTO_MPTCP)
             f.connect(("127.0.0.1", 5615))
             fa, _ = t.accept()
             c.sendall(b"x" * 100000)
@@ -242,15 +242,15 @@ def test_dump_finds_our_sockets_with_owner_and_bytes():
             f.sendall(b"y" * 5000)
             fa.recv(10000)
             time.sleep(0.2)
-            conns = mptcpdiag.dump()
+            conns = sockdiag.dump()
             inodes = {name: os.fstat(s.fileno()).st_ino for name, s in
                       (("ls", ls), ("c", c), ("a", a), ("f", f))}
-            owners = mptcpdiag.socket_owners(inodes.values())
+            owners = sockdiag.socket_owners(inodes.values())
             for s in (ls, c, a, t, f, fa):
                 s.close()
             return conns, inodes, owners
 
-        conns, inodes, owners = mptcpdiag.in_netns("/run/netns/mzc-diag", scenario)
+        conns, inodes, owners = sockdiag.in_netns("/run/netns/mzc-diag", scenario)
         assert os.stat("/proc/thread-self/ns/net").st_ino == before   # this thread never moved
         by_ino = {c.inode: c for c in conns}
         assert set(inodes.values()) <= set(by_ino)
@@ -264,7 +264,7 @@ def test_dump_finds_our_sockets_with_owner_and_bytes():
         assert client.subflows == 1 and fb.subflows == 1
         assert all(owners[i] == [os.getpid()] for i in inodes.values())
         # The caller's namespace does not have them.
-        assert not {c.inode for c in mptcpdiag.dump()} & set(inodes.values())
+        assert not {c.inode for c in sockdiag.dump()} & set(inodes.values())
     finally:
         subprocess.run(["ip", "netns", "del", "mzc-diag"], check=False)
 
@@ -272,8 +272,8 @@ def test_dump_finds_our_sockets_with_owner_and_bytes():
 def test_in_netns_errors():
     from mptcpize_py.errors import MptcpizeError
     with pytest.raises(MptcpizeError, match="no network namespace"):
-        mptcpdiag.in_netns("/run/netns/mzc-does-not-exist", mptcpdiag.dump)
+        sockdiag.in_netns("/run/netns/mzc-does-not-exist", sockdiag.dump)
     with pytest.raises(MptcpizeError, match="not a network namespace"):
-        mptcpdiag.in_netns("/proc/self/ns/uts", mptcpdiag.dump)
+        sockdiag.in_netns("/proc/self/ns/uts", sockdiag.dump)
     with pytest.raises(ZeroDivisionError):          # fn's own exception reaches the caller
-        mptcpdiag.in_netns("/proc/self/ns/net", lambda: 1 / 0)
+        sockdiag.in_netns("/proc/self/ns/net", lambda: 1 / 0)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from mptcpize_py import control
+from mptcpize_py.daemon import control
 from mptcpize_py.errors import MptcpizeError
 from tests.conftest import REPO, is_root
 
@@ -193,7 +193,7 @@ def test_register_accepts_our_child_and_refuses_others(server, sock_path):
 CLIENT = f"""
 import sys
 sys.path.insert(0, {str(REPO)!r})
-from mptcpize_py import control
+from mptcpize_py.daemon import control
 from mptcpize_py.errors import MptcpizeError
 try:
     control.request({{"cmd": "status"}}, sys.argv[1])

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from mptcpize_py import units
+from mptcpize_py import enable
 from mptcpize_py.errors import EXIT_UNAVAILABLE, MptcpizeError
 from tests.conftest import MPTCPIZE, REPO, mptcpize
 
@@ -88,12 +88,12 @@ def test_enable_where_bpf_is_unusable_exits_69_and_writes_nothing():
 def test_without_systemd_pid1_systemctl_fails_cleanly():
     """No systemd as PID 1 (this host): asking systemd about a unit is exit 69 with one line, no
     systemctl noise."""
-    if units.systemd_running():
+    if enable.systemd_running():
         pytest.skip("systemd is PID 1 here")
     if shutil.which("systemctl") is None:
         pytest.skip("no systemctl installed")
     with pytest.raises(MptcpizeError) as e:
-        units.known_unit("nginx.service")
+        enable.known_unit("nginx.service")
     assert e.value.exit_code == EXIT_UNAVAILABLE
     assert "systemd is not running" in e.value.message and e.value.hint
 
@@ -140,23 +140,23 @@ def unit_dir(tmp_path):
         "Environment=\"GREETING=hello world\"\nExecStart=/usr/bin/python3 -m http.server 18080\n")
     shutil.copy(REPO / "systemd/mptcpize-py.service", d / "mptcpize-py.service")
     (tmp_path / "root").mkdir()
-    tree = units.Tree(tmp_path / "root")
-    units.write_files("mzu-web.service", units.cli_executable(), tree)
+    tree = enable.Tree(tmp_path / "root")
+    enable.write_files("mzu-web.service", enable.cli_executable(), tree)
     (d / "mzu-web.service.d").mkdir()
-    shutil.copy(tree.dropin("mzu-web.service"), d / "mzu-web.service.d" / units.DROPIN_NAME)
+    shutil.copy(tree.dropin("mzu-web.service"), d / "mzu-web.service.d" / enable.DROPIN_NAME)
     return d
 
 
 def test_generated_dropin_passes_systemd_analyze_verify(unit_dir):
     proc = analyze_verify(unit_dir, "mzu-web.service")
     assert proc.returncode == 0, proc.stderr
-    assert units.DROPIN_NAME not in proc.stderr + proc.stdout, proc.stderr
+    assert enable.DROPIN_NAME not in proc.stderr + proc.stdout, proc.stderr
     assert "mptcpize-py.service" not in proc.stderr + proc.stdout, proc.stderr
 
 
 def test_verify_really_reads_the_dropin(unit_dir):
     """Negative control: the same drop-in with an unknown key is reported, by its path."""
-    dropin = unit_dir / "mzu-web.service.d" / units.DROPIN_NAME
+    dropin = unit_dir / "mzu-web.service.d" / enable.DROPIN_NAME
     dropin.write_text(dropin.read_text() + "NoSuchSetting=1\n")
     proc = analyze_verify(unit_dir, "mzu-web.service")
     assert f"{dropin}:" in proc.stderr and "NoSuchSetting" in proc.stderr, proc.stderr

@@ -6,8 +6,7 @@ import os
 
 import pytest
 
-from mptcpize_py import units
-
+from mptcpize_py import enable
 THROWAWAY = os.environ.get("MPTCPIZE_THROWAWAY_SYSTEMD") == "1"
 
 
@@ -29,7 +28,7 @@ def systemd_and_bpf():
         reason = "systemd is not PID 1"
     else:
         # In-process: `mptcpize-py check` compiles with bcc (~40 s under TCG).
-        failed = [f"{check}: {detail}" for check, detail, _ in units.bpf_problems()]
+        failed = [f"{check}: {detail}" for check, detail, _ in enable.bpf_problems()]
         if failed:
             reason = "BPF path unusable: " + "; ".join(failed)
     if reason:

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from mptcpize_py import control
-from mptcpize_py.control import LineReader, RequestError, TooLarge, Ucred
+from mptcpize_py.daemon import control
+from mptcpize_py.daemon.control import LineReader, RequestError, TooLarge, Ucred
 from mptcpize_py.errors import MptcpizeError
 
 

@@ -7,8 +7,8 @@ import sys
 import pytest
 
 from mptcpize_py import abi
-from mptcpize_py.bpf import ProcStats, UpgradeEvent
-from mptcpize_py.daemon import Daemon
+from mptcpize_py.program.loader import ProcStats, UpgradeEvent
+from mptcpize_py.daemon.service import Daemon
 from mptcpize_py.policy import PolicyError
 
 

@@ -3,7 +3,7 @@
 import json
 
 from mptcpize_py import report
-from mptcpize_py.daemon import dir_fingerprint, parse_proc_cgroup, unit_of_cgroup
+from mptcpize_py.daemon.service import dir_fingerprint, parse_proc_cgroup, unit_of_cgroup
 
 STATUS = {
     "backend": "bpf", "pid": 42, "uptime_s": 12.5,

@@ -5,8 +5,7 @@ import socket
 
 import pytest
 
-from mptcpize_py import journal
-
+from mptcpize_py.host import systemd
 systemd = pytest.importorskip("systemd.daemon")
 
 
@@ -24,7 +23,7 @@ def notify_socket(tmp_path, monkeypatch):
 def test_ready_status_watchdog(notify_socket, monkeypatch):
     monkeypatch.setenv("WATCHDOG_USEC", "30000000")
     monkeypatch.setenv("WATCHDOG_PID", str(os.getpid()))
-    n = journal.Notifier()
+    n = systemd.Notifier()
     assert n.enabled and n.watchdog_interval == 15.0
     n.ready("2 allow rules; 0 sockets upgraded")
     assert notify_socket.recv(4096) == b"READY=1\nSTATUS=2 allow rules; 0 sockets upgraded"
@@ -37,21 +36,21 @@ def test_ready_status_watchdog(notify_socket, monkeypatch):
 def test_watchdog_for_another_pid_is_not_ours(notify_socket, monkeypatch):
     monkeypatch.setenv("WATCHDOG_USEC", "30000000")
     monkeypatch.setenv("WATCHDOG_PID", "1")
-    assert journal.Notifier().watchdog_interval is None
+    assert systemd.Notifier().watchdog_interval is None
 
 
 def test_no_notify_socket_is_a_no_op(monkeypatch):
     monkeypatch.delenv("NOTIFY_SOCKET", raising=False)
-    n = journal.Notifier()
+    n = systemd.Notifier()
     assert not n.enabled
     n.ready("x")   # nothing to send to, nothing raised
 
 
 def test_fields_are_journald_names():
-    assert journal.fields(pid=12, unit=None, rule="allow exe=/x") == {
+    assert systemd.fields(pid=12, unit=None, rule="allow exe=/x") == {
         "MPTCPIZE_PID": "12", "MPTCPIZE_RULE": "allow exe=/x"}
 
 
 def test_stderr_is_not_a_journal_stream_here(monkeypatch):
     monkeypatch.setenv("JOURNAL_STREAM", "1:2")
-    assert journal.stderr_is_journal() is False
+    assert systemd.stderr_is_journal() is False

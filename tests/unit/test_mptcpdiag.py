@@ -10,8 +10,12 @@ import struct
 
 import pytest
 
-from mptcpize_py import mptcpdiag, mptcpinfo, report
+from mptcpize_py import report
 
+
+from mptcpize_py.diag import sockdiag
+
+from mptcpize_py.diag import mptcpinfo
 CAPTURE = bytes.fromhex(
     "e0000000140002000700000020780000020100009c411b597f0000010000000000000000000000007f00000100000000"
     "0000000000000000000000001e100000000000000000000000000000000000000000000090881e000500080000000000"
@@ -40,7 +44,7 @@ SEQ = 7
 
 
 def test_request_asks_for_mptcp_info_of_every_state():
-    req = mptcpdiag.build_request(socket.AF_INET6, seq=9)
+    req = sockdiag.build_request(socket.AF_INET6, seq=9)
     length, mtype, flags, seq, pid = struct.unpack_from("=IHHII", req)
     assert (length, mtype, seq, pid) == (len(req), 20, 9, 0)
     assert flags == 0x301                                   # NLM_F_REQUEST | NLM_F_DUMP
@@ -52,7 +56,7 @@ def test_request_asks_for_mptcp_info_of_every_state():
 
 
 def test_capture_decodes():
-    conns, done = mptcpdiag.parse_messages(CAPTURE, SEQ)
+    conns, done = sockdiag.parse_messages(CAPTURE, SEQ)
     assert done
     by_ino = {c.inode: c for c in conns}
     assert set(by_ino) == set(INODES.values())
@@ -69,7 +73,7 @@ def test_capture_decodes():
 
 
 def test_other_sequence_numbers_are_ignored():
-    assert mptcpdiag.parse_messages(CAPTURE, SEQ + 1) == ([], False)
+    assert sockdiag.parse_messages(CAPTURE, SEQ + 1) == ([], False)
 
 
 def _one_message() -> bytes:
@@ -83,19 +87,19 @@ def _replace_info(payload: bytes, info: bytes) -> bytes:
     out, off = payload[:72], 72
     while off + 4 <= len(payload):
         rlen, rtype = struct.unpack_from("=HH", payload, off)
-        if rtype != mptcpdiag.INET_DIAG_INFO:
+        if rtype != sockdiag.INET_DIAG_INFO:
             out += payload[off:off + ((rlen + 3) & ~3)]
         off += (rlen + 3) & ~3
-    attr = struct.pack("=HH", 4 + len(info), mptcpdiag.INET_DIAG_INFO) + info
+    attr = struct.pack("=HH", 4 + len(info), sockdiag.INET_DIAG_INFO) + info
     return out + attr + b"\0" * (-len(attr) % 4)
 
 
 def test_shorter_struct_of_an_older_kernel_gives_none_not_zero():
     full = _one_message()
-    conn = mptcpdiag.parse_diag_msg(full)
+    conn = sockdiag.parse_diag_msg(full)
     assert conn.info_len == 96
     # Linux 6.1's struct mptcp_info ends after csum_enabled (43 bytes, 48 with padding).
-    old = mptcpdiag.parse_diag_msg(_replace_info(full, _info_bytes(full)[:48]))
+    old = sockdiag.parse_diag_msg(_replace_info(full, _info_bytes(full)[:48]))
     assert old.info_len == 48
     assert old.field("bytes_sent") is None and old.as_dict()["bytes_received"] is None
     assert old.field("token") == conn.field("token")
@@ -107,7 +111,7 @@ def _info_bytes(payload: bytes) -> bytes:
     off = 72
     while off + 4 <= len(payload):
         rlen, rtype = struct.unpack_from("=HH", payload, off)
-        if rtype == mptcpdiag.INET_DIAG_INFO:
+        if rtype == sockdiag.INET_DIAG_INFO:
             return payload[off + 4: off + rlen]
         off += (rlen + 3) & ~3
     raise AssertionError("no INET_DIAG_INFO")
@@ -116,31 +120,31 @@ def _info_bytes(payload: bytes) -> bytes:
 def test_error_answer_raises_the_kernels_errno():
     err = struct.pack("=IHHII", 36, 2, 0, 1, 0) + struct.pack("=i", -2) + b"\0" * 16
     with pytest.raises(OSError) as e:
-        mptcpdiag.parse_messages(err, 1)
+        sockdiag.parse_messages(err, 1)
     assert e.value.errno == 2
 
 
 @pytest.mark.parametrize("data", [CAPTURE[:40], b"\x08\0\0\0" + CAPTURE[4:100]])
 def test_truncated_or_garbled_bytes_are_refused(data):
     with pytest.raises(ValueError):
-        mptcpdiag.parse_messages(data, SEQ)
+        sockdiag.parse_messages(data, SEQ)
 
 
 def test_netns_name_validation():
     from mptcpize_py.errors import MptcpizeError, UsageError
     for bad in ("", ".", "..", "a/b", "x\ny"):
         with pytest.raises(UsageError):
-            mptcpdiag.netns_path(bad)
+            sockdiag.netns_path(bad)
     with pytest.raises(MptcpizeError, match="no network namespace"):
-        mptcpdiag.netns_path("mzc-surely-absent", netns_dir="/nonexistent")
+        sockdiag.netns_path("mzc-surely-absent", netns_dir="/nonexistent")
 
 
 def test_text_view_marks_fallback_and_groups_per_process():
-    conns, _ = mptcpdiag.parse_messages(CAPTURE, SEQ)
+    conns, _ = sockdiag.parse_messages(CAPTURE, SEQ)
     rows = [dict(c.as_dict(), netns="mzc-x", pid=100 + i % 2, pids=[100 + i % 2], exe="/bin/x")
             for i, c in enumerate(conns)]
     view = {"scope": "no daemon is running: ...", "namespaces": [{"name": "mzc-x", "error": None}],
-            "connections": sorted(rows, key=lambda r: r["pid"]), "totals": mptcpdiag._totals(rows)}
+            "connections": sorted(rows, key=lambda r: r["pid"]), "totals": sockdiag._totals(rows)}
     lines = report.connections_text(view)
     assert lines[0].startswith("no daemon is running")
     assert sum(1 for ln in lines if ln.startswith("netns mzc-x: pid ")) == 2

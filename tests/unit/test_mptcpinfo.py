@@ -1,8 +1,6 @@
 import struct
 
-from mptcpize_py import mptcpinfo
-
-
+from mptcpize_py.diag import mptcpinfo
 def test_parse_full_struct():
     data = bytearray(mptcpinfo.STRUCT_SIZE)
     data[0] = 1                                   # subflows

@@ -1,4 +1,4 @@
-"""enable/disable's files (units.py) in a temporary root: what is written, that the daemon's policy loader
+"""enable/disable's files (enable.py) in a temporary root: what is written, that the daemon's policy loader
 accepts it, idempotence, the exact round trip, refusals. systemd itself is exercised in
 tests/host/test_enable.py (systemd-analyze verify) and tests/systemd/test_service.py (real PID 1)."""
 
@@ -8,7 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from mptcpize_py import report, units
+from mptcpize_py import report
+
+from mptcpize_py import enable
 from mptcpize_py.errors import MptcpizeError, UsageError
 from mptcpize_py.policy import load_policy, parse_policy_text
 
@@ -40,7 +42,7 @@ def tree(tmp_path):
     os.symlink("/lib/systemd/system/ssh.service", sd / "multi-user.target.wants/ssh.service")
     (sd / "other.service.d").mkdir()
     (sd / "other.service.d/override.conf").write_text("[Service]\nEnvironment=A=1\n")
-    return units.Tree(tmp_path)
+    return enable.Tree(tmp_path)
 
 
 # --- names ----------------------------------------------------------------------------------------
@@ -50,7 +52,7 @@ def tree(tmp_path):
     "a:b_c-d.e.service", "system-x@y@z.service", "x" * 237 + ".service",
 ])
 def test_good_service_names(unit):
-    assert units.check_service_name(unit) is None
+    assert enable.check_service_name(unit) is None
 
 
 @pytest.mark.parametrize("unit, needle", [
@@ -69,51 +71,51 @@ def test_good_service_names(unit):
     (None, "must be a string"),
 ])
 def test_bad_service_names(unit, needle):
-    problem = units.check_service_name(unit)
+    problem = enable.check_service_name(unit)
     assert problem and needle in problem
     with pytest.raises(UsageError):
-        units.validate_service_name(unit)
+        enable.validate_service_name(unit)
 
 
 @pytest.mark.parametrize("unit", ["nginx.service", "foo@bar.service", r"foo\x2dbar.service"])
 def test_policy_file_name_maps_back(unit):
-    name = units.policy_file_name(unit)
+    name = enable.policy_file_name(unit)
     assert "/" not in name and not name.startswith(".") and name.endswith(".toml")
-    assert units.enabled_unit_of_file("/etc/mptcpize-py/policy.d/" + name) == unit
+    assert enable.enabled_unit_of_file("/etc/mptcpize-py/policy.d/" + name) == unit
 
 
 @pytest.mark.parametrize("name", ["10-site.toml", "unit-.toml", "unit-foo@.service.toml",
                                   "unit-x.socket.toml", "unit-nginx.service.toml.bak"])
 def test_other_files_are_not_enabled_units(name):
-    assert units.enabled_unit_of_file(name) is None
+    assert enable.enabled_unit_of_file(name) is None
 
 
 # --- generated text ------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("unit", ["nginx.service", "foo@bar.service", r"foo\x2dbar.service"])
 def test_policy_text_is_one_allow_rule_for_the_unit(unit):
-    pol = parse_policy_text(units.policy_text(unit), "unit.toml")
+    pol = parse_policy_text(enable.policy_text(unit), "unit.toml")
     assert [(r.action, r.kind, r.value) for r in pol.rules] == [("allow", "unit", unit)]
-    assert units.policy_text(unit).startswith(units.MARKER)
+    assert enable.policy_text(unit).startswith(enable.MARKER)
 
 
 def test_dropin_text():
-    text = units.dropin_text("nginx.service", EXE)
-    assert text.startswith(units.MARKER)
+    text = enable.dropin_text("nginx.service", EXE)
+    assert text.startswith(enable.MARKER)
     lines = [line for line in text.splitlines() if line and not line.startswith("#")]
     assert lines == ["[Unit]", "Wants=mptcpize-py.service", "After=mptcpize-py.service", "[Service]",
                      f"ExecStartPre=-+{EXE} resync --unit %n"]
 
 
 def test_cli_executable_is_an_absolute_runnable_path():
-    exe = units.cli_executable()
+    exe = enable.cli_executable()
     assert os.path.isabs(exe) and os.access(exe, os.X_OK)
 
 
 # --- files ------------------------------------------------------------------------------------------
 
 def test_enable_writes_two_files_the_daemon_accepts(tree):
-    changed = units.write_files("nginx.service", EXE, tree)
+    changed = enable.write_files("nginx.service", EXE, tree)
     assert changed == [tree.policy("nginx.service"), tree.dropin("nginx.service")]
     assert tree.dropin("nginx.service") == tree.root / "etc/systemd/system/nginx.service.d/mptcpize-py.conf"
     assert tree.policy("nginx.service") == tree.root / "etc/mptcpize-py/policy.d/unit-nginx.service.toml"
@@ -124,14 +126,14 @@ def test_enable_writes_two_files_the_daemon_accepts(tree):
     # The daemon's own loader (ownership and mode checks included) takes the directory as it is.
     pol = load_policy(tree.policy_dir, owner_uid=os.geteuid())
     assert [(r.action, r.kind, r.value) for r in pol.rules] == [("allow", "unit", "nginx.service")]
-    assert units.enabled_units(tree) == ["nginx.service"]
+    assert enable.enabled_units(tree) == ["nginx.service"]
 
 
 def test_enable_twice_changes_nothing(tree):
-    units.write_files("nginx.service", EXE, tree)
+    enable.write_files("nginx.service", EXE, tree)
     before = {p: p.stat() for p in (tree.policy("nginx.service"), tree.dropin("nginx.service"))}
     snap = snapshot(tree.root)
-    assert units.write_files("nginx.service", EXE, tree) == []
+    assert enable.write_files("nginx.service", EXE, tree) == []
     for p, st in before.items():
         st2 = p.stat()
         assert (st2.st_ino, st2.st_mtime_ns) == (st.st_ino, st.st_mtime_ns)
@@ -139,30 +141,30 @@ def test_enable_twice_changes_nothing(tree):
 
 
 def test_enable_rewrites_its_own_outdated_file(tree):
-    units.write_files("nginx.service", EXE, tree)
-    tree.dropin("nginx.service").write_text(units.MARKER + " (an older version)\n[Unit]\n")
-    assert units.write_files("nginx.service", EXE, tree) == [tree.dropin("nginx.service")]
-    assert tree.dropin("nginx.service").read_text() == units.dropin_text("nginx.service", EXE)
+    enable.write_files("nginx.service", EXE, tree)
+    tree.dropin("nginx.service").write_text(enable.MARKER + " (an older version)\n[Unit]\n")
+    assert enable.write_files("nginx.service", EXE, tree) == [tree.dropin("nginx.service")]
+    assert tree.dropin("nginx.service").read_text() == enable.dropin_text("nginx.service", EXE)
 
 
 def test_round_trip_leaves_the_tree_identical(tree):
     snap = snapshot(tree.root)
-    units.write_files("nginx.service", EXE, tree)
+    enable.write_files("nginx.service", EXE, tree)
     assert snapshot(tree.root) != snap
-    removed = units.remove_files("nginx.service", tree)
+    removed = enable.remove_files("nginx.service", tree)
     assert tree.policy_dir.parent in removed and tree.dropin("nginx.service").parent in removed
     assert snapshot(tree.root) == snap
-    assert units.remove_files("nginx.service", tree) == []   # twice: nothing to do
+    assert enable.remove_files("nginx.service", tree) == []   # twice: nothing to do
 
 
 def test_round_trip_interleaved_units(tree):
     snap = snapshot(tree.root)
-    units.write_files("a.service", EXE, tree)
-    units.write_files("b@x.service", EXE, tree)
-    assert units.enabled_units(tree) == ["a.service", "b@x.service"]
-    units.remove_files("a.service", tree)      # a created the shared directories; b still uses them
+    enable.write_files("a.service", EXE, tree)
+    enable.write_files("b@x.service", EXE, tree)
+    assert enable.enabled_units(tree) == ["a.service", "b@x.service"]
+    enable.remove_files("a.service", tree)      # a created the shared directories; b still uses them
     assert tree.policy("b@x.service").exists()
-    units.remove_files("b@x.service", tree)
+    enable.remove_files("b@x.service", tree)
     assert snapshot(tree.root) == snap
 
 
@@ -173,8 +175,8 @@ def test_directories_that_existed_stay(tree):
     (tree.root / "etc/systemd/system/nginx.service.d/override.conf").write_text(
         "[Service]\nEnvironment=WORKERS=4\nEnvironment=MODE=prod\n")
     snap = snapshot(tree.root)
-    units.write_files("nginx.service", EXE, tree)
-    units.remove_files("nginx.service", tree)
+    enable.write_files("nginx.service", EXE, tree)
+    enable.remove_files("nginx.service", tree)
     assert snapshot(tree.root) == snap
 
 
@@ -185,10 +187,10 @@ def test_refuses_a_file_it_did_not_write(tree, which):
     path.write_text("[Service]\nEnvironment=MINE=1\n")
     snap = snapshot(tree.root)
     with pytest.raises(MptcpizeError, match="not written by mptcpize-py enable"):
-        units.write_files("nginx.service", EXE, tree)
+        enable.write_files("nginx.service", EXE, tree)
     assert snapshot(tree.root) == snap
     with pytest.raises(MptcpizeError, match="not written by mptcpize-py enable"):
-        units.remove_files("nginx.service", tree)
+        enable.remove_files("nginx.service", tree)
     assert snapshot(tree.root) == snap
 
 
@@ -196,13 +198,13 @@ def test_refuses_a_symlink_at_its_path(tree):
     d = tree.dropin("nginx.service").parent
     d.mkdir(parents=True)
     target = tree.root / "elsewhere.conf"
-    target.write_text(units.MARKER + "\n")
-    os.symlink(target, d / units.DROPIN_NAME)
+    target.write_text(enable.MARKER + "\n")
+    os.symlink(target, d / enable.DROPIN_NAME)
     snap = snapshot(tree.root)
     with pytest.raises(MptcpizeError, match="symbolic link"):
-        units.write_files("nginx.service", EXE, tree)
+        enable.write_files("nginx.service", EXE, tree)
     with pytest.raises(MptcpizeError, match="symbolic link"):
-        units.remove_files("nginx.service", tree)
+        enable.remove_files("nginx.service", tree)
     assert snapshot(tree.root) == snap
 
 
@@ -212,28 +214,28 @@ def test_failure_half_way_puts_everything_back(tree):
     (tree.root / "etc/systemd/system/nginx.service.d").write_text("not a directory\n")
     snap = snapshot(tree.root)
     with pytest.raises(MptcpizeError, match="cannot write"):
-        units.write_files("nginx.service", EXE, tree)
+        enable.write_files("nginx.service", EXE, tree)
     assert snapshot(tree.root) == snap
 
 
 def test_no_temporary_files_left(tree):
-    units.write_files("nginx.service", EXE, tree)
-    units.write_files("nginx.service", EXE + "2", tree)
+    enable.write_files("nginx.service", EXE, tree)
+    enable.write_files("nginx.service", EXE + "2", tree)
     leftovers = [p for p in tree.root.rglob(".*.tmp-*")]
     assert leftovers == []
 
 
 def test_policy_warnings(tree):
     uid = os.geteuid()
-    units.write_files("nginx.service", EXE, tree)
-    assert units.policy_warnings("nginx.service", tree, uid) == []
+    enable.write_files("nginx.service", EXE, tree)
+    assert enable.policy_warnings("nginx.service", tree, uid) == []
     site = tree.policy_dir / "10-site.toml"
     site.write_text('[[deny]]\nunit = "nginx.service"\n')
     site.chmod(0o644)
-    (warning,) = units.policy_warnings("nginx.service", tree, uid)
+    (warning,) = enable.policy_warnings("nginx.service", tree, uid)
     assert "deny unit=nginx.service (10-site.toml:1) beats the allow rule" in warning
     site.write_text("[[allow]]\nexe = 'relative'\n")
-    (warning,) = units.policy_warnings("nginx.service", tree, uid)
+    (warning,) = enable.policy_warnings("nginx.service", tree, uid)
     assert warning.startswith("the policy in /etc/mptcpize-py/policy.d does not load") and \
         "10-site.toml:2" in warning
 

@@ -17,7 +17,7 @@ CG_ROOT = "/sys/fs/cgroup"
 
 @pytest.fixture(scope="module")
 def rewriter(bpf_backend):
-    from mptcpize_py.bpf import Rewriter
+    from mptcpize_py.program.loader import Rewriter
     rw = Rewriter(all_netns=True)
     yield rw
     rw.close()

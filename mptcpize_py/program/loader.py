@@ -1,7 +1,7 @@
 """The only bcc importer: compile bpf/mptcpize.bpf.c, attach it, fill its maps, read its reports.
 
 bcc comes from the distribution (python3-bpfcc) and compiles at run time. The program reads kernel
-structs at offsets taken from the running kernel's BTF (kernel.STRUCT_FIELDS), so the headers only
+structs at offsets taken from the running kernel's BTF (btf.STRUCT_FIELDS), so the headers only
 have to satisfy the compiler: the running kernel's (/lib/modules/$(uname -r)/build) when installed,
 else any Debian linux-headers tree under /usr/src, merged into the one-directory layout bcc expects
 ($BCC_KERNEL_SOURCE).
@@ -15,10 +15,11 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import abi, kernel
-from .errors import MptcpizeError, PermissionDenied, Unavailable
-
-HOOK = "update_socket_protocol"
+from mptcpize_py import abi
+from mptcpize_py.errors import MptcpizeError, PermissionDenied, Unavailable
+from mptcpize_py.host import mounts
+from mptcpize_py.program import btf
+from mptcpize_py.support import HOOK, OK, kernel_support
 
 
 @dataclass(frozen=True)
@@ -145,31 +146,15 @@ class Rewriter:
             raise PermissionDenied("loading the BPF program needs root (CAP_BPF, CAP_PERFMON, "
                                    "CAP_SYS_ADMIN)", hint="run it as root, e.g. with sudo")
         self.dry_run = dry_run
-        facts = kernel.read_hook_facts()
-        offsets = kernel.read_struct_offsets()
+        support = kernel_support()   # the prerequisites `check` and `enable` judge by, too
+        if support.facts is None:
+            raise support.hook.error
+        facts, offsets = support.facts, btf.read_struct_offsets()
         if not dry_run:
-            if facts.update_socket_protocol_id is None:
-                raise Unavailable(f"this kernel has no {HOOK}() in its BTF",
-                                  hint="the BPF backend needs Linux >= 6.6 with CONFIG_DEBUG_INFO_BTF=y")
-            try:
-                kernel.probe_trampoline(facts.update_socket_protocol_id)
-            except OSError as e:
-                missing = kernel.missing_capabilities(("CAP_BPF", "CAP_PERFMON"))
-                if missing:
-                    raise PermissionDenied(f"loading the fmod_ret program needs {' and '.join(missing)}"
-                                           f" (not in this process's effective set)",
-                                           hint="run as root with them, e.g. AmbientCapabilities= / "
-                                                "CapabilityBoundingSet= in the unit") from None
-                raise Unavailable(f"this kernel refuses the fmod_ret program on {HOOK}(): {e.strerror}",
-                                  hint="BPF trampolines are disabled here; see `mptcpize-py check`") \
-                    from None
-        pernet_addr = kernel.read_kallsyms_address("mptcp_pernet_id")
-        if pernet_addr is None or facts.mptcp_enabled_offset is None:
-            if not dry_run:
-                raise Unavailable("cannot locate net.mptcp.enabled in kernel memory "
-                                  "(mptcp_pernet_id in /proc/kallsyms, struct mptcp_pernet in BTF)",
-                                  hint="needs CONFIG_KALLSYMS_ALL=y; see `mptcpize-py check`")
-            pernet_addr = 0   # the dry run then asks userspace's netns_mptcp map (set_netns_mptcp)
+            for check in support.problems:
+                raise check.error
+        # Without the in-kernel guard the dry run asks userspace's netns_mptcp map (set_netns_mptcp).
+        pernet_addr = support.pernet_addr if support.netns_guard.status == OK else 0
         bcc = _import_bcc()  # after the cheap probes: importing bcc loads libLLVM (slow)
         headers, where = compile_env()
         if headers is None:
@@ -179,7 +164,7 @@ class Rewriter:
         cflags = [f"-I{abi.BPF_DIR}", "-w"] + [f"-D{k}={v}" for k, v in sorted(offsets.items())]
         if dry_run:
             cflags.append("-DMPTCPIZE_DRY_RUN")
-            kernel.ensure_tracefs()
+            mounts.ensure_tracefs()
         try:
             self._b = bcc.BPF(src_file=str(abi.PROGRAM).encode(), cflags=cflags)
         except Exception as e:

@@ -1,18 +1,15 @@
-"""Facts read from the running kernel's own files: BTF, kallsyms, sysctl, dev_t encoding.
+"""The running kernel's BTF: the hook's type id, and the struct member offsets the program reads.
 
-Pure parsing lives in functions that take bytes/text, so unit tests feed them real or built data.
+Pure parsing lives in functions that take bytes, so unit tests feed them real or built data.
 """
 
-import ctypes
-import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import Unavailable
+from mptcpize_py.errors import Unavailable
 
 VMLINUX_BTF = Path("/sys/kernel/btf/vmlinux")
-KALLSYMS = Path("/proc/kallsyms")
 
 BTF_MAGIC = 0xEB9F
 BTF_KIND_INT, BTF_KIND_PTR, BTF_KIND_ARRAY, BTF_KIND_STRUCT, BTF_KIND_UNION = 1, 2, 3, 4, 5
@@ -252,140 +249,3 @@ def read_hook_facts(path: Path = VMLINUX_BTF) -> HookFacts:
         raise Unavailable(f"cannot parse kernel BTF {path}: {e}") from None
 
 
-def kallsyms_address(text: str, symbol: str) -> int | None:
-    """Address of `symbol` in /proc/kallsyms text; None when absent or hidden (kptr_restrict: zeros)."""
-    for line in text.splitlines():
-        parts = line.split()
-        if len(parts) >= 3 and parts[2] == symbol:
-            addr = int(parts[0], 16)
-            return addr or None
-    return None
-
-
-def read_kallsyms_address(symbol: str) -> int | None:
-    try:
-        return kallsyms_address(KALLSYMS.read_text(), symbol)
-    except OSError:
-        return None
-
-
-def mkdev(major: int, minor: int) -> int:
-    """The kernel's internal dev_t encoding (include/linux/kdev_t.h MKDEV: major << 20 | minor)."""
-    return (major << 20) | minor
-
-
-def kernel_dev(st_dev: int) -> int:
-    """The kernel's internal dev_t for a userspace st_dev."""
-    return mkdev(os.major(st_dev), os.minor(st_dev))
-
-
-def read_sysctl(name: str, proc: Path = Path("/proc/sys")) -> str | None:
-    try:
-        return (proc / name.replace(".", "/")).read_text().strip()
-    except OSError:
-        return None
-
-
-def netns_inode(pid: int | str = "self") -> int:
-    return os.stat(f"/proc/{pid}/ns/net").st_ino
-
-
-CAPABILITY_BITS = {"CAP_SYS_ADMIN": 21, "CAP_SYSLOG": 34, "CAP_PERFMON": 38, "CAP_BPF": 39}
-
-
-def missing_capabilities(names, status_text: str | None = None) -> list[str]:
-    """Those of `names` not in this process's effective capability set (/proc/self/status CapEff)."""
-    if status_text is None:
-        try:
-            status_text = Path("/proc/self/status").read_text()
-        except OSError:
-            return []
-    for line in status_text.splitlines():
-        if line.startswith("CapEff:"):
-            eff = int(line.split()[1], 16)
-            return [n for n in names if not eff >> CAPABILITY_BITS[n] & 1]
-    return []
-
-
-_CLONE_NEWNET = 0x40000000
-
-
-def read_sysctl_in_netns(ns_path: str, name: str) -> str | None:
-    """A net.* sysctl as seen in the network namespace `ns_path` (/run/netns/NAME, /proc/PID/ns/net):
-    /proc/sys/net shows the namespace of the reading thread, so a short-lived thread enters it
-    (setns of a netns is per thread; the thread's namespace dies with it). None when unreadable."""
-    import threading
-    result: list[str | None] = [None]
-
-    def reader():
-        libc = ctypes.CDLL(None, use_errno=True)
-        try:
-            fd = os.open(ns_path, os.O_RDONLY | os.O_CLOEXEC)
-        except OSError:
-            return
-        try:
-            if libc.setns(fd, _CLONE_NEWNET) != 0:
-                return
-        finally:
-            os.close(fd)
-        result[0] = read_sysctl(name)
-
-    t = threading.Thread(target=reader, name="mptcpize-netns-sysctl")
-    t.start()
-    t.join()
-    return result[0]
-
-
-TRACEFS = "/sys/kernel/tracing"
-
-
-def ensure_tracefs() -> None:
-    """Mounts tracefs at /sys/kernel/tracing when it is not (systemd does at boot; minimal systems
-    and containers may not): bcc reads tracepoint formats there."""
-    if os.path.isdir(f"{TRACEFS}/events"):
-        return
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.mount(b"tracefs", TRACEFS.encode(), b"tracefs", 0, None) != 0:
-        err = ctypes.get_errno()
-        raise Unavailable(f"tracefs is not mounted at {TRACEFS} and mounting it failed: "
-                          f"{os.strerror(err)}", hint=f"mount -t tracefs tracefs {TRACEFS}")
-
-
-# --- a real fmod_ret load + attach, without bcc or headers -----------------------------------------
-_SYS_BPF = 321  # x86_64
-_BPF_PROG_LOAD, _BPF_RAW_TRACEPOINT_OPEN = 5, 17
-_BPF_PROG_TYPE_TRACING, _BPF_MODIFY_RETURN = 26, 26
-# r0 = 0; exit — an fmod_ret program that returning 0 leaves update_socket_protocol's result as is.
-_NOOP_INSNS = struct.pack("<BBhi", 0xB7, 0, 0, 0) + struct.pack("<BBhi", 0x95, 0, 0, 0)
-
-
-def _bpf_syscall(cmd: int, attr: bytes) -> int:
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.syscall.restype = ctypes.c_long
-    buf = ctypes.create_string_buffer(attr, len(attr))
-    ret = libc.syscall(ctypes.c_long(_SYS_BPF), ctypes.c_int(cmd), buf, ctypes.c_uint(len(attr)))
-    if ret < 0:
-        err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err))
-    return ret
-
-
-def probe_trampoline(btf_id: int) -> None:
-    """Loads and attaches a no-op fmod_ret program on update_socket_protocol, then detaches it.
-
-    Raises OSError with the kernel's errno (EPERM here: the host refuses trampolines even to root).
-    """
-    insns = ctypes.create_string_buffer(_NOOP_INSNS, len(_NOOP_INSNS))
-    license_ = ctypes.create_string_buffer(b"GPL")
-    attr = bytearray(128)
-    struct.pack_into("<IIQQ", attr, 0, _BPF_PROG_TYPE_TRACING, 2,
-                     ctypes.addressof(insns), ctypes.addressof(license_))
-    attr[48:48 + 15] = b"mptcpize_probe".ljust(15, b"\0")
-    struct.pack_into("<I", attr, 68, _BPF_MODIFY_RETURN)
-    struct.pack_into("<I", attr, 108, btf_id)
-    prog_fd = _bpf_syscall(_BPF_PROG_LOAD, bytes(attr))
-    try:
-        link_fd = _bpf_syscall(_BPF_RAW_TRACEPOINT_OPEN, struct.pack("<QI4x", 0, prog_fd))
-        os.close(link_fd)
-    finally:
-        os.close(prog_fd)

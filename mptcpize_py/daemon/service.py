@@ -19,7 +19,7 @@ socket, then loop:
 
 Under systemd (Type=notify): READY=1 with a STATUS= summary once the program is attached and the
 policy loaded, STATUS= updates, watchdog pings from the main loop (a wedged loop gets restarted), and log
-records as journald entries with MPTCPIZE_* fields (journal.py).
+records as journald entries with MPTCPIZE_* fields (systemd.py).
 
 Control requests besides `status`: `register` (a `run` process puts itself, before exec, into the run
 tree: the fast path that spares `run` compiling its own program), `run_report` (that run's per-process
@@ -34,13 +34,21 @@ import os
 import signal
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
-from . import control, journal
-from .errors import MptcpizeError
-from .policy import DEFAULT_POLICY_DIR, Policy, PolicyError, check_unit_name, load_policy
-from .resolve import Resolved, resolve_policy
+from mptcpize_py.daemon import control
+from mptcpize_py.daemon.records import ProcRecord, alive
+from mptcpize_py.errors import MptcpizeError
+from mptcpize_py.host import procfs, systemd
+from mptcpize_py.host.netns import HOST_NETNS, NETNS_DIR, read_sysctl_in_netns
+from mptcpize_py.policy import (
+    DEFAULT_POLICY_DIR,
+    Policy,
+    PolicyError,
+    check_unit_name,
+    load_policy,
+)
+from mptcpize_py.resolve import Resolved, resolve_policy
 
 RESYNC_INTERVAL = 2.0
 POLL_MS = 200
@@ -49,31 +57,9 @@ MAX_RUN_RECORDS = 4096     # registered runs waiting for their run_report
 
 log = logging.getLogger("mptcpize_py.daemon")
 
-# Unit types whose cgroup holds processes directly (a slice only holds other units).
-_UNIT_SUFFIXES = (".service", ".scope", ".socket", ".mount", ".swap")
-
 
 # ---------------------------------------------------------------------------------------------------
 # Pure helpers
-
-
-def unit_of_cgroup(cgroup: str | None) -> str | None:
-    """The systemd unit owning a cgroup v2 path: the innermost component named like a unit with
-    processes ("/system.slice/nginx.service/x" -> "nginx.service"); None outside units."""
-    if not cgroup:
-        return None
-    for part in reversed(cgroup.strip("/").split("/")):
-        if part.endswith(_UNIT_SUFFIXES):
-            return part
-    return None
-
-
-def parse_proc_cgroup(text: str) -> str | None:
-    """The cgroup v2 path from /proc/PID/cgroup (the "0::/path" line)."""
-    for line in text.splitlines():
-        if line.startswith("0::"):
-            return line[3:] or "/"
-    return None
 
 
 def check_resolved(resolved: Resolved) -> None:
@@ -108,50 +94,6 @@ def dir_fingerprint(policy_dir: Path) -> tuple | None:
 # Process records (what we learn at a process's first upgrade event)
 
 
-@dataclass(frozen=True)
-class ProcRecord:
-    tgid: int
-    exe: str | None
-    cgroup: str | None
-    unit: str | None
-    rule_id: int
-    rule: str          # the rule's description when the event arrived (ids are renumbered on reload)
-    kind: str
-    starttime: str | None   # /proc/PID/stat field 22: tells a recycled pid from the same process
-
-
-def _read(path: str) -> str | None:
-    try:
-        with open(path, encoding="utf-8", errors="replace") as f:
-            return f.read()
-    except OSError:
-        return None
-
-
-def _starttime(tgid: int) -> str | None:
-    text = _read(f"/proc/{tgid}/stat")
-    if not text:
-        return None
-    try:
-        return text[text.rindex(")") + 2:].split()[19]
-    except (ValueError, IndexError):
-        return None
-
-
-def _exe(tgid: int) -> str | None:
-    try:
-        return os.readlink(f"/proc/{tgid}/exe")
-    except OSError:
-        return None
-
-
-def alive(rec: ProcRecord | None, tgid: int) -> bool:
-    st = _starttime(tgid)
-    if st is None:
-        return False
-    return rec is None or rec.starttime is None or rec.starttime == st
-
-
 # ---------------------------------------------------------------------------------------------------
 # The daemon
 
@@ -183,7 +125,7 @@ class Daemon:
         self.started = time.time()
         self.reloads = 0
         self.failed_reloads = 0
-        self.notifier = journal.Notifier()
+        self.notifier = systemd.Notifier()
         self._sync_lock = threading.Lock()   # reload/resync from the main loop vs. a `resync` request
         self._next_run_id = 1
         self._runs: dict[int, int] = {}      # run id -> registered pid
@@ -195,7 +137,7 @@ class Daemon:
         log.info("policy ok (%s); loading the BPF program", policy.summary())
         t0 = time.monotonic()
         if self.rewriter_factory is None:
-            from .bpf import Rewriter
+            from mptcpize_py.program.loader import Rewriter
             self.rw = Rewriter(all_netns=False, dry_run=self.dry_run)
         else:
             self.rw = self.rewriter_factory()
@@ -336,8 +278,6 @@ class Daemon:
         program the value of the namespaces we know (the host's and /run/netns/*), every resync."""
         if not self.dry_run or getattr(self.rw, "reads_netns_from_kernel", True):
             return
-        from .kernel import read_sysctl_in_netns
-        from .resolve import HOST_NETNS, NETNS_DIR
         paths = [HOST_NETNS]   # the daemon's own: the policy's "host" namespace
         try:
             paths += [os.path.join(NETNS_DIR, n) for n in sorted(os.listdir(NETNS_DIR))]
@@ -373,14 +313,13 @@ class Daemon:
         with self._lock:
             if ev.tgid in self._procs:
                 return
-        cgroup_text = _read(f"/proc/{ev.tgid}/cgroup")
-        cgroup = parse_proc_cgroup(cgroup_text) if cgroup_text else None
-        rec = ProcRecord(ev.tgid, _exe(ev.tgid), cgroup, unit_of_cgroup(cgroup), ev.rule_id,
-                         self._rule_desc(ev.rule_id), ev.kind, _starttime(ev.tgid))
+        cgroup = procfs.cgroup(ev.tgid)
+        rec = ProcRecord(ev.tgid, procfs.exe(ev.tgid), cgroup, systemd.unit_of_cgroup(cgroup),
+                         ev.rule_id, self._rule_desc(ev.rule_id), ev.kind, procfs.starttime(ev.tgid))
         with self._lock:
             self._procs[ev.tgid] = rec
         where = f"unit={rec.unit}" if rec.unit else f"cgroup={rec.cgroup or '?'}"
-        fields = journal.fields(pid=ev.tgid, exe=rec.exe, comm=ev.comm, rule=rec.rule,
+        fields = systemd.fields(pid=ev.tgid, exe=rec.exe, comm=ev.comm, rule=rec.rule,
                                 rule_id=ev.rule_id, kind=ev.kind, unit=rec.unit, cgroup=rec.cgroup,
                                 netns=ev.netns)
         log.info("%s pid=%d exe=%s rule=%s %s", self.verb, ev.tgid, rec.exe or f"?({ev.comm})",
@@ -428,7 +367,7 @@ class Daemon:
         run_id = req.get("run_id")
         if type(run_id) is not int or run_id not in self._runs:
             raise MptcpizeError(f"run_report: unknown run id {run_id!r}")
-        rows = [{"pid": s.tgid, "exe": _exe(s.tgid) or self.rw.exe_name(s.tgid),
+        rows = [{"pid": s.tgid, "exe": procfs.exe(s.tgid) or self.rw.exe_name(s.tgid),
                  "upgraded": s.upgraded}
                 for s in self.rw.proc_stats() if s.kind == "run" and s.rule_id == run_id]
         with self._lock:
@@ -479,7 +418,7 @@ class Daemon:
             rec = procs.get(st.tgid)
             rows.append({
                 "pid": st.tgid,
-                "exe": rec.exe if rec else _exe(st.tgid),
+                "exe": rec.exe if rec else procfs.exe(st.tgid),
                 "rule": rec.rule if rec else self._rule_desc(st.rule_id),
                 "rule_id": st.rule_id,
                 "kind": st.kind,
@@ -522,7 +461,7 @@ def run_daemon(policy_dir: Path = DEFAULT_POLICY_DIR, check_only: bool = False,
     if check_only:
         check(policy_dir)
         return 0
-    journal.use_journal_if_under_systemd()
+    systemd.use_journal_if_under_systemd()
     d = Daemon(policy_dir, dry_run=dry_run)
     d.install_signals()
     d.start()

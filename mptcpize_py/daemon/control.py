@@ -28,7 +28,6 @@ import fcntl
 import json
 import logging
 import os
-import re
 import selectors
 import socket
 import stat
@@ -39,7 +38,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Mapping
 
-from .errors import EXIT_NO_DAEMON, MptcpizeError, PermissionDenied
+from mptcpize_py.errors import EXIT_NO_DAEMON, MptcpizeError, PermissionDenied
+from mptcpize_py.host.procfs import parse_stat_ppid, parse_status_field
 
 DEFAULT_PATH = Path("/run/mptcpize-py/control")
 CONTROL_ENV = "MPTCPIZE_CONTROL"   # another path, for tests and side-by-side daemons
@@ -154,18 +154,6 @@ class LineReader:
 
 # ---------------------------------------------------------------------------------------------------
 # Registration check
-
-
-def parse_stat_ppid(text: str) -> int:
-    """The ppid field of /proc/PID/stat. comm (field 2) may hold spaces and ')': split after the last
-    ')'; then come state, ppid."""
-    rest = text[text.rindex(")") + 1:].split()
-    return int(rest[1])
-
-
-def parse_status_field(text: str, name: str) -> str | None:
-    m = re.search(rf"^{re.escape(name)}:\s*(.*)$", text, re.M)
-    return m.group(1).strip() if m else None
 
 
 def check_registrant(pid, peer: Ucred, proc: str = "/proc") -> None:

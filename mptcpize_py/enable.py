@@ -33,23 +33,21 @@ import errno
 import os
 import shutil
 import stat
-import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .errors import MptcpizeError, PermissionDenied, Unavailable, UsageError
-from .policy import NAME_MAX, check_unit_name
+from mptcpize_py.errors import MptcpizeError, PermissionDenied, Unavailable, UsageError
+from mptcpize_py.host import files, systemd
+from mptcpize_py.policy import NAME_MAX, check_unit_name
+from mptcpize_py.support import kernel_support
 
 SERVICE = "mptcpize-py.service"
 DROPIN_NAME = "mptcpize-py.conf"
 POLICY_PREFIX, POLICY_SUFFIX = "unit-", ".toml"
 MARKER = "# Managed by mptcpize-py enable/disable"
 CREATED_MARKER = ".created-by-mptcpize-py-enable"
-SYSTEMD_RUNTIME = "/run/systemd/system"   # sd_booted(3): PID 1 is systemd when this directory exists
-SYSTEMCTL_TIMEOUT = 30.0
 RESTART_TIMEOUT = 300.0
-FILE_MODE = 0o644                          # policy.py refuses group/world-writable files
 DIR_MODE = 0o755
 # Characters we write into ExecStartPre= unquoted: no whitespace, quotes, '\\' or '%' (a specifier).
 _EXEC_PATH_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789/._+-@")
@@ -205,41 +203,6 @@ def _not_ours(path: Path, why: str) -> MptcpizeError:
                          hint="move it away (it is not ours), then run the command again")
 
 
-def _fsync_dir(d: Path) -> None:
-    fd = os.open(d, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    """Temporary file in the same directory (hidden, so neither systemd nor the policy loader reads
-    it half-written), fsync, rename over `path`, fsync the directory."""
-    tmp = path.parent / f".{path.name}.tmp-{os.getpid()}"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, FILE_MODE)
-    try:
-        try:
-            os.fchmod(fd, FILE_MODE)  # the umask may have narrowed it; policy.py wants no g/o write
-            os.write(fd, text.encode())
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    _fsync_dir(path.parent)
-
-
-def _remove_file(path: Path) -> None:
-    os.unlink(path)
-    _fsync_dir(path.parent)
-
-
 @dataclass
 class _Transaction:
     """What enable changed so far, so a failure can put everything back (nothing half-applied)."""
@@ -257,13 +220,13 @@ class _Transaction:
             self.created_dirs.append(p)
             os.chmod(p, DIR_MODE)  # umask; policy.py refuses a group/world-writable directory
             (p / CREATED_MARKER).touch(mode=0o644)
-            _fsync_dir(p.parent)
+            files.fsync_dir(p.parent)
 
     def write(self, path: Path, text: str) -> bool:
         old = _read_ours(path)
         if old == text:
             return False
-        _write_atomic(path, text)
+        files.write_atomic(path, text)
         self.written.append((path, old))
         return True
 
@@ -271,9 +234,9 @@ class _Transaction:
         for path, old in reversed(self.written):
             try:
                 if old is None:
-                    _remove_file(path)
+                    files.remove_durably(path)
                 else:
-                    _write_atomic(path, old)
+                    files.write_atomic(path, old)
             except OSError:
                 pass
         for d in reversed(self.created_dirs):
@@ -321,7 +284,7 @@ def remove_files(unit: str, tree: Tree = REAL) -> list[Path]:
     removed: list[Path] = []
     try:
         for p in present:
-            _remove_file(p)
+            files.remove_durably(p)
             removed.append(p)
         for d in (tree.dropin(unit).parent, tree.policy_dir, tree.policy_dir.parent):
             if _remove_created_dir(d):
@@ -343,7 +306,7 @@ def _remove_created_dir(d: Path) -> bool:
         return False   # not ours, or still in use
     os.unlink(d / CREATED_MARKER)
     os.rmdir(d)
-    _fsync_dir(d.parent)
+    files.fsync_dir(d.parent)
     return True
 
 
@@ -370,96 +333,6 @@ def enabled_units(tree: Tree = REAL) -> list[str]:
 # systemd
 
 
-def systemd_running(runtime_dir: str = SYSTEMD_RUNTIME) -> bool:
-    return os.path.isdir(runtime_dir)
-
-
-def systemctl(*args: str, timeout: float = SYSTEMCTL_TIMEOUT) -> subprocess.CompletedProcess:
-    """Runs systemctl with an argv list (never a shell), a fixed PATH, no pager, C locale."""
-    exe = shutil.which("systemctl", path="/usr/bin:/bin:/usr/sbin:/sbin")
-    if exe is None:
-        raise Unavailable("systemctl not found", hint="enable needs systemd")
-    try:
-        return subprocess.run([exe, *args], capture_output=True, text=True, timeout=timeout,
-                              stdin=subprocess.DEVNULL,
-                              env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "SYSTEMD_PAGER": "",
-                                   "LC_ALL": "C"})
-    except subprocess.TimeoutExpired:
-        raise MptcpizeError(f"systemctl {args[0]} did not finish within {timeout:g} s") from None
-    except OSError as e:
-        raise MptcpizeError(f"cannot run {exe}: {e.strerror}") from None
-
-
-def _first_line(proc: subprocess.CompletedProcess) -> str:
-    return (proc.stderr.strip().splitlines() or proc.stdout.strip().splitlines()
-            or [f"exit status {proc.returncode}"])[0]
-
-
-def _not_running() -> Unavailable:
-    return Unavailable("systemd is not running (PID 1 is not systemd): enable and disable manage "
-                       "systemd drop-ins",
-                       hint="without systemd use `mptcpize-py run CMD`, or the daemon with an exe or "
-                            "cgroup rule")
-
-
-def unit_properties(unit: str, *props: str) -> dict[str, str]:
-    proc = systemctl("show", *(f"--property={p}" for p in props), "--", unit)
-    if proc.returncode != 0:
-        if not systemd_running():
-            raise _not_running()
-        raise MptcpizeError(f"cannot ask systemd about {unit}: {_first_line(proc)}")
-    out = {}
-    for line in proc.stdout.splitlines():
-        key, sep, value = line.partition("=")
-        if sep:
-            out[key] = value
-    return out
-
-
-def known_unit(unit: str) -> str:
-    """The name systemd knows `unit` by (an alias resolves to its unit); raises when systemd does not
-    know it or cannot load it."""
-    props = unit_properties(unit, "Id", "LoadState")
-    state = props.get("LoadState", "")
-    if state == "not-found":
-        stem = unit.split("@")[0] if "@" in unit else unit.rsplit(".", 1)[0]
-        hint = (f"check the name: systemctl list-units --all '{stem}*'"
-                + (f"; an instance needs its template {stem}@.service" if "@" in unit else ""))
-        raise MptcpizeError(f"systemd does not know {unit}", hint=hint)
-    if state == "masked":
-        raise MptcpizeError(f"{unit} is masked: it cannot start, so there is nothing to upgrade",
-                            hint=f"systemctl unmask {unit}")
-    if state != "loaded":
-        raise MptcpizeError(f"systemd cannot load {unit} (LoadState={state or '?'})",
-                            hint=f"systemctl status {unit}")
-    return props.get("Id") or unit
-
-
-def bpf_problems() -> list[tuple[str, str, str | None]]:
-    """(check, detail, hint) for each kernel prerequisite of the daemon that fails here; empty when the
-    BPF path is usable. The kernel checks of `mptcpize-py check` (probe.py), without its bcc import,
-    compile test and per-namespace netlink queries: those cost seconds (~10 s under qemu TCG), and a
-    missing bcc or header package is the daemon's to report at start, not a property of the kernel."""
-    from . import kernel
-    try:
-        facts = kernel.read_hook_facts()
-    except MptcpizeError as e:
-        return [("kernel hook", e.message, e.hint)]
-    if facts.update_socket_protocol_id is None:
-        return [("kernel hook", "update_socket_protocol is not in the kernel's BTF",
-                 "the daemon needs Linux >= 6.6 with CONFIG_DEBUG_INFO_BTF=y")]
-    problems = []
-    try:
-        kernel.probe_trampoline(facts.update_socket_protocol_id)
-    except OSError as e:
-        problems.append(("bpf trampoline", f"fmod_ret load/attach refused: {e.strerror}",
-                         "this kernel refuses BPF trampolines (fentry/fmod_ret)"))
-    if facts.mptcp_enabled_offset is None or not kernel.read_kallsyms_address("mptcp_pernet_id"):
-        problems.append(("netns guard", "cannot read net.mptcp.enabled per namespace (mptcp_pernet_id "
-                         "in /proc/kallsyms, struct mptcp_pernet in BTF)", "needs CONFIG_KALLSYMS_ALL=y"))
-    return problems
-
-
 # ---------------------------------------------------------------------------------------------------
 # The two commands
 
@@ -482,16 +355,16 @@ def enable(unit: str, now: bool = False) -> Outcome:
     validate_service_name(unit)
     _require_root()
     # Cheap refusals first (an unknown unit is the likely typo); the kernel probe loads a program.
-    running = systemd_running()
-    name = validate_service_name(known_unit(unit)) if running else unit
-    problems = bpf_problems()
+    running = systemd.booted()
+    name = validate_service_name(systemd.known_unit(unit)) if running else unit
+    problems = kernel_support().problems
     if problems:
         raise Unavailable("the BPF backend the daemon needs is unusable here: "
-                          + "; ".join(f"{check}: {detail}" for check, detail, _ in problems),
-                          hint=(problems[0][2] + "; " if problems[0][2] else "")
+                          + "; ".join(f"{c.name}: {c.detail}" for c in problems),
+                          hint=(problems[0].hint + "; " if problems[0].hint else "")
                           + "details: mptcpize-py check")
     if not running:
-        raise _not_running()
+        raise systemd.not_running()
     out = Outcome(name)
     if name != unit:
         out.lines.append(f"{unit} is an alias of {name}: enabling {name}")
@@ -504,20 +377,20 @@ def enable(unit: str, now: bool = False) -> Outcome:
     except BaseException:
         if changed:   # systemd did not take it: leave /etc as it was
             tx.rollback()
-            systemctl("daemon-reload")
+            systemd.systemctl("daemon-reload")
         raise
     if changed:
         out.lines.append(f"enabled {name}: wrote {', '.join(out.changed)}")
     else:
         out.lines.append(f"{name} is already enabled: nothing changed")
-    if unit_properties(SERVICE, "LoadState").get("LoadState") != "loaded":
+    if systemd.unit_properties(SERVICE, "LoadState").get("LoadState") != "loaded":
         out.warnings.append(f"{SERVICE} is not installed: {name} stays TCP until it is "
                             "(make install-units)")
     out.warnings.extend(policy_warnings(name))
     if now:
-        proc = systemctl("restart", "--", name, timeout=RESTART_TIMEOUT)
+        proc = systemd.systemctl("restart", "--", name, timeout=RESTART_TIMEOUT)
         if proc.returncode != 0:
-            raise MptcpizeError(f"{name} is enabled, but restarting it failed: {_first_line(proc)}",
+            raise MptcpizeError(f"{name} is enabled, but restarting it failed: {systemd.first_line(proc)}",
                                 hint=f"systemctl status {name}; journalctl -u {name}")
         out.lines.append(f"restarted {name}: its sockets are MPTCP from now on")
     elif changed:
@@ -532,10 +405,10 @@ def _apply(name: str, changed: list[Path]) -> None:
     ours = str(REAL.dropin(name))
     if changed:
         _daemon_reload()
-    paths = unit_properties(name, "DropInPaths").get("DropInPaths", "").split()
+    paths = systemd.unit_properties(name, "DropInPaths").get("DropInPaths", "").split()
     if ours not in paths and not changed:
         _daemon_reload()
-        paths = unit_properties(name, "DropInPaths").get("DropInPaths", "").split()
+        paths = systemd.unit_properties(name, "DropInPaths").get("DropInPaths", "").split()
     if ours not in paths:
         raise MptcpizeError(f"systemd does not apply {ours} to {name} (its drop-ins: "
                             f"{' '.join(paths) or 'none'})",
@@ -543,14 +416,14 @@ def _apply(name: str, changed: list[Path]) -> None:
 
 
 def _daemon_reload() -> None:
-    proc = systemctl("daemon-reload", timeout=RESTART_TIMEOUT)
+    proc = systemd.systemctl("daemon-reload", timeout=RESTART_TIMEOUT)
     if proc.returncode != 0:
-        raise MptcpizeError(f"systemctl daemon-reload failed: {_first_line(proc)}")
+        raise MptcpizeError(f"systemctl daemon-reload failed: {systemd.first_line(proc)}")
 
 
 def policy_warnings(name: str, tree: Tree = REAL, owner_uid: int = 0) -> list[str]:
     """The record only helps if the daemon can load the policy and no deny rule beats it."""
-    from .policy import PolicyError, load_policy
+    from mptcpize_py.policy import PolicyError, load_policy
     try:
         pol = load_policy(tree.policy_dir, owner_uid=owner_uid)
     except PolicyError as e:
@@ -564,9 +437,9 @@ def disable(unit: str, now: bool = False) -> Outcome:
     validate_service_name(unit)
     _require_root()
     name = unit
-    running = systemd_running()
+    running = systemd.booted()
     if running:
-        props = unit_properties(unit, "Id", "LoadState")
+        props = systemd.unit_properties(unit, "Id", "LoadState")
         if props.get("LoadState") != "not-found" and props.get("Id"):
             name = props["Id"]   # an alias: enable wrote the files under the unit's own name
     out = Outcome(name)
@@ -579,9 +452,9 @@ def disable(unit: str, now: bool = False) -> Outcome:
         _daemon_reload()
     out.lines.append(f"disabled {name}: removed {', '.join(out.changed)}")
     if now and running:
-        proc = systemctl("try-restart", "--", name, timeout=RESTART_TIMEOUT)
+        proc = systemd.systemctl("try-restart", "--", name, timeout=RESTART_TIMEOUT)
         if proc.returncode != 0:
-            raise MptcpizeError(f"{name} is disabled, but restarting it failed: {_first_line(proc)}",
+            raise MptcpizeError(f"{name} is disabled, but restarting it failed: {systemd.first_line(proc)}",
                                 hint=f"systemctl status {name}")
         out.lines.append(f"restarted {name} (if it was running): its new sockets are plain TCP")
     elif running:

@@ -1,22 +1,69 @@
-"""What this kernel and host can do: each check really tries the thing, nothing is inferred from versions."""
+"""MPTCP path management per network namespace: endpoints and limits (the only pyroute2 importer),
+and what they mean for a connection made or accepted there (`check`)."""
 
-import errno
 import os
 from dataclasses import dataclass, field
 
-from . import bpf, kernel, mptcp
-from .errors import MptcpizeError
+from mptcpize_py.errors import MptcpizeError
+from mptcpize_py.host import procfs
+from mptcpize_py.host.netns import NETNS_DIR, in_netns, netns_names, read_sysctl
 
-OK, WARN, FAIL = "ok", "warn", "fail"
+
+@dataclass(frozen=True)
+class Endpoint:
+    address: str
+    ifname: str | None
+    flags: tuple[str, ...]
+    id: int
 
 
-@dataclass
-class Check:
-    name: str
-    status: str          # ok / warn / fail
-    detail: str
-    hint: str | None = None
-    required: bool = True  # a failed required check means `run` cannot upgrade
+@dataclass(frozen=True)
+class PathManagerState:
+    endpoints: tuple[Endpoint, ...]
+    subflows: int
+    add_addr_accepted: int
+
+
+_FLAG_BITS = {1: "signal", 2: "subflow", 4: "backup", 8: "fullmesh"}
+
+
+def path_manager_state() -> PathManagerState:
+    """Endpoints and limits of the in-kernel path manager of the current network namespace."""
+    try:
+        from pyroute2 import MPTCP
+        from pyroute2.netlink.exceptions import NetlinkError
+    except ImportError as e:
+        raise MptcpizeError(f"pyroute2 not importable: {e}", hint="pip install pyroute2") from None
+    try:
+        with MPTCP() as m:
+            limits = m.limits("show")[0]
+            eps = m.endpoint("show")
+    except (NetlinkError, OSError) as e:
+        raise MptcpizeError(f"cannot read MPTCP path manager: {e}") from None
+    endpoints = []
+    for ep in eps:
+        addr = ep.get_nested("MPTCP_PM_ATTR_ADDR", "MPTCP_PM_ADDR_ATTR_ADDR4") or \
+            ep.get_nested("MPTCP_PM_ATTR_ADDR", "MPTCP_PM_ADDR_ATTR_ADDR6")
+        flag_bits = ep.get_nested("MPTCP_PM_ATTR_ADDR", "MPTCP_PM_ADDR_ATTR_FLAGS") or 0
+        ifindex = ep.get_nested("MPTCP_PM_ATTR_ADDR", "MPTCP_PM_ADDR_ATTR_IF_IDX")
+        ep_id = ep.get_nested("MPTCP_PM_ATTR_ADDR", "MPTCP_PM_ADDR_ATTR_ID") or 0
+        endpoints.append(Endpoint(str(addr), _ifname(ifindex),
+                                  tuple(n for b, n in _FLAG_BITS.items() if flag_bits & b), ep_id))
+    return PathManagerState(tuple(endpoints), limits.get("MPTCP_PM_ATTR_SUBFLOWS") or 0,
+                            limits.get("MPTCP_PM_ATTR_RCV_ADD_ADDRS") or 0)
+
+
+def _ifname(ifindex: int | str | None) -> str | None:
+    if isinstance(ifindex, str):
+        # pyroute2 0.9 decodes MPTCP_PM_ADDR_ATTR_IF_IDX as hex bytes ("01:00:00:00"): a native s32.
+        ifindex = int.from_bytes(bytes.fromhex(ifindex.replace(":", "")), "little", signed=True)
+    if not ifindex:
+        return None
+    import socket
+    try:
+        return socket.if_indextoname(ifindex)
+    except OSError:
+        return str(ifindex)
 
 
 @dataclass
@@ -39,118 +86,24 @@ class NetnsPaths:
     notes: list[PathNote] = field(default_factory=list)
 
 
-@dataclass
-class Report:
-    checks: list[Check] = field(default_factory=list)
-    backend: str | None = None
-    backend_reason: str = ""
-    path_management: list[NetnsPaths] = field(default_factory=list)
-
-    @property
-    def run_can_upgrade(self) -> bool:
-        return self.backend is not None
-
-
-def _errno_text(e: OSError) -> str:
-    name = errno.errorcode.get(e.errno or 0, "?")
-    return f"{e.strerror} ({name})"
-
-
-def run_checks(compile_test: bool = True) -> Report:
-    rep = Report()
-    add = rep.checks.append
-
-    try:
-        facts = kernel.read_hook_facts()
-    except MptcpizeError as e:
-        facts = None
-        add(Check("kernel hook", FAIL, e.message, e.hint))
-    if facts is not None:
-        if facts.update_socket_protocol_id is None:
-            add(Check("kernel hook", FAIL, "update_socket_protocol is not in the kernel's BTF",
-                      "Linux >= 6.6 with CONFIG_DEBUG_INFO_BTF=y is needed for the BPF backend"))
-        else:
-            add(Check("kernel hook", OK,
-                      f"update_socket_protocol in BTF (id {facts.update_socket_protocol_id})"))
-
-    hook_ok = facts is not None and facts.update_socket_protocol_id is not None
-    if hook_ok:
-        try:
-            kernel.probe_trampoline(facts.update_socket_protocol_id)
-            add(Check("bpf trampoline", OK, "fmod_ret program loaded and attached"))
-        except OSError as e:
-            hint = ("this kernel refuses BPF trampolines (fentry/fmod_ret); run on a kernel that allows "
-                    "them" if e.errno == errno.EPERM and os.geteuid() == 0 else
-                    "run as root" if e.errno == errno.EPERM else None)
-            add(Check("bpf trampoline", FAIL, f"fmod_ret load/attach refused: {_errno_text(e)}", hint))
-    else:
-        add(Check("bpf trampoline", FAIL, "not tried: no hook to attach to", "see 'kernel hook' above"))
-
-    pernet_addr = kernel.read_kallsyms_address("mptcp_pernet_id")
-    if facts is not None and facts.mptcp_enabled_offset is not None and pernet_addr:
-        add(Check("netns guard", OK, "net.mptcp.enabled readable per namespace "
-                  f"(mptcp_pernet_id, mptcp_enabled at +{facts.mptcp_enabled_offset})"))
-    else:
-        missing = [what for what, ok in (
-            ("mptcp_pernet_id in /proc/kallsyms", pernet_addr),
-            ("struct mptcp_pernet.mptcp_enabled in BTF",
-             facts is not None and facts.mptcp_enabled_offset is not None)) if not ok]
-        add(Check("netns guard", FAIL, "cannot read net.mptcp.enabled per namespace: missing "
-                  + ", ".join(missing),
-                  "needs CONFIG_KALLSYMS_ALL=y and root (kptr_restrict hides addresses otherwise)"))
-
-    status = bpf.toolchain_status(compile_test=compile_test)
-    add(Check("bcc", OK if status.ok else FAIL, status.detail, status.hint))
-
-    enabled = kernel.read_sysctl("net.mptcp.enabled")
-    if enabled == "1":
-        add(Check("net.mptcp.enabled", OK, "1 in this network namespace", required=False))
-    else:
-        add(Check("net.mptcp.enabled", WARN,
-                  f"{enabled if enabled is not None else 'absent'} in this network namespace: "
-                  "sockets created here stay TCP",
-                  "sysctl -w net.mptcp.enabled=1", required=False))
-
-    rep.path_management = path_management()
-
-    failed = [c.name for c in rep.checks if c.required and c.status == FAIL]
-    if not failed:
-        rep.backend, rep.backend_reason = "bpf", "fmod_ret on update_socket_protocol works here"
-        return rep
-    from . import seccomp
-    try:
-        seccomp.probe()
-        add(Check("seccomp notify", OK, "user notification with ADDFD+SEND works", required=False))
-        rep.backend, rep.backend_reason = "seccomp", ("BPF backend unusable (" + ", ".join(failed)
-                                                      + "); seccomp user notification works")
-    except MptcpizeError as e:
-        add(Check("seccomp notify", FAIL, e.message, e.hint, required=False))
-        rep.backend, rep.backend_reason = None, "BPF backend unusable: " + ", ".join(failed)
-    return rep
-
-
-# ---------------------------------------------------------------------------------------------------
-# Path management, per network namespace
-
-
 def _read_path_manager() -> str | None:
     """net.mptcp.path_manager (Linux >= 6.15: "kernel"/"userspace"), else net.mptcp.pm_type
     (5.19+: 0 in-kernel, 1 userspace); None before 5.19 (in-kernel only)."""
-    pm = kernel.read_sysctl("net.mptcp.path_manager")
+    pm = read_sysctl("net.mptcp.path_manager")
     if pm:
         return pm
-    return {"0": "kernel", "1": "userspace"}.get(kernel.read_sysctl("net.mptcp.pm_type") or "", None)
+    return {"0": "kernel", "1": "userspace"}.get(read_sysctl("net.mptcp.pm_type") or "", None)
 
 
 def _netns_facts(name: str) -> NetnsPaths:
-    """What the calling thread's namespace has (run through mptcpdiag.in_netns for another one)."""
-    facts = NetnsPaths(name, enabled=kernel.read_sysctl("net.mptcp.enabled"),
+    """What the calling thread's namespace has (run through in_netns for another one)."""
+    facts = NetnsPaths(name, enabled=read_sysctl("net.mptcp.enabled"),
                        path_manager=_read_path_manager())
     if facts.enabled is None:
         facts.error = "no net.mptcp sysctls: this kernel has no MPTCP (CONFIG_MPTCP)"
         return facts
     try:
-        pm = mptcp.path_manager_state()
+        pm = path_manager_state()
     except MptcpizeError as e:
         facts.error = e.message
         return facts
@@ -208,15 +161,11 @@ def explain_paths(facts: NetnsPaths, ns_name: str | None = None) -> list[PathNot
     return notes
 
 
-def path_management(netns_dir: str = "/run/netns") -> list[NetnsPaths]:
+def path_management(netns_dir: str = NETNS_DIR) -> list[NetnsPaths]:
     """The caller's namespace, then (as root) every namespace named in /run/netns."""
-    from . import mptcpdiag
-    names = mptcpdiag.netns_names(netns_dir)
+    names = netns_names(netns_dir)
     own = os.stat("/proc/thread-self/ns/net").st_ino
-    try:
-        host = os.stat("/proc/1/ns/net").st_ino
-    except OSError:
-        host = None
+    host = procfs.netns_inum(1)
     own_name = "host" if own == host else names.get(own, f"current (inum:{own})")
     facts = _netns_facts(own_name)
     facts.notes = explain_paths(facts, names.get(own))
@@ -231,7 +180,7 @@ def path_management(netns_dir: str = "/run/netns") -> list[NetnsPaths]:
         if inum == own:
             continue
         try:
-            facts = mptcpdiag.in_netns(os.path.join(netns_dir, name), lambda n=name: _netns_facts(n))
+            facts = in_netns(os.path.join(netns_dir, name), lambda n=name: _netns_facts(n))
         except MptcpizeError as e:   # deleted meanwhile, ...
             facts = NetnsPaths(name, error=e.message)
         facts.notes = explain_paths(facts, name)

@@ -1,0 +1,91 @@
+"""Files: atomic replacement, durable removal, opening without /proc magic links, dev_t encoding."""
+
+import ctypes
+import errno
+import os
+import struct
+import tempfile
+from pathlib import Path
+
+_SYS_OPENAT2 = 437   # x86_64
+_AT_FDCWD = -100
+_RESOLVE_NO_MAGICLINKS = 0x02
+_libc = None
+
+
+def mkdev(major: int, minor: int) -> int:
+    """The kernel's internal dev_t encoding (include/linux/kdev_t.h MKDEV: major << 20 | minor)."""
+    return (major << 20) | minor
+
+
+def kernel_dev(st_dev: int) -> int:
+    """The kernel's internal dev_t for a userspace st_dev."""
+    return mkdev(os.major(st_dev), os.minor(st_dev))
+
+
+def parse_fdinfo(text: str) -> dict[str, str]:
+    """/proc/PID/fdinfo/FD 'key:\\tvalue' lines -> {key: value} (the first lines; later ones are
+    per-file-type extras)."""
+    out = {}
+    for line in text.splitlines():
+        key, sep, value = line.partition(":")
+        if sep:
+            out.setdefault(key.strip(), value.strip())
+    return out
+
+
+def open_no_magiclinks(path: str) -> int:
+    """open(path, O_PATH) following ordinary symlinks but no /proc magic links: a policy (or a symlink
+    in it) naming /proc/self/exe or /proc/PID/fd/N would otherwise resolve to whatever that process
+    runs, the daemon itself included. openat2(RESOLVE_NO_MAGICLINKS); plain open() before Linux 5.6."""
+    global _libc
+    if _libc is None:
+        _libc = ctypes.CDLL(None, use_errno=True)
+        _libc.syscall.restype = ctypes.c_long
+    how = struct.pack("=QQQ", os.O_PATH | os.O_CLOEXEC, 0, _RESOLVE_NO_MAGICLINKS)
+    fd = _libc.syscall(ctypes.c_long(_SYS_OPENAT2), ctypes.c_int(_AT_FDCWD), os.fsencode(path),
+                       ctypes.c_char_p(how), ctypes.c_size_t(len(how)))
+    if fd >= 0:
+        return fd
+    err = ctypes.get_errno()
+    if err in (errno.ENOSYS, errno.EPERM):  # no openat2, or a seccomp filter that refuses it
+        return os.open(path, os.O_PATH | os.O_CLOEXEC)
+    raise OSError(err, os.strerror(err), path)
+
+
+
+
+def fsync_dir(d: Path) -> None:
+    fd = os.open(d, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_atomic(path: str | Path, text: str, mode: int = 0o644) -> None:
+    """Replaces `path` with `text` at once: a hidden temporary file in the same directory (neither
+    systemd, the policy loader nor a textfile collector reads it half-written), fsync, rename over
+    `path`, fsync the directory. Raises OSError."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        try:
+            os.fchmod(fd, mode)  # mkstemp makes 0600; the umask must not narrow what readers need
+            os.write(fd, text.encode())
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    fsync_dir(path.parent)
+
+
+def remove_durably(path: Path) -> None:
+    os.unlink(path)
+    fsync_dir(path.parent)

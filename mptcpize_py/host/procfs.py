@@ -1,0 +1,126 @@
+"""Processes, as /proc shows them: the few fields we read, each parsed in one place.
+
+Every reader returns None when the process is gone or not ours to inspect: a pid is a moment's name.
+"""
+
+import os
+import re
+from typing import Iterable
+
+PROC = "/proc"
+
+
+def read_text(path: str) -> str | None:
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            return f.read()
+    except OSError:
+        return None
+
+
+def stat_fields(text: str) -> list[str]:
+    """/proc/PID/stat fields after comm (field 2, which may hold spaces and ')'): [state, ppid, ...];
+    starttime (field 22) is index 19."""
+    return text[text.rindex(")") + 2:].split()
+
+
+def parse_stat_ppid(text: str) -> int:
+    return int(stat_fields(text)[1])
+
+
+def parent_pid(pid: int, proc: str = PROC) -> int | None:
+    text = read_text(f"{proc}/{pid}/stat")
+    try:
+        return parse_stat_ppid(text) if text else None
+    except (ValueError, IndexError):
+        return None
+
+
+def starttime(pid: int, proc: str = PROC) -> str | None:
+    """Clock ticks after boot at which the process started: tells a recycled pid from the same process."""
+    text = read_text(f"{proc}/{pid}/stat")
+    try:
+        return stat_fields(text)[19] if text else None
+    except (ValueError, IndexError):
+        return None
+
+
+def exe(pid: int | str, proc: str = PROC) -> str | None:
+    try:
+        return os.readlink(f"{proc}/{pid}/exe")
+    except OSError:
+        return None
+
+
+def parse_cgroup(text: str) -> str | None:
+    """The cgroup v2 path from /proc/PID/cgroup (the "0::/path" line). Lines end at "\n" only: a
+    cgroup name may hold other line breaks (\v, \f, \x1c…) that str.splitlines() would split on."""
+    for line in text.split("\n"):
+        if line.startswith("0::"):
+            return line[3:] or "/"
+    return None
+
+
+def cgroup(pid: int | str, proc: str = PROC) -> str | None:
+    text = read_text(f"{proc}/{pid}/cgroup")
+    return parse_cgroup(text) if text else None
+
+
+def parse_status_field(text: str, name: str) -> str | None:
+    m = re.search(rf"^{re.escape(name)}:\s*(.*)$", text, re.M)
+    return m.group(1).strip() if m else None
+
+
+def netns_inum(pid: int | str, proc: str = PROC) -> int | None:
+    """The inum of a process's network namespace (None: gone or not ours to see)."""
+    try:
+        return os.stat(f"{proc}/{pid}/ns/net").st_ino
+    except OSError:
+        return None
+
+
+CAPABILITY_BITS = {"CAP_SYS_ADMIN": 21, "CAP_SYSLOG": 34, "CAP_PERFMON": 38, "CAP_BPF": 39}
+
+
+def missing_capabilities(names: Iterable[str], status_text: str | None = None) -> list[str]:
+    """Those of `names` not in this process's effective capability set (/proc/self/status CapEff)."""
+    if status_text is None:
+        status_text = read_text(f"{PROC}/self/status")
+        if status_text is None:
+            return []
+    for line in status_text.splitlines():
+        if line.startswith("CapEff:"):
+            eff = int(line.split()[1], 16)
+            return [n for n in names if not eff >> CAPABILITY_BITS[n] & 1]
+    return []
+
+
+def socket_owners(inodes: Iterable[int] | None = None, proc: str = PROC) -> dict[int, list[int]]:
+    """{socket inode: [pids holding an fd to it]}, pids ascending. Only `inodes` when given (a socket
+    inherited over fork is held by several processes). Processes we may not inspect are skipped."""
+    wanted = None if inodes is None else set(inodes)
+    owners: dict[int, list[int]] = {}
+    if wanted is not None and not wanted:
+        return owners
+    try:
+        pids = sorted(int(p) for p in os.listdir(proc) if p.isdigit())
+    except OSError:
+        return owners
+    for pid in pids:
+        fd_dir = f"{proc}/{pid}/fd"
+        try:
+            fds = os.listdir(fd_dir)
+        except OSError:
+            continue  # gone, or not ours to read
+        for fd in fds:
+            try:
+                target = os.readlink(f"{fd_dir}/{fd}")
+            except OSError:
+                continue
+            if target.startswith("socket:[") and target.endswith("]"):
+                ino = int(target[8:-1])
+                if wanted is None or ino in wanted:
+                    lst = owners.setdefault(ino, [])
+                    if not lst or lst[-1] != pid:
+                        lst.append(pid)
+    return owners

@@ -1,0 +1,324 @@
+"""systemd: the one `systemctl` runner, unit-name grammar and slices, booted-or-not, and (the only
+python3-systemd user) journald records and sd_notify.
+
+Under systemd the daemon's stderr is a journal stream ($JOURNAL_STREAM names its device:inode); then
+log records go to journald directly, so extra fields (MPTCPIZE_PID=, MPTCPIZE_RULE=, …) stay
+searchable: `journalctl -u mptcpize-py MPTCPIZE_RULE=…`. Without python3-systemd, notify() is a no-op
+unless systemd asked for notifications ($NOTIFY_SOCKET), which is then an error the caller reports.
+
+Unit names reach systemctl only as argv elements after "--", with a fixed PATH and a timeout.
+"""
+
+import logging
+import os
+import shutil
+import subprocess
+import sys
+
+from mptcpize_py.errors import MptcpizeError, Unavailable
+
+SYSTEMD_RUNTIME = "/run/systemd/system"   # sd_booted(3): PID 1 is systemd when this directory exists
+SYSTEMCTL_TIMEOUT = 30.0
+_SYSTEMCTL_ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "SYSTEMD_PAGER": "", "LC_ALL": "C"}
+
+# systemd unit -> cgroup path (pure). systemd v252 (Debian 12): src/basic/cgroup-util.c cg_escape(),
+# cg_slice_to_path(); src/core/unit.c unit_set_default_slice(), unit_default_cgroup_path();
+# src/basic/unit-name.c unit_name_escape().
+
+# cgroup_controller_table of systemd v252. v256 dropped the cgroup v1 names cpuacct and blkio, so a unit
+# named e.g. "blkio.service" is escaped by v252 and not by v256+: only `systemctl show` knows for sure.
+CGROUP_CONTROLLERS = ("cpu", "cpuacct", "cpuset", "io", "blkio", "memory", "devices", "pids",
+                      "bpf-firewall", "bpf-devices", "bpf-foreign", "bpf-socket-bind",
+                      "bpf-restrict-network-interfaces")
+_UNIT_VALID_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789:-_.\\")
+ROOT_SLICE = "-.slice"
+SYSTEM_SLICE = "system.slice"
+INIT_SCOPE = "init.scope"
+# Unit types whose cgroup holds processes directly (a slice only holds other units).
+_UNIT_SUFFIXES = (".service", ".scope", ".socket", ".mount", ".swap")
+
+IDENTIFIER = "mptcpize-py"
+
+
+class UnitNameError(ValueError):
+    """Why systemd's naming rules (or systemd itself) give no cgroup for a unit."""
+
+
+
+
+def cg_needs_escape(name: str) -> bool:
+    """systemd's cg_needs_escape(): names that could clash with kernel files get a '_' prefix."""
+    if name in ("", ".", "..") or "/" in name or len(name.encode()) > 255:
+        return True
+    if name[0] in "_.":
+        return True
+    if name in ("notify_on_release", "release_agent", "tasks") or name.startswith("cgroup."):
+        return True
+    return any(name.startswith(c + ".") for c in CGROUP_CONTROLLERS)
+
+
+def cg_escape(name: str) -> str:
+    return "_" + name if cg_needs_escape(name) else name
+
+
+def unit_name_escape(s: str) -> str:
+    """systemd's unit_name_escape(): '/' -> '-', a leading '.', '-', '\\' and anything outside the
+    unit name characters -> \\xNN (lower-case hex)."""
+    out = []
+    for i, c in enumerate(s):
+        if c == "/":
+            out.append("-")
+        elif (i == 0 and c == ".") or c in "-\\" or c not in _UNIT_VALID_CHARS:
+            out.extend(f"\\x{b:02x}" for b in c.encode())
+        else:
+            out.append(c)
+    return "".join(out)
+
+
+def _split_unit(unit: str) -> tuple[str, str | None, str]:
+    """'foo@bar.service' -> ('foo', 'bar', 'service'); 'foo.service' -> ('foo', None, 'service')."""
+    dot = unit.rfind(".")
+    if dot <= 0:
+        raise UnitNameError(f"{unit!r} has no unit type suffix")
+    name, suffix = unit[:dot], unit[dot + 1:]
+    prefix, at, instance = name.partition("@")
+    if not prefix:
+        raise UnitNameError(f"{unit!r} is not a valid unit name")
+    return prefix, (instance if at else None), suffix
+
+
+def slice_path(slice_name: str) -> str:
+    """systemd's slice nesting: 'a-b-c.slice' -> '/a.slice/a-b.slice/a-b-c.slice'; '-.slice' -> '/'.
+
+    Every '-' of the name is a level ('\\x2d' is how a literal dash is written); leading, trailing
+    and double dashes, and instance names (foo@bar.slice), are invalid, as in cg_slice_to_path().
+    """
+    if slice_name == ROOT_SLICE:
+        return "/"
+    prefix, instance, suffix = _split_unit(slice_name)
+    if suffix != "slice":
+        raise UnitNameError(f"{slice_name!r} is not a slice")
+    if instance is not None or "@" in slice_name:
+        raise UnitNameError(f"{slice_name!r} is not a valid slice name ('@' is not allowed)")
+    if prefix.startswith("-") or prefix.endswith("-") or "--" in prefix:
+        raise UnitNameError(f"{slice_name!r} is not a valid slice name (leading, trailing or double '-')")
+    parts = prefix.split("-")
+    levels = ["-".join(parts[:i + 1]) + ".slice" for i in range(len(parts))]
+    return "/" + "/".join(cg_escape(level) for level in levels)
+
+
+def default_slice(unit: str) -> str:
+    """The slice systemd (system manager) puts `unit` in when it has no Slice= setting."""
+    prefix, instance, suffix = _split_unit(unit)
+    if suffix == "slice":
+        # A slice's parent follows from its name (slice_build_parent_slice()).
+        dash = prefix.rfind("-")
+        return ROOT_SLICE if dash < 0 else prefix[:dash] + ".slice"
+    if unit == INIT_SCOPE:
+        return ROOT_SLICE
+    if instance is not None:
+        # Instances go to a per-template slice; the prefix's own '-' would nest, so it is escaped.
+        return f"system-{unit_name_escape(prefix)}.slice"
+    return SYSTEM_SLICE
+
+
+def unit_cgroup_path(unit: str, slice_name: str | None = None) -> str:
+    """The cgroup path of `unit` in slice `slice_name` (default: default_slice(unit)), as systemd's
+    unit_default_cgroup_path() builds it for a manager whose cgroup root is '/'."""
+    prefix, _, suffix = _split_unit(unit)
+    if suffix == "slice":
+        return slice_path(unit)
+    parent = slice_path(slice_name or default_slice(unit))
+    return parent.rstrip("/") + "/" + cg_escape(unit)
+
+
+def parse_show(text: str) -> dict[str, str]:
+    out = {}
+    for line in text.splitlines():
+        key, sep, value = line.partition("=")
+        if sep:
+            out[key] = value
+    return out
+
+
+def unit_of_cgroup(cgroup: str | None) -> str | None:
+    """The systemd unit owning a cgroup v2 path: the innermost component named like a unit with
+    processes ("/system.slice/nginx.service/x" -> "nginx.service"); None outside units."""
+    if not cgroup:
+        return None
+    for part in reversed(cgroup.strip("/").split("/")):
+        if part.endswith(_UNIT_SUFFIXES):
+            return part
+    return None
+
+
+def booted(runtime_dir: str = SYSTEMD_RUNTIME) -> bool:
+    return os.path.isdir(runtime_dir)
+
+
+def systemctl(*args: str, timeout: float = SYSTEMCTL_TIMEOUT,
+              exe: str | None = None) -> subprocess.CompletedProcess:
+    """Runs systemctl with an argv list (never a shell), a fixed PATH, no pager, C locale. `exe`: a
+    stand-in for tests. Raises Unavailable without systemctl, MptcpizeError on timeout."""
+    exe = exe or shutil.which("systemctl", path=_SYSTEMCTL_ENV["PATH"])
+    if exe is None:
+        raise Unavailable("systemctl not found", hint="this needs systemd")
+    try:
+        return subprocess.run([exe, *args], capture_output=True, text=True, timeout=timeout,
+                              stdin=subprocess.DEVNULL, env=_SYSTEMCTL_ENV)
+    except subprocess.TimeoutExpired:
+        raise MptcpizeError(f"systemctl {args[0]} did not finish within {timeout:g} s") from None
+    except OSError as e:
+        raise MptcpizeError(f"cannot run {exe}: {e.strerror}") from None
+
+
+def first_line(proc: subprocess.CompletedProcess) -> str:
+    return (proc.stderr.strip().splitlines() or proc.stdout.strip().splitlines()
+            or [f"exit status {proc.returncode}"])[0]
+
+
+def not_running() -> Unavailable:
+    return Unavailable("systemd is not running (PID 1 is not systemd): enable and disable manage "
+                       "systemd drop-ins",
+                       hint="without systemd use `mptcpize-py run CMD`, or the daemon with an exe or "
+                            "cgroup rule")
+
+
+def unit_properties(unit: str, *props: str) -> dict[str, str]:
+    proc = systemctl("show", *(f"--property={p}" for p in props), "--", unit)
+    if proc.returncode != 0:
+        if not booted():
+            raise not_running()
+        raise MptcpizeError(f"cannot ask systemd about {unit}: {first_line(proc)}")
+    return parse_show(proc.stdout)
+
+
+def known_unit(unit: str) -> str:
+    """The name systemd knows `unit` by (an alias resolves to its unit); raises when systemd does not
+    know it or cannot load it."""
+    props = unit_properties(unit, "Id", "LoadState")
+    state = props.get("LoadState", "")
+    if state == "not-found":
+        stem = unit.split("@")[0] if "@" in unit else unit.rsplit(".", 1)[0]
+        hint = (f"check the name: systemctl list-units --all '{stem}*'"
+                + (f"; an instance needs its template {stem}@.service" if "@" in unit else ""))
+        raise MptcpizeError(f"systemd does not know {unit}", hint=hint)
+    if state == "masked":
+        raise MptcpizeError(f"{unit} is masked: it cannot start, so there is nothing to upgrade",
+                            hint=f"systemctl unmask {unit}")
+    if state != "loaded":
+        raise MptcpizeError(f"systemd cannot load {unit} (LoadState={state or '?'})",
+                            hint=f"systemctl status {unit}")
+    return props.get("Id") or unit
+
+
+def unit_cgroup(unit: str, timeout: float = 2.0, exe: str | None = None) -> str:
+    """The cgroup path systemd gives `unit`: its ControlGroup= while it runs, else its Slice= (known
+    from the unit file even while inactive) joined with the unit's escaped name. Raises UnitNameError
+    with the reason when systemd cannot tell (then the caller falls back to unit_cgroup_path())."""
+    try:
+        proc = systemctl("show", "--property=ControlGroup", "--property=Slice", "--", unit,
+                         timeout=timeout, exe=exe)
+    except MptcpizeError as e:
+        raise UnitNameError(e.message) from None
+    if proc.returncode != 0:
+        raise UnitNameError(f"systemctl show {unit}: {first_line(proc)}")
+    props = parse_show(proc.stdout)
+    cg = props.get("ControlGroup", "")
+    if cg.startswith("/"):
+        return cg
+    slice_name = props.get("Slice", "")
+    if slice_name:
+        return unit_cgroup_path(unit, slice_name)
+    raise UnitNameError(f"systemd reports neither ControlGroup nor Slice for {unit}")
+
+
+# --- journald and sd_notify ------------------------------------------------------------------------
+
+IDENTIFIER = "mptcpize-py"
+
+
+def _systemd():
+    try:
+        from systemd import daemon, journal  # distro package python3-systemd
+        return daemon, journal
+    except ImportError:
+        return None, None
+
+
+def stderr_is_journal() -> bool:
+    """True when stderr is the journal stream systemd connected (its documented check)."""
+    value = os.environ.get("JOURNAL_STREAM", "")
+    try:
+        dev, ino = (int(x) for x in value.split(":"))
+        st = os.fstat(sys.stderr.fileno())
+    except (ValueError, OSError, AttributeError):
+        return False
+    return (st.st_dev, st.st_ino) == (dev, ino)
+
+
+def use_journal_if_under_systemd() -> bool:
+    """Sends the root logger's records to journald when stderr is the journal stream."""
+    if not stderr_is_journal():
+        return False
+    _, journal = _systemd()
+    if journal is None:
+        return False
+    root = logging.getLogger()
+    for h in list(root.handlers):
+        root.removeHandler(h)
+    handler = journal.JournalHandler(SYSLOG_IDENTIFIER=IDENTIFIER)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    root.addHandler(handler)
+    return True
+
+
+def fields(**values) -> dict:
+    """`extra=` for a log call: journald fields MPTCPIZE_<NAME>=value (None values left out). The
+    stderr formatter ignores them."""
+    return {f"MPTCPIZE_{k.upper()}": str(v) for k, v in values.items() if v is not None}
+
+
+class Notifier:
+    """sd_notify for a Type=notify service: READY/RELOADING/STATUS and watchdog pings."""
+
+    def __init__(self):
+        self.socket = os.environ.get("NOTIFY_SOCKET")
+        self._daemon, _ = _systemd()
+        usec = os.environ.get("WATCHDOG_USEC")
+        wpid = os.environ.get("WATCHDOG_PID")
+        try:
+            interval = int(usec) / 1e6 if usec and (not wpid or int(wpid) == os.getpid()) else None
+        except ValueError:
+            interval = None
+        # Ping at half the interval, as sd_watchdog_enabled(3) recommends.
+        self.watchdog_interval = interval / 2 if interval else None
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.socket)
+
+    def notify(self, *lines: str) -> None:
+        if not self.socket:
+            return
+        if self._daemon is None:
+            raise RuntimeError("systemd asked for notifications ($NOTIFY_SOCKET) but python3-systemd "
+                               "is not importable")
+        self._daemon.notify("\n".join(lines))
+
+    def ready(self, status: str) -> None:
+        self.notify("READY=1", f"STATUS={status}")
+
+    def reloading(self) -> None:
+        self.notify("RELOADING=1")
+
+    def status(self, status: str) -> None:
+        self.notify(f"STATUS={status}")
+
+    def watchdog(self) -> None:
+        self.notify("WATCHDOG=1")
+
+    def stopping(self) -> None:
+        self.notify("STOPPING=1", "STATUS=stopping: detaching the program")
+
+
