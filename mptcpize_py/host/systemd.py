@@ -152,8 +152,8 @@ def unit_of_cgroup(cgroup: str | None) -> str | None:
     return None
 
 
-def booted(runtime_dir: str = SYSTEMD_RUNTIME) -> bool:
-    return os.path.isdir(runtime_dir)
+def booted() -> bool:
+    return os.path.isdir(SYSTEMD_RUNTIME)
 
 
 def systemctl(*args: str, timeout: float = SYSTEMCTL_TIMEOUT,

@@ -1,4 +1,4 @@
-"""kernel.struct_offsets against an independent reader of the same BTF: bpftool's raw dump."""
+"""btf.struct_offsets against an independent reader of the same BTF: bpftool's raw dump."""
 
 import re
 import shutil
@@ -6,15 +6,16 @@ import subprocess
 
 import pytest
 
-from mptcpize_py import kernel
+from mptcpize_py.program import btf
 
-pytestmark = pytest.mark.skipif(shutil.which("bpftool") is None or not kernel.VMLINUX_BTF.exists(),
+
+pytestmark = pytest.mark.skipif(shutil.which("bpftool") is None or not btf.VMLINUX_BTF.exists(),
                                 reason="needs bpftool and /sys/kernel/btf/vmlinux")
 
 
 @pytest.fixture(scope="module")
 def raw_dump() -> str:
-    return subprocess.run(["bpftool", "btf", "dump", "file", str(kernel.VMLINUX_BTF), "format", "raw"],
+    return subprocess.run(["bpftool", "btf", "dump", "file", str(btf.VMLINUX_BTF), "format", "raw"],
                           capture_output=True, text=True, check=True).stdout
 
 
@@ -48,9 +49,9 @@ def type_name(dump: str, type_id: int) -> str:
     return m.group(1)
 
 
-@pytest.mark.parametrize("macro,struct,path,_size", kernel.STRUCT_FIELDS)
+@pytest.mark.parametrize("macro,struct,path,_size", btf.STRUCT_FIELDS)
 def test_offsets_match_bpftool(raw_dump, macro, struct, path, _size):
-    ours = kernel.read_struct_offsets()[macro]
+    ours = btf.read_struct_offsets()[macro]
     parts = path.split(".")
     if path == "ptr":   # net_generic.ptr sits in an anonymous union at offset 0
         assert ours == 0

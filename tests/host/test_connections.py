@@ -11,6 +11,8 @@ import time
 import pytest
 
 from mptcpize_py.diag import sockdiag
+from mptcpize_py.host import netns
+from mptcpize_py.host import procfs
 from tests.conftest import MPTCPIZE, PYTHON, mptcpize
 from tests.netlab import TwoPathLab
 
@@ -245,12 +247,12 @@ def test_dump_finds_our_sockets_with_owner_and_bytes():
             conns = sockdiag.dump()
             inodes = {name: os.fstat(s.fileno()).st_ino for name, s in
                       (("ls", ls), ("c", c), ("a", a), ("f", f))}
-            owners = sockdiag.socket_owners(inodes.values())
+            owners = procfs.socket_owners(inodes.values())
             for s in (ls, c, a, t, f, fa):
                 s.close()
             return conns, inodes, owners
 
-        conns, inodes, owners = sockdiag.in_netns("/run/netns/mzc-diag", scenario)
+        conns, inodes, owners = netns.in_netns("/run/netns/mzc-diag", scenario)
         assert os.stat("/proc/thread-self/ns/net").st_ino == before   # this thread never moved
         by_ino = {c.inode: c for c in conns}
         assert set(inodes.values()) <= set(by_ino)
@@ -272,8 +274,8 @@ def test_dump_finds_our_sockets_with_owner_and_bytes():
 def test_in_netns_errors():
     from mptcpize_py.errors import MptcpizeError
     with pytest.raises(MptcpizeError, match="no network namespace"):
-        sockdiag.in_netns("/run/netns/mzc-does-not-exist", sockdiag.dump)
+        netns.in_netns("/run/netns/mzc-does-not-exist", sockdiag.dump)
     with pytest.raises(MptcpizeError, match="not a network namespace"):
-        sockdiag.in_netns("/proc/self/ns/uts", sockdiag.dump)
+        netns.in_netns("/proc/self/ns/uts", sockdiag.dump)
     with pytest.raises(ZeroDivisionError):          # fn's own exception reaches the caller
-        sockdiag.in_netns("/proc/self/ns/net", lambda: 1 / 0)
+        netns.in_netns("/proc/self/ns/net", lambda: 1 / 0)

@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from mptcpize_py.resolve import find_cgroup2_mount, read_mounts
+from mptcpize_py.host.mounts import find_cgroup2_mount, read_mounts
 from tests.conftest import MPTCPIZE, is_root, mptcpize, start_daemon
 
 pytestmark = pytest.mark.skipif(not is_root(), reason="the daemon needs root")

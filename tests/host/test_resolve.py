@@ -15,8 +15,10 @@ from pathlib import Path
 import pytest
 
 from mptcpize_py import resolve
-from mptcpize_py.kernel import kernel_dev
+from mptcpize_py.host.files import kernel_dev
 from mptcpize_py.policy import parse_policy_text
+from mptcpize_py.host import files
+from mptcpize_py.host import mounts
 from tests.conftest import is_root
 
 pytestmark = pytest.mark.skipif(not is_root(), reason="needs root (cgroups, netns, mounts, BPF)")
@@ -248,13 +250,13 @@ def stat_key(path: str) -> resolve.ExeKey:
     return resolve.ExeKey(kernel_dev(int(out[0])), int(out[1]))
 
 
-def _mount_of(path: str) -> resolve.Mount:
+def _mount_of(path: str) -> mounts.Mount:
     fd = os.open(path, os.O_PATH)
     try:
-        mnt_id = int(resolve.parse_fdinfo(Path(f"/proc/self/fdinfo/{fd}").read_text())["mnt_id"])
+        mnt_id = int(files.parse_fdinfo(Path(f"/proc/self/fdinfo/{fd}").read_text())["mnt_id"])
     finally:
         os.close(fd)
-    return next(m for m in resolve.read_mounts() if m.mount_id == mnt_id)
+    return next(m for m in mounts.read_mounts() if m.mount_id == mnt_id)
 
 
 def test_exe_key_where_stat_reports_the_superblock_is_stat_converted(overlays):

@@ -1,7 +1,7 @@
 """check's path-management notes (probe.explain_paths, pure): each situation that keeps a connection on
 one path gets a note naming it and a hint with the command for that namespace."""
 
-from mptcpize_py.support import NetnsPaths, explain_paths
+from mptcpize_py.paths import NetnsPaths, explain_paths
 
 
 def ep(address, *flags):

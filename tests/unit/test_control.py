@@ -18,6 +18,7 @@ from mptcpize_py.errors import MptcpizeError
 
 
 # ---------------------------------------------------------------------------------------------------
+from mptcpize_py.host import procfs
 # struct ucred
 
 
@@ -162,14 +163,14 @@ def test_line_reader_deadline_holds_against_a_trickle():
 @pytest.mark.parametrize("comm", ["sleep", "a b", "x) S 1 (y", "))", "(", "with\nnewline"])
 def test_parse_stat_ppid_with_hostile_comm(comm):
     text = f"4242 ({comm}) S 777 4242 4242 0 -1 4194560 101 0 0 0 0 0 0 0 20 0 1 0 9 0 0\n"
-    assert control.parse_stat_ppid(text) == 777
+    assert procfs.parse_stat_ppid(text) == 777
 
 
 def test_parse_status_field():
     text = "Name:\tsleep\nUmask:\t0022\nState:\tS (sleeping)\nTgid:\t4242\nNgid:\t0\nPid:\t4243\nPPid:\t7\n"
-    assert control.parse_status_field(text, "Tgid") == "4242"
-    assert control.parse_status_field(text, "PPid") == "7"
-    assert control.parse_status_field(text, "Missing") is None
+    assert procfs.parse_status_field(text, "Tgid") == "4242"
+    assert procfs.parse_status_field(text, "PPid") == "7"
+    assert procfs.parse_status_field(text, "Missing") is None
 
 
 def fake_proc(tmp_path: Path, pid: int, ppid: int, tgid: int | None = None) -> str:

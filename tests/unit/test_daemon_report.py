@@ -3,7 +3,9 @@
 import json
 
 from mptcpize_py import report
-from mptcpize_py.daemon.service import dir_fingerprint, parse_proc_cgroup, unit_of_cgroup
+from mptcpize_py.daemon.service import dir_fingerprint
+from mptcpize_py.host.procfs import parse_cgroup as parse_proc_cgroup
+from mptcpize_py.host.systemd import unit_of_cgroup
 
 STATUS = {
     "backend": "bpf", "pid": 42, "uptime_s": 12.5,

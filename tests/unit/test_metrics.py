@@ -8,6 +8,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from mptcpize_py import metrics
+from mptcpize_py.host import files
 from tests.conftest import mptcpize
 
 HOSTILE_EXE = '/opt/we"ird\\dir/new\nline\udcffexe'      # quote, backslash, newline, a non-UTF-8 byte
@@ -126,7 +127,7 @@ def test_write_atomic(tmp_path):
     out = tmp_path / "mptcpize.prom"
     out.write_text("old")
     os.chmod(out, 0o600)
-    metrics.write_atomic(out, "mptcpize_daemon_up 0\n")
+    files.write_atomic(out, "mptcpize_daemon_up 0\n")
     assert out.read_text() == "mptcpize_daemon_up 0\n"
     assert stat.S_IMODE(os.stat(out).st_mode) == 0o644
     assert os.listdir(tmp_path) == ["mptcpize.prom"]   # no temporary file left behind

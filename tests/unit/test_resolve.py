@@ -8,10 +8,14 @@ import pytest
 
 from mptcpize_py import abi, resolve
 from mptcpize_py.policy import parse_policy_text
-from mptcpize_py.resolve import (ResolveError, UnitNameError, cg_escape, default_slice, slice_path,
-                                 unit_cgroup_path, unit_name_escape)
+from mptcpize_py.host.systemd import (UnitNameError, cg_escape, default_slice, slice_path, unit_cgroup_path,
+                                      unit_name_escape)
+from mptcpize_py.resolve import ResolveError
 
 # ---------------------------------------------------------------------------------------------------
+from mptcpize_py.host import files
+from mptcpize_py.host import mounts as host_mounts
+from mptcpize_py.host import systemd
 # systemd naming rules (v252: src/basic/cgroup-util.c, src/core/unit.c, src/basic/unit-name.c)
 
 
@@ -153,7 +157,7 @@ def fake_systemctl(tmp_path: Path, body: str) -> str:
 
 def test_ask_systemd_running_unit_uses_control_group(tmp_path):
     exe = fake_systemctl(tmp_path, "echo Slice=batch.slice; echo ControlGroup=/batch.slice/x.service")
-    assert resolve.ask_systemd("x.service", systemctl=exe) == "/batch.slice/x.service"
+    assert systemd.unit_cgroup("x.service", exe=exe) == "/batch.slice/x.service"
     # argv, never a shell; "--" keeps a unit name from being taken for an option
     assert (tmp_path / "argv").read_text().splitlines() == [
         "show", "--property=ControlGroup", "--property=Slice", "--", "x.service"]
@@ -161,13 +165,13 @@ def test_ask_systemd_running_unit_uses_control_group(tmp_path):
 
 def test_ask_systemd_inactive_unit_uses_its_slice(tmp_path):
     exe = fake_systemctl(tmp_path, "echo ControlGroup=; echo Slice=batch-night.slice")
-    assert resolve.ask_systemd("x.service", systemctl=exe) == "/batch.slice/batch-night.slice/x.service"
+    assert systemd.unit_cgroup("x.service", exe=exe) == "/batch.slice/batch-night.slice/x.service"
 
 
 def test_ask_systemd_shell_metacharacters_are_just_argv(tmp_path):
     exe = fake_systemctl(tmp_path, "echo ControlGroup=/x")
     unit = f"a;touch {tmp_path}/pwned;.service"
-    resolve.ask_systemd(unit, systemctl=exe)
+    systemd.unit_cgroup(unit, exe=exe)
     assert (tmp_path / "argv").read_text().splitlines()[-1] == unit
     assert not (tmp_path / "pwned").exists()
 
@@ -175,21 +179,21 @@ def test_ask_systemd_shell_metacharacters_are_just_argv(tmp_path):
 @pytest.mark.parametrize("body, why", [
     ("echo 'Failed to connect to bus' >&2; exit 1", "Failed to connect to bus"),
     ("echo ControlGroup=; echo Slice=", "neither ControlGroup nor Slice"),
-    ("sleep 5", "did not answer within 0.3 s"),
+    ("sleep 5", "did not finish within 0.3 s"),
 ])
 def test_ask_systemd_failures(tmp_path, body, why):
     exe = fake_systemctl(tmp_path, body)
     with pytest.raises(UnitNameError, match=why):
-        resolve.ask_systemd("x.service", systemctl=exe, timeout=0.3)
+        systemd.unit_cgroup("x.service", exe=exe, timeout=0.3)
 
 
 def test_ask_systemd_without_systemctl():
-    with pytest.raises(UnitNameError, match="not found"):
-        resolve.ask_systemd("x.service", systemctl="mzr-no-such-systemctl")
+    with pytest.raises(UnitNameError, match="cannot run"):
+        systemd.unit_cgroup("x.service", exe="/nonexistent/mzr-no-such-systemctl")
 
 
 def test_parse_systemctl_show():
-    assert resolve.parse_systemctl_show("A=1\nB=\nC=x=y\nnoise\n") == {"A": "1", "B": "", "C": "x=y"}
+    assert systemd.parse_show("A=1\nB=\nC=x=y\nnoise\n") == {"A": "1", "B": "", "C": "x=y"}
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -208,7 +212,7 @@ bad line
 
 
 def test_parse_mountinfo():
-    mounts = resolve.parse_mountinfo(MOUNTINFO)
+    mounts = host_mounts.parse_mountinfo(MOUNTINFO)
     assert len(mounts) == 7
     ov = next(m for m in mounts if m.mount_id == 49)
     assert (ov.major, ov.minor, ov.root, ov.mount_point, ov.fstype) == (0, 42, "/", "/tmp/with space",
@@ -219,21 +223,21 @@ def test_parse_mountinfo():
 
 
 def test_find_cgroup2_mount_hybrid_and_unified():
-    mounts = resolve.parse_mountinfo(MOUNTINFO)
-    assert resolve.find_cgroup2_mount(mounts).mount_point == "/sys/fs/cgroup/unified"
-    unified = resolve.parse_mountinfo("30 23 0:26 / /sys/fs/cgroup rw - cgroup2 cgroup2 rw\n" + MOUNTINFO)
-    assert resolve.find_cgroup2_mount(unified).mount_point == "/sys/fs/cgroup"
-    elsewhere = resolve.parse_mountinfo("30 23 0:26 / /mnt/cg rw - cgroup2 cgroup2 rw\n")
-    assert resolve.find_cgroup2_mount(elsewhere).mount_point == "/mnt/cg"
+    mounts = host_mounts.parse_mountinfo(MOUNTINFO)
+    assert host_mounts.find_cgroup2_mount(mounts).mount_point == "/sys/fs/cgroup/unified"
+    unified = host_mounts.parse_mountinfo("30 23 0:26 / /sys/fs/cgroup rw - cgroup2 cgroup2 rw\n" + MOUNTINFO)
+    assert host_mounts.find_cgroup2_mount(unified).mount_point == "/sys/fs/cgroup"
+    elsewhere = host_mounts.parse_mountinfo("30 23 0:26 / /mnt/cg rw - cgroup2 cgroup2 rw\n")
+    assert host_mounts.find_cgroup2_mount(elsewhere).mount_point == "/mnt/cg"
     # only a subtree (inside a cgroup namespace): policy paths would not map onto it
-    assert resolve.find_cgroup2_mount(resolve.parse_mountinfo(
+    assert host_mounts.find_cgroup2_mount(host_mounts.parse_mountinfo(
         "50 27 0:38 /sub /tmp/cg-sub rw - cgroup2 cgroup2 rw\n")) is None
-    assert resolve.find_cgroup2_mount([]) is None
+    assert host_mounts.find_cgroup2_mount([]) is None
 
 
 def test_parse_fdinfo():
     text = "pos:\t0\nflags:\t012000000\nmnt_id:\t46\nino:\t2146468\n"
-    assert resolve.parse_fdinfo(text) == {"pos": "0", "flags": "012000000", "mnt_id": "46",
+    assert files.parse_fdinfo(text) == {"pos": "0", "flags": "012000000", "mnt_id": "46",
                                           "ino": "2146468"}
 
 
@@ -253,10 +257,10 @@ def test_exe_key_is_the_inode_and_its_mounts_superblock_dev(tmp_path):
     st = os.stat(exe)
     fd = os.open(exe, os.O_PATH)
     try:
-        mnt_id = int(resolve.parse_fdinfo(Path(f"/proc/self/fdinfo/{fd}").read_text())["mnt_id"])
+        mnt_id = int(files.parse_fdinfo(Path(f"/proc/self/fdinfo/{fd}").read_text())["mnt_id"])
     finally:
         os.close(fd)
-    mount = next(m for m in resolve.read_mounts() if m.mount_id == mnt_id)
+    mount = next(m for m in host_mounts.read_mounts() if m.mount_id == mnt_id)
     assert key == resolve.ExeKey(mount.kernel_dev, st.st_ino)
     assert real == str(exe)
     if mount.fstype not in ("overlay", "btrfs"):  # where st_dev is the superblock's (see host tests)
@@ -421,8 +425,8 @@ def test_systemd_failure_falls_back_to_the_naming_rule_with_a_note(tmp_path):
 
 
 def test_systemd_is_not_asked_when_pid1_is_not_systemd(tmp_path, monkeypatch):
-    monkeypatch.setattr(resolve, "SYSTEMD_RUNTIME", str(tmp_path / "no-systemd"))
-    monkeypatch.setattr(resolve, "ask_systemd", lambda *a, **k: pytest.fail("asked systemd"))
+    monkeypatch.setattr(systemd, "SYSTEMD_RUNTIME", str(tmp_path / "no-systemd"))
+    monkeypatch.setattr(resolve, "unit_cgroup", lambda *a, **k: pytest.fail("asked systemd"))
     res = resolve.resolve_policy(policy('[[allow]]\nunit = "x.service"\n'), cgroup_mount=str(tmp_path))
     assert [p.path for p in res.pending] == [f"{tmp_path}/system.slice/x.service"]
 

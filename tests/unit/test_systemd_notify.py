@@ -6,7 +6,7 @@ import socket
 import pytest
 
 from mptcpize_py.host import systemd
-systemd = pytest.importorskip("systemd.daemon")
+pytest.importorskip("systemd.daemon")
 
 
 @pytest.fixture

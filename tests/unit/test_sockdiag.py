@@ -16,6 +16,8 @@ from mptcpize_py import report
 from mptcpize_py.diag import sockdiag
 
 from mptcpize_py.diag import mptcpinfo
+from mptcpize_py.host import netns
+from mptcpize_py.diag import view as diag_view
 CAPTURE = bytes.fromhex(
     "e0000000140002000700000020780000020100009c411b597f0000010000000000000000000000007f00000100000000"
     "0000000000000000000000001e100000000000000000000000000000000000000000000090881e000500080000000000"
@@ -134,9 +136,9 @@ def test_netns_name_validation():
     from mptcpize_py.errors import MptcpizeError, UsageError
     for bad in ("", ".", "..", "a/b", "x\ny"):
         with pytest.raises(UsageError):
-            sockdiag.netns_path(bad)
+            netns.netns_path(bad)
     with pytest.raises(MptcpizeError, match="no network namespace"):
-        sockdiag.netns_path("mzc-surely-absent", netns_dir="/nonexistent")
+        netns.netns_path("mzc-surely-absent", netns_dir="/nonexistent")
 
 
 def test_text_view_marks_fallback_and_groups_per_process():
@@ -144,7 +146,7 @@ def test_text_view_marks_fallback_and_groups_per_process():
     rows = [dict(c.as_dict(), netns="mzc-x", pid=100 + i % 2, pids=[100 + i % 2], exe="/bin/x")
             for i, c in enumerate(conns)]
     view = {"scope": "no daemon is running: ...", "namespaces": [{"name": "mzc-x", "error": None}],
-            "connections": sorted(rows, key=lambda r: r["pid"]), "totals": sockdiag._totals(rows)}
+            "connections": sorted(rows, key=lambda r: r["pid"]), "totals": diag_view._totals(rows)}
     lines = report.connections_text(view)
     assert lines[0].startswith("no daemon is running")
     assert sum(1 for ln in lines if ln.startswith("netns mzc-x: pid ")) == 2
