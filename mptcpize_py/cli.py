@@ -2,9 +2,12 @@
 
 import argparse
 import sys
+from pathlib import Path
 
 from mptcpize_py import __version__
 from mptcpize_py.errors import EXIT_UNAVAILABLE, MptcpizeError, UsageError
+
+DEFAULT_POLICY_DIR = Path("/etc/mptcpize-py/policy.d")   # policy.DEFAULT_POLICY_DIR, without importing it
 
 PROG = "mptcpize-py"
 
@@ -12,6 +15,12 @@ PROG = "mptcpize-py"
 class _Parser(argparse.ArgumentParser):
     def error(self, message):
         raise UsageError(message, hint=f"see '{self.prog} --help'")
+
+
+def _add_policy_dir(parser: argparse.ArgumentParser) -> None:
+    """One setting for the daemon and for enable/disable, which write where the daemon reads."""
+    parser.add_argument("--policy-dir", metavar="DIR", default=DEFAULT_POLICY_DIR, type=Path,
+                        help=f"policy directory (default {DEFAULT_POLICY_DIR})")
 
 
 def _build_parser() -> argparse.ArgumentParser:
@@ -40,8 +49,7 @@ def _build_parser() -> argparse.ArgumentParser:
                        description="Load the policy of DIR (every *.toml file), attach the BPF program "
                                    "and keep its maps in sync: SIGHUP or a change in DIR reloads, "
                                    "SIGTERM detaches. Exit 78 on a bad policy.")
-    d.add_argument("--policy-dir", metavar="DIR", default=None,
-                   help="policy directory (default /etc/mptcpize-py/policy.d)")
+    _add_policy_dir(d)
     d.add_argument("--check", action="store_true",
                    help="validate and resolve the policy without loading BPF; exit 0 or 78")
     d.add_argument("--example-policy", action="store_true",
@@ -65,6 +73,7 @@ def _build_parser() -> argparse.ArgumentParser:
                        ("disable", "remove exactly what enable wrote: /etc is as it was before")):
         e = sub.add_parser(verb, help=text, description=text[0].upper() + text[1:] + ".")
         e.add_argument("unit", metavar="UNIT", help="a service, e.g. nginx.service or foo@bar.service")
+        _add_policy_dir(e)
         e.add_argument("--now", action="store_true",
                        help="also restart UNIT now" if verb == "enable" else
                             "also restart UNIT now if it runs (its new sockets are plain TCP)")
@@ -170,8 +179,7 @@ def cmd_daemon(args) -> int:
 
     from mptcpize_py import report
     from mptcpize_py.daemon import service
-    from mptcpize_py.policy import DEFAULT_POLICY_DIR
-    policy_dir = args.policy_dir or DEFAULT_POLICY_DIR
+    policy_dir = args.policy_dir
     if args.example_policy:
         from mptcpize_py.policy import EXAMPLE_POLICY
         sys.stdout.write(EXAMPLE_POLICY)
@@ -268,7 +276,8 @@ def cmd_resync(args) -> int:
 
 def cmd_enable_disable(args) -> int:
     from mptcpize_py import enable
-    out = (enable.enable if args.command == "enable" else enable.disable)(args.unit, now=args.now)
+    out = (enable.enable if args.command == "enable" else enable.disable)(
+        args.unit, now=args.now, policy_dir=args.policy_dir)
     for line in out.lines:
         _out(line)
     for line in out.warnings:

@@ -39,7 +39,7 @@ from pathlib import Path
 
 from mptcpize_py.errors import MptcpizeError, PermissionDenied, Unavailable, UsageError
 from mptcpize_py.host import files, systemd
-from mptcpize_py.policy import NAME_MAX, check_unit_name
+from mptcpize_py.policy import DEFAULT_POLICY_DIR, NAME_MAX, check_unit_name
 from mptcpize_py.support import kernel_support
 
 SERVICE = "mptcpize-py.service"
@@ -95,8 +95,10 @@ def enabled_unit_of_file(path: str) -> str | None:
 
 @dataclass(frozen=True)
 class Tree:
-    """Where enable writes: `root` is "/" for real, a temporary directory in tests."""
+    """Where enable writes: `root` is "/" for real, a temporary directory in tests; `policy_path` is
+    the daemon's policy directory (the one `--policy-dir` setting of daemon, enable and disable)."""
     root: Path = Path("/")
+    policy_path: Path = DEFAULT_POLICY_DIR
 
     def etc(self, rel: str) -> Path:
         return self.root / rel.lstrip("/")
@@ -107,7 +109,7 @@ class Tree:
 
     @property
     def policy_dir(self) -> Path:
-        return self.etc("/etc/mptcpize-py/policy.d")
+        return self.etc(str(self.policy_path))
 
     def dropin(self, unit: str) -> Path:
         return self.systemd_dir / f"{unit}.d" / DROPIN_NAME
@@ -310,48 +312,14 @@ def _remove_created_dir(d: Path) -> bool:
     return True
 
 
-def enabled_units(tree: Tree = REAL) -> list[str]:
-    """Units with a policy record written by enable (sorted)."""
-    try:
-        names = os.listdir(tree.policy_dir)
-    except OSError:
-        return []
-    out = []
-    for n in sorted(names):
-        unit = enabled_unit_of_file(n)
-        if unit is None:
-            continue
-        try:
-            if _read_ours(tree.policy_dir / n) is not None:
-                out.append(unit)
-        except MptcpizeError:
-            pass
-    return out
-
-
-# ---------------------------------------------------------------------------------------------------
-# systemd
-
-
-# ---------------------------------------------------------------------------------------------------
-# The two commands
-
-
-@dataclass
-class Outcome:
-    unit: str
-    changed: list[str] = field(default_factory=list)
-    lines: list[str] = field(default_factory=list)      # what happened (stdout)
-    warnings: list[str] = field(default_factory=list)   # stderr
-
-
 def _require_root() -> None:
     if os.geteuid() != 0:
         raise PermissionDenied("enable and disable need root: they write /etc and reload systemd",
                                hint="run it as root, e.g. with sudo")
 
 
-def enable(unit: str, now: bool = False) -> Outcome:
+def enable(unit: str, now: bool = False, policy_dir: Path = DEFAULT_POLICY_DIR) -> Outcome:
+    tree = Tree(policy_path=Path(policy_dir))
     validate_service_name(unit)
     _require_root()
     # Cheap refusals first (an unknown unit is the likely typo); the kernel probe loads a program.
@@ -369,11 +337,11 @@ def enable(unit: str, now: bool = False) -> Outcome:
     if name != unit:
         out.lines.append(f"{unit} is an alias of {name}: enabling {name}")
     exe = cli_executable()
-    tx = _write_files(name, exe, REAL)
+    tx = _write_files(name, exe, tree)
     changed = [p for p, _ in tx.written]
     out.changed = [str(p) for p in changed]
     try:
-        _apply(name, changed)
+        _apply(name, changed, tree)
     except BaseException:
         if changed:   # systemd did not take it: leave /etc as it was
             tx.rollback()
@@ -386,7 +354,7 @@ def enable(unit: str, now: bool = False) -> Outcome:
     if systemd.unit_properties(SERVICE, "LoadState").get("LoadState") != "loaded":
         out.warnings.append(f"{SERVICE} is not installed: {name} stays TCP until it is "
                             "(make install-units)")
-    out.warnings.extend(policy_warnings(name))
+    out.warnings.extend(policy_warnings(name, tree))
     if now:
         proc = systemd.systemctl("restart", "--", name, timeout=RESTART_TIMEOUT)
         if proc.returncode != 0:
@@ -399,10 +367,10 @@ def enable(unit: str, now: bool = False) -> Outcome:
     return out
 
 
-def _apply(name: str, changed: list[Path]) -> None:
+def _apply(name: str, changed: list[Path], tree: Tree) -> None:
     """daemon-reload when we changed something, then check that systemd sees our drop-in (a stale
     reload from an interrupted enable is caught here too)."""
-    ours = str(REAL.dropin(name))
+    ours = str(tree.dropin(name))
     if changed:
         _daemon_reload()
     paths = systemd.unit_properties(name, "DropInPaths").get("DropInPaths", "").split()
@@ -433,7 +401,8 @@ def policy_warnings(name: str, tree: Tree = REAL, owner_uid: int = 0) -> list[st
             for r in pol.deny if r.kind == "unit" and r.value == name]
 
 
-def disable(unit: str, now: bool = False) -> Outcome:
+def disable(unit: str, now: bool = False, policy_dir: Path = DEFAULT_POLICY_DIR) -> Outcome:
+    tree = Tree(policy_path=Path(policy_dir))
     validate_service_name(unit)
     _require_root()
     name = unit
@@ -443,7 +412,7 @@ def disable(unit: str, now: bool = False) -> Outcome:
         if props.get("LoadState") != "not-found" and props.get("Id"):
             name = props["Id"]   # an alias: enable wrote the files under the unit's own name
     out = Outcome(name)
-    removed = remove_files(name)
+    removed = remove_files(name, tree)
     out.changed = [str(p) for p in removed]
     if not removed:
         out.lines.append(f"{name} is not enabled: nothing changed")
