@@ -37,14 +37,14 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import control, journal
+from . import abi, control, journal
 from .errors import MptcpizeError
 from .policy import DEFAULT_POLICY_DIR, Policy, PolicyError, check_unit_name, load_policy
 from .resolve import Resolved, resolve_policy
 
 RESYNC_INTERVAL = 2.0
 POLL_MS = 200
-MAX_PROC_RECORDS = 16384   # bpf/mptcpize.h MPTCPIZE_MAX_PROCS: the kernel's proc_stats holds as many
+MAX_PROC_RECORDS = abi.MAX_PROCS   # the kernel's proc_stats holds as many
 MAX_RUN_RECORDS = 4096     # registered runs waiting for their run_report
 
 log = logging.getLogger("mptcpize_py.daemon")
