@@ -23,6 +23,11 @@ def parse_defines(text: str) -> dict[str, int]:
 _C = parse_defines(HEADER.read_text())
 
 IPPROTO_MPTCP = _C["IPPROTO_MPTCP"]
+# Map sizes the policy and the daemon must stay within.
+MAX_EXE_RULES = _C["MAX_EXE_RULES"]
+MAX_CGROUP_RULES = _C["MAX_CGROUP_RULES"]   # cgroup and unit rules: a unit rule becomes a cgroup entry
+CGROUP_MAX_DEPTH = _C["CGROUP_MAX_DEPTH"]
+MAX_PROCS = _C["MAX_PROCS"]
 ACTION_ALLOW = _C["ACTION_ALLOW"]
 ACTION_DENY = _C["ACTION_DENY"]
 KIND_NAMES = {_C["KIND_NONE"]: "none", _C["KIND_RUN"]: "run", _C["KIND_EXE"]: "exe",

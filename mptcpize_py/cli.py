@@ -6,8 +6,7 @@ from pathlib import Path
 
 from mptcpize_py import __version__
 from mptcpize_py.errors import EXIT_UNAVAILABLE, MptcpizeError, UsageError
-
-DEFAULT_POLICY_DIR = Path("/etc/mptcpize-py/policy.d")   # policy.DEFAULT_POLICY_DIR, without importing it
+from mptcpize_py.locations import POLICY_DIR
 
 PROG = "mptcpize-py"
 
@@ -19,8 +18,8 @@ class _Parser(argparse.ArgumentParser):
 
 def _add_policy_dir(parser: argparse.ArgumentParser) -> None:
     """One setting for the daemon and for enable/disable, which write where the daemon reads."""
-    parser.add_argument("--policy-dir", metavar="DIR", default=DEFAULT_POLICY_DIR, type=Path,
-                        help=f"policy directory (default {DEFAULT_POLICY_DIR})")
+    parser.add_argument("--policy-dir", metavar="DIR", default=POLICY_DIR, type=Path,
+                        help=f"policy directory (default {POLICY_DIR})")
 
 
 def _build_parser() -> argparse.ArgumentParser:

@@ -312,6 +312,14 @@ def _remove_created_dir(d: Path) -> bool:
     return True
 
 
+@dataclass
+class Outcome:
+    unit: str
+    changed: list[str] = field(default_factory=list)
+    lines: list[str] = field(default_factory=list)      # what happened (stdout)
+    warnings: list[str] = field(default_factory=list)   # stderr
+
+
 def _require_root() -> None:
     if os.geteuid() != 0:
         raise PermissionDenied("enable and disable need root: they write /etc and reload systemd",

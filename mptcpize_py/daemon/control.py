@@ -40,8 +40,9 @@ from typing import Callable, Mapping
 
 from mptcpize_py.errors import EXIT_NO_DAEMON, MptcpizeError, PermissionDenied
 from mptcpize_py.host.procfs import parse_stat_ppid, parse_status_field
+from mptcpize_py.locations import CONTROL_SOCKET
 
-DEFAULT_PATH = Path("/run/mptcpize-py/control")
+DEFAULT_PATH = CONTROL_SOCKET
 CONTROL_ENV = "MPTCPIZE_CONTROL"   # another path, for tests and side-by-side daemons
 MAX_REQUEST = 64 * 1024
 MAX_RESPONSE = 64 * 1024 * 1024   # `status` of a busy host: ~16k process rows

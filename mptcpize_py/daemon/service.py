@@ -36,6 +36,7 @@ import threading
 import time
 from pathlib import Path
 
+from mptcpize_py import abi
 from mptcpize_py.daemon import control
 from mptcpize_py.daemon.records import ProcRecord, alive
 from mptcpize_py.errors import MptcpizeError
@@ -52,7 +53,7 @@ from mptcpize_py.resolve import Resolved, resolve_policy
 
 RESYNC_INTERVAL = 2.0
 POLL_MS = 200
-MAX_PROC_RECORDS = 16384   # bpf/mptcpize.h MPTCPIZE_MAX_PROCS: the kernel's proc_stats holds as many
+MAX_PROC_RECORDS = abi.MAX_PROCS   # the kernel's proc_stats holds as many
 MAX_RUN_RECORDS = 4096     # registered runs waiting for their run_report
 
 log = logging.getLogger("mptcpize_py.daemon")

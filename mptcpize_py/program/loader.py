@@ -18,6 +18,7 @@ from pathlib import Path
 from mptcpize_py import abi
 from mptcpize_py.errors import MptcpizeError, PermissionDenied, Unavailable
 from mptcpize_py.host import mounts
+from mptcpize_py.locations import MERGED_HEADERS_DIR
 from mptcpize_py.program import btf
 from mptcpize_py.support import HOOK, OK, kernel_support
 
@@ -29,7 +30,6 @@ class ToolchainStatus:
     hint: str | None = None
 
 
-MERGED_HEADERS_DIR = Path("/run/mptcpize-py/headers")
 
 
 def _headers_dir() -> Path:

@@ -15,5 +15,11 @@ def test_header_constants_match_the_kernel_uapi():
     assert max(abi.COUNTERS.values()) < defines["CNT_MAX"]
 
 
+def test_map_sizes_are_the_headers():
+    defines = abi.parse_defines(abi.HEADER.read_text())
+    for name in ("MAX_EXE_RULES", "MAX_CGROUP_RULES", "CGROUP_MAX_DEPTH", "MAX_PROCS"):
+        assert getattr(abi, name) == defines[name], name
+
+
 def test_program_includes_the_shared_header():
     assert '#include "mptcpize.h"' in abi.PROGRAM.read_text()

@@ -45,6 +45,12 @@ def tree(tmp_path):
     return enable.Tree(tmp_path)
 
 
+def enabled_units(tree) -> list[str]:
+    """The units whose policy record is in the tree (what the daemon will select)."""
+    names = sorted(os.listdir(tree.policy_dir)) if tree.policy_dir.is_dir() else []
+    return [u for u in map(enable.enabled_unit_of_file, names) if u]
+
+
 # --- names ----------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("unit", [
@@ -126,7 +132,7 @@ def test_enable_writes_two_files_the_daemon_accepts(tree):
     # The daemon's own loader (ownership and mode checks included) takes the directory as it is.
     pol = load_policy(tree.policy_dir, owner_uid=os.geteuid())
     assert [(r.action, r.kind, r.value) for r in pol.rules] == [("allow", "unit", "nginx.service")]
-    assert enable.enabled_units(tree) == ["nginx.service"]
+    assert enabled_units(tree) == ["nginx.service"]
 
 
 def test_enable_twice_changes_nothing(tree):
@@ -161,7 +167,7 @@ def test_round_trip_interleaved_units(tree):
     snap = snapshot(tree.root)
     enable.write_files("a.service", EXE, tree)
     enable.write_files("b@x.service", EXE, tree)
-    assert enable.enabled_units(tree) == ["a.service", "b@x.service"]
+    assert enabled_units(tree) == ["a.service", "b@x.service"]
     enable.remove_files("a.service", tree)      # a created the shared directories; b still uses them
     assert tree.policy("b@x.service").exists()
     enable.remove_files("b@x.service", tree)

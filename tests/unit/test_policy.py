@@ -10,6 +10,7 @@ import pytest
 from mptcpize_py import abi, policy
 from mptcpize_py.errors import EXIT_BAD_POLICY, MptcpizeError
 from mptcpize_py.policy import NetnsSelection, PolicyError, load_policy, parse_policy_text
+from mptcpize_py.policy.load import _unsafe
 
 ME = os.getuid()
 ONE_LINE = re.compile(r"^[^\n]+:\d+: [^\n]+$")  # file:line: reason
@@ -270,11 +271,26 @@ def test_too_many_exe_rules_for_the_kernel_map():
         f"p.toml:{2 * policy.MAX_EXE_RULES + 1}: more than 4096 exe rules: the kernel map holds 4096"
 
 
-def test_limits_match_the_kernel_header():
+def test_enforced_limits_are_the_kernel_headers():
+    """Each map limit the policy enforces, found by probing it (not by reading a constant), is the
+    header's: a policy that fits the kernel maps loads, one entry more is refused."""
     defines = abi.parse_defines(abi.HEADER.read_text())
-    assert policy.MAX_EXE_RULES == defines["MAX_EXE_RULES"]
-    assert policy.MAX_CGROUP_RULES == defines["MAX_CGROUP_RULES"]
-    assert policy.CGROUP_MAX_DEPTH == defines["CGROUP_MAX_DEPTH"]
+
+    def exe_rules(n):
+        return "".join(f'[[allow]]\nexe = "/bin/x{i}"\n' for i in range(n))
+
+    def cgroup_and_unit_rules(n):  # a unit rule takes a cgroup map entry too
+        return "".join(f'[[allow]]\ncgroup = "/c{i}"\n' if i % 2 else f'[[deny]]\nunit = "u{i}.service"\n'
+                       for i in range(n))
+
+    def cgroup_of_depth(n):
+        return f'[[allow]]\ncgroup = "{"/a" * n}"\n'
+
+    for build, limit in [(exe_rules, defines["MAX_EXE_RULES"]),
+                         (cgroup_and_unit_rules, defines["MAX_CGROUP_RULES"]),
+                         (cgroup_of_depth, defines["CGROUP_MAX_DEPTH"])]:
+        parse_policy_text(build(limit), "p.toml")
+        assert f" {limit}" in only_error(build(limit + 1)), build.__name__
 
 
 # --- the directory and its files ------------------------------------------------------------------
@@ -357,8 +373,8 @@ def test_wrong_owner(tmp_path):
 def test_wrong_owner_of_a_file():
     # Unprivileged tests cannot create a file owned by someone else: check the rule on a built stat.
     st = os.stat_result((0o100644, 1, 1, 1, 1000, 1000, 10, 0, 0, 0))
-    assert policy._unsafe(st, 0) == "owned by uid 1000, not uid 0"
-    assert policy._unsafe(st, 1000) is None
+    assert _unsafe(st, 0) == "owned by uid 1000, not uid 0"
+    assert _unsafe(st, 1000) is None
 
 
 def test_symlinked_file(tmp_path):

@@ -1,0 +1,38 @@
+"""Allowlist policy files -> a validated, immutable Policy.
+
+Turning selectors into kernel keys (exe -> dev/ino, unit -> cgroup id, netns name -> inum) is resolve.py's
+job; here we only read the files safely and check that each selector is well formed.
+
+- model.py: Rule, NetnsSelection, Policy, PolicyFile, PolicyError, the default directory, the example.
+- load.py: the directory and its files as hostile input (owner, mode, no symlinks, size) -> load_policy().
+- validate.py: text -> rules: the format, every value check, the kernel map limits (from abi.py).
+- positions.py: where each table, key and array element of a TOML text starts, for file:line errors.
+"""
+
+from mptcpize_py.abi import CGROUP_MAX_DEPTH, MAX_CGROUP_RULES, MAX_EXE_RULES
+from mptcpize_py.policy.load import MAX_FILE_BYTES, load_policy
+from mptcpize_py.policy.model import (
+                       DEFAULT_POLICY_DIR,
+                       EXAMPLE_POLICY,
+                       NetnsSelection,
+                       Policy,
+                       PolicyError,
+                       Rule,
+)
+from mptcpize_py.policy.validate import (
+                       ACTIONS,
+                       NAME_MAX,
+                       NETNS_KEYS,
+                       RULE_KEYS,
+                       UNIT_TYPES_WITH_PROCESSES,
+                       UNIT_TYPES_WITHOUT_PROCESSES,
+                       check_unit_name,
+                       parse_policy_text,
+)
+
+__all__ = [
+    "ACTIONS", "CGROUP_MAX_DEPTH", "DEFAULT_POLICY_DIR", "EXAMPLE_POLICY", "MAX_CGROUP_RULES",
+    "MAX_EXE_RULES", "MAX_FILE_BYTES", "NAME_MAX", "NETNS_KEYS", "RULE_KEYS", "UNIT_TYPES_WITHOUT_PROCESSES",
+    "UNIT_TYPES_WITH_PROCESSES", "NetnsSelection", "Policy", "PolicyError", "Rule", "check_unit_name",
+    "load_policy", "parse_policy_text",
+]

@@ -1,0 +1,119 @@
+"""Reading the policy directory safely; validation is validate.py's.
+
+Files are treated as hostile input (the daemon runs as root): the directory and each file must be owned
+by `owner_uid` (root) and not group- or world-writable; a symlinked policy file is refused outright (we
+open with O_NOFOLLOW, so neither a link into /etc/shadow nor a swapped link can be read); files are
+bounded to 1 MiB. The directory itself may be a symlink: the admin chose that path, and the checks
+apply to the directory it leads to. Policy = every `*.toml` file of the directory, in sorted name order;
+hidden files (".name.toml", e.g. editor lock files) are ignored.
+"""
+
+import errno
+import os
+import stat
+from collections.abc import Iterator
+from pathlib import Path
+
+from mptcpize_py.policy.model import DEFAULT_POLICY_DIR, Policy, PolicyError, PolicyFile
+from mptcpize_py.policy.validate import policy_from_files
+
+MAX_FILE_BYTES = 1 << 20
+MAX_FILES = 1000
+
+_OWNERSHIP_HINT = "policy files and their directory must be owned by root and writable only by root"
+
+
+def load_policy(directory: Path = DEFAULT_POLICY_DIR, owner_uid: int = 0) -> Policy:
+    """Reads and validates every policy file of `directory`; returns the Policy or raises PolicyError."""
+    return policy_from_files(read_policy_files(Path(directory), owner_uid))
+
+
+def read_policy_files(directory: Path, owner_uid: int) -> Iterator[PolicyFile]:
+    """Each policy file of `directory` in name order, read one at a time. A problem with the directory
+    raises PolicyError; a problem with one file is that file's `refused`."""
+    try:
+        dfd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise PolicyError([f"{directory}: policy directory does not exist"],
+                          hint=f"create it (mkdir -p {directory}), or pass --policy-dir") from None
+    except OSError as e:
+        raise PolicyError([f"{directory}: cannot open policy directory: {e.strerror}"]) from None
+    try:
+        # Checked on the open descriptor, so the directory we list is the one we checked.
+        problem = _unsafe(os.fstat(dfd), owner_uid)
+        if problem:
+            raise PolicyError([f"{directory}: refused: {problem}"], hint=_OWNERSHIP_HINT)
+        names = sorted(n for n in os.listdir(dfd) if n.endswith(".toml") and not n.startswith("."))
+        if len(names) > MAX_FILES:
+            raise PolicyError([f"{directory}: {len(names)} policy files; at most {MAX_FILES} are read"])
+        for name in names:
+            label = str(directory / name)
+            try:
+                file = PolicyFile(label, _read_policy_file(dfd, name, label, owner_uid))
+            except _FileRefused as e:
+                file = PolicyFile(label, refused=str(e))
+            yield file
+    finally:
+        os.close(dfd)
+
+
+class _FileRefused(Exception):
+    pass
+
+
+def _unsafe(st: os.stat_result, owner_uid: int) -> str | None:
+    """Why a file or directory with this stat may not hold policy, or None."""
+    if st.st_uid != owner_uid:
+        return f"owned by uid {st.st_uid}, not uid {owner_uid}"
+    if st.st_mode & stat.S_IWOTH:
+        return "world-writable (chmod o-w)"
+    if st.st_mode & stat.S_IWGRP:
+        return "group-writable (chmod g-w)"
+    return None
+
+
+def _read_policy_file(dfd: int, name: str, label: str, owner_uid: int) -> str:
+    # lstat first so that we never open a device or FIFO; then open without following links and check
+    # the descriptor again, which is what counts (the entry may have been swapped in between).
+    try:
+        st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
+    except OSError as e:
+        raise _FileRefused(f"{label}: cannot stat: {e.strerror}") from None
+    symlink = _FileRefused(f"{label}: refused: a symbolic link (copy the file into the directory instead)")
+    if stat.S_ISLNK(st.st_mode):
+        raise symlink
+    if not stat.S_ISREG(st.st_mode):
+        raise _FileRefused(f"{label}: refused: not a regular file")
+    try:
+        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dfd)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise symlink from None
+        raise _FileRefused(f"{label}: cannot open: {e.strerror}") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise _FileRefused(f"{label}: refused: not a regular file")
+        problem = _unsafe(st, owner_uid)
+        if problem:
+            raise _FileRefused(f"{label}: refused: {problem}")
+        too_big = _FileRefused(f"{label}: refused: larger than {MAX_FILE_BYTES} bytes")
+        if st.st_size > MAX_FILE_BYTES:
+            raise too_big
+        chunks, total = [], 0
+        while total <= MAX_FILE_BYTES:  # the size may change under us: bound what we read, not st_size
+            chunk = os.read(fd, MAX_FILE_BYTES + 1 - total)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            total += len(chunk)
+        if total > MAX_FILE_BYTES:
+            raise too_big
+    finally:
+        os.close(fd)
+    data = b"".join(chunks)
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data.count(b"\n", 0, e.start) + 1
+        raise _FileRefused(f"{label}:{line}: not valid UTF-8") from None

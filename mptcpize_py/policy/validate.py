@@ -1,0 +1,334 @@
+"""Policy text -> rules: the format's grammar and every value check. Pure.
+
+Rules of the format (docs/mptcpize-py-policy.5 follows this module):
+
+- `[[allow]]` / `[[deny]]` tables with exactly one selector (`exe`, `cgroup` or `unit`) and an optional
+  `name`. Unknown keys are errors. `deny` beats `allow` (the kernel side applies it).
+- At most one `[netns]` table across all files: the choice is global, and "which file wins" rules would
+  be surprising. Without it: the host's namespace only. `names = [...]` adds /run/netns/NAME namespaces
+  to the host's; `all = true` selects every namespace. Both at once is an error.
+- Template units (`foo@.service`) are refused: a template runs no processes. Instances (`foo@bar.service`)
+  are fine; to cover every instance, select their slice with `cgroup = "/system.slice/system-foo.slice"`.
+- Unit types that never own processes (target, timer, path, device, automount) are refused: the rule
+  could never match, which is always a mistake.
+- Rules beyond the kernel maps' sizes (bpf/mptcpize.h, via abi.py) are refused with file:line instead of
+  half-filling a map.
+- Problems are reported as `file:line: reason` (or `file: reason` for a problem with the file as a whole:
+  permissions, size, symlink). All problems of all files are collected into one PolicyError; a policy is
+  returned complete or not at all.
+"""
+
+import posixpath
+import tomllib
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from mptcpize_py import abi
+from mptcpize_py.policy.model import (
+    NetnsSelection,
+    Policy,
+    PolicyError,
+    PolicyFile,
+    Rule,
+)
+from mptcpize_py.policy.positions import toml_error_line, toml_lines
+
+# bpf/mptcpize.h does not reserve rule ids; we keep 0..15 free for non-policy selections (0 = none, run
+# trees) so a rule_id in an event or in proc_stats tells at a glance whether the policy chose it.
+FIRST_RULE_ID = 16
+
+MAX_NAME_LEN = 80
+PATH_MAX = 4096
+NAME_MAX = 255
+
+ACTIONS = ("allow", "deny")
+SELECTORS = ("exe", "cgroup", "unit")
+RULE_KEYS = SELECTORS + ("name",)
+NETNS_KEYS = ("names", "all")
+
+# systemd src/basic/unit-name.c: VALID_CHARS ("@" only in the prefix/instance part), UNIT_NAME_MAX 256
+# including the NUL, and the unit types of src/basic/unit-def.c.
+UNIT_NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789:-_.\\@")
+UNIT_NAME_MAX = 255
+UNIT_TYPES_WITH_PROCESSES = ("service", "socket", "mount", "swap", "scope", "slice")
+UNIT_TYPES_WITHOUT_PROCESSES = ("target", "timer", "path", "device", "automount")
+
+
+def parse_policy_text(text: str, filename: str) -> Policy:
+    """Validates one file's text as a whole policy; `filename` labels errors and rules."""
+    return policy_from_files([PolicyFile(filename, text)])
+
+
+def policy_from_files(files: Iterable[PolicyFile]) -> Policy:
+    """Validates the files of a policy directory (in name order) together; raises PolicyError."""
+    return _build([_FileResult(f.path, [], None, 0, [(0, f.refused)]) if f.refused is not None
+                   else _parse_file(f.text, f.path) for f in files])
+
+
+@dataclass
+class _FileResult:
+    filename: str
+    rules: list[tuple[int, str, str, str, str | None]]  # (line, action, kind, value, name)
+    netns: NetnsSelection | None
+    netns_line: int
+    errors: list[tuple[int, str]]                        # (line, "file:line: reason"); line 0: whole file
+
+
+def _build(parsed: list[_FileResult]) -> Policy:
+    """Combines per-file results: ids in file then line order, one [netns], map limits, all errors."""
+    allow, deny, errors, netns_at = [], [], [], None
+    netns = NetnsSelection()
+    counts = {"exe": 0, "cgroup": 0}
+    next_id = FIRST_RULE_ID
+    for res in parsed:
+        errors.extend(msg for _, msg in sorted(res.errors, key=lambda e: e[0]))
+        if res.netns is not None:
+            if netns_at is None:
+                netns, netns_at = res.netns, f"{res.filename}:{res.netns_line}"
+            else:
+                errors.append(f"{res.filename}:{res.netns_line}: a second [netns] table (the first is at "
+                              f"{netns_at}); the namespace choice is global, keep one")
+        for line, action, kind, value, name in res.rules:
+            slot = "exe" if kind == "exe" else "cgroup"  # a unit rule becomes a cgroup map entry
+            counts[slot] += 1
+            limit = abi.MAX_EXE_RULES if slot == "exe" else abi.MAX_CGROUP_RULES
+            if counts[slot] == limit + 1:
+                what = "exe rules" if slot == "exe" else "cgroup and unit rules"
+                errors.append(f"{res.filename}:{line}: more than {limit} {what}: the kernel map holds {limit}")
+            rule = Rule(next_id, action, kind, value, name, res.filename, line)
+            next_id += 1
+            (allow if action == "allow" else deny).append(rule)
+    if errors:
+        raise PolicyError(errors)
+    return Policy(tuple(allow), tuple(deny), netns, tuple(r.filename for r in parsed))
+
+
+def _parse_file(text: str, filename: str) -> _FileResult:
+    res = _FileResult(filename, [], None, 0, [])
+
+    def error(line: int, reason: str):
+        res.errors.append((line, f"{filename}:{line}: {reason}"))
+
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        line, reason = toml_error_line(str(e), text)
+        error(line, f"invalid TOML: {reason}")
+        return res
+    except RecursionError:  # tomllib recurses once per nested array / inline table
+        error(1, "invalid TOML: nested too deeply")
+        return res
+
+    lines = toml_lines(text)
+
+    def at(*path) -> int:
+        """Line of the most specific known prefix of `path` (table, key or array element)."""
+        while path:
+            if path in lines:
+                return lines[path]
+            path = path[:-1]
+        return 1
+
+    for key, value in data.items():
+        if key in ACTIONS:
+            if not isinstance(value, list):
+                error(at(key), f"write each rule as its own [[{key}]] table")
+                continue
+            for idx, table in enumerate(value):
+                if not isinstance(table, dict):
+                    error(at(key, idx), f"each {key} entry must be a table ([[{key}]])")
+                    continue
+                _parse_rule(res, key, table, lambda *p, k=key, i=idx: at(k, i, *p), error)
+        elif key == "netns":
+            if not isinstance(value, dict):
+                error(at(key), "netns must be a table: [netns] with names = [...] or all = true")
+                continue
+            res.netns_line = at(key)
+            res.netns = _parse_netns(value, lambda *p: at("netns", *p), error)
+        else:
+            error(at(key), f"unknown key {_show(key)}: a policy file holds [[allow]], [[deny]] and [netns]"
+                  " tables")
+    res.rules.sort(key=lambda r: r[0])
+    return res
+
+
+def _parse_rule(res: _FileResult, action: str, table: dict, at, error) -> None:
+    header = f"[[{action}]]"
+    unknown = [k for k in table if k not in RULE_KEYS]
+    for k in unknown:
+        error(at(k), f"unknown key {_show(k)} in {header} (expected one of {', '.join(RULE_KEYS)})")
+    selectors = [k for k in table if k in SELECTORS]
+    ok = not unknown
+    if len(selectors) > 1:
+        error(at(), f"{header} has {len(selectors)} selectors ({', '.join(selectors)}); a rule takes "
+              f"exactly one: write one {header} per selector")
+        ok = False
+    elif not selectors:
+        if not unknown:  # a misspelt selector is already reported as an unknown key
+            error(at(), f"{header} has no selector: give exactly one of {', '.join(SELECTORS)}")
+        ok = False
+    else:
+        kind = selectors[0]
+        reason = _CHECKS[kind](table[kind])
+        if reason:
+            error(at(kind), f"{kind}: {reason}")
+            ok = False
+    name = table.get("name")
+    if "name" in table:
+        reason = _check_name(name)
+        if reason:
+            error(at("name"), f"name: {reason}")
+            ok = False
+    if ok:
+        res.rules.append((at(), action, selectors[0], table[selectors[0]], name))
+
+
+def _parse_netns(table: dict, at, error) -> NetnsSelection | None:
+    ok = True
+    for k in table:
+        if k not in NETNS_KEYS:
+            error(at(k), f"unknown key {_show(k)} in [netns] (expected names or all)")
+            ok = False
+    all_ = table.get("all", False)
+    if not isinstance(all_, bool):
+        error(at("all"), f"all must be true or false, not {_toml_type(all_)}")
+        return None
+    names = table.get("names", [])
+    if not isinstance(names, list):
+        error(at("names"), f"names must be an array of strings, not {_toml_type(names)}")
+        return None
+    if all_ and "names" in table:
+        error(at(), "[netns] sets both all = true and names: choose one")
+        return None
+    for i, n in enumerate(names):
+        reason = _check_netns_name(n)
+        if reason:
+            error(at("names", i), f"names: {reason}")
+            ok = False
+    if not ok:
+        return None
+    if all_:
+        return NetnsSelection("all")
+    if names:
+        return NetnsSelection("names", tuple(dict.fromkeys(names)))  # de-duplicated, order kept
+    return NetnsSelection()
+
+
+# ---------------------------------------------------------------------------------------------------
+# Value checks: each returns why the value is refused, or None.
+
+
+def _check_exe(v) -> str | None:
+    reason = _check_abs_path(v, "exe")
+    if reason:
+        return reason
+    if v == "/":
+        return "'/' is a directory, not an executable"
+    # Matching is by identity, but the path is what users read in reports: keep it canonical.
+    if "/" + posixpath.normpath(v).lstrip("/") != v:
+        return f"{_show(v)} is not a normalised path (no '.', '..', '//' or trailing '/')"
+    if len(v.encode()) >= PATH_MAX:
+        return f"longer than {PATH_MAX - 1} bytes"
+    return None
+
+
+def _check_cgroup(v) -> str | None:
+    reason = _check_abs_path(v, "cgroup")
+    if reason:
+        return reason
+    if v == "/":
+        return None  # the root cgroup: every process
+    parts = v[1:].split("/")
+    for part in parts:
+        if part == "":
+            return f"{_show(v)} has an empty component ('//' or a trailing '/')"
+        if part in (".", ".."):
+            return f"{_show(v)} contains {_show(part)}: write the cgroup's own path"
+        if part != part.strip():
+            return f"{_show(v)} has a component starting or ending with whitespace"
+        if len(part.encode()) > NAME_MAX:
+            return f"a component of {_show(v)} is longer than {NAME_MAX} bytes"
+    if len(parts) > abi.CGROUP_MAX_DEPTH:
+        return f"{_show(v)} is {len(parts)} levels deep; the kernel side looks at most {abi.CGROUP_MAX_DEPTH}"
+    return None
+
+
+def _check_abs_path(v, what: str) -> str | None:
+    if not isinstance(v, str):
+        return f"must be a string, not {_toml_type(v)}"
+    if "\0" in v:
+        return "contains a NUL character"
+    if not v.isprintable():
+        return f"{_show(v)} contains a control character"
+    if not v.startswith("/"):
+        example = "/usr/bin/iperf3" if what == "exe" else "/system.slice/batch.slice"
+        return f"{_show(v)} is not an absolute path (e.g. {example})"
+    return None
+
+
+def check_unit_name(v) -> str | None:
+    """systemd's unit_name_is_valid(), minus templates and unit types that run no processes."""
+    if not isinstance(v, str):
+        return f"must be a string, not {_toml_type(v)}"
+    if not v:
+        return "empty unit name"
+    bad = next((c for c in v if c not in UNIT_NAME_CHARS), None)
+    if bad is not None:
+        return (f"{_show(v)} is not a valid unit name: {_show(bad)} is not allowed (letters, digits and "
+                r"':-_.\@' only)")
+    if len(v) > UNIT_NAME_MAX:
+        return f"unit names are at most {UNIT_NAME_MAX} characters"
+    dot = v.rfind(".")
+    suffix = v[dot + 1:] if dot > 0 else ""
+    if suffix in UNIT_TYPES_WITHOUT_PROCESSES:
+        return f"{_show(v)} is a .{suffix} unit, which runs no processes: name the unit it starts"
+    if suffix not in UNIT_TYPES_WITH_PROCESSES:
+        return (f"{_show(v)} has no valid unit type suffix (e.g. nginx.service; one of "
+                f"{', '.join('.' + t for t in UNIT_TYPES_WITH_PROCESSES)})")
+    at = v.find("@")
+    if at == 0:
+        return f"{_show(v)} is not a valid unit name: it starts with '@'"
+    if at != -1 and at == dot - 1:
+        prefix = v[:at]
+        return (f"{_show(v)} is a template, which runs no processes: name an instance "
+                f"({prefix}@NAME.{suffix}) or select all of them with "
+                f'cgroup = "/system.slice/system-{prefix}.slice"')
+    return None
+
+
+def _check_name(v) -> str | None:
+    if not isinstance(v, str):
+        return f"must be a string, not {_toml_type(v)}"
+    if not v or len(v) > MAX_NAME_LEN:
+        return f"must be 1 to {MAX_NAME_LEN} characters"
+    if not v.isprintable():
+        return f"{_show(v)} contains a control character"
+    return None
+
+
+def _check_netns_name(v) -> str | None:
+    if not isinstance(v, str):
+        return f"must be strings, not {_toml_type(v)}"
+    if v in ("", ".", ".."):
+        return f"{_show(v)} is not a namespace name"
+    if "/" in v:
+        return f"{_show(v)} contains '/': give the name of /run/netns/NAME, not a path"
+    if not v.isprintable():  # NUL included
+        return f"{_show(v)} contains a control character"
+    if len(v.encode()) > NAME_MAX:
+        return f"longer than {NAME_MAX} bytes"
+    return None
+
+
+_CHECKS = {"exe": _check_exe, "cgroup": _check_cgroup, "unit": check_unit_name}
+
+
+def _show(v: str) -> str:
+    """A value quoted for a one-line message: escapes newlines and other control characters, bounded."""
+    return repr(v) if len(v) <= 100 else repr(v[:100]) + "..."
+
+
+def _toml_type(v) -> str:
+    names = {bool: "a boolean", int: "an integer", float: "a float", str: "a string", list: "an array",
+             dict: "a table"}
+    return names.get(type(v), "a date/time")
