@@ -11,7 +11,7 @@ Reusable by every tier: the backend is a parameter, and nothing here assumes thi
 
 The server and client are this file run as a program (`python netlab.py server|client ...`): plain
 `socket.socket()` TCP code that the wrapper upgrades. The client reports MPTCP_INFO of its socket
-(mptcpize_py.mptcpinfo) after waiting, bounded, for the extra subflow.
+(mptcpize_py.diag.mptcpinfo) after waiting, bounded, for the extra subflow.
 """
 
 import hashlib

@@ -8,7 +8,6 @@ import pytest
 
 from mptcpize_py.program import btf
 
-
 pytestmark = pytest.mark.skipif(shutil.which("bpftool") is None or not btf.VMLINUX_BTF.exists(),
                                 reason="needs bpftool and /sys/kernel/btf/vmlinux")
 

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from tests.conftest import PROGS, mptcpize
+from tests.conftest import mptcpize
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (BPF probes, seccomp as root)")
 

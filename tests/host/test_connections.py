@@ -11,8 +11,7 @@ import time
 import pytest
 
 from mptcpize_py.diag import sockdiag
-from mptcpize_py.host import netns
-from mptcpize_py.host import procfs
+from mptcpize_py.host import netns, procfs
 from tests.conftest import MPTCPIZE, PYTHON, mptcpize
 from tests.netlab import TwoPathLab
 

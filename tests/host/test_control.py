@@ -274,7 +274,7 @@ def test_no_daemon_exit_3_after_a_clean_shutdown(sock_path):
 
 def test_stale_socket_of_a_dead_daemon_is_replaced(sock_path):
     # A daemon killed with SIGKILL leaves its socket file behind (and its flock is gone with it).
-    script = ("import os, signal, sys\nsys.path.insert(0, sys.argv[2])\nfrom mptcpize_py import control\n"
+    script = ("import os, signal, sys\nsys.path.insert(0, sys.argv[2])\nfrom mptcpize_py.daemon import control\n"
               "control.ControlServer({}, sys.argv[1], allowed_uids={os.geteuid()}).start()\n"
               "os.kill(os.getpid(), signal.SIGKILL)\n")
     r = subprocess.run([sys.executable, "-c", script, str(sock_path), str(REPO)], timeout=30)
@@ -297,7 +297,7 @@ def test_second_server_is_refused_and_the_first_keeps_serving(server, sock_path)
 
 
 def test_second_server_in_another_process_is_refused(server, sock_path):
-    script = ("import sys\nsys.path.insert(0, sys.argv[2])\nfrom mptcpize_py import control\n"
+    script = ("import sys\nsys.path.insert(0, sys.argv[2])\nfrom mptcpize_py.daemon import control\n"
               "from mptcpize_py.errors import MptcpizeError\n"
               "try:\n    control.ControlServer({}, sys.argv[1]).start()\n"
               "except MptcpizeError as e:\n    print(e.message); sys.exit(e.exit_code)\n")

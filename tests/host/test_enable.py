@@ -14,6 +14,7 @@ import pytest
 
 from mptcpize_py import enable
 from mptcpize_py.errors import EXIT_UNAVAILABLE, MptcpizeError
+from mptcpize_py.host import systemd
 from tests.conftest import MPTCPIZE, REPO, mptcpize
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (enable's checks, setpriv)")
@@ -88,12 +89,12 @@ def test_enable_where_bpf_is_unusable_exits_69_and_writes_nothing():
 def test_without_systemd_pid1_systemctl_fails_cleanly():
     """No systemd as PID 1 (this host): asking systemd about a unit is exit 69 with one line, no
     systemctl noise."""
-    if enable.systemd_running():
+    if systemd.booted():
         pytest.skip("systemd is PID 1 here")
     if shutil.which("systemctl") is None:
         pytest.skip("no systemctl installed")
     with pytest.raises(MptcpizeError) as e:
-        enable.known_unit("nginx.service")
+        systemd.known_unit("nginx.service")
     assert e.value.exit_code == EXIT_UNAVAILABLE
     assert "systemd is not running" in e.value.message and e.value.hint
 

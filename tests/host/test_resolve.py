@@ -15,10 +15,9 @@ from pathlib import Path
 import pytest
 
 from mptcpize_py import resolve
+from mptcpize_py.host import files, mounts
 from mptcpize_py.host.files import kernel_dev
 from mptcpize_py.policy import parse_policy_text
-from mptcpize_py.host import files
-from mptcpize_py.host import mounts
 from tests.conftest import is_root
 
 pytestmark = pytest.mark.skipif(not is_root(), reason="needs root (cgroups, netns, mounts, BPF)")
@@ -348,7 +347,8 @@ def test_policy_exe_rule_resolves_to_the_kernel_key(overlays, kernel_offsets):
 
 @pytest.fixture(scope="module")
 def cgroup2():
-    mount = resolve.cgroup2_mount_point()
+    found = mounts.find_cgroup2_mount(mounts.read_mounts())
+    mount = found.mount_point if found else None
     if mount is None:
         pytest.skip("no cgroup v2 hierarchy mounted")
     return mount

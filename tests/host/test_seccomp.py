@@ -15,8 +15,8 @@ import pytest
 
 from mptcpize_py import errors as _errors
 from mptcpize_py import seccomp as _seccomp
-from tests.conftest import MPTCPIZE, PROGS, PYTHON, is_root
 from tests import netlab
+from tests.conftest import MPTCPIZE, PROGS, PYTHON, is_root
 from tests.progs import sockmatrix
 
 SOCKMATRIX = str(PROGS / "sockmatrix.py")

@@ -7,6 +7,7 @@ import os
 import pytest
 
 from mptcpize_py import enable
+
 THROWAWAY = os.environ.get("MPTCPIZE_THROWAWAY_SYSTEMD") == "1"
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import MPTCPIZE, REPO, mptcpize
+from tests.conftest import REPO, mptcpize
 
 pytestmark = pytest.mark.usefixtures("systemd_and_bpf")
 

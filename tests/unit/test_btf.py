@@ -3,11 +3,8 @@ import struct
 
 import pytest
 
-from mptcpize_py.program import btf
-from mptcpize_py.host import files
-from mptcpize_py.program import kallsyms
-from mptcpize_py.host import procfs
-
+from mptcpize_py.host import files, procfs
+from mptcpize_py.program import btf, kallsyms
 
 
 def build_btf(types: list[bytes], strings: list[str]) -> tuple[bytes, dict[str, int]]:

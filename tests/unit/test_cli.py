@@ -1,7 +1,6 @@
 """Bad input through the real CLI: one clear line each and the documented exit code."""
 
 import os
-import stat
 
 import pytest
 

@@ -16,9 +16,9 @@ from mptcpize_py.daemon import control
 from mptcpize_py.daemon.control import LineReader, RequestError, TooLarge, Ucred
 from mptcpize_py.errors import MptcpizeError
 
-
 # ---------------------------------------------------------------------------------------------------
 from mptcpize_py.host import procfs
+
 # struct ucred
 
 

@@ -7,9 +7,9 @@ import sys
 import pytest
 
 from mptcpize_py import abi
-from mptcpize_py.program.loader import ProcStats, UpgradeEvent
 from mptcpize_py.daemon.service import Daemon
 from mptcpize_py.policy import PolicyError
+from mptcpize_py.program.loader import ProcStats, UpgradeEvent
 
 
 class FakeRewriter:

@@ -8,9 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from mptcpize_py import report
-
-from mptcpize_py import enable
+from mptcpize_py import enable, report
 from mptcpize_py.errors import MptcpizeError, UsageError
 from mptcpize_py.policy import load_policy, parse_policy_text
 

@@ -1,6 +1,8 @@
 import struct
 
 from mptcpize_py.diag import mptcpinfo
+
+
 def test_parse_full_struct():
     data = bytearray(mptcpinfo.STRUCT_SIZE)
     data[0] = 1                                   # subflows

@@ -7,15 +7,21 @@ from pathlib import Path
 import pytest
 
 from mptcpize_py import abi, resolve
-from mptcpize_py.policy import parse_policy_text
-from mptcpize_py.host.systemd import (UnitNameError, cg_escape, default_slice, slice_path, unit_cgroup_path,
-                                      unit_name_escape)
-from mptcpize_py.resolve import ResolveError
 
 # ---------------------------------------------------------------------------------------------------
-from mptcpize_py.host import files
+from mptcpize_py.host import files, systemd
 from mptcpize_py.host import mounts as host_mounts
-from mptcpize_py.host import systemd
+from mptcpize_py.host.systemd import (
+    UnitNameError,
+    cg_escape,
+    default_slice,
+    slice_path,
+    unit_cgroup_path,
+    unit_name_escape,
+)
+from mptcpize_py.policy import parse_policy_text
+from mptcpize_py.resolve import ResolveError
+
 # systemd naming rules (v252: src/basic/cgroup-util.c, src/core/unit.c, src/basic/unit-name.c)
 
 

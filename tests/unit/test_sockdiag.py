@@ -11,13 +11,10 @@ import struct
 import pytest
 
 from mptcpize_py import report
-
-
-from mptcpize_py.diag import sockdiag
-
-from mptcpize_py.diag import mptcpinfo
-from mptcpize_py.host import netns
+from mptcpize_py.diag import mptcpinfo, sockdiag
 from mptcpize_py.diag import view as diag_view
+from mptcpize_py.host import netns
+
 CAPTURE = bytes.fromhex(
     "e0000000140002000700000020780000020100009c411b597f0000010000000000000000000000007f00000100000000"
     "0000000000000000000000001e100000000000000000000000000000000000000000000090881e000500080000000000"
@@ -163,6 +160,7 @@ def test_text_view_marks_fallback_and_groups_per_process():
 ])
 def test_cli_bad_netns(tmp_path, args, code, message):
     import os
+
     from tests.conftest import mptcpize
     proc = mptcpize(*args, env=dict(os.environ, MPTCPIZE_CONTROL=str(tmp_path / "none")))
     assert proc.returncode == code, proc.stderr

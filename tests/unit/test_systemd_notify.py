@@ -6,6 +6,7 @@ import socket
 import pytest
 
 from mptcpize_py.host import systemd
+
 pytest.importorskip("systemd.daemon")
 
 
