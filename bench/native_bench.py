@@ -73,8 +73,8 @@ class DryToggle:
     FN = b"tracepoint__syscalls__sys_enter_socket"   # bcc's name for TRACEPOINT_PROBE(syscalls, ...)
 
     def __init__(self, policy_dir: str):
-        from mptcpize_py.program import loader
         from mptcpize_py.daemon import service
+        from mptcpize_py.program import loader
         _policy, resolved = service.load_and_resolve(policy_dir)
         self.rw = loader.Rewriter(all_netns=False, dry_run=True)
         self.rw.set_selection(*resolved.selection())

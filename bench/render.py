@@ -26,7 +26,7 @@ def ratio(cases: dict, a: str, b: str) -> tuple[float, float, float, float] | No
     drift; its spread shows how much the machine's load moved the numbers."""
     if a not in cases or b not in cases:
         return None
-    per_round = [x / y for x, y in zip(cases[a]["runs_ns"], cases[b]["runs_ns"])]
+    per_round = [x / y for x, y in zip(cases[a]["runs_ns"], cases[b]["runs_ns"], strict=False)]
     q1, med, q3 = _quartiles(per_round)
     return cases[a]["best_ns"] / cases[b]["best_ns"], med, q1, q3
 
@@ -59,7 +59,7 @@ def _agg(rows: list[dict], rates: list[str], name: str) -> dict | None:
             return {"tcp": tcp, "mptcp": mp, "best": max(mp) / max(tcp),
                     "tcp_paths": [_path_rates(r) for r in row["runs"]["tcp"]],
                     "rates": [float(x.replace("mbit", "")) for x in rates],
-                    "median": statistics.median(m / t for m, t in zip(mp, tcp)),
+                    "median": statistics.median(m / t for m, t in zip(mp, tcp, strict=False)),
                     "joins": [r["mp_join_ack_rx"] for r in row["runs"][name]],
                     "paths": [_path_rates(r) for r in row["runs"][name]],
                     "size_mib": row["size"] >> 20}
@@ -282,7 +282,7 @@ def render(meta: dict, native: dict, vm: dict) -> str:
         add("Not measured in this run (see the VM part's error below).")
         add("")
     else:
-        add(f"One Python process loads the program exactly as the daemon does (`bpf.Rewriter`, the 1,000-rule "
+        add(f"One Python process loads the program exactly as the daemon does (`loader.Rewriter`, the 1,000-rule "
             f"policy: 799 executable rules, 200 cgroup rules, the loop's own executable; compiled in "
             f"{t.get('load_s', '?')} s under TCG) and closes / re-creates its fmod_ret link between runs, "
             f"so \"attached\" and \"not attached\" alternate run by run. Its ring buffer is read by a thread, "
@@ -321,7 +321,7 @@ def render(meta: dict, native: dict, vm: dict) -> str:
         sp = native.get("selection", {})
         add("### The program's cost on real hardware (native, dry-run build)")
         add("")
-        add(f"This host refuses fmod_ret, but the dry-run build of the same program (`bpf.Rewriter"
+        add(f"This host refuses fmod_ret, but the dry-run build of the same program (`loader.Rewriter"
             f"(dry_run=True)`: the same decide(), with counters, per-process stats and events, on the "
             f"`syscalls:sys_enter_socket` tracepoint; it changes no socket) loads here. With the 1,000-rule "
             f"policy, its tracepoint detached / re-attached between runs, {sp.get('iterations', 0):,} "
@@ -396,7 +396,7 @@ def render(meta: dict, native: dict, vm: dict) -> str:
         c0 = comp[0]
         add(f"Cold start natively: a process that imports mptcpize_py ({c0['import_ours_s']:.2f} s), "
             f"imports bcc ({c0['import_s']:.2f} s) and compiles + loads the program "
-            f"(`bpf.Rewriter(dry_run=True)`: the same C source with the socket() tracepoint instead of "
+            f"(`loader.Rewriter(dry_run=True)`: the same C source with the socket() tracepoint instead of "
             f"the fmod_ret hook, which this host refuses) took "
             + ", ".join(f"{r['process_wall_s']:.2f} s" for r in comp)
             + " in total. A cold `run` adds an fmod_ret attach (milliseconds) and the fork + exec of "

@@ -63,9 +63,8 @@ class Toggle:
     def __init__(self, policy_dir: str):
         import bcc
 
-        from mptcpize_py.program import loader
-
         from mptcpize_py.daemon import service
+        from mptcpize_py.program import loader
         _policy, resolved = service.load_and_resolve(policy_dir)
         t0 = time.monotonic()
         self.rw = loader.Rewriter(all_netns=False)          # what the daemon loads

@@ -220,7 +220,7 @@ class _Transaction:
         for p in reversed(missing):
             os.mkdir(p, DIR_MODE)
             self.created_dirs.append(p)
-            os.chmod(p, DIR_MODE)  # umask; policy.py refuses a group/world-writable directory
+            os.chmod(p, DIR_MODE)  # umask; the policy refuses a group/world-writable directory
             (p / CREATED_MARKER).touch(mode=0o644)
             files.fsync_dir(p.parent)
 

@@ -1,7 +1,6 @@
 """One exception base for every error a user sees; cli.py turns it into one line and an exit code."""
 
 # Exit codes (see README "Exit status").
-EXIT_OK = 0
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
 EXIT_NO_DAEMON = 3

@@ -112,7 +112,7 @@ def enabled_units_text(status: dict) -> list[str]:
 
 
 def connections_json(view: dict) -> str:
-    """`status --connections --json`: mptcpdiag.connection_view() as is."""
+    """`status --connections --json`: diag.view.connection_view() as is."""
     return json.dumps(view, indent=2, sort_keys=True)
 
 

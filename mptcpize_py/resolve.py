@@ -1,55 +1,30 @@
 """Policy -> the integer keys the kernel program matches: exe identities, cgroup ids, netns inums.
 
-The kernel side (bpf/mptcpize.bpf.c) sees only numbers. This module turns a validated Policy into them,
-and says per rule what could not be resolved, as `file:line: reason` lines like policy errors. Nothing
-here raises for a single rule: the daemon decides what is fatal (e.g. at start) and what is a warning
-(e.g. on reload), so resolve_policy() always returns a complete Resolved.
+resolve_policy() never raises for one rule: it returns a complete Resolved that says per rule what
+could not be resolved (`file:line: reason`), and the daemon decides what is fatal. The keys:
 
-What each key is, and why (each one checked against what a BPF program reads, tests/host/test_resolve.py):
+- exe -> (dev, ino) of the inode exec() puts into mm->exe_file: i_ino from /proc/self/fdinfo and the
+  superblock's s_dev from the fd's mount in mountinfo, not stat()'s st_dev, which overlayfs (layers on
+  different filesystems) and btrfs report differently. The path is opened O_PATH, following symlinks
+  but no /proc magic links; a package upgrade makes a new inode, so the daemon re-resolves.
+- cgroup -> the cgroup id (its directory's inode on the cgroup v2 mount: /sys/fs/cgroup, or
+  /sys/fs/cgroup/unified on hybrid hosts). A cgroup that does not exist yet is `pending`.
+- unit -> a cgroup path: systemd's answer when PID 1 is systemd (ControlGroup=, or Slice=), else its
+  default naming rules (host.systemd). A unit that restarts gets a new cgroup id.
+- netns -> st_ino of /run/netns/NAME (nsfs), or of the daemon's own namespace for "host" (not
+  /proc/1/ns/net, which needs ptrace access to PID 1). A missing name is `pending`.
 
-- exe rule -> (dev, ino) of `mm->exe_file->f_inode`: `i_sb->s_dev` (the kernel's dev_t, MKDEV =
-  major << 20 | minor) and `i_ino`. The path is opened with O_PATH, following symlinks
-  (/usr/bin/python3 -> /usr/bin/python3.11: the process runs the file the link leads to, and that is
-  what the kernel sees). We do NOT take stat()'s st_dev: filesystems may report another device there
-  than their superblock's. Measured on this host (6.18): an overlayfs whose layers are on different
-  filesystems (lower ext4, upper tmpfs, as in the VM tier's writable /usr) reports st_dev 0:44 for a
-  lower file, while the superblock, and so the kernel key, is 0:42; btrfs reports a per-subvolume
-  st_dev that is not s_dev either. Instead the inode number comes from /proc/self/fdinfo/FD (`ino:`,
-  which is file_inode(file)->i_ino) and the device from the superblock of the fd's mount (`mnt_id:` ->
-  /proc/self/mountinfo `major:minor`, which the kernel prints from sb->s_dev). Both describe exactly the
-  inode that exec() puts into mm->exe_file. Limits: a container's binary on the container's own overlay
-  is a different file (another overlay superblock) from the host path the policy names; a file replaced
-  by a package upgrade is a new inode: the daemon re-resolves when the directory changes.
-- cgroup rule -> the cgroup id, i.e. the inode number of its directory on the cgroup v2 filesystem
-  (since Linux 5.5 a cgroup's id is its kernfs node id, which is its inode number on 64-bit).
-  bpf_get_current_cgroup_id() and bpf_get_current_ancestor_cgroup_id() return the same number for the
-  default (v2) hierarchy, also on hybrid v1/v2 hosts. The cgroup v2 mount is found in mountinfo: it is
-  /sys/fs/cgroup on a unified host but /sys/fs/cgroup/unified on a hybrid one (this host). A cgroup that
-  does not exist yet is not an error but `pending`: a unit may start later. Ids are never reused
-  within a boot, so a unit that restarts gets a new cgroup and a new id: the daemon must watch and
-  re-resolve.
-- unit rule -> a cgroup path by systemd's naming rules (system manager, no Slice= override; the pure
-  functions below follow src/basic/cgroup-util.c and src/core/unit.c), or, when PID 1 is systemd and
-  systemctl exists, by asking it (`systemctl show -p ControlGroup -p Slice UNIT`, argv list, timeout).
-  Only asking finds units with Slice= overrides and units of a manager whose cgroup root is not "/"
-  (systemd in a container); user units (user@UID.service/...) are out of reach of the system policy.
-- netns -> the inode number of the namespace (ns.inum): st_ino of /run/netns/NAME (an nsfs bind mount,
-  as `ip netns add` makes it) and of /proc/self/ns/net for "host". "host" is the daemon's own namespace:
-  under systemd (no PrivateNetwork=) that is PID 1's; we do not read /proc/1/ns/net because that needs
-  ptrace access to PID 1 (CAP_SYS_PTRACE), which the hardened unit should not hold (and which is
-  refused even to root on this host). A named namespace that does not exist (yet) is `pending`.
-
-Policy values are hostile input: exe paths are only opened with O_PATH (no read, no exec) and must be
-regular files; cgroup paths are normalised, joined under the cgroup2 mount and must stay under it after
-realpath() and be directories of that very filesystem; netns names cannot contain '/' (policy.py).
+Policy values are hostile: exe paths are only opened O_PATH and must be regular executable files;
+cgroup paths are normalised, must stay under the cgroup2 mount after realpath() and be directories of
+that very filesystem.
 """
 
 import errno
 import os
 import posixpath
 import stat
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Callable, Mapping
 
 from mptcpize_py import abi
 from mptcpize_py.host import files
@@ -100,15 +75,15 @@ class Resolved:
     notes: tuple[str, ...] = ()      # informational: two rules with one key, systemd not asked, ...
 
     def exe_map(self) -> dict[tuple[int, int], tuple[int, int]]:
-        """{(dev, ino): (rule_id, action)} ready for bpf.py (action: abi.ACTION_ALLOW / ACTION_DENY)."""
+        """{(dev, ino): (rule_id, action)} for the program loader (abi.ACTION_ALLOW / ACTION_DENY)."""
         return {(k.dev, k.ino): (r.id, _action(r)) for k, r in self.exe.items()}
 
     def cgroup_map(self) -> dict[int, tuple[int, int]]:
-        """{cgroup id: (rule_id, action)} ready for bpf.py."""
+        """{cgroup id: (rule_id, action)} ready for the program loader."""
         return {k: (r.id, _action(r)) for k, r in self.cgroups.items()}
 
     def selection(self) -> tuple[dict, dict, set[int] | None]:
-        """The arguments of bpf.Rewriter.set_selection(): exe map, cgroup map, netns set (None: all)."""
+        """The arguments of loader.Rewriter.set_selection(): exe map, cgroup map, netns set (None: all)."""
         return self.exe_map(), self.cgroup_map(), (None if self.all_netns else set(self.netns))
 
     def flags(self) -> int:
@@ -301,7 +276,7 @@ def resolve_policy(policy: Policy, *, cgroup_mount: str | None = None, netns_dir
             nsfs_dev = None
         for name in policy.netns.names if policy.netns.mode == "names" else ():
             path = posixpath.join(netns_dir, name)
-            if "/" in name or name in ("", ".", ".."):  # policy.py refuses these; never trust a join
+            if "/" in name or name in ("", ".", ".."):  # the policy refuses these; never trust a join
                 problems.append(f"netns {name!r}: not a namespace name")
                 continue
             try:

@@ -14,7 +14,13 @@ import signal
 import subprocess
 from dataclasses import dataclass
 
-from mptcpize_py.errors import EXIT_CANNOT_EXECUTE, EXIT_NOT_FOUND, MptcpizeError, PermissionDenied, Unavailable
+from mptcpize_py.errors import (
+    EXIT_CANNOT_EXECUTE,
+    EXIT_NOT_FOUND,
+    MptcpizeError,
+    PermissionDenied,
+    Unavailable,
+)
 
 FORWARDED_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 _SI_KERNEL = 0x80  # si_code of a signal the kernel raised (e.g. ^C at a terminal), not kill(2)

@@ -34,9 +34,9 @@ import stat
 import struct
 import threading
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Mapping
 
 from mptcpize_py.errors import EXIT_NO_DAEMON, MptcpizeError, PermissionDenied
 from mptcpize_py.host.procfs import parse_stat_ppid, parse_status_field
@@ -146,7 +146,7 @@ class LineReader:
             self._sock.settimeout(remaining)
             try:
                 chunk = self._sock.recv(65536)
-            except socket.timeout:
+            except TimeoutError:
                 raise TimeoutError from None
             if not chunk:
                 return None
@@ -522,7 +522,7 @@ def request(cmd: dict, path: Path | str = DEFAULT_PATH, timeout: float = TIMEOUT
             raise no_daemon_error(path) from None
         except PermissionError:
             raise _permission_error(path) from None
-        except socket.timeout:
+        except TimeoutError:
             raise MptcpizeError(f"the daemon did not accept a connection on {path} within "
                                 f"{timeout:g} s") from None
         except OSError as e:
@@ -531,7 +531,7 @@ def request(cmd: dict, path: Path | str = DEFAULT_PATH, timeout: float = TIMEOUT
             sock.sendall(encode(cmd))
         except (BrokenPipeError, ConnectionResetError):
             pass  # the daemon may have refused us already: its answer is still ours to read
-        except socket.timeout:
+        except TimeoutError:
             raise MptcpizeError(f"the daemon on {path} did not take the request within {timeout:g} s") \
                 from None
         reader = LineReader(sock, max_response)

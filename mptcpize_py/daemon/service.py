@@ -2,8 +2,8 @@
 
 Lifecycle: load + validate the policy (PolicyError -> exit 78), resolve it to kernel keys (a rule that
 resolves to nothing, e.g. a missing executable, is a bad policy at start too), load and attach the
-program (bpf.Rewriter, fail-open: the link dies with this process), fill the maps, serve the control
-socket, then loop:
+program (program.loader.Rewriter, fail-open: the link dies with this process), fill the maps, serve
+the control socket, then loop:
 
 - ring-buffer events: the first upgrade of each process is logged at INFO
   (`upgraded pid=… exe=… rule=… unit=…`); per-socket volume stays in the kernel's counters.
@@ -19,7 +19,7 @@ socket, then loop:
 
 Under systemd (Type=notify): READY=1 with a STATUS= summary once the program is attached and the
 policy loaded, STATUS= updates, watchdog pings from the main loop (a wedged loop gets restarted), and log
-records as journald entries with MPTCPIZE_* fields (systemd.py).
+records as journald entries with MPTCPIZE_* fields (host/systemd.py).
 
 Control requests besides `status`: `register` (a `run` process puts itself, before exec, into the run
 tree: the fast path that spares `run` compiling its own program), `run_report` (that run's per-process
@@ -103,7 +103,7 @@ class Daemon:
     def __init__(self, policy_dir: Path = DEFAULT_POLICY_DIR, path: Path | None = None,
                  resync_interval: float = RESYNC_INTERVAL, *, owner_uid: int = 0,
                  rewriter_factory=None, serve: bool = True, dry_run: bool = False):
-        """owner_uid, rewriter_factory (() -> a bpf.Rewriter look-alike) and serve=False are for tests
+        """owner_uid, rewriter_factory (() -> a loader.Rewriter look-alike) and serve=False are for tests
         that drive the daemon's logic without BPF or a control socket."""
         self.policy_dir = Path(policy_dir)
         self.owner_uid = owner_uid
@@ -457,11 +457,7 @@ def check(policy_dir: Path) -> tuple[Policy, Resolved]:
     return load_and_resolve(Path(policy_dir))
 
 
-def run_daemon(policy_dir: Path = DEFAULT_POLICY_DIR, check_only: bool = False,
-               dry_run: bool = False) -> int:
-    if check_only:
-        check(policy_dir)
-        return 0
+def run_daemon(policy_dir: Path = DEFAULT_POLICY_DIR, dry_run: bool = False) -> int:
     systemd.use_journal_if_under_systemd()
     d = Daemon(policy_dir, dry_run=dry_run)
     d.install_signals()

@@ -21,8 +21,8 @@ import errno
 import os
 import socket
 import struct
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Iterable
 
 from mptcpize_py.abi import IPPROTO_MPTCP
 from mptcpize_py.diag import mptcpinfo
@@ -192,7 +192,8 @@ def parse_messages(data: bytes, seq: int | None = None) -> tuple[list[Connection
 # Talking to the kernel
 
 
-def dump(families: Iterable[int] = (socket.AF_INET, socket.AF_INET6), timeout: float = 5.0) -> list[Connection]:
+def dump(families: Iterable[int] = (socket.AF_INET, socket.AF_INET6),
+         timeout: float = 5.0) -> list[Connection]:
     """Every MPTCP socket (listeners included) of the calling thread's network namespace.
 
     Raises Unavailable when the kernel has no MPTCP sock_diag (CONFIG_INET_MPTCP_DIAG, the mptcp_diag
@@ -212,7 +213,7 @@ def dump(families: Iterable[int] = (socket.AF_INET, socket.AF_INET6), timeout: f
                 try:
                     data = sock.recv(1 << 17)
                     got, done = parse_messages(data, seq)
-                except socket.timeout:
+                except TimeoutError:
                     raise MptcpizeError(f"MPTCP sock_diag: no answer from the kernel within {timeout:g} s") \
                         from None
                 except OSError as e:

@@ -2,8 +2,8 @@
 
 import ctypes
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Iterable
 
 from mptcpize_py.errors import Unavailable
 from mptcpize_py.host.files import mkdev

@@ -5,8 +5,9 @@ import ctypes
 import errno
 import os
 import threading
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable, TypeVar
+from typing import TypeVar
 
 from mptcpize_py.errors import MptcpizeError, PermissionDenied, UsageError
 

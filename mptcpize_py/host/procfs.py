@@ -5,7 +5,7 @@ Every reader returns None when the process is gone or not ours to inspect: a pid
 
 import os
 import re
-from typing import Iterable
+from collections.abc import Iterable
 
 PROC = "/proc"
 

@@ -94,7 +94,8 @@ def _build(parsed: list[_FileResult]) -> Policy:
             limit = abi.MAX_EXE_RULES if slot == "exe" else abi.MAX_CGROUP_RULES
             if counts[slot] == limit + 1:
                 what = "exe rules" if slot == "exe" else "cgroup and unit rules"
-                errors.append(f"{res.filename}:{line}: more than {limit} {what}: the kernel map holds {limit}")
+                errors.append(f"{res.filename}:{line}: more than {limit} {what}: "
+                              f"the kernel map holds {limit}")
             rule = Rule(next_id, action, kind, value, name, res.filename, line)
             next_id += 1
             (allow if action == "allow" else deny).append(rule)

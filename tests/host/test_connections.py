@@ -1,6 +1,6 @@
 """`status --connections` with no daemon, natively: real transfers between two namespaces under
 `mptcpize-py run` (whichever backend run picks here: seccomp on this host), looked at from outside with
-the real CLI while the connections are open. Plus mptcpdiag itself against this kernel."""
+the real CLI while the connections are open. Plus sock_diag itself against this kernel."""
 
 import json
 import os
@@ -205,7 +205,7 @@ def test_metrics_without_daemon(env):
     assert fams["mptcpize_daemon_up"].samples[0].value == 0
 
 
-# --- mptcpdiag against this kernel, in-process --------------------------------------------------------
+# --- sock_diag against this kernel, in-process --------------------------------------------------------
 
 
 def _mptcp_pair(port: int):

@@ -433,7 +433,7 @@ def test_missing_cgroup_is_pending_then_resolves(cgroup2, mzr_cgroup):
 
 
 def test_hostile_cgroup_paths_stay_under_the_mount(cgroup2, mzr_cgroup):
-    # policy.py refuses '..' already; resolve must hold on its own too.
+    # the policy refuses '..' already; resolve must hold on its own too.
     assert resolve.cgroup_fs_path(cgroup2, "/../../../etc") == cgroup2 + "/etc"
     assert resolve.cgroup_id(cgroup2, "/../../../etc") is None      # no such cgroup: pending
     with pytest.raises(resolve.ResolveError, match="not a cgroup"):

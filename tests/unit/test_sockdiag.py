@@ -1,4 +1,4 @@
-"""mptcpdiag's pure parts: the request it sends and its decoding of the kernel's answer, on bytes
+"""sockdiag's pure parts: the request it sends and its decoding of the kernel's answer, on bytes
 captured once from the real kernel (6.18, this machine): a dump of AF_INET MPTCP sockets in a netns
 with an MPTCP listener on 127.0.0.1:7001, a client 127.0.0.1:40001 connected to it that sent 1000 bytes
 (and the accepted end), and an MPTCP client 127.0.0.1:40002 that fell back to TCP against a plain TCP

@@ -1,4 +1,4 @@
-"""The kernel side's selection for the daemon front-ends, driven through bpf.Rewriter directly:
+"""The kernel side's selection for the daemon front-ends, driven through loader.Rewriter directly:
 executable identity, cgroup (with ancestors), deny beating allow, and the netns allow set. Processes
 here are NOT under `run`; what they see (SO_PROTOCOL) is the assertion."""
 

@@ -1,0 +1,86 @@
+"""The layout's rules, checked on the source: one owner module per external dependency and per
+OS-level entry point, only cli.py prints, renderers import no OS surface. A new import in the wrong
+place fails here, not in a review."""
+
+import ast
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parents[2] / "mptcpize_py"
+
+# top-level module imported -> the only modules allowed to import it (paths relative to mptcpize_py/)
+OWNERS = {
+    "bcc": {"program/loader.py"},                  # distro python3-bpfcc: compiler and maps
+    "pyroute2": {"paths.py"},                      # MPTCP path-manager netlink
+    "systemd": {"host/systemd.py"},                # python3-systemd: journald, sd_notify
+    "psutil": {"host/procfs.py"},
+    "subprocess": {"host/systemd.py", "run/spawn.py"},   # systemctl; CMD itself
+}
+LIBC_OWNER = "host/libc.py"                        # the one ctypes.CDLL of the tree
+PRINTER = "cli.py"
+PURE_RENDERERS = {"report.py", "metrics.py", "status.py"}
+OS_MODULES = {"os", "socket", "ctypes", "subprocess", "fcntl", "mptcpize_py.host"}
+
+
+def modules() -> list[tuple[str, ast.Module, str]]:
+    out = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        text = path.read_text()
+        out.append((path.relative_to(PACKAGE).as_posix(), ast.parse(text, str(path)), text))
+    return out
+
+
+def imported(tree: ast.Module) -> set[str]:
+    """Every module name an import statement names, anywhere in the file (lazy imports too)."""
+    names = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            names.add(node.module)
+            names.update(f"{node.module}.{a.name}" for a in node.names)
+    return names
+
+
+def test_the_package_is_found():
+    assert len(modules()) > 20
+
+
+@pytest.mark.parametrize("dependency", sorted(OWNERS))
+def test_each_dependency_has_one_owner(dependency):
+    importers = {rel for rel, tree, _ in modules()
+                 if any(n == dependency or n.startswith(dependency + ".") for n in imported(tree))}
+    assert importers <= OWNERS[dependency], \
+        f"{dependency} imported outside its owner {sorted(OWNERS[dependency])}: {sorted(importers - OWNERS[dependency])}"
+
+
+def test_only_host_libc_loads_libc():
+    loaders = {rel for rel, _, text in modules() if "CDLL(" in text or "ctypes.cdll" in text}
+    assert loaders <= {LIBC_OWNER}, f"ctypes.CDLL outside {LIBC_OWNER}: {sorted(loaders - {LIBC_OWNER})}"
+
+
+def test_only_the_cli_prints():
+    printers = set()
+    for rel, tree, _ in modules():
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "print":
+                printers.add(rel)
+            if isinstance(node, ast.Attribute) and node.attr == "stdout" and \
+                    isinstance(node.value, ast.Name) and node.value.id == "sys":
+                printers.add(rel)
+    assert printers <= {PRINTER}, f"printing outside {PRINTER}: {sorted(printers - {PRINTER})}"
+
+
+def test_renderers_touch_no_os_surface():
+    for rel, tree, _ in modules():
+        if rel in PURE_RENDERERS:
+            bad = {n for n in imported(tree) if n.split(".")[0] in OS_MODULES or n.startswith("mptcpize_py.host")}
+            assert not bad, f"{rel} is a pure renderer but imports {sorted(bad)}"
+
+
+def test_no_relative_imports():
+    """Absolute imports only: a module's dependencies read the same wherever it moves."""
+    for rel, tree, _ in modules():
+        rel_imports = [n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.level]
+        assert not rel_imports, f"{rel}: relative imports {rel_imports}"
