@@ -2,9 +2,13 @@
 
 import argparse
 import sys
+from typing import TYPE_CHECKING
 
 from . import __version__
 from .errors import EXIT_UNAVAILABLE, EXIT_USAGE, MptcpizeError, UsageError
+
+if TYPE_CHECKING:
+    from .status import DaemonStatus
 
 PROG = "mptcpize-py"
 
@@ -184,12 +188,19 @@ def cmd_daemon(args) -> int:
     return daemon.run_daemon(policy_dir, dry_run=args.dry_run)
 
 
-def _daemon_status_or_none() -> dict | None:
-    """The daemon's `status` answer; None when no daemon runs (other errors are raised)."""
+def _daemon_status() -> "DaemonStatus":
+    """The daemon's `status` answer, checked field by field (exit 3 when no daemon runs)."""
     from . import control
+    from .status import DaemonStatus
+    return DaemonStatus.from_json_dict(control.request({"cmd": "status"}, control.control_path(),
+                                                       timeout=10))
+
+
+def _daemon_status_or_none() -> "DaemonStatus | None":
+    """The daemon's `status` answer; None when no daemon runs (other errors are raised)."""
     from .errors import EXIT_NO_DAEMON
     try:
-        return control.request({"cmd": "status"}, control.control_path(), timeout=10)
+        return _daemon_status()
     except MptcpizeError as e:
         if e.exit_code != EXIT_NO_DAEMON:
             raise
@@ -220,17 +231,17 @@ def cmd_metrics(args) -> int:
 
 
 def cmd_status(args) -> int:
-    from . import control, report
+    from . import report
     if args.connections:
         return cmd_status_connections(args)
     if args.netns is not None:
         raise UsageError("status: --netns only applies with --connections",
                          hint=f"{PROG} status --connections --netns NAME")
-    resp = control.request({"cmd": "status"}, control.control_path(), timeout=10)
+    status = _daemon_status()
     if args.json:
-        _out(report.status_json(resp))
+        _out(report.status_json(status))
     else:
-        for line in report.status_text(resp):
+        for line in report.status_text(status):
             _out(line)
     return 0
 

@@ -2,12 +2,14 @@
 
 import copy
 import json
+import os
 
 import pytest
 
 from mptcpize_py import control
 from mptcpize_py.errors import MptcpizeError
 from mptcpize_py.status import DaemonStatus, StatusFormatError
+from tests.conftest import mptcpize
 from tests.unit.status_builder import counters, daemon_status, policy, process, rule
 
 ODD_EXE = '/opt/we"ird\\dir/new\nline\udcffexe'   # quote, backslash, newline, a non-UTF-8 byte
@@ -103,3 +105,33 @@ def test_rule_comes_from_its_file_only():
     assert not RULES[0].comes_from("unit-nginx.service.toml")
     quoted = rule(20, "allow", "unit", "a.service", name="(unit-a.service.toml:1)", file="10.toml")
     assert quoted.comes_from("10.toml") and not quoted.comes_from("unit-a.service.toml")
+
+
+@pytest.fixture
+def fake_daemon(tmp_path):
+    """A control socket whose `status` answers what the test puts in answer[0]."""
+    answer = [STATUS.to_json_dict()]
+    path = tmp_path / "run" / "control"
+    with control.ControlServer({"status": lambda _req, _peer: answer[0]}, path,
+                               allowed_uids={os.geteuid()}):
+        yield answer, dict(os.environ, MPTCPIZE_CONTROL=str(path))
+
+
+def test_cli_status_json_is_the_daemons_answer(fake_daemon):
+    _, env = fake_daemon
+    proc = mptcpize("status", "--json", env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == json.dumps(wire(STATUS), indent=2, sort_keys=True) + "\n"
+
+
+@pytest.mark.parametrize("command", [("status",), ("status", "--json"), ("metrics",)])
+def test_cli_malformed_answer_is_one_error_line(fake_daemon, command):
+    answer, env = fake_daemon
+    answer[0] = wire(STATUS)
+    answer[0]["policy"]["rules"][3]["upgraded"] = "7"
+    proc = mptcpize(*command, env=env)
+    assert proc.returncode == 1 and proc.stdout == ""
+    assert proc.stderr.splitlines()[0] == \
+        "mptcpize-py: error: daemon status: field policy.rules[3].upgraded: expected int, got str"
+    assert proc.stderr.splitlines()[1].startswith("mptcpize-py: hint: ")
+    assert len(proc.stderr.splitlines()) == 2
