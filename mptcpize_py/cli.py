@@ -3,10 +3,14 @@
 import argparse
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from mptcpize_py import __version__
 from mptcpize_py.errors import EXIT_UNAVAILABLE, MptcpizeError, UsageError
 from mptcpize_py.locations import POLICY_DIR
+
+if TYPE_CHECKING:
+    from mptcpize_py.status import DaemonStatus
 
 PROG = "mptcpize-py"
 
@@ -193,12 +197,19 @@ def cmd_daemon(args) -> int:
     return service.run_daemon(policy_dir, dry_run=args.dry_run)
 
 
-def _daemon_status_or_none() -> dict | None:
-    """The daemon's `status` answer; None when no daemon runs (other errors are raised)."""
+def _daemon_status() -> "DaemonStatus":
+    """The daemon's `status` answer, checked field by field (exit 3 when no daemon runs)."""
     from mptcpize_py.daemon import control
+    from mptcpize_py.status import DaemonStatus
+    return DaemonStatus.from_json_dict(control.request({"cmd": "status"}, control.control_path(),
+                                                       timeout=10))
+
+
+def _daemon_status_or_none() -> "DaemonStatus | None":
+    """The daemon's `status` answer; None when no daemon runs (other errors are raised)."""
     from mptcpize_py.errors import EXIT_NO_DAEMON
     try:
-        return control.request({"cmd": "status"}, control.control_path(), timeout=10)
+        return _daemon_status()
     except MptcpizeError as e:
         if e.exit_code != EXIT_NO_DAEMON:
             raise
@@ -232,8 +243,6 @@ def cmd_metrics(args) -> int:
 
 
 def _write_output(path: str, text: str) -> None:
-    from pathlib import Path
-
     from mptcpize_py.host.files import write_atomic
     try:
         write_atomic(path, text)
@@ -247,17 +256,16 @@ def _write_output(path: str, text: str) -> None:
 
 def cmd_status(args) -> int:
     from mptcpize_py import report
-    from mptcpize_py.daemon import control
     if args.connections:
         return cmd_status_connections(args)
     if args.netns is not None:
         raise UsageError("status: --netns only applies with --connections",
                          hint=f"{PROG} status --connections --netns NAME")
-    resp = control.request({"cmd": "status"}, control.control_path(), timeout=10)
+    status = _daemon_status()
     if args.json:
-        _out(report.status_json(resp))
+        _out(report.status_json(status))
     else:
-        for line in report.status_text(resp):
+        for line in report.status_text(status):
             _out(line)
     return 0
 

@@ -1,8 +1,9 @@
 """Prometheus text exposition format (version 0.0.4) for node_exporter's textfile collector.
 
-`render()` is pure: the daemon's `status` answer and the connection view (diag.view) in, text out.
-`metrics --output` replaces the file the way the textfile collector needs (host.files.write_atomic): it
-reads every `*.prom` file of its directory at each scrape, so a half-written file never carries that name.
+`render()` is pure: the daemon's status (status.DaemonStatus) and the connection view (diag.view) in,
+text out. `metrics --output` replaces the file the way the textfile collector needs
+(host.files.write_atomic): it reads every `*.prom` file of its directory at each scrape, so a
+half-written file never carries that name.
 
 Label values come from executable paths, unit names, cgroup paths and rule names, all of which other
 users choose: they are escaped per the format (backslash, double quote, line feed) after any byte that is
@@ -16,6 +17,8 @@ Prometheus reads as a counter reset.
 
 from collections import defaultdict
 from pathlib import Path
+
+from mptcpize_py.status import DaemonStatus
 
 DEFAULT_TEXTFILE = Path("/var/lib/prometheus/node-exporter/mptcpize.prom")
 
@@ -48,7 +51,7 @@ class _Writer:
         return "\n".join(self.lines) + "\n"
 
 
-def render(status: dict | None, view: dict | None = None) -> str:
+def render(status: DaemonStatus | None, view: dict | None = None) -> str:
     """The metrics. status None: no daemon answered (only mptcpize_daemon_up 0). view: what
     `status --connections --json` prints (connections of the upgraded processes), or None."""
     w = _Writer()
@@ -59,15 +62,14 @@ def render(status: dict | None, view: dict | None = None) -> str:
         return w.text()
     w.family("mptcpize_dry_run", "gauge",
              "1 when the daemon runs with --dry-run: its counts are sockets that would have been upgraded.",
-             [({}, 1 if status.get("dry_run") else 0)])
-    totals = status.get("totals") or {}
-    rows = status.get("processes") or []
+             [({}, 1 if status.dry_run else 0)])
+    totals, rows = status.totals, status.processes
     w.family("mptcpize_upgraded_sockets_total", "counter",
              "Sockets the daemon's program upgraded to MPTCP since it was loaded (exact kernel counter).",
-             [({}, int(totals.get("upgraded", 0)))])
+             [({}, totals.get("upgraded", 0))])
     w.family("mptcpize_not_upgraded_total", "counter",
              "TCP sockets of selected processes deliberately left TCP, by reason.",
-             [({"reason": k}, int(v)) for k, v in sorted(totals.items())
+             [({"reason": k}, v) for k, v in sorted(totals.items())
               if k not in ("upgraded", "events_dropped")])
     w.family("mptcpize_upgrades_total", "counter",
              "Sockets upgraded, per allow rule of the policy (exact kernel counter); rule=\"run\": "
@@ -75,40 +77,40 @@ def render(status: dict | None, view: dict | None = None) -> str:
              [({"rule": k}, v) for k, v in sorted(_per_rule(status).items())])
     per_unit: dict[str, int] = defaultdict(int)
     for r in rows:
-        if r.get("unit"):
-            per_unit[r["unit"]] += int(r.get("upgraded") or 0)
+        if r.unit:
+            per_unit[r.unit] += r.upgraded
     w.family("mptcpize_unit_upgrades_total", "counter",
              "Sockets upgraded, per systemd unit (sum over the processes the daemon tracks).",
              [({"unit": k}, v) for k, v in sorted(per_unit.items())])
-    alive = sum(1 for r in rows if r.get("alive"))
+    alive = sum(1 for r in rows if r.alive)
     w.family("mptcpize_upgraded_processes", "gauge",
              "Processes with upgraded sockets that the daemon tracks, alive or exited.",
              [({"alive": "true"}, alive), ({"alive": "false"}, len(rows) - alive)])
     w.family("mptcpize_events_dropped_total", "counter",
              "Upgrade events the kernel could not hand to the daemon (ring buffer full).",
-             [({}, int(status.get("events_dropped") or 0))])
+             [({}, status.events_dropped)])
     if view is not None:
         _connection_families(w, view)
     return w.text()
 
 
-def _per_rule(status: dict) -> dict[str, int]:
+def _per_rule(status: DaemonStatus) -> dict[str, int]:
     """{rule description: sockets upgraded}: the kernel's exact per-rule counters
-    (status["policy"]["rules"][i]["upgraded"]) for allow rules; run trees have no rule, they are summed
-    from their processes' rows. A daemon without per-rule counters: every row summed by rule."""
-    rules = (status.get("policy") or {}).get("rules") or []
-    rows = status.get("processes") or []
+    (status.policy.rules[i].upgraded) for allow rules; run trees have no rule, they are summed from
+    their processes' rows. A policy without rules (e.g. its directory is gone) leaves only rows,
+    summed by the rule they were upgraded under."""
+    rules, rows = status.policy.rules, status.processes
     out: dict[str, int] = defaultdict(int)
-    if rules and all("upgraded" in r for r in rules):
+    if rules:
         for r in rules:
-            if r.get("action", "allow") == "allow":
-                out[r.get("description") or f"rule {r.get('id')}"] += int(r.get("upgraded") or 0)
+            if r.action == "allow":
+                out[r.description] += r.upgraded
         for row in rows:
-            if row.get("kind") == "run":
-                out["run"] += int(row.get("upgraded") or 0)
+            if row.kind == "run":
+                out["run"] += row.upgraded
     else:
         for row in rows:
-            out[row.get("rule") or "none"] += int(row.get("upgraded") or 0)
+            out[row.rule] += row.upgraded
     return dict(out)
 
 

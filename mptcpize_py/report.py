@@ -3,6 +3,8 @@
 import json
 from dataclasses import asdict
 
+from mptcpize_py.status import DaemonStatus
+
 
 def check_text(report) -> list[str]:
     lines = []
@@ -51,50 +53,47 @@ def policy_check_text(policy, resolved) -> list[str]:
     return lines
 
 
-def status_json(status: dict) -> str:
-    return json.dumps(status, indent=2, sort_keys=True)
+def status_json(status: DaemonStatus) -> str:
+    return json.dumps(status.to_json_dict(), indent=2, sort_keys=True)
 
 
-def status_text(status: dict) -> list[str]:
-    """`status` for people: the daemon's answer (control protocol, see daemon.Daemon._status)."""
-    pol = status.get("policy") or {}
-    totals = status.get("totals") or {}
-    rows = status.get("processes") or []
-    lines = [f"backend: {status.get('backend', '?')} (daemon pid {status.get('pid', '?')}, "
-             f"up {status.get('uptime_s', '?')} s)",
-             f"policy: {pol.get('summary', '?')} in {pol.get('dir', '?')} "
-             f"(reloads {pol.get('reloads', 0)}, refused {pol.get('failed_reloads', 0)})"]
-    for r in pol.get("rules") or []:
-        count = f" [{r['upgraded']} upgraded]" if r.get("action") == "allow" else ""
-        lines.append(f"  {r.get('description')} -> {r.get('target') or '?'}{count}")
-    lines.extend(f"  pending: {p}" for p in pol.get("pending") or [])
-    lines.extend(f"  problem: {p}" for p in pol.get("problems") or [])
+def status_text(status: DaemonStatus) -> list[str]:
+    """`status` for people: the daemon's answer (control protocol, see daemon.Daemon.status)."""
+    pol, totals, rows = status.policy, status.totals, status.processes
+    lines = [f"backend: {status.backend} (daemon pid {status.pid}, up {status.uptime_s} s)",
+             f"policy: {pol.summary} in {pol.dir} "
+             f"(reloads {pol.reloads}, refused {pol.failed_reloads})"]
+    for r in pol.rules:
+        count = f" [{r.upgraded} upgraded]" if r.action == "allow" else ""
+        lines.append(f"  {r.description} -> {r.target or '?'}{count}")
+    lines.extend(f"  pending: {p}" for p in pol.pending)
+    lines.extend(f"  problem: {p}" for p in pol.problems)
     skipped = " ".join(f"{k}={v}" for k, v in sorted(totals.items()) if k != "upgraded" and v)
-    verb = "would be upgraded" if status.get("dry_run") else "upgraded"
-    if status.get("dry_run"):
+    verb = "would be upgraded" if status.dry_run else "upgraded"
+    if status.dry_run:
         lines.insert(0, "DRY RUN: counts are sockets that would have been upgraded; none was changed")
     lines.append(f"totals: {totals.get('upgraded', 0)} socket(s) {verb} in {len(rows)} process(es)"
                  + (f"; not upgraded: {skipped}" if skipped else ""))
-    lines.append(f"events dropped: {status.get('events_dropped', 0)}")
+    lines.append(f"events dropped: {status.events_dropped}")
     if rows:
         lines.append(f"{'PID':>8} {'UPGRADED':>9} {'ALIVE':<5} {'UNIT/CGROUP':<30} {'EXE':<30} RULE")
         for p in rows:
-            where = p.get("unit") or p.get("cgroup") or "-"
-            lines.append(f"{p.get('pid', '?'):>8} {p.get('upgraded', 0):>9} "
-                         f"{'yes' if p.get('alive') else 'no':<5} {where:<30} "
-                         f"{p.get('exe') or '?':<30} {p.get('rule') or '-'}")
+            where = p.unit or p.cgroup or "-"
+            lines.append(f"{p.pid:>8} {p.upgraded:>9} "
+                         f"{'yes' if p.alive else 'no':<5} {where:<30} "
+                         f"{p.exe or '?':<30} {p.rule or '-'}")
     lines.extend(enabled_units_text(status))
     return lines
 
 
-def enabled_units_text(status: dict) -> list[str]:
+def enabled_units_text(status: DaemonStatus) -> list[str]:
     """`status`: the units `mptcpize-py enable` selected (their policy records, unit-UNIT.toml, among the
     daemon's policy files) with the sockets upgraded in their processes (the rows whose unit is it)."""
+    # The file-name grammar is enable.py's; the wire format carries a rule's file only in its description.
     from mptcpize_py.enable import enabled_unit_of_file
-    pol = status.get("policy") or {}
-    rows = status.get("processes") or []
+    pol = status.policy
     enabled = []
-    for path in pol.get("files") or []:
+    for path in pol.files:
         unit = enabled_unit_of_file(path)
         if unit is not None:
             enabled.append((unit, path.rsplit("/", 1)[-1]))
@@ -102,11 +101,11 @@ def enabled_units_text(status: dict) -> list[str]:
         return ["enabled units (mptcpize-py enable): none"]
     lines = ["enabled units (mptcpize-py enable):"]
     for unit, file_name in sorted(enabled):
-        target = next((r.get("target") for r in pol.get("rules") or []
-                       if f"({file_name}:" in (r.get("description") or "")), None)
-        mine = [p for p in rows if p.get("unit") == unit]
-        alive = sum(1 for p in mine if p.get("alive"))
-        lines.append(f"  {unit}: {sum(p.get('upgraded', 0) for p in mine)} socket(s) upgraded in "
+        target = next((r.target for r in pol.rules
+                       if r.kind == "unit" and r.value == unit and r.comes_from(file_name)), None)
+        mine = [p for p in status.processes if p.unit == unit]
+        alive = sum(1 for p in mine if p.alive)
+        lines.append(f"  {unit}: {sum(p.upgraded for p in mine)} socket(s) upgraded in "
                      f"{len(mine)} process(es) ({alive} alive) -> {target or 'not running'}")
     return lines
 

@@ -50,6 +50,7 @@ from mptcpize_py.policy import (
     load_policy,
 )
 from mptcpize_py.resolve import Resolved, resolve_policy
+from mptcpize_py.status import DaemonStatus, PolicyStatus, ProcessRow, RuleStatus
 
 RESYNC_INTERVAL = 2.0
 POLL_MS = 200
@@ -148,7 +149,7 @@ class Daemon:
             self._refresh_netns_mptcp()
             self.rw.open_events(self._on_event)
             if self.serve:
-                handlers = {"hello": self.hello, "status": self.status, "register": self.register,
+                handlers = {"hello": self.hello, "status": self.status_request, "register": self.register,
                             "run_report": self.run_report, "resync": self.resync_request}
                 self.server = control.ControlServer(handlers, self.path).start()
         except BaseException:
@@ -407,7 +408,7 @@ class Daemon:
                                                     for r in selected]}
 
     # --- status ----------------------------------------------------------------------------------
-    def status(self, _req=None, _peer=None) -> dict:
+    def status(self) -> DaemonStatus:
         with self._lock:
             policy, resolved, procs = self.policy, self.resolved, dict(self._procs)
         counters = self.rw.counters()
@@ -417,39 +418,43 @@ class Daemon:
         rows = []
         for st in sorted(self.rw.proc_stats(), key=lambda s: s.tgid):
             rec = procs.get(st.tgid)
-            rows.append({
-                "pid": st.tgid,
-                "exe": rec.exe if rec else procfs.exe(st.tgid),
-                "rule": rec.rule if rec else self._rule_desc(st.rule_id),
-                "rule_id": st.rule_id,
-                "kind": st.kind,
-                "unit": rec.unit if rec else None,
-                "cgroup": rec.cgroup if rec else None,
-                "upgraded": st.upgraded,
-                "alive": alive(rec, st.tgid),
-            })
-        return {
-            "backend": self.backend,
-            "dry_run": self.dry_run,
-            "pid": os.getpid(),
-            "uptime_s": round(time.time() - self.started, 1),
-            "policy": {
-                "dir": str(self.policy_dir),
-                "summary": policy.summary(),
-                "files": list(policy.files),
-                "rules": [{"id": r.id, "description": r.description, "action": r.action,
-                           "kind": r.kind, "value": r.value,
-                           "target": resolved.targets.get(r.id),
-                           "upgraded": per_rule.get(r.id, 0)} for r in policy.rules],
-                "pending": [p.message for p in resolved.pending],
-                "problems": list(resolved.problems),
-                "reloads": self.reloads,
-                "failed_reloads": self.failed_reloads,
-            },
-            "totals": counters,
-            "processes": rows,
-            "events_dropped": counters.get("events_dropped", 0),
-        }
+            rows.append(ProcessRow(
+                pid=st.tgid,
+                exe=rec.exe if rec else procfs.exe(st.tgid),
+                rule=rec.rule if rec else self._rule_desc(st.rule_id),
+                rule_id=st.rule_id,
+                kind=st.kind,
+                unit=rec.unit if rec else None,
+                cgroup=rec.cgroup if rec else None,
+                upgraded=st.upgraded,
+                alive=alive(rec, st.tgid),
+            ))
+        return DaemonStatus(
+            backend=self.backend,
+            dry_run=self.dry_run,
+            pid=os.getpid(),
+            uptime_s=round(time.time() - self.started, 1),
+            policy=PolicyStatus(
+                dir=str(self.policy_dir),
+                summary=policy.summary(),
+                files=tuple(policy.files),
+                rules=tuple(RuleStatus(id=r.id, description=r.description, action=r.action,
+                                       kind=r.kind, value=r.value,
+                                       target=resolved.targets.get(r.id),
+                                       upgraded=per_rule.get(r.id, 0)) for r in policy.rules),
+                pending=tuple(p.message for p in resolved.pending),
+                problems=tuple(resolved.problems),
+                reloads=self.reloads,
+                failed_reloads=self.failed_reloads,
+            ),
+            totals=dict(counters),
+            processes=tuple(rows),
+            events_dropped=counters.get("events_dropped", 0),
+        )
+
+    def status_request(self, _req=None, _peer=None) -> dict:
+        """The control socket's `status`: the typed status in its wire format."""
+        return self.status().to_json_dict()
 
 
 def check(policy_dir: Path) -> tuple[Policy, Resolved]:

@@ -7,6 +7,7 @@ from mptcpize_py.diag.sockdiag import Connection, dump_netns
 from mptcpize_py.errors import MptcpizeError
 from mptcpize_py.host import procfs
 from mptcpize_py.host.netns import netns_names
+from mptcpize_py.status import DaemonStatus, ProcessRow
 
 
 def _open_netns_of(pids: list[int], inum: int, proc: str) -> int | None:
@@ -36,7 +37,8 @@ def _totals(rows: list[dict]) -> dict[str, int]:
             "fallback": sum(1 for c in conns if c["fallback"])}
 
 
-def _collect(status: dict | None, ns_fd: int | None, proc: str, read, rows_by_pid: dict) -> None:
+def _collect(status: DaemonStatus | None, ns_fd: int | None, proc: str, read,
+             rows_by_pid: dict[int, ProcessRow]) -> None:
     """Reads the namespaces connection_view() needs: the one of ns_fd (or the caller's) without a
     daemon; with one, those of its upgraded, alive processes (only ns_fd's, when given)."""
     if status is None:
@@ -45,14 +47,14 @@ def _collect(status: dict | None, ns_fd: int | None, proc: str, read, rows_by_pi
         return
     want = os.fstat(ns_fd).st_ino if ns_fd is not None else None
     by_ns: dict[int, list[int]] = {}   # netns inum -> the upgraded processes living there
-    for r in status.get("processes") or []:
-        if not r.get("alive") or type(r.get("pid")) is not int:
+    for r in status.processes:
+        if not r.alive:
             continue
-        inum = procfs.netns_inum(r["pid"], proc)
+        inum = procfs.netns_inum(r.pid, proc)
         if inum is None or (want is not None and inum != want):
             continue
-        rows_by_pid[r["pid"]] = r
-        by_ns.setdefault(inum, []).append(r["pid"])
+        rows_by_pid[r.pid] = r
+        by_ns.setdefault(inum, []).append(r.pid)
     for inum, pids in sorted(by_ns.items()):
         fd = _open_netns_of(pids, inum, proc)  # the first that has not exited meanwhile
         if fd is None:
@@ -63,7 +65,8 @@ def _collect(status: dict | None, ns_fd: int | None, proc: str, read, rows_by_pi
             os.close(fd)
 
 
-def connection_view(status: dict | None, netns: str | None = None, proc: str = "/proc") -> dict:
+def connection_view(status: DaemonStatus | None, netns: str | None = None,
+                    proc: str = "/proc") -> dict:
     """What `status --connections` shows, as one JSON-able dict.
 
     With the daemon's `status` answer: the MPTCP connections of its upgraded processes that are
@@ -76,7 +79,7 @@ def connection_view(status: dict | None, netns: str | None = None, proc: str = "
     host_inum = procfs.netns_inum(1, proc)
     namespaces: list[dict] = []
     found: list[tuple[str, Connection]] = []
-    rows_by_pid: dict[int, dict] = {}
+    rows_by_pid: dict[int, ProcessRow] = {}
 
     def read(path: str | int | None, inum: int | None, strict: bool = False) -> None:
         """Dumps one namespace; a failure is recorded for it (strict: raised, e.g. the only one)."""
@@ -127,8 +130,7 @@ def connection_view(status: dict | None, netns: str | None = None, proc: str = "
             if process is None:
                 continue
             rec = rows_by_pid[process]
-            row.update({"process": process, "process_exe": rec.get("exe"), "rule": rec.get("rule"),
-                        "unit": rec.get("unit")})
+            row.update({"process": process, "process_exe": rec.exe, "rule": rec.rule, "unit": rec.unit})
         row.update(c.as_dict())
         rows.append(row)
     rows.sort(key=lambda r: (r["netns"], r.get("process") or 0, r["pid"] or 0, r["state"] == "LISTEN",
@@ -138,7 +140,7 @@ def connection_view(status: dict | None, netns: str | None = None, proc: str = "
         scope = (f"no daemon is running: every MPTCP connection of network namespace {label}, "
                  "whoever made it")
     else:
-        scope = (f"MPTCP connections of the processes the daemon (pid {status.get('pid', '?')}) "
+        scope = (f"MPTCP connections of the processes the daemon (pid {status.pid}) "
                  "upgraded, and of their descendants")
     return {"daemon": status is not None, "scope": scope, "namespaces": namespaces,
             "connections": rows, "totals": _totals(rows)}

@@ -1,5 +1,7 @@
 """The daemon's loop logic without BPF: a fake Rewriter records what the maps would hold."""
 
+import dataclasses
+import json
 import logging
 import os
 import sys
@@ -7,9 +9,11 @@ import sys
 import pytest
 
 from mptcpize_py import abi
+from mptcpize_py.daemon import control
 from mptcpize_py.daemon.service import Daemon
 from mptcpize_py.policy import PolicyError
 from mptcpize_py.program.loader import ProcStats, UpgradeEvent
+from mptcpize_py.status import DaemonStatus
 
 
 class FakeRewriter:
@@ -94,16 +98,28 @@ def test_status_rows(daemon):
     fake.callback(event(os.getpid()))
     fake.stats = [ProcStats(os.getpid(), 500, "exe", 16), ProcStats(2 ** 22 + 5, 3, "exe", 16)]
     st = dm.status()
-    assert st["backend"] == "bpf"
-    assert st["totals"]["upgraded"] == 503
-    rows = {r["pid"]: r for r in st["processes"]}
+    assert st.backend == "bpf"
+    assert st.totals["upgraded"] == 503
+    rows = {r.pid: r for r in st.processes}
     me = rows[os.getpid()]
-    assert me["upgraded"] == 500 and me["alive"] is True and me["exe"] == EXE
-    assert me["rule"].startswith(f"allow exe={EXE}")
+    assert me.upgraded == 500 and me.alive is True and me.exe == EXE
+    assert me.rule.startswith(f"allow exe={EXE}")
     gone = rows[2 ** 22 + 5]
-    assert gone["alive"] is False and gone["upgraded"] == 3
-    assert st["policy"]["summary"] == "1 allow, 0 deny rules from 1 file; netns: host"
-    assert st["events_dropped"] == 0
+    assert gone.alive is False and gone.upgraded == 3
+    assert st.policy.summary == "1 allow, 0 deny rules from 1 file; netns: host"
+    assert [(r.id, r.upgraded) for r in st.policy.rules] == [(16, 503)]
+    assert st.events_dropped == 0
+
+
+def test_status_answer_on_the_wire_parses_back(daemon):
+    """What the control socket sends for `status` is the typed status, field for field."""
+    dm, fake, _ = daemon
+    fake.callback(event(os.getpid()))
+    fake.stats = [ProcStats(os.getpid(), 500, "exe", 16), ProcStats(2 ** 22 + 6, 2, "run", 1)]
+    answer = json.loads(control.encode(dm.status_request({"cmd": "status"}, None)))
+    parsed = DaemonStatus.from_json_dict(answer)
+    assert parsed.to_json_dict() == answer
+    assert dataclasses.replace(parsed, uptime_s=0) == dataclasses.replace(dm.status(), uptime_s=0)
 
 
 def test_reload_applies_a_good_policy(daemon):

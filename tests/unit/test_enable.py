@@ -11,6 +11,7 @@ import pytest
 from mptcpize_py import enable, report
 from mptcpize_py.errors import MptcpizeError, UsageError
 from mptcpize_py.policy import load_policy, parse_policy_text
+from tests.unit.status_builder import daemon_status, policy, process, rule
 
 EXE = "/opt/mptcpize-py/venv/bin/mptcpize-py"
 
@@ -247,25 +248,16 @@ def test_policy_warnings(tree):
 # --- status --------------------------------------------------------------------------------------
 
 def test_status_enabled_units_section():
-    status = {
-        "policy": {
-            "files": ["/etc/mptcpize-py/policy.d/10-site.toml",
-                      "/etc/mptcpize-py/policy.d/unit-nginx.service.toml",
-                      "/etc/mptcpize-py/policy.d/unit-foo@bar.service.toml"],
-            "rules": [
-                {"id": 16, "description": "allow exe=/usr/bin/iperf3 (10-site.toml:2)", "target": "x"},
-                {"id": 17, "description": "allow unit=nginx.service (unit-nginx.service.toml:4)",
-                 "target": "/system.slice/nginx.service (cgroup id 99)"},
-                {"id": 18, "description": "allow unit=foo@bar.service (unit-foo@bar.service.toml:4)",
-                 "target": None},
-            ],
-        },
-        "processes": [
-            {"pid": 1, "unit": "nginx.service", "upgraded": 3, "alive": True},
-            {"pid": 2, "unit": "nginx.service", "upgraded": 4, "alive": False},
-            {"pid": 3, "unit": None, "upgraded": 9, "alive": True},
-        ],
-    }
+    nginx = rule(17, "allow", "unit", "nginx.service", file="unit-nginx.service.toml", line=4,
+                 target="/system.slice/nginx.service (cgroup id 99)")
+    status = daemon_status(
+        policy((rule(16, "allow", "exe", "/usr/bin/iperf3", file="10-site.toml", line=2, target="x"),
+                nginx,
+                rule(18, "allow", "unit", "foo@bar.service", file="unit-foo@bar.service.toml", line=4)),
+               files=("10-site.toml", "unit-nginx.service.toml", "unit-foo@bar.service.toml")),
+        [process(1, nginx, unit="nginx.service", upgraded=3),
+         process(2, nginx, unit="nginx.service", upgraded=4, alive=False),
+         process(3, upgraded=9)])
     lines = report.enabled_units_text(status)
     assert lines[0].startswith("enabled units")
     body = "\n".join(lines[1:])
@@ -273,5 +265,23 @@ def test_status_enabled_units_section():
     assert "/system.slice/nginx.service (cgroup id 99)" in body
     assert "foo@bar.service: 0 socket(s) upgraded in 0 process(es)" in body
     assert "iperf3" not in body
-    assert report.enabled_units_text({"policy": {"files": [], "rules": []}, "processes": []}) == \
-        ["enabled units (mptcpize-py enable): none"]
+    assert report.enabled_units_text(daemon_status()) == ["enabled units (mptcpize-py enable): none"]
+
+
+def test_status_enabled_unit_record_is_its_files_unit_rule():
+    """The target shown is the one of the rule `enable` wrote (unit=UNIT in unit-UNIT.toml), not of
+    another file's rule for the unit, nor of another rule in that file."""
+    def rules_of(*rules):
+        files = ("10-site.toml", "unit-nginx.service.toml")
+        return report.enabled_units_text(daemon_status(policy(rules, files=files)))[1]
+
+    site = rule(16, "deny", "unit", "nginx.service", file="10-site.toml", line=2, target="site's")
+    # A name that quotes another file's position does not make a rule that file's.
+    named = rule(17, "allow", "unit", "nginx.service", name="(unit-nginx.service.toml:1)",
+                 file="10-site.toml", line=5, target="named")
+    exe = rule(18, "allow", "exe", "/usr/sbin/nginx", file="unit-nginx.service.toml", line=1,
+               target="exe's")
+    mine = rule(19, "allow", "unit", "nginx.service", file="unit-nginx.service.toml", line=3,
+                target="mine")
+    assert rules_of(site, named, exe, mine).endswith("-> mine")
+    assert rules_of(site, named, exe).endswith("-> not running")

@@ -1,6 +1,7 @@
 """metrics.render() read back with Prometheus' own parser (prometheus_client), hostile label values
 included; write_atomic() and `metrics --output` through the real CLI."""
 
+import dataclasses
 import os
 import stat
 
@@ -10,34 +11,21 @@ from prometheus_client.parser import text_string_to_metric_families
 from mptcpize_py import metrics
 from mptcpize_py.host import files
 from tests.conftest import mptcpize
+from tests.unit.status_builder import counters, daemon_status, policy, process, rule
 
 HOSTILE_EXE = '/opt/we"ird\\dir/new\nline\udcffexe'      # quote, backslash, newline, a non-UTF-8 byte
 HOSTILE_UNIT = 'a\\x2d"b.service'
 
-STATUS = {
-    "backend": "bpf", "pid": 42, "dry_run": False,
-    "totals": {"upgraded": 507, "denied": 3, "mptcp_disabled": 1, "netns_not_selected": 0,
-               "events_dropped": 2},
-    "events_dropped": 2,
+PERF = rule(16, "allow", "exe", "/usr/bin/iperf3", name="perf", file="10-a.toml", line=2, upgraded=600)
+HOSTILE = rule(17, "allow", "exe", HOSTILE_EXE, file="10-a.toml", line=5, upgraded=4)
+STATUS = daemon_status(
     # The kernel's exact per-rule counters; the rows below are the processes still tracked (LRU).
-    "policy": {"rules": [
-        {"id": 16, "action": "allow", "description": 'allow exe=/usr/bin/iperf3 "perf" (10-a.toml:2)',
-         "upgraded": 600},
-        {"id": 17, "action": "allow", "description": f"allow exe={HOSTILE_EXE} (10-a.toml:5)",
-         "upgraded": 4},
-        {"id": 18, "action": "deny", "description": "deny unit=x.service (10-a.toml:8)", "upgraded": 0},
-    ]},
-    "processes": [
-        {"pid": 10, "exe": "/usr/bin/iperf3", "rule": 'allow exe=/usr/bin/iperf3 "perf" (10-a.toml:2)',
-         "unit": "iperf3.service", "upgraded": 500, "alive": True},
-        {"pid": 11, "exe": HOSTILE_EXE, "rule": f"allow exe={HOSTILE_EXE} (10-a.toml:5)",
-         "unit": HOSTILE_UNIT, "upgraded": 4, "alive": False},
-        {"pid": 12, "exe": "/usr/bin/curl", "rule": 'allow exe=/usr/bin/iperf3 "perf" (10-a.toml:2)',
-         "unit": None, "upgraded": 3, "alive": True},
-        {"pid": 13, "exe": "/usr/bin/nc", "rule": "none", "kind": "run", "unit": None, "upgraded": 2,
-         "alive": True},
-    ],
-}
+    policy((PERF, HOSTILE, rule(18, "deny", "unit", "x.service", file="10-a.toml", line=8))),
+    [process(10, PERF, unit="iperf3.service", upgraded=500),
+     process(11, HOSTILE, exe=HOSTILE_EXE, unit=HOSTILE_UNIT, upgraded=4, alive=False),
+     process(12, PERF, exe="/usr/bin/curl", upgraded=3),
+     process(13, None, exe="/usr/bin/nc", upgraded=2)],   # a `run` tree's
+    totals=counters(upgraded=507, denied=3, mptcp_disabled=1, events_dropped=2))
 VIEW = {
     "namespaces": [{"name": "host", "inum": 1, "error": None}, {"name": 'ns"1', "inum": 2, "error": None},
                    {"name": "gone", "inum": 3, "error": "no network namespace"}],
@@ -111,11 +99,11 @@ def test_escape_label(raw, escaped):
     assert metrics.escape_label(raw) == escaped
 
 
-def test_per_rule_from_rows_without_exact_counters():
-    old = dict(STATUS, policy={"rules": [{"id": 16, "description": "x"}]})
-    fams = parse(metrics.render(old))
+def test_per_rule_without_rules_sums_the_rows():
+    # A policy directory that is gone: no rules, only the processes upgraded under the last ones.
+    fams = parse(metrics.render(dataclasses.replace(STATUS, policy=policy())))
     assert value(fams, "mptcpize_upgrades", rule='allow exe=/usr/bin/iperf3 "perf" (10-a.toml:2)') == 503
-    assert sum(fams["mptcpize_upgrades"].values()) == sum(p["upgraded"] for p in STATUS["processes"])
+    assert sum(fams["mptcpize_upgrades"].values()) == sum(p.upgraded for p in STATUS.processes)
 
 
 def test_no_daemon_only_says_so():
