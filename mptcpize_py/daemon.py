@@ -34,12 +34,14 @@ import os
 import signal
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from . import control, journal
 from .errors import MptcpizeError
 from .policy import DEFAULT_POLICY_DIR, Policy, PolicyError, check_unit_name, load_policy
+from .program_handle import ProgramHandle
 from .resolve import Resolved, resolve_policy
 
 RESYNC_INTERVAL = 2.0
@@ -159,7 +161,8 @@ def alive(rec: ProcRecord | None, tgid: int) -> bool:
 class Daemon:
     def __init__(self, policy_dir: Path = DEFAULT_POLICY_DIR, path: Path | None = None,
                  resync_interval: float = RESYNC_INTERVAL, *, owner_uid: int = 0,
-                 rewriter_factory=None, serve: bool = True, dry_run: bool = False):
+                 rewriter_factory: Callable[[], ProgramHandle] | None = None, serve: bool = True,
+                 dry_run: bool = False):
         """owner_uid, rewriter_factory (() -> a bpf.Rewriter look-alike) and serve=False are for tests
         that drive the daemon's logic without BPF or a control socket."""
         self.policy_dir = Path(policy_dir)
@@ -172,7 +175,7 @@ class Daemon:
         self.resync_interval = resync_interval
         self.policy: Policy | None = None
         self.resolved: Resolved | None = None
-        self.rw = None
+        self.rw: ProgramHandle | None = None
         self.server = None
         self._procs: dict[int, ProcRecord] = {}
         self._lock = threading.Lock()   # _procs, policy/resolved snapshot vs. the control thread
@@ -334,7 +337,7 @@ class Daemon:
     def _refresh_netns_mptcp(self) -> None:
         """Dry run on a kernel whose net.mptcp.enabled we cannot read from kernel memory: tell the
         program the value of the namespaces we know (the host's and /run/netns/*), every resync."""
-        if not self.dry_run or getattr(self.rw, "reads_netns_from_kernel", True):
+        if not self.dry_run or self.rw.reads_netns_from_kernel:
             return
         from .kernel import read_sysctl_in_netns
         from .resolve import HOST_NETNS, NETNS_DIR
