@@ -117,9 +117,9 @@ def run_checks(compile_test: bool = True) -> Report:
     if not failed:
         rep.backend, rep.backend_reason = "bpf", "fmod_ret on update_socket_protocol works here"
         return rep
-    from . import seccomp
+    from .run.seccomp.probe import probe as seccomp_probe
     try:
-        seccomp.probe()
+        seccomp_probe()
         add(Check("seccomp notify", OK, "user notification with ADDFD+SEND works", required=False))
         rep.backend, rep.backend_reason = "seccomp", ("BPF backend unusable (" + ", ".join(failed)
                                                       + "); seccomp user notification works")
