@@ -149,16 +149,18 @@ def parse_run_args(tokens: list[str]) -> argparse.Namespace:
 
 
 def cmd_run(args) -> int:
-    from mptcpize_py import report, runner
+    from mptcpize_py import report
+    from mptcpize_py.run import make_backend
+    from mptcpize_py.run.spawn import resolve_command, run_command
     argv = args.argv
-    runner.resolve_command(argv[0])  # 127/126 before loading anything
-    backend = runner.make_backend(args.backend)
+    resolve_command(argv[0])  # 127/126 before loading anything
+    backend = make_backend(args.backend)
     try:
-        status, reports = runner.run_command(argv, backend)
+        status, reports = run_command(argv, backend)
         if args.verbose:
             for line in report.run_verbose(backend.name, reports, backend.counters()):
                 _err(line)
-            handed_off = getattr(backend, "handed_off_pid", None)
+            handed_off = backend.handed_off_pid
             if handed_off:
                 _err(f"{PROG}: descendants outlived CMD: pid {handed_off} keeps upgrading their sockets")
     finally:

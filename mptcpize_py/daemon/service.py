@@ -34,6 +34,7 @@ import os
 import signal
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from mptcpize_py import abi
@@ -49,6 +50,7 @@ from mptcpize_py.policy import (
     check_unit_name,
     load_policy,
 )
+from mptcpize_py.program.handle import ProgramHandle
 from mptcpize_py.resolve import Resolved, resolve_policy
 from mptcpize_py.status import DaemonStatus, PolicyStatus, ProcessRow, RuleStatus
 
@@ -103,7 +105,8 @@ def dir_fingerprint(policy_dir: Path) -> tuple | None:
 class Daemon:
     def __init__(self, policy_dir: Path = DEFAULT_POLICY_DIR, path: Path | None = None,
                  resync_interval: float = RESYNC_INTERVAL, *, owner_uid: int = 0,
-                 rewriter_factory=None, serve: bool = True, dry_run: bool = False):
+                 rewriter_factory: Callable[[], ProgramHandle] | None = None, serve: bool = True,
+                 dry_run: bool = False):
         """owner_uid, rewriter_factory (() -> a loader.Rewriter look-alike) and serve=False are for tests
         that drive the daemon's logic without BPF or a control socket."""
         self.policy_dir = Path(policy_dir)
@@ -116,7 +119,7 @@ class Daemon:
         self.resync_interval = resync_interval
         self.policy: Policy | None = None
         self.resolved: Resolved | None = None
-        self.rw = None
+        self.rw: ProgramHandle | None = None
         self.server = None
         self._procs: dict[int, ProcRecord] = {}
         self._lock = threading.Lock()   # _procs, policy/resolved snapshot vs. the control thread
@@ -278,7 +281,7 @@ class Daemon:
     def _refresh_netns_mptcp(self) -> None:
         """Dry run on a kernel whose net.mptcp.enabled we cannot read from kernel memory: tell the
         program the value of the namespaces we know (the host's and /run/netns/*), every resync."""
-        if not self.dry_run or getattr(self.rw, "reads_netns_from_kernel", True):
+        if not self.dry_run or self.rw.reads_netns_from_kernel:
             return
         paths = [HOST_NETNS]   # the daemon's own: the policy's "host" namespace
         try:

@@ -139,7 +139,10 @@ class ProcStats:
 
 
 class Rewriter:
-    """The loaded and attached program. Detaches on close() or when this process exits (fail-open)."""
+    """The loaded and attached program (a program.handle.ProgramHandle). Detaches on close() or when
+    this process exits (fail-open)."""
+
+    reads_netns_from_kernel: bool   # False: a dry run told net.mptcp.enabled by set_netns_mptcp()
 
     def __init__(self, all_netns: bool = True, dry_run: bool = False):
         if os.geteuid() != 0:

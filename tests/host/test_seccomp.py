@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from mptcpize_py import errors as _errors
-from mptcpize_py import seccomp as _seccomp
+from mptcpize_py.run.seccomp.probe import probe as seccomp_probe
 from tests import netlab
 from tests.conftest import MPTCPIZE, PROGS, PYTHON, is_root
 from tests.progs import sockmatrix
@@ -23,7 +23,7 @@ SOCKMATRIX = str(PROGS / "sockmatrix.py")
 NOBODY = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
 
 try:
-    _seccomp.probe()
+    seccomp_probe()
     _UNAVAILABLE = None
 except _errors.MptcpizeError as e:
     _UNAVAILABLE = e.message

@@ -12,19 +12,33 @@ from mptcpize_py import abi
 from mptcpize_py.daemon import control
 from mptcpize_py.daemon.service import Daemon
 from mptcpize_py.policy import PolicyError
+from mptcpize_py.program.handle import ProgramHandle
 from mptcpize_py.program.loader import ProcStats, UpgradeEvent
 from mptcpize_py.status import DaemonStatus
 
 
-class FakeRewriter:
+class FakeRewriter(ProgramHandle):
+    reads_netns_from_kernel = True
+
     def __init__(self):
         self.selections = []
+        self.netns_mptcp = None
+        self.run_roots = []
         self.callback = None
         self.stats = []
         self.closed = False
 
     def set_selection(self, exe, cgroups, netns):
         self.selections.append((exe, cgroups, netns))
+
+    def set_netns_mptcp(self, enabled):
+        self.netns_mptcp = dict(enabled)
+
+    def add_run_root(self, pid, run_id=1):
+        self.run_roots.append((pid, run_id))
+
+    def exe_name(self, tgid):
+        return None
 
     def open_events(self, cb):
         self.callback = cb

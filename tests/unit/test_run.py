@@ -1,4 +1,4 @@
-"""The runner's process handling (exit status, signals, exec errors), with a backend that upgrades
+"""run's process handling (exit status, signals, exec errors), with a backend that upgrades
 nothing: what is under test here is what a caller of `run` sees, whatever the backend."""
 
 import os
@@ -10,12 +10,14 @@ import time
 
 import pytest
 
-from mptcpize_py import runner
 from mptcpize_py.errors import MptcpizeError
+from mptcpize_py.run.backend import RunBackend
+from mptcpize_py.run.spawn import resolve_command, run_command
 
 
-class NoUpgradeBackend:
+class NoUpgradeBackend(RunBackend):
     name = "none"
+    handed_off_pid = None
 
     def __init__(self):
         self.child_pid_seen_in_child = None
@@ -29,28 +31,31 @@ class NoUpgradeBackend:
     def finish(self):
         return []
 
+    def counters(self):
+        return None
+
     def close(self):
         pass
 
 
 def test_exit_status_is_kept():
-    assert runner.run_command(["sh", "-c", "exit 7"], NoUpgradeBackend())[0] == 7
-    assert runner.run_command(["true"], NoUpgradeBackend())[0] == 0
+    assert run_command(["sh", "-c", "exit 7"], NoUpgradeBackend())[0] == 7
+    assert run_command(["true"], NoUpgradeBackend())[0] == 0
 
 
 def test_killed_by_signal_is_128_plus_n():
-    assert runner.run_command(["sh", "-c", "kill -TERM $$"], NoUpgradeBackend())[0] == 128 + 15
+    assert run_command(["sh", "-c", "kill -TERM $$"], NoUpgradeBackend())[0] == 128 + 15
 
 
 def test_resolve_command_codes(tmp_path):
     with pytest.raises(MptcpizeError) as e:
-        runner.resolve_command("definitely-not-a-command-xyz")
+        resolve_command("definitely-not-a-command-xyz")
     assert e.value.exit_code == 127
     f = tmp_path / "noexec"
     f.write_text("")
     f.chmod(0o644)
     with pytest.raises(MptcpizeError) as e:
-        runner.resolve_command(str(f))
+        resolve_command(str(f))
     assert e.value.exit_code == 126
 
 
@@ -72,13 +77,13 @@ CHILD = textwrap.dedent("""
     sys.exit(3)
 """)
 
-# Runs runner.run_command() in a separate process so that signals can be sent to "run" itself.
+# Runs run_command() in a separate process so that signals can be sent to "run" itself.
 DRIVER = textwrap.dedent("""
     import sys
     sys.path.insert(0, sys.argv[1])
-    from tests.unit.test_runner import NoUpgradeBackend
-    from mptcpize_py import runner
-    sys.exit(runner.run_command(sys.argv[2:], NoUpgradeBackend())[0])
+    from tests.unit.test_run import NoUpgradeBackend
+    from mptcpize_py.run.spawn import run_command
+    sys.exit(run_command(sys.argv[2:], NoUpgradeBackend())[0])
 """)
 
 

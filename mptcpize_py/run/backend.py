@@ -1,0 +1,38 @@
+"""What `run` asks of a backend (RunBackend), and what a backend reports per process."""
+
+from dataclasses import dataclass
+from typing import Protocol
+
+
+@dataclass(frozen=True)
+class ProcessReport:
+    pid: int
+    exe: str
+    upgraded: int
+
+
+class RunBackend(Protocol):
+    """A way to upgrade the sockets of CMD's process tree. Every backend provides all of it."""
+
+    name: str   # "bpf", "bpf (via the daemon, pid N)" or "seccomp"
+
+    def child_setup(self) -> None:
+        """Runs in the child between fork and exec, so that the very first socket() is covered."""
+
+    def started(self, pid: int) -> None:
+        """Runs in the parent once CMD is running."""
+
+    def finish(self) -> list[ProcessReport]:
+        """After CMD exited: one report per process that got upgraded sockets."""
+
+    def counters(self) -> dict[str, int] | None:
+        """Sockets upgraded and not upgraded, by reason; None when the backend cannot count this run's
+        alone."""
+
+    @property
+    def handed_off_pid(self) -> int | None:
+        """Pid of a detached process that keeps upgrading the sockets of descendants that outlived
+        CMD, if one was needed."""
+
+    def close(self) -> None:
+        """Releases everything (e.g. detaches the BPF program)."""

@@ -1,0 +1,192 @@
+"""SeccompRunBackend: the seccomp supervisor behind `run`'s backend interface, and the hand-off of
+descendants that outlive CMD to a detached supervisor."""
+
+import logging
+import os
+import select
+import signal
+import socket
+import threading
+
+from mptcpize_py.host import libc
+from mptcpize_py.run.backend import ProcessReport, RunBackend
+from mptcpize_py.run.seccomp.filter import FilterInstaller
+from mptcpize_py.run.seccomp.notify import Listener, recv_listener, send_listener
+from mptcpize_py.run.seccomp.probe import probe
+from mptcpize_py.run.seccomp.supervisor import Supervisor
+
+CAP_SYS_ADMIN = 21
+
+
+class SeccompRunBackend(RunBackend):
+    """CMD's tree under the seccomp filter, answered by a Supervisor thread of this process."""
+
+    name = "seccomp"
+
+    # After CMD exits, how long to wait for its remaining descendants before handing them over.
+    LINGER_S = 0.2
+
+    def __init__(self):
+        probe()
+        # The kernel lets a task install a filter without no_new_privs only with CAP_SYS_ADMIN. We
+        # avoid no_new_privs when we can: it would make every setuid/setgid/file-capability program
+        # in the tree (sudo, ping, su) run without its privilege, an EPERM the program would not get
+        # otherwise. Without CAP_SYS_ADMIN it is mandatory, and exec of such programs is reported.
+        self.no_new_privs = not _has_cap(CAP_SYS_ADMIN)
+        self._installer = FilterInstaller(self.no_new_privs, notify_exec=self.no_new_privs)
+        self._parent_sock, self._child_sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        self._stop_r, self._stop_w = os.pipe2(os.O_CLOEXEC)
+        self._supervisor: Supervisor | None = None
+        self._settled = threading.Event()  # the listener arrived, or never will
+        self._handed_off: int | None = None
+        # Running before the fork: under no_new_privs CMD's own execve is already a notification.
+        self._thread = _start_thread(self._run, "mptcpize-seccomp")
+
+    # child side
+    def child_setup(self) -> None:
+        try:
+            fd = self._installer.install()
+            send_listener(self._child_sock, fd)
+            os.close(fd)  # the listener lives in the parent only: CMD cannot answer for itself
+            self._child_sock.close()
+        except OSError as e:
+            os.write(2, f"mptcpize-py: error: cannot install the seccomp filter: {e.strerror}\n".encode())
+            os._exit(126)
+
+    # parent side
+    def started(self, pid: int) -> None:
+        self._child_sock.close()  # so that the supervisor sees EOF if the child never sent anything
+
+    def _run(self) -> None:
+        try:
+            poller = select.poll()
+            poller.register(self._parent_sock.fileno(), select.POLLIN)
+            poller.register(self._stop_r, select.POLLIN)
+            if any(fd == self._stop_r for fd, _ev in poller.poll()):
+                return
+            try:
+                listener_fd = recv_listener(self._parent_sock)  # None: EOF, CMD never got that far
+            except OSError:
+                listener_fd = None
+            if listener_fd is None:
+                return
+            self._supervisor = Supervisor(Listener(listener_fd))
+        finally:
+            self._settled.set()
+        self._supervisor.serve(self._stop_r)
+
+    def finish(self) -> list[ProcessReport]:
+        # CMD ran, so it sent the listener before its exec (or died trying, and then started()
+        # closed our copy of its end: EOF). Either way the thread settles promptly.
+        self._settled.wait(5)
+        sup = self._supervisor
+        if sup is not None and not sup.hung_up.wait(self.LINGER_S):
+            # Descendants outlive CMD (a daemon, `cmd &`). If the listener closed now, their next TCP
+            # socket() would fail with ENOSYS (kernel/seccomp.c: no listener): keep answering for them
+            # from a detached process until the last one exits.
+            self._stop_thread()
+            if not sup.hung_up.is_set():
+                self._handed_off = _hand_off(sup)
+        self._stop_thread()
+        if sup is None:
+            return []
+        return sorted((ProcessReport(tgid, sup.exe.get(tgid, "?"), count)
+                       for tgid, count in sup.upgraded.items()), key=lambda r: r.pid)
+
+    def counters(self) -> dict[str, int]:
+        return dict(self._supervisor.counters) if self._supervisor else {}
+
+    @property
+    def handed_off_pid(self) -> int | None:
+        return self._handed_off
+
+    def _stop_thread(self) -> None:
+        if self._thread.is_alive():
+            os.write(self._stop_w, b"x")
+            self._thread.join()
+
+    def close(self) -> None:
+        self._stop_thread()
+        if self._supervisor is not None:
+            self._supervisor.close()
+            os.close(self._supervisor.listener.fd)
+            self._supervisor = None
+        for fd in (self._stop_r, self._stop_w):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        self._stop_r = self._stop_w = -1
+        self._parent_sock.close()
+        self._child_sock.close()
+
+
+def _has_cap(cap: int) -> bool:
+    with open("/proc/self/status", "rb") as f:
+        for line in f:
+            if line.startswith(b"CapEff:"):
+                return bool(int(line.split()[1], 16) >> cap & 1)
+    return False
+
+
+def _start_thread(target, name: str) -> threading.Thread:
+    """Starts a thread that blocks every signal: process-directed ones (SIGTERM to forward, SIGCHLD)
+    must reach spawn's sigwaitinfo() in the main thread, and a thread inherits its creator's mask."""
+    old = signal.pthread_sigmask(signal.SIG_BLOCK,
+                                 signal.valid_signals() - {signal.SIGKILL, signal.SIGSTOP})
+    try:
+        t = threading.Thread(target=target, name=name, daemon=True)
+        t.start()
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+    return t
+
+
+def _hand_off(sup: Supervisor) -> int | None:
+    """Forks a detached process (double fork, own session, stdio on /dev/null) that keeps answering
+    `sup`'s listener until POLLHUP. Returns its pid; None if it could not be started."""
+    sup.close()  # no helper thread across fork
+    r, w = os.pipe()
+    try:
+        pid = os.fork()
+    except OSError:
+        os.close(r)
+        os.close(w)
+        return None
+    if pid == 0:  # pragma: no cover (runs in the forked child)
+        try:
+            os.close(r)
+            os.setsid()
+            grandchild = os.fork()
+            if grandchild:
+                os.write(w, str(grandchild).encode())
+                os._exit(0)
+            os.close(w)
+            _detach_from(sup.listener.fd)
+            try:
+                libc.set_thread_name(b"mptcpize-seccomp")   # comm: 15 chars kept
+            except OSError:
+                pass
+            fresh = Supervisor(sup.listener)
+            never_r, _never_w = os.pipe()
+            fresh.serve(never_r)
+        finally:
+            os._exit(0)
+    os.close(w)
+    with os.fdopen(r, "rb") as f:
+        data = f.read()
+    os.waitpid(pid, 0)
+    return int(data) if data else None
+
+
+def _detach_from(keep_fd: int) -> None:
+    signal.pthread_sigmask(signal.SIG_SETMASK, set())
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGPIPE):
+        signal.signal(sig, signal.SIG_DFL)
+    os.chdir("/")
+    null = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1, 2):
+        os.dup2(null, fd)
+    os.closerange(3, keep_fd)
+    os.closerange(keep_fd + 1, 65536)
+    logging.disable(logging.CRITICAL)

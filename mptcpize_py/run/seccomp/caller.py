@@ -1,0 +1,134 @@
+"""The caller's context, as far as a new socket records it: credentials, capabilities, network
+namespace; and a thread that takes that context on to create a socket for the caller."""
+
+import errno
+import logging
+import os
+import threading
+from dataclasses import dataclass
+
+from mptcpize_py.abi import IPPROTO_MPTCP
+from mptcpize_py.host import libc
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Creds:
+    """What a new socket's file records of its creator (f_cred) and its owner (sk_uid = fsuid)."""
+    tgid: int
+    euid: int
+    fsuid: int
+    egid: int
+    fsgid: int
+    groups: tuple[int, ...]
+    cap_eff: int
+    cap_prm: int
+    cap_inh: int
+
+    def same_as(self, other: "Creds") -> bool:
+        return (self.euid, self.fsuid, self.egid, self.fsgid, self.groups, self.cap_eff) == \
+            (other.euid, other.fsuid, other.egid, other.fsgid, other.groups, other.cap_eff)
+
+
+def read_creds(pid: int | str) -> Creds:
+    """Tgid and credentials of a thread, from /proc/PID/status (ids as this pid/user namespace sees
+    them, which is what the raw set*id syscalls take)."""
+    fd = os.open(f"/proc/{pid}/status", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        data = os.read(fd, 8192)
+    finally:
+        os.close(fd)
+
+    def field(name: bytes) -> list[bytes]:
+        start = data.index(name) + len(name)
+        return data[start:data.index(b"\n", start)].split()
+
+    uid, gid = field(b"\nUid:"), field(b"\nGid:")
+    return Creds(int(field(b"\nTgid:")[0]), int(uid[1]), int(uid[3]), int(gid[1]), int(gid[3]),
+                 tuple(sorted(int(g) for g in field(b"\nGroups:"))),
+                 *(int(field(k)[0], 16) for k in (b"\nCapEff:", b"\nCapPrm:", b"\nCapInh:")))
+
+
+class CallerContextThread:
+    """A thread that may enter the caller's network namespace and take its credentials (both are
+    per-thread in the kernel) to create one socket, then returns home. The supervisor thread itself
+    never changes namespace or credentials. A thread that cannot return home retires itself."""
+
+    def __init__(self, home_netns_fd: int, home: Creds):
+        self._home_netns_fd = home_netns_fd
+        self._home = home
+        self._cv = threading.Condition()
+        self._request = None
+        self._result = None
+        self.alive = True
+        self._thread = threading.Thread(target=self._loop, name="mptcpize-seccomp-ctx", daemon=True)
+        self._thread.start()
+
+    def make(self, netns_fd: int | None, creds: Creds | None, family: int, type_: int,
+             timeout: float = 5.0) -> int:
+        """Returns the new fd, or raises OSError. netns_fd/creds None mean 'as the supervisor'."""
+        with self._cv:
+            self._request, self._result = (netns_fd, creds, family, type_), None
+            self._cv.notify()
+            if not self._cv.wait_for(lambda: self._result is not None, timeout):
+                self.alive = False  # wedged: never reuse it
+                raise OSError(errno.ETIMEDOUT, "socket helper thread did not answer")
+            result = self._result
+        if isinstance(result, OSError):
+            raise result
+        return result
+
+    def stop(self) -> None:
+        with self._cv:
+            self.alive = False
+            self._cv.notify()
+
+    def _loop(self) -> None:
+        while True:
+            with self._cv:
+                self._cv.wait_for(lambda: self._request is not None or not self.alive)
+                if self._request is None:
+                    return
+                request, self._request = self._request, None
+            try:
+                result = self._make(*request)
+            except OSError as e:
+                result = e
+            with self._cv:
+                self._result = result
+                self._cv.notify_all()
+            if not self.alive:
+                return
+
+    def _make(self, netns_fd, creds, family, type_) -> int:
+        home, undo = self._home, []
+        try:
+            if netns_fd is not None:
+                # needs CAP_SYS_ADMIN: before giving up our credentials
+                libc.setns(netns_fd, libc.CLONE_NEWNET)
+                undo.append(lambda: libc.setns(self._home_netns_fd, libc.CLONE_NEWNET))
+            if creds is not None:
+                # gids first, while we still have CAP_SETGID; an euid other than 0 clears the
+                # effective capabilities, and restoring euid 0 (allowed: ruid stays 0) brings them back.
+                libc.setgroups(creds.groups)
+                undo.append(lambda: libc.setgroups(home.groups))
+                libc.setresgid(-1, creds.egid, -1)
+                libc.setfsgid(creds.fsgid)
+                undo.append(lambda: (libc.setresgid(-1, home.egid, -1), libc.setfsgid(home.fsgid)))
+                libc.setresuid(-1, creds.euid, -1)
+                undo.append(lambda: (libc.setresuid(-1, home.euid, -1), libc.setfsuid(home.fsuid)))
+                libc.setfsuid(creds.fsuid)
+                # The caller's effective capabilities, no more (ours stay permitted: ruid is still
+                # ours, so the way back is open). No less either: sk_net_capable() checks both the
+                # socket opener's and the current task's capabilities.
+                libc.capset(creds.cap_eff & home.cap_prm, home.cap_prm, home.cap_inh)
+                undo.append(lambda: libc.capset(home.cap_eff, home.cap_prm, home.cap_inh))
+            return libc.socket(family, type_, IPPROTO_MPTCP)
+        finally:
+            try:
+                for step in reversed(undo):
+                    step()
+            except OSError:
+                log.warning("socket helper thread could not restore its context: retiring it")
+                self.alive = False
