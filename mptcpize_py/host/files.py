@@ -7,10 +7,10 @@ import struct
 import tempfile
 from pathlib import Path
 
-_SYS_OPENAT2 = 437   # x86_64
+from mptcpize_py.host import libc
+
 _AT_FDCWD = -100
 _RESOLVE_NO_MAGICLINKS = 0x02
-_libc = None
 
 
 def mkdev(major: int, minor: int) -> int:
@@ -38,21 +38,15 @@ def open_no_magiclinks(path: str) -> int:
     """open(path, O_PATH) following ordinary symlinks but no /proc magic links: a policy (or a symlink
     in it) naming /proc/self/exe or /proc/PID/fd/N would otherwise resolve to whatever that process
     runs, the daemon itself included. openat2(RESOLVE_NO_MAGICLINKS); plain open() before Linux 5.6."""
-    global _libc
-    if _libc is None:
-        _libc = ctypes.CDLL(None, use_errno=True)
-        _libc.syscall.restype = ctypes.c_long
-    how = struct.pack("=QQQ", os.O_PATH | os.O_CLOEXEC, 0, _RESOLVE_NO_MAGICLINKS)
-    fd = _libc.syscall(ctypes.c_long(_SYS_OPENAT2), ctypes.c_int(_AT_FDCWD), os.fsencode(path),
-                       ctypes.c_char_p(how), ctypes.c_size_t(len(how)))
-    if fd >= 0:
-        return fd
-    err = ctypes.get_errno()
-    if err in (errno.ENOSYS, errno.EPERM):  # no openat2, or a seccomp filter that refuses it
-        return os.open(path, os.O_PATH | os.O_CLOEXEC)
-    raise OSError(err, os.strerror(err), path)
-
-
+    how = ctypes.create_string_buffer(struct.pack("=QQQ", os.O_PATH | os.O_CLOEXEC, 0,
+                                                  _RESOLVE_NO_MAGICLINKS), 24)
+    try:
+        return libc.syscall(libc.syscall_number("openat2"), _AT_FDCWD, ctypes.c_char_p(os.fsencode(path)),
+                            how, 24)
+    except OSError as e:
+        if e.errno not in (errno.ENOSYS, errno.EPERM):   # no openat2, or a seccomp filter refusing it
+            raise OSError(e.errno, e.strerror, path) from None
+    return os.open(path, os.O_PATH | os.O_CLOEXEC)
 
 
 def fsync_dir(d: Path) -> None:

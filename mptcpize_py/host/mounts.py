@@ -1,11 +1,11 @@
 """Mounts: /proc/self/mountinfo parsed, the cgroup v2 hierarchy found, tracefs mounted when missing."""
 
-import ctypes
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass
 
 from mptcpize_py.errors import Unavailable
+from mptcpize_py.host import libc
 from mptcpize_py.host.files import mkdev
 
 DEFAULT_CGROUP2_MOUNT = "/sys/fs/cgroup"
@@ -17,11 +17,11 @@ def ensure_tracefs() -> None:
     and containers may not): bcc reads tracepoint formats there."""
     if os.path.isdir(f"{TRACEFS}/events"):
         return
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.mount(b"tracefs", TRACEFS.encode(), b"tracefs", 0, None) != 0:
-        err = ctypes.get_errno()
-        raise Unavailable(f"tracefs is not mounted at {TRACEFS} and mounting it failed: "
-                          f"{os.strerror(err)}", hint=f"mount -t tracefs tracefs {TRACEFS}")
+    try:
+        libc.mount(b"tracefs", TRACEFS.encode(), b"tracefs")
+    except OSError as e:
+        raise Unavailable(f"tracefs is not mounted at {TRACEFS} and mounting it failed: {e.strerror}",
+                          hint=f"mount -t tracefs tracefs {TRACEFS}") from None
 
 
 PROC_MOUNTINFO = "/proc/self/mountinfo"

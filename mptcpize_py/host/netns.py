@@ -1,7 +1,6 @@
 """Network namespaces: run code inside one (one in_netns for the whole tree), sysctls as a namespace
 sees them, and the names `ip netns` gives (/run/netns/NAME bind mounts on nsfs)."""
 
-import ctypes
 import errno
 import os
 import threading
@@ -10,12 +9,11 @@ from pathlib import Path
 from typing import TypeVar
 
 from mptcpize_py.errors import MptcpizeError, PermissionDenied, UsageError
+from mptcpize_py.host import libc
 
 T = TypeVar("T")
 NETNS_DIR = "/run/netns"
 HOST_NETNS = "/proc/self/ns/net"   # the daemon's own namespace: the policy's "host"
-CLONE_NEWNET = 0x40000000
-_libc = None
 
 
 def read_sysctl(name: str, proc: Path = Path("/proc/sys")) -> str | None:
@@ -23,15 +21,6 @@ def read_sysctl(name: str, proc: Path = Path("/proc/sys")) -> str | None:
         return (proc / name.replace(".", "/")).read_text().strip()
     except OSError:
         return None
-
-
-def _setns(fd: int, nstype: int) -> None:
-    global _libc
-    if _libc is None:
-        _libc = ctypes.CDLL(None, use_errno=True)
-    if _libc.setns(fd, nstype) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err))
 
 
 def in_netns(path: str | int | None, fn: Callable[[], T], label: str | None = None) -> T:
@@ -59,7 +48,7 @@ def in_netns(path: str | int | None, fn: Callable[[], T], label: str | None = No
             failure.append(_enter_error(what, e))
             return
         try:
-            _setns(fd, CLONE_NEWNET)
+            libc.setns(fd, libc.CLONE_NEWNET)
         except OSError as e:
             failure.append(_enter_error(what, e))
             return

@@ -44,8 +44,6 @@ class UnitNameError(ValueError):
     """Why systemd's naming rules (or systemd itself) give no cgroup for a unit."""
 
 
-
-
 def cg_needs_escape(name: str) -> bool:
     """systemd's cg_needs_escape(): names that could clash with kernel files get a '_' prefix."""
     if name in ("", ".", "..") or "/" in name or len(name.encode()) > 255:

@@ -30,8 +30,6 @@ class ToolchainStatus:
     hint: str | None = None
 
 
-
-
 def _headers_dir() -> Path:
     return Path("/lib/modules") / os.uname().release / "build"
 

@@ -5,35 +5,23 @@ import ctypes
 import os
 import struct
 
-# --- a real fmod_ret load + attach, without bcc or headers -----------------------------------------
-_SYS_BPF = 321  # x86_64
-
+from mptcpize_py.host import libc
 
 _BPF_PROG_LOAD, _BPF_RAW_TRACEPOINT_OPEN = 5, 17
-
-
 _BPF_PROG_TYPE_TRACING, _BPF_MODIFY_RETURN = 26, 26
-
-
 # r0 = 0; exit — an fmod_ret program that returning 0 leaves update_socket_protocol's result as is.
 _NOOP_INSNS = struct.pack("<BBhi", 0xB7, 0, 0, 0) + struct.pack("<BBhi", 0x95, 0, 0, 0)
 
 
 def _bpf_syscall(cmd: int, attr: bytes) -> int:
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.syscall.restype = ctypes.c_long
     buf = ctypes.create_string_buffer(attr, len(attr))
-    ret = libc.syscall(ctypes.c_long(_SYS_BPF), ctypes.c_int(cmd), buf, ctypes.c_uint(len(attr)))
-    if ret < 0:
-        err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err))
-    return ret
+    return libc.syscall(libc.syscall_number("bpf"), cmd, buf, len(attr))
 
 
 def probe_trampoline(btf_id: int) -> None:
     """Loads and attaches a no-op fmod_ret program on update_socket_protocol, then detaches it.
 
-    Raises OSError with the kernel's errno (EPERM here: the host refuses trampolines even to root).
+    Raises OSError with the kernel's errno (EPERM where trampolines are refused, even to root).
     """
     insns = ctypes.create_string_buffer(_NOOP_INSNS, len(_NOOP_INSNS))
     license_ = ctypes.create_string_buffer(b"GPL")
