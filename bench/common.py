@@ -204,8 +204,8 @@ class DaemonUnderTest:
         self.ready_s: float | None = None
 
     def request(self, cmd: dict, timeout: float = 30) -> dict:
-        from mptcpize_py.daemon import control
-        return control.request(cmd, self.control, timeout=timeout)
+        from mptcpize_py.daemon import client
+        return client.request(cmd, self.control, timeout=timeout)
 
     def wait_ready(self, timeout: float = 600) -> float:
         """Seconds from spawn until the control socket answers (the program is attached by then)."""

@@ -201,9 +201,9 @@ def cmd_daemon(args) -> int:
 
 def _daemon_status() -> "DaemonStatus":
     """The daemon's `status` answer, checked field by field (exit 3 when no daemon runs)."""
-    from mptcpize_py.daemon import control
+    from mptcpize_py.daemon import client
     from mptcpize_py.status import DaemonStatus
-    return DaemonStatus.from_json_dict(control.request({"cmd": "status"}, control.control_path(),
+    return DaemonStatus.from_json_dict(client.request({"cmd": "status"}, client.control_path(),
                                                        timeout=10))
 
 
@@ -273,11 +273,11 @@ def cmd_status(args) -> int:
 
 
 def cmd_resync(args) -> int:
-    from mptcpize_py.daemon import control
+    from mptcpize_py.daemon import client
     req = {"cmd": "resync"}
     if args.unit is not None:
         req["unit"] = args.unit
-    resp = control.request(req, control.control_path(), timeout=30)
+    resp = client.request(req, client.control_path(), timeout=30)
     for rule in resp.get("rules", []):
         _out(f"{args.unit}: {rule.get('action')} rule {rule.get('id')}: {rule.get('target')}")
     return 0

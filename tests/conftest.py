@@ -55,7 +55,7 @@ def start_daemon(policy_dir, control_path, log_file, log_path, *extra_args, envi
     returns the Popen once `status` answers there; fails the test if it exits or is not ready in time.
     Polls in-process (not `mptcpize-py status`): a Python start per poll would slow bcc's compile down
     on the VM's 2 CPUs."""
-    from mptcpize_py.daemon import control
+    from mptcpize_py.daemon import client
     from mptcpize_py.errors import MptcpizeError
     env = dict(environ or os.environ, MPTCPIZE_CONTROL=str(control_path))
     proc = subprocess.Popen([MPTCPIZE, "daemon", *extra_args, "--policy-dir", str(policy_dir)],
@@ -69,7 +69,7 @@ def start_daemon(policy_dir, control_path, log_file, log_path, *extra_args, envi
             proc.wait()
             pytest.fail(f"daemon not ready after {DAEMON_START_TIMEOUT} s: {Path(log_path).read_text()}")
         try:
-            control.request({"cmd": "status"}, control_path, timeout=10)
+            client.request({"cmd": "status"}, control_path, timeout=10)
             return proc
         except MptcpizeError as err:
             if err.exit_code != 3:

@@ -1,4 +1,4 @@
-"""The daemon's local control socket: `status` and `run` registration, root-only.
+"""The daemon's side of its local control socket: `status` and `run` registration, root-only.
 
 A Unix stream socket at /run/mptcpize-py/control (directory 0700, socket 0600, both root's). Every
 connection's peer is checked with SO_PEERCRED before a byte is read: only `allowed_uids` (root) are
@@ -7,9 +7,8 @@ refusal logged. The file modes already keep other users out (connect() fails wit
 client maps to exit 77 too); the credential check is what holds when they do not, e.g. for a process
 with CAP_DAC_OVERRIDE but not uid 0.
 
-Protocol: one JSON object per line each way. Requests `{"cmd": "status"}`, `{"cmd": "register",
-"pid": N}`; a response is the handler's object, or `{"error": "...", "hint": "...", "exit_code": N}`.
-A request may not exceed 64 KiB nor take more than 2 s to arrive; malformed JSON gets an error line and
+The wire format is protocol.py's; client.py is the other end. A request may not exceed 64 KiB nor
+take more than 2 s to arrive; malformed JSON gets an error line and
 the connection is closed (framing cannot be trusted after it). A connection may carry several requests.
 
 Threads, not a selectable object: the daemon's main loop blocks in bcc's ring_buffer_poll(), whose epoll
@@ -25,132 +24,37 @@ refused, as a guard against a daemon that predates the lock). Without the lock, 
 
 import errno
 import fcntl
-import json
 import logging
 import os
 import selectors
 import socket
 import stat
-import struct
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 
-from mptcpize_py.errors import EXIT_NO_DAEMON, MptcpizeError, PermissionDenied
+from mptcpize_py.daemon.protocol import (
+    DEFAULT_PATH,
+    MAX_REQUEST,
+    PERMISSION_DENIED,
+    TIMEOUT,
+    LineReader,
+    RequestError,
+    TooLarge,
+    Ucred,
+    decode_request,
+    encode,
+    peer_cred,
+    short_reason,
+)
+from mptcpize_py.errors import MptcpizeError
 from mptcpize_py.host.procfs import parse_stat_ppid, parse_status_field
-from mptcpize_py.locations import CONTROL_SOCKET
 
-DEFAULT_PATH = CONTROL_SOCKET
-CONTROL_ENV = "MPTCPIZE_CONTROL"   # another path, for tests and side-by-side daemons
-MAX_REQUEST = 64 * 1024
-MAX_RESPONSE = 64 * 1024 * 1024   # `status` of a busy host: ~16k process rows
-TIMEOUT = 2.0
 MAX_CONNECTIONS = 16
-PERMISSION_DENIED = "permission denied"
 PID_MAX = 1 << 22                  # PID_MAX_LIMIT on 64-bit
 
 log = logging.getLogger("mptcpize_py.control")
-
-
-# ---------------------------------------------------------------------------------------------------
-# Peer credentials (pure parsing + one getsockopt)
-
-_UCRED = struct.Struct("=iII")     # struct ucred { pid_t pid; uid_t uid; gid_t gid; }
-
-
-@dataclass(frozen=True)
-class Ucred:
-    pid: int
-    uid: int
-    gid: int
-
-
-def parse_ucred(data: bytes) -> Ucred:
-    if len(data) != _UCRED.size:
-        raise ValueError(f"struct ucred is {_UCRED.size} bytes, got {len(data)}")
-    return Ucred(*_UCRED.unpack(data))
-
-
-def peer_cred(sock: socket.socket) -> Ucred:
-    """The credentials the peer had when it called connect() (SO_PEERCRED)."""
-    return parse_ucred(sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size))
-
-
-# ---------------------------------------------------------------------------------------------------
-# Framing (pure)
-
-
-class RequestError(ValueError):
-    """A request we cannot serve; the message goes back to the client."""
-
-
-def encode(obj: dict) -> bytes:
-    """One line: compact JSON (ASCII, so no character can be taken for a line break) and '\\n'."""
-    return json.dumps(obj, separators=(",", ":"), ensure_ascii=True, default=str).encode() + b"\n"
-
-
-def decode_request(line: bytes) -> dict:
-    """One request line (without its '\\n') -> the request object; RequestError when malformed."""
-    try:
-        obj = json.loads(line.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError, RecursionError) as e:
-        raise RequestError(f"malformed request: not JSON ({_short(e)})") from None
-    if not isinstance(obj, dict):
-        raise RequestError("malformed request: expected a JSON object such as {\"cmd\": \"status\"}")
-    cmd = obj.get("cmd")
-    if not isinstance(cmd, str) or not cmd:
-        raise RequestError("malformed request: no \"cmd\" string")
-    return obj
-
-
-def _short(e: Exception) -> str:
-    s = str(e)
-    return s if len(s) <= 100 else s[:100] + "..."
-
-
-class TooLarge(RequestError):
-    pass
-
-
-class LineReader:
-    """Reads '\\n'-terminated lines from a socket, each bounded in size and in time."""
-
-    def __init__(self, sock: socket.socket, limit: int):
-        self._sock = sock
-        self._limit = limit
-        self._buf = b""
-
-    @property
-    def buffered(self) -> bool:
-        return bool(self._buf)
-
-    def readline(self, deadline: float) -> bytes | None:
-        """The next line without '\\n'; None at EOF (a partial last line is dropped).
-
-        Raises TooLarge past `limit` bytes, TimeoutError when `deadline` (time.monotonic()) passes.
-        """
-        while True:
-            nl = self._buf.find(b"\n")
-            if nl >= 0:
-                if nl > self._limit:
-                    raise TooLarge(f"request larger than {self._limit} bytes")
-                line, self._buf = self._buf[:nl], self._buf[nl + 1:]
-                return line
-            if len(self._buf) > self._limit:
-                raise TooLarge(f"request larger than {self._limit} bytes")
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise TimeoutError
-            self._sock.settimeout(remaining)
-            try:
-                chunk = self._sock.recv(65536)
-            except TimeoutError:
-                raise TimeoutError from None
-            if not chunk:
-                return None
-            self._buf += chunk
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -173,7 +77,7 @@ def check_registrant(pid, peer: Ucred, proc: str = "/proc") -> None:
     except FileNotFoundError:
         raise MptcpizeError(f"register: no process {pid}") from None
     except (OSError, ValueError, IndexError) as e:
-        raise MptcpizeError(f"register: cannot read {proc}/{pid}: {_short(e)}") from None
+        raise MptcpizeError(f"register: cannot read {proc}/{pid}: {short_reason(e)}") from None
     if tgid is not None and tgid != str(pid):
         raise MptcpizeError(f"register: {pid} is a thread of process {tgid}, not a process")
     if ppid != peer.pid:
@@ -473,7 +377,7 @@ class ControlServer:
             return out
         except Exception as e:  # a bug in a handler must not take the server thread down
             log.exception("control socket: %s handler failed", cmd)
-            return {"error": f"internal error in {cmd}: {_short(e)}"}
+            return {"error": f"internal error in {cmd}: {short_reason(e)}"}
         if not isinstance(result, dict):
             log.error("control socket: %s handler returned %s, not a dict", cmd, type(result).__name__)
             return {"error": f"internal error in {cmd}: bad response"}
@@ -493,76 +397,3 @@ class ControlServer:
 # Client
 
 
-def control_path() -> Path:
-    """The daemon's control socket: $MPTCPIZE_CONTROL, else DEFAULT_PATH."""
-    return Path(os.environ.get(CONTROL_ENV) or DEFAULT_PATH)
-
-
-def no_daemon_error(path: Path | str = DEFAULT_PATH) -> MptcpizeError:
-    return MptcpizeError(f"no daemon is running (cannot connect to {path})",
-                         hint="start it: systemctl start mptcpize-py", exit_code=EXIT_NO_DAEMON)
-
-
-def request(cmd: dict, path: Path | str = DEFAULT_PATH, timeout: float = TIMEOUT,
-            max_response: int = MAX_RESPONSE) -> dict:
-    """Sends one request, returns the daemon's response object.
-
-    Raises MptcpizeError: exit 3 when no daemon listens, 77 when we may not talk to it (the socket's
-    permissions or the daemon's SO_PEERCRED check), the daemon's exit code for an error response, 1
-    for a daemon that does not answer properly within `timeout` seconds.
-    """
-    path = str(path)
-    deadline = time.monotonic() + timeout
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
-    try:
-        sock.settimeout(timeout)
-        try:
-            sock.connect(path)
-        except (FileNotFoundError, ConnectionRefusedError):
-            raise no_daemon_error(path) from None
-        except PermissionError:
-            raise _permission_error(path) from None
-        except TimeoutError:
-            raise MptcpizeError(f"the daemon did not accept a connection on {path} within "
-                                f"{timeout:g} s") from None
-        except OSError as e:
-            raise MptcpizeError(f"cannot connect to {path}: {e.strerror}") from None
-        try:
-            sock.sendall(encode(cmd))
-        except (BrokenPipeError, ConnectionResetError):
-            pass  # the daemon may have refused us already: its answer is still ours to read
-        except TimeoutError:
-            raise MptcpizeError(f"the daemon on {path} did not take the request within {timeout:g} s") \
-                from None
-        reader = LineReader(sock, max_response)
-        try:
-            line = reader.readline(deadline)
-        except TimeoutError:
-            raise MptcpizeError(f"the daemon on {path} did not answer within {timeout:g} s") from None
-        except TooLarge:
-            raise MptcpizeError(f"the daemon's answer is larger than {max_response} bytes") from None
-        except ConnectionResetError:
-            line = None
-    finally:
-        sock.close()
-    if line is None:
-        raise MptcpizeError(f"the daemon on {path} closed the connection without an answer")
-    try:
-        resp = json.loads(line)
-    except (ValueError, UnicodeDecodeError, RecursionError):
-        raise MptcpizeError(f"the daemon on {path} sent a malformed answer") from None
-    if not isinstance(resp, dict):
-        raise MptcpizeError(f"the daemon on {path} sent a malformed answer")
-    if "error" in resp:
-        if resp["error"] == PERMISSION_DENIED:
-            raise _permission_error(path)
-        code = resp.get("exit_code")
-        hint = resp.get("hint") if isinstance(resp.get("hint"), str) else None
-        raise MptcpizeError(str(resp["error"]), hint=hint,
-                            exit_code=code if type(code) is int and 0 < code < 256 else None)
-    return resp
-
-
-def _permission_error(path: str) -> PermissionDenied:
-    return PermissionDenied(f"permission denied: the daemon's control socket {path} is root-only",
-                            hint="run it as root, e.g. with sudo")

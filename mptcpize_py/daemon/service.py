@@ -26,7 +26,7 @@ tree: the fast path that spares `run` compiling its own program), `run_report` (
 counts, for `run -v`), `resync` (re-resolve now; a unit's ExecStartPre uses it so the unit's new cgroup
 is selected before its main process starts).
 
-The control socket path is control.DEFAULT_PATH, or $MPTCPIZE_CONTROL (tests).
+The control socket path is protocol.DEFAULT_PATH, or $MPTCPIZE_CONTROL (tests).
 """
 
 import logging
@@ -38,7 +38,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from mptcpize_py import abi
-from mptcpize_py.daemon import control
+from mptcpize_py.daemon import client, control
 from mptcpize_py.daemon.records import ProcRecord, alive
 from mptcpize_py.errors import MptcpizeError
 from mptcpize_py.host import procfs, systemd
@@ -115,7 +115,7 @@ class Daemon:
         self.serve = serve
         self.dry_run = dry_run
         self.verb = "would upgrade" if dry_run else "upgraded"
-        self.path = Path(path) if path else control.control_path()
+        self.path = Path(path) if path else client.control_path()
         self.resync_interval = resync_interval
         self.policy: Policy | None = None
         self.resolved: Resolved | None = None

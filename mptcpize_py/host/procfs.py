@@ -88,11 +88,10 @@ def missing_capabilities(names: Iterable[str], status_text: str | None = None) -
         status_text = read_text(f"{PROC}/self/status")
         if status_text is None:
             return []
-    for line in status_text.splitlines():
-        if line.startswith("CapEff:"):
-            eff = int(line.split()[1], 16)
-            return [n for n in names if not eff >> CAPABILITY_BITS[n] & 1]
-    return []
+    eff = parse_status_field(status_text, "CapEff")
+    if eff is None:
+        return []
+    return [n for n in names if not int(eff, 16) >> CAPABILITY_BITS[n] & 1]
 
 
 def socket_owners(inodes: Iterable[int] | None = None, proc: str = PROC) -> dict[int, list[int]]:

@@ -6,6 +6,7 @@ import threading
 from pathlib import Path
 
 from mptcpize_py.errors import MptcpizeError
+from mptcpize_py.host import procfs
 from mptcpize_py.program.handle import ProgramHandle
 from mptcpize_py.run.backend import ProcessReport, RunBackend
 
@@ -36,10 +37,8 @@ class BpfRunBackend(RunBackend):
         # Name the executable at the first upgrade, while the process most likely still exists;
         # finish() falls back to what the kernel saw at exec, then to the command name.
         if ev.tgid not in self._exe:
-            try:
-                self._exe[ev.tgid] = os.readlink(f"/proc/{ev.tgid}/exe")
-            except OSError:
-                self._exe[ev.tgid] = None
+            self._exe[ev.tgid] = procfs.exe(ev.tgid)
+            if self._exe[ev.tgid] is None:
                 self._comm[ev.tgid] = ev.comm
 
     def _exe_of(self, tgid: int) -> str:
@@ -84,9 +83,9 @@ class DaemonRunBackend(RunBackend):
         self._r, self._w = os.pipe2(os.O_CLOEXEC)  # the child reports its run id through it
 
     def child_setup(self) -> None:
-        from mptcpize_py.daemon import control
+        from mptcpize_py.daemon import client
         os.close(self._r)
-        resp = control.request({"cmd": "register", "pid": os.getpid()}, self.path, timeout=10)
+        resp = client.request({"cmd": "register", "pid": os.getpid()}, self.path, timeout=10)
         os.write(self._w, str(resp["run_id"]).encode())
         os.close(self._w)
 
@@ -99,8 +98,8 @@ class DaemonRunBackend(RunBackend):
     def finish(self) -> list[ProcessReport]:
         if self.run_id is None:
             return []
-        from mptcpize_py.daemon import control
-        resp = control.request({"cmd": "run_report", "run_id": self.run_id}, self.path, timeout=10)
+        from mptcpize_py.daemon import client
+        resp = client.request({"cmd": "run_report", "run_id": self.run_id}, self.path, timeout=10)
         return [ProcessReport(r["pid"], r.get("exe") or "?", r["upgraded"]) for r in resp["processes"]]
 
     def counters(self) -> None:
@@ -119,12 +118,12 @@ def daemon_backend() -> DaemonRunBackend | None:
     None. Costs one round trip."""
     if os.geteuid() != 0:
         return None
-    from mptcpize_py.daemon import control
-    path = control.control_path()
+    from mptcpize_py.daemon import client
+    path = client.control_path()
     if not os.path.exists(path):
         return None
     try:
-        hello = control.request({"cmd": "hello"}, path, timeout=2)
+        hello = client.request({"cmd": "hello"}, path, timeout=2)
     except MptcpizeError:
         return None
     if hello.get("backend") != "bpf":   # a dry-run daemon upgrades nothing

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from mptcpize_py.daemon import control
+from mptcpize_py.daemon import client, control, protocol
 from mptcpize_py.errors import MptcpizeError
 from tests.conftest import REPO, is_root
 
@@ -88,7 +88,7 @@ def raw_exchange(path: Path, data: bytes, timeout: float = 5.0) -> list[dict]:
 def test_root_client_gets_status_and_the_socket_is_root_only(sock_path):
     calls = []
     with control.ControlServer(stub_handlers(calls), sock_path):  # defaults: uid 0, 0700, 0600
-        resp = control.request({"cmd": "status"}, sock_path)
+        resp = client.request({"cmd": "status"}, sock_path)
         assert resp == {"backend": "stub", "peer_uid": 0, "peer_pid": os.getpid()}
         assert calls[0][0] == {"cmd": "status"}
         d, s = os.lstat(sock_path.parent), os.lstat(sock_path)
@@ -104,17 +104,17 @@ def test_several_requests_on_one_connection(server, sock_path):
 
 def test_handler_errors_are_answers_not_crashes(server, sock_path):
     with pytest.raises(MptcpizeError) as e:
-        control.request({"cmd": "fail"}, sock_path)
+        client.request({"cmd": "fail"}, sock_path)
     assert (e.value.message, e.value.hint, e.value.exit_code) == ("cannot do that", "do this instead", 69)
     with pytest.raises(MptcpizeError, match="internal error in crash: boom") as e:
-        control.request({"cmd": "crash"}, sock_path)
+        client.request({"cmd": "crash"}, sock_path)
     assert e.value.exit_code == 1
     with pytest.raises(MptcpizeError, match="internal error in bad: bad response"):
-        control.request({"cmd": "bad"}, sock_path)
+        client.request({"cmd": "bad"}, sock_path)
     with pytest.raises(MptcpizeError, match=r"unknown command 'nope' \(known: bad, crash, fail, "
                                             r"register, status\)"):
-        control.request({"cmd": "nope"}, sock_path)
-    assert control.request({"cmd": "status"}, sock_path)["backend"] == "stub"  # still serving
+        client.request({"cmd": "nope"}, sock_path)
+    assert client.request({"cmd": "status"}, sock_path)["backend"] == "stub"  # still serving
 
 
 def test_malformed_json_gets_an_error_and_the_connection_closed(server, sock_path):
@@ -125,15 +125,15 @@ def test_malformed_json_gets_an_error_and_the_connection_closed(server, sock_pat
 
 
 def test_oversized_request_is_refused(server, sock_path):
-    big = json.dumps({"cmd": "status", "pad": "x" * control.MAX_REQUEST}).encode() + b"\n"
+    big = json.dumps({"cmd": "status", "pad": "x" * protocol.MAX_REQUEST}).encode() + b"\n"
     out = raw_exchange(sock_path, big)
-    assert out == [{"error": f"request larger than {control.MAX_REQUEST} bytes"}]
+    assert out == [{"error": f"request larger than {protocol.MAX_REQUEST} bytes"}]
     with pytest.raises(MptcpizeError, match="request larger than 65536 bytes"):
-        control.request({"cmd": "status", "pad": "x" * control.MAX_REQUEST}, sock_path)
+        client.request({"cmd": "status", "pad": "x" * protocol.MAX_REQUEST}, sock_path)
     # without a newline at all: refused as soon as the limit is passed, not at the time limit
     start = time.monotonic()
-    assert raw_exchange(sock_path, b"x" * (control.MAX_REQUEST + 10)) == out
-    assert time.monotonic() - start < control.TIMEOUT
+    assert raw_exchange(sock_path, b"x" * (protocol.MAX_REQUEST + 10)) == out
+    assert time.monotonic() - start < protocol.TIMEOUT
 
 
 def test_slow_client_is_cut_off(sock_path):
@@ -152,7 +152,7 @@ def test_a_stalled_client_does_not_block_others(sock_path):
             idle.connect(str(sock_path))
             idle.sendall(b'{"cmd"')
             start = time.monotonic()
-            assert control.request({"cmd": "status"}, sock_path)["backend"] == "stub"
+            assert client.request({"cmd": "status"}, sock_path)["backend"] == "stub"
             assert time.monotonic() - start < 1
 
 
@@ -165,23 +165,23 @@ def test_too_many_connections_get_busy(sock_path):
                 s.connect(str(sock_path))
             time.sleep(0.2)
             with pytest.raises(MptcpizeError, match="busy"):
-                control.request({"cmd": "status"}, sock_path)
+                client.request({"cmd": "status"}, sock_path)
         finally:
             for s in held:
                 s.close()
         time.sleep(0.2)
-        assert control.request({"cmd": "status"}, sock_path)["backend"] == "stub"
+        assert client.request({"cmd": "status"}, sock_path)["backend"] == "stub"
 
 
 def test_register_accepts_our_child_and_refuses_others(server, sock_path):
     child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(5)"])
     try:
-        assert control.request({"cmd": "register", "pid": child.pid}, sock_path) == \
+        assert client.request({"cmd": "register", "pid": child.pid}, sock_path) == \
             {"registered": child.pid}
         with pytest.raises(MptcpizeError, match="is not a child of the caller"):
-            control.request({"cmd": "register", "pid": os.getppid()}, sock_path)
+            client.request({"cmd": "register", "pid": os.getppid()}, sock_path)
         with pytest.raises(MptcpizeError, match="pid must be an integer"):
-            control.request({"cmd": "register", "pid": "1"}, sock_path)
+            client.request({"cmd": "register", "pid": "1"}, sock_path)
     finally:
         child.kill()
         child.wait()
@@ -196,7 +196,7 @@ sys.path.insert(0, {str(REPO)!r})
 from mptcpize_py.daemon import control
 from mptcpize_py.errors import MptcpizeError
 try:
-    control.request({{"cmd": "status"}}, sys.argv[1])
+    client.request({{"cmd": "status"}}, sys.argv[1])
 except MptcpizeError as e:
     print(e.message)
     print(e.hint)
@@ -245,7 +245,7 @@ def test_nobody_is_refused_by_so_peercred_and_it_is_logged(open_dir, caplog):
                               "print(s.makefile().read(), end='')", str(path)],
                              user=NOBODY, group=NOBODY, capture_output=True, text=True, timeout=30)
         assert json.loads(out.stdout) == {"error": "permission denied", "exit_code": 77}
-        assert control.request({"cmd": "status"}, path)["peer_uid"] == 0  # root still served
+        assert client.request({"cmd": "status"}, path)["peer_uid"] == 0  # root still served
     assert [(req, peer.uid) for req, peer in calls] == [({"cmd": "status"}, 0)]  # nobody: no handler
     refusals = [r.getMessage() for r in caplog.records if "refused" in r.getMessage()]
     assert len(refusals) == 2 and all(f"uid={NOBODY}" in m for m in refusals)
@@ -268,7 +268,7 @@ def test_no_daemon_exit_3_after_a_clean_shutdown(sock_path):
     with control.ControlServer(stub_handlers(), sock_path, allowed_uids={os.geteuid()}):
         pass
     with pytest.raises(MptcpizeError) as e:
-        control.request({"cmd": "status"}, sock_path)
+        client.request({"cmd": "status"}, sock_path)
     assert e.value.exit_code == 3 and "no daemon is running" in e.value.message
 
 
@@ -281,19 +281,19 @@ def test_stale_socket_of_a_dead_daemon_is_replaced(sock_path):
     assert r.returncode == -9
     assert stat.S_ISSOCK(os.lstat(sock_path).st_mode)
     with pytest.raises(MptcpizeError) as e:
-        control.request({"cmd": "status"}, sock_path)
+        client.request({"cmd": "status"}, sock_path)
     assert e.value.exit_code == 3  # ECONNREFUSED counts as "no daemon"
 
     with control.ControlServer(stub_handlers(), sock_path, allowed_uids={os.geteuid()}) as srv:
         assert srv.replaced_stale
-        assert control.request({"cmd": "status"}, sock_path)["backend"] == "stub"
+        assert client.request({"cmd": "status"}, sock_path)["backend"] == "stub"
 
 
 def test_second_server_is_refused_and_the_first_keeps_serving(server, sock_path):
     with pytest.raises(MptcpizeError) as e:
         control.ControlServer(stub_handlers(), sock_path, allowed_uids={os.geteuid()}).start()
     assert e.value.message == f"another mptcpize-py daemon is already running (it serves {sock_path})"
-    assert control.request({"cmd": "status"}, sock_path)["backend"] == "stub"
+    assert client.request({"cmd": "status"}, sock_path)["backend"] == "stub"
 
 
 def test_second_server_in_another_process_is_refused(server, sock_path):

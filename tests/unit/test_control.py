@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from mptcpize_py.daemon import control
+from mptcpize_py.daemon import client, control, protocol
 from mptcpize_py.daemon.control import LineReader, RequestError, TooLarge, Ucred
 from mptcpize_py.errors import MptcpizeError
 
@@ -23,21 +23,21 @@ from mptcpize_py.host import procfs
 
 
 def test_parse_ucred():
-    assert control.parse_ucred(struct.pack("=iII", 1234, 0, 0)) == Ucred(1234, 0, 0)
-    assert control.parse_ucred(struct.pack("=iII", 7, 65534, 65534)) == Ucred(7, 65534, 65534)
-    assert control.parse_ucred(struct.pack("=iII", 7, 4294967294, 1)).uid == 4294967294  # uid_t is unsigned
+    assert protocol.parse_ucred(struct.pack("=iII", 1234, 0, 0)) == Ucred(1234, 0, 0)
+    assert protocol.parse_ucred(struct.pack("=iII", 7, 65534, 65534)) == Ucred(7, 65534, 65534)
+    assert protocol.parse_ucred(struct.pack("=iII", 7, 4294967294, 1)).uid == 4294967294  # uid_t is unsigned
 
 
 @pytest.mark.parametrize("size", [0, 8, 11, 13, 16])
 def test_parse_ucred_wrong_size(size):
     with pytest.raises(ValueError):
-        control.parse_ucred(b"\0" * size)
+        protocol.parse_ucred(b"\0" * size)
 
 
 def test_peer_cred_of_a_socketpair_is_ourselves():
     a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     with a, b:
-        assert control.peer_cred(a) == Ucred(os.getpid(), os.geteuid(), os.getegid())
+        assert protocol.peer_cred(a) == Ucred(os.getpid(), os.geteuid(), os.getegid())
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -50,18 +50,18 @@ def test_peer_cred_of_a_socketpair_is_ourselves():
     {"nested": {"list": [1, 2.5, None, True]}, "unicode": "é€😀"},
 ])
 def test_encode_is_one_ascii_line(obj):
-    data = control.encode(obj)
+    data = protocol.encode(obj)
     assert data.endswith(b"\n") and data.count(b"\n") == 1 and b"\r" not in data
     assert data.isascii()
     assert json.loads(data) == obj
 
 
 def test_encode_falls_back_to_str_for_odd_values():
-    assert json.loads(control.encode({"path": Path("/x")})) == {"path": "/x"}
+    assert json.loads(protocol.encode({"path": Path("/x")})) == {"path": "/x"}
 
 
 def test_decode_request_ok():
-    assert control.decode_request(b'{"cmd": "register", "pid": 42}') == {"cmd": "register", "pid": 42}
+    assert protocol.decode_request(b'{"cmd": "register", "pid": 42}') == {"cmd": "register", "pid": 42}
 
 
 @pytest.mark.parametrize("line, why", [
@@ -79,7 +79,7 @@ def test_decode_request_ok():
 ])
 def test_decode_request_malformed(line, why):
     with pytest.raises(RequestError, match=why):
-        control.decode_request(line)
+        protocol.decode_request(line)
 
 
 def pair():
@@ -240,7 +240,7 @@ def test_check_registrant_thread_id_is_refused():
 
 def test_no_daemon_is_exit_3(tmp_path):
     with pytest.raises(MptcpizeError) as e:
-        control.request({"cmd": "status"}, tmp_path / "control")
+        client.request({"cmd": "status"}, tmp_path / "control")
     assert e.value.exit_code == 3
     assert e.value.message == f"no daemon is running (cannot connect to {tmp_path}/control)"
     assert e.value.hint == "start it: systemctl start mptcpize-py"
@@ -251,11 +251,11 @@ def test_refused_connection_is_exit_3(tmp_path):
     s.bind(str(tmp_path / "control"))
     s.close()  # a dead daemon's socket file: connect() -> ECONNREFUSED
     with pytest.raises(MptcpizeError) as e:
-        control.request({"cmd": "status"}, tmp_path / "control")
+        client.request({"cmd": "status"}, tmp_path / "control")
     assert e.value.exit_code == 3
 
 
 def test_default_path():
-    assert control.DEFAULT_PATH == Path("/run/mptcpize-py/control")
-    assert control.no_daemon_error().message == \
+    assert protocol.DEFAULT_PATH == Path("/run/mptcpize-py/control")
+    assert client.no_daemon_error().message == \
         "no daemon is running (cannot connect to /run/mptcpize-py/control)"

@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from mptcpize_py import abi
-from mptcpize_py.daemon import control
+from mptcpize_py.daemon import protocol
 from mptcpize_py.daemon.service import Daemon
 from mptcpize_py.policy import PolicyError
 from mptcpize_py.program.handle import ProgramHandle
@@ -130,7 +130,7 @@ def test_status_answer_on_the_wire_parses_back(daemon):
     dm, fake, _ = daemon
     fake.callback(event(os.getpid()))
     fake.stats = [ProcStats(os.getpid(), 500, "exe", 16), ProcStats(2 ** 22 + 6, 2, "run", 1)]
-    answer = json.loads(control.encode(dm.status_request({"cmd": "status"}, None)))
+    answer = json.loads(protocol.encode(dm.status_request({"cmd": "status"}, None)))
     parsed = DaemonStatus.from_json_dict(answer)
     assert parsed.to_json_dict() == answer
     assert dataclasses.replace(parsed, uptime_s=0) == dataclasses.replace(dm.status(), uptime_s=0)

@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from mptcpize_py.daemon import control
+from mptcpize_py.daemon import control, protocol
 from mptcpize_py.errors import MptcpizeError
 from mptcpize_py.status import DaemonStatus, StatusFormatError
 from tests.conftest import mptcpize
@@ -31,7 +31,7 @@ STATUS = daemon_status(
 
 def wire(status: DaemonStatus) -> dict:
     """What a client decodes from the daemon's answer line."""
-    return json.loads(control.encode(status.to_json_dict()))
+    return json.loads(protocol.encode(status.to_json_dict()))
 
 
 def test_round_trip():

@@ -8,14 +8,12 @@ import signal
 import socket
 import threading
 
-from mptcpize_py.host import libc
+from mptcpize_py.host import libc, procfs
 from mptcpize_py.run.backend import ProcessReport, RunBackend
 from mptcpize_py.run.seccomp.filter import FilterInstaller
 from mptcpize_py.run.seccomp.notify import Listener, recv_listener, send_listener
 from mptcpize_py.run.seccomp.probe import probe
 from mptcpize_py.run.seccomp.supervisor import Supervisor
-
-CAP_SYS_ADMIN = 21
 
 
 class SeccompRunBackend(RunBackend):
@@ -32,7 +30,7 @@ class SeccompRunBackend(RunBackend):
         # avoid no_new_privs when we can: it would make every setuid/setgid/file-capability program
         # in the tree (sudo, ping, su) run without its privilege, an EPERM the program would not get
         # otherwise. Without CAP_SYS_ADMIN it is mandatory, and exec of such programs is reported.
-        self.no_new_privs = not _has_cap(CAP_SYS_ADMIN)
+        self.no_new_privs = bool(procfs.missing_capabilities(("CAP_SYS_ADMIN",)))
         self._installer = FilterInstaller(self.no_new_privs, notify_exec=self.no_new_privs)
         self._parent_sock, self._child_sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         self._stop_r, self._stop_w = os.pipe2(os.O_CLOEXEC)
@@ -119,14 +117,6 @@ class SeccompRunBackend(RunBackend):
         self._stop_r = self._stop_w = -1
         self._parent_sock.close()
         self._child_sock.close()
-
-
-def _has_cap(cap: int) -> bool:
-    with open("/proc/self/status", "rb") as f:
-        for line in f:
-            if line.startswith(b"CapEff:"):
-                return bool(int(line.split()[1], 16) >> cap & 1)
-    return False
 
 
 def _start_thread(target, name: str) -> threading.Thread:

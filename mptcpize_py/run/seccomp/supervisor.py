@@ -12,7 +12,7 @@ import threading
 import time
 
 from mptcpize_py.abi import IPPROTO_MPTCP
-from mptcpize_py.host import libc
+from mptcpize_py.host import libc, procfs
 from mptcpize_py.run.seccomp.caller import CallerContextThread, Creds, read_creds
 from mptcpize_py.run.seccomp.notify import Listener, Notification
 
@@ -137,10 +137,7 @@ class Supervisor:
         tgid = creds.tgid
         if tgid not in self.upgraded:
             self.upgraded[tgid] = 0
-            try:
-                self.exe[tgid] = os.readlink(f"/proc/{tgid}/exe")
-            except OSError:
-                self.exe[tgid] = "?"
+            self.exe[tgid] = procfs.exe(tgid) or "?"
             log.info("upgraded pid=%d exe=%s rule=run", tgid, self.exe[tgid])
         self.upgraded[tgid] += 1
 

@@ -1,0 +1,128 @@
+"""The control socket's wire format, shared by the daemon and its clients: one JSON object per line
+each way, peer credentials (SO_PEERCRED), the socket's path. Requests `{"cmd": "status"}`,
+`{"cmd": "register", "pid": N}`; a response is the handler's object, or
+`{"error": "...", "hint": "...", "exit_code": N}`."""
+
+import json
+import os
+import socket
+import struct
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from mptcpize_py.locations import CONTROL_SOCKET
+
+DEFAULT_PATH = CONTROL_SOCKET
+
+
+CONTROL_ENV = "MPTCPIZE_CONTROL"   # another path, for tests and side-by-side daemons
+
+
+MAX_REQUEST = 64 * 1024
+
+
+MAX_RESPONSE = 64 * 1024 * 1024   # `status` of a busy host: ~16k process rows
+
+
+TIMEOUT = 2.0
+
+
+PERMISSION_DENIED = "permission denied"
+
+
+_UCRED = struct.Struct("=iII")     # struct ucred { pid_t pid; uid_t uid; gid_t gid; }
+
+
+@dataclass(frozen=True)
+class Ucred:
+    pid: int
+    uid: int
+    gid: int
+
+
+def parse_ucred(data: bytes) -> Ucred:
+    if len(data) != _UCRED.size:
+        raise ValueError(f"struct ucred is {_UCRED.size} bytes, got {len(data)}")
+    return Ucred(*_UCRED.unpack(data))
+
+
+def peer_cred(sock: socket.socket) -> Ucred:
+    """The credentials the peer had when it called connect() (SO_PEERCRED)."""
+    return parse_ucred(sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _UCRED.size))
+
+
+class RequestError(ValueError):
+    """A request we cannot serve; the message goes back to the client."""
+
+
+def encode(obj: dict) -> bytes:
+    """One line: compact JSON (ASCII, so no character can be taken for a line break) and '\\n'."""
+    return json.dumps(obj, separators=(",", ":"), ensure_ascii=True, default=str).encode() + b"\n"
+
+
+def decode_request(line: bytes) -> dict:
+    """One request line (without its '\\n') -> the request object; RequestError when malformed."""
+    try:
+        obj = json.loads(line.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError) as e:
+        raise RequestError(f"malformed request: not JSON ({short_reason(e)})") from None
+    if not isinstance(obj, dict):
+        raise RequestError("malformed request: expected a JSON object such as {\"cmd\": \"status\"}")
+    cmd = obj.get("cmd")
+    if not isinstance(cmd, str) or not cmd:
+        raise RequestError("malformed request: no \"cmd\" string")
+    return obj
+
+
+def short_reason(e: Exception) -> str:
+    s = str(e)
+    return s if len(s) <= 100 else s[:100] + "..."
+
+
+class TooLarge(RequestError):
+    pass
+
+
+class LineReader:
+    """Reads '\\n'-terminated lines from a socket, each bounded in size and in time."""
+
+    def __init__(self, sock: socket.socket, limit: int):
+        self._sock = sock
+        self._limit = limit
+        self._buf = b""
+
+    @property
+    def buffered(self) -> bool:
+        return bool(self._buf)
+
+    def readline(self, deadline: float) -> bytes | None:
+        """The next line without '\\n'; None at EOF (a partial last line is dropped).
+
+        Raises TooLarge past `limit` bytes, TimeoutError when `deadline` (time.monotonic()) passes.
+        """
+        while True:
+            nl = self._buf.find(b"\n")
+            if nl >= 0:
+                if nl > self._limit:
+                    raise TooLarge(f"request larger than {self._limit} bytes")
+                line, self._buf = self._buf[:nl], self._buf[nl + 1:]
+                return line
+            if len(self._buf) > self._limit:
+                raise TooLarge(f"request larger than {self._limit} bytes")
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError
+            self._sock.settimeout(remaining)
+            try:
+                chunk = self._sock.recv(65536)
+            except TimeoutError:
+                raise TimeoutError from None
+            if not chunk:
+                return None
+            self._buf += chunk
+
+
+def control_path() -> Path:
+    """The daemon's control socket: $MPTCPIZE_CONTROL, else DEFAULT_PATH."""
+    return Path(os.environ.get(CONTROL_ENV) or DEFAULT_PATH)
