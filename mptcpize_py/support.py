@@ -22,8 +22,6 @@ class Check:
     detail: str
     hint: str | None = None
     required: bool = True  # a failed required check means `run` cannot upgrade
-    error: MptcpizeError | None = field(default=None, repr=False, compare=False)  # what a user of
-    # the failed feature is told (the loader raises it): its own words, class and exit code
 
 
 @dataclass
@@ -47,6 +45,9 @@ class KernelSupport:
     hook: Check
     trampoline: Check
     netns_guard: Check
+    # What a user of a failed feature is told (the loader raises it), per check name: its own words,
+    # exception class and exit code.
+    errors: dict[str, MptcpizeError] = field(default_factory=dict)
 
     @property
     def checks(self) -> list[Check]:
@@ -68,27 +69,30 @@ def _errno_text(e: OSError) -> str:
 
 @functools.cache
 def kernel_support() -> KernelSupport:
+    errors: dict[str, MptcpizeError] = {}
     try:
         facts = btf.read_hook_facts()
         hook = (Check("kernel hook", OK, f"{HOOK} in BTF (id {facts.update_socket_protocol_id})")
                 if facts.update_socket_protocol_id is not None else
                 Check("kernel hook", FAIL, f"{HOOK} is not in the kernel's BTF",
-                      "Linux >= 6.6 with CONFIG_DEBUG_INFO_BTF=y is needed for the BPF backend",
-                      error=Unavailable(f"this kernel has no {HOOK}() in its BTF",
-                                        hint="the BPF backend needs Linux >= 6.6 with "
-                                             "CONFIG_DEBUG_INFO_BTF=y")))
+                      "Linux >= 6.6 with CONFIG_DEBUG_INFO_BTF=y is needed for the BPF backend"))
+        errors["kernel hook"] = Unavailable(f"this kernel has no {HOOK}() in its BTF",
+                                            hint="the BPF backend needs Linux >= 6.6 with "
+                                                 "CONFIG_DEBUG_INFO_BTF=y")
     except MptcpizeError as e:
-        facts, hook = None, Check("kernel hook", FAIL, e.message, e.hint, error=e)
+        facts, hook = None, Check("kernel hook", FAIL, e.message, e.hint)
+        errors["kernel hook"] = e
 
     if hook.status != OK:
         tramp = Check("bpf trampoline", FAIL, "not tried: no hook to attach to",
-                      "see 'kernel hook' above", error=hook.error)
+                      "see 'kernel hook' above")
+        errors["bpf trampoline"] = errors["kernel hook"]
     else:
         try:
             trampoline.probe_trampoline(facts.update_socket_protocol_id)
             tramp = Check("bpf trampoline", OK, "fmod_ret program loaded and attached")
         except OSError as e:
-            tramp = _trampoline_failure(e)
+            tramp, errors["bpf trampoline"] = _trampoline_failure(e)
 
     pernet_addr = kallsyms.read_kallsyms_address("mptcp_pernet_id")
     offset = facts.mptcp_enabled_offset if facts is not None else None
@@ -101,14 +105,14 @@ def kernel_support() -> KernelSupport:
                    if not ok]
         guard = Check("netns guard", FAIL, "cannot read net.mptcp.enabled per namespace: missing "
                       + ", ".join(missing),
-                      "needs CONFIG_KALLSYMS_ALL=y and root (kptr_restrict hides addresses otherwise)",
-                      error=Unavailable("cannot locate net.mptcp.enabled in kernel memory "
-                                        "(mptcp_pernet_id in /proc/kallsyms, struct mptcp_pernet in BTF)",
-                                        hint="needs CONFIG_KALLSYMS_ALL=y; see `mptcpize-py check`"))
-    return KernelSupport(facts, pernet_addr or None, hook, tramp, guard)
+                      "needs CONFIG_KALLSYMS_ALL=y and root (kptr_restrict hides addresses otherwise)")
+        errors["netns guard"] = Unavailable(
+            "cannot locate net.mptcp.enabled in kernel memory (mptcp_pernet_id in /proc/kallsyms, "
+            "struct mptcp_pernet in BTF)", hint="needs CONFIG_KALLSYMS_ALL=y; see `mptcpize-py check`")
+    return KernelSupport(facts, pernet_addr or None, hook, tramp, guard, errors)
 
 
-def _trampoline_failure(e: OSError) -> Check:
+def _trampoline_failure(e: OSError) -> tuple[Check, MptcpizeError]:
     missing = procfs.missing_capabilities(("CAP_BPF", "CAP_PERFMON"))
     if missing:
         error: MptcpizeError = PermissionDenied(
@@ -121,8 +125,7 @@ def _trampoline_failure(e: OSError) -> Check:
     hint = ("this kernel refuses BPF trampolines (fentry/fmod_ret); run on a kernel that allows "
             "them" if e.errno == errno.EPERM and os.geteuid() == 0 else
             "run as root" if e.errno == errno.EPERM else None)
-    return Check("bpf trampoline", FAIL, f"fmod_ret load/attach refused: {_errno_text(e)}", hint,
-                 error=error)
+    return Check("bpf trampoline", FAIL, f"fmod_ret load/attach refused: {_errno_text(e)}", hint), error
 
 
 def run_checks(compile_test: bool = True) -> Report:

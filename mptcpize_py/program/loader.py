@@ -149,11 +149,10 @@ class Rewriter:
         self.dry_run = dry_run
         support = kernel_support()   # the prerequisites `check` and `enable` judge by, too
         if support.facts is None:
-            raise support.hook.error
+            raise support.errors["kernel hook"]
         facts, offsets = support.facts, btf.read_struct_offsets()
-        if not dry_run:
-            for check in support.problems:
-                raise check.error
+        if not dry_run and support.problems:
+            raise support.errors[support.problems[0].name]
         # Without the in-kernel guard the dry run asks userspace's netns_mptcp map (set_netns_mptcp).
         pernet_addr = support.pernet_addr if support.netns_guard.status == OK else 0
         bcc = _import_bcc()  # after the cheap probes: importing bcc loads libLLVM (slow)
