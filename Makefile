@@ -4,7 +4,7 @@ VENV ?= /opt/mptcpize-py/venv
 PY := $(VENV)/bin/python
 PYTEST := $(PY) -m pytest -q -p no:cacheprovider
 
-.PHONY: setup demo demo-vm test test-native test-vm test-systemd install-units bench
+.PHONY: setup demo demo-vm test lint test-native test-vm test-systemd install-units bench
 
 setup:
 	bash scripts/setup.sh
@@ -18,7 +18,11 @@ demo-vm: setup
 
 # Unit tests (no root needed), host tests (root, this kernel), then the VM tier on the 6.12 kernel,
 # where "BPF unusable" fails instead of skipping.
-test: setup test-native test-vm test-systemd
+test: setup lint test-native test-vm test-systemd
+
+# The static layer: ruff (pyproject.toml [tool.ruff]); the layout's boundaries are tests/unit/test_boundaries.py.
+lint:
+	$(VENV)/bin/ruff check mptcpize_py tests bench
 
 test-native:
 	$(PYTEST) tests/unit tests/host
