@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from mptcpize_py import enable
+from mptcpize_py.support import kernel_support
 
 THROWAWAY = os.environ.get("MPTCPIZE_THROWAWAY_SYSTEMD") == "1"
 
@@ -29,7 +29,7 @@ def systemd_and_bpf():
         reason = "systemd is not PID 1"
     else:
         # In-process: `mptcpize-py check` compiles with bcc (~40 s under TCG).
-        failed = [f"{check}: {detail}" for check, detail, _ in enable.bpf_problems()]
+        failed = [f"{c.name}: {c.detail}" for c in kernel_support().problems]
         if failed:
             reason = "BPF path unusable: " + "; ".join(failed)
     if reason:
