@@ -193,7 +193,7 @@ def test_register_accepts_our_child_and_refuses_others(server, sock_path):
 CLIENT = f"""
 import sys
 sys.path.insert(0, {str(REPO)!r})
-from mptcpize_py.daemon import control
+from mptcpize_py.daemon import client
 from mptcpize_py.errors import MptcpizeError
 try:
     client.request({{"cmd": "status"}}, sys.argv[1])
