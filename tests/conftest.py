@@ -2,27 +2,43 @@ import os
 import shutil
 import subprocess
 import sys
-import time
+from collections.abc import Mapping
 from pathlib import Path
 
 import pytest
+
+from tests.waiting import scaled, wait_for
 
 # netlab's assert_multipath() is shared by tiers: give its asserts pytest's detailed messages.
 pytest.register_assert_rewrite("tests.netlab")
 
 REPO = Path(__file__).resolve().parent.parent
 PROGS = REPO / "tests" / "progs"
-# The CLI installed next to the interpreter running the tests (the project's venv).
-MPTCPIZE = str(Path(sys.executable).parent / "mptcpize-py")
 PYTHON = sys.executable
+# The interpreter running this checkout's code: -P keeps the working directory off sys.path, so only
+# cli_env()'s PYTHONPATH decides where mptcpize_py comes from (not the venv's install, not a cwd).
+CHECKOUT_PYTHON = (PYTHON, "-P")
+# The CLI of the checkout these tests live in; run it with env=cli_env(...).
+CLI = (*CHECKOUT_PYTHON, "-m", "mptcpize_py")
+# The console script of the interpreter's install: only for what systemd itself starts (a unit's
+# ExecStart=), in the systemd tier. Tests run CLI.
+INSTALLED_MPTCPIZE = str(Path(PYTHON).parent / "mptcpize-py")
+
+
+def cli_env(env: Mapping[str, str] | None = None) -> dict[str, str]:
+    """env (default os.environ) with REPO first on PYTHONPATH, so that CLI imports this checkout."""
+    out = dict(os.environ if env is None else env)
+    out["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), out.get("PYTHONPATH")) if p)
+    return out
 
 
 def mptcpize(*args, **kw) -> subprocess.CompletedProcess:
-    """Runs the real CLI; returns the completed process (text mode, output captured)."""
+    """Runs this checkout's CLI; returns the completed process (text mode, output captured)."""
     kw.setdefault("capture_output", True)
     kw.setdefault("text", True)
-    kw.setdefault("timeout", 300)
-    return subprocess.run([MPTCPIZE, *args], **kw)
+    kw.setdefault("timeout", scaled(120))
+    kw["env"] = cli_env(kw.get("env"))
+    return subprocess.run([*CLI, *args], **kw)
 
 
 @pytest.fixture(scope="session")
@@ -47,7 +63,7 @@ def is_root() -> bool:
     return os.geteuid() == 0
 
 
-DAEMON_START_TIMEOUT = 240   # bcc compiles for ~30-60 s under TCG
+DAEMON_START_TIMEOUT = 60   # bcc compiles the program first
 
 
 def start_daemon(policy_dir, control_path, log_file, log_path, *extra_args, environ=None):
@@ -57,23 +73,27 @@ def start_daemon(policy_dir, control_path, log_file, log_path, *extra_args, envi
     on the VM's 2 CPUs."""
     from mptcpize_py.daemon import client
     from mptcpize_py.errors import MptcpizeError
-    env = dict(environ or os.environ, MPTCPIZE_CONTROL=str(control_path))
-    proc = subprocess.Popen([MPTCPIZE, "daemon", *extra_args, "--policy-dir", str(policy_dir)],
+    env = cli_env(dict(environ or os.environ, MPTCPIZE_CONTROL=str(control_path)))
+    proc = subprocess.Popen([*CLI, "daemon", *extra_args, "--policy-dir", str(policy_dir)],
                             stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT, env=env)
-    deadline = time.monotonic() + DAEMON_START_TIMEOUT
-    while True:
+
+    def answers() -> bool:
         if proc.poll() is not None:
             pytest.fail(f"daemon exited with {proc.returncode}: {Path(log_path).read_text()}")
-        if time.monotonic() > deadline:
-            proc.kill()
-            proc.wait()
-            pytest.fail(f"daemon not ready after {DAEMON_START_TIMEOUT} s: {Path(log_path).read_text()}")
         try:
-            client.request({"cmd": "status"}, control_path, timeout=10)
-            return proc
+            client.request({"cmd": "status"}, control_path, timeout=scaled(10))
+            return True
         except MptcpizeError as err:
             if err.exit_code != 3:
-                proc.kill()
-                proc.wait()
                 raise
-        time.sleep(0.5)
+            return False
+
+    try:
+        wait_for(answers, f"the daemon to answer on {control_path}", timeout=DAEMON_START_TIMEOUT,
+                 interval=0.5, details=lambda: Path(log_path).read_text())
+    except BaseException:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        raise
+    return proc

@@ -5,7 +5,8 @@ Reusable by every tier: the backend is a parameter, and nothing here assumes thi
     lab = TwoPathLab("mzs")                 # namespaces mzs-cli / mzs-srv
     lab.setup()
     try:
-        result = lab.transfer(mptcpize=[MPTCPIZE, "run", "--backend", "seccomp"], python=PYTHON)
+        result = lab.transfer(mptcpize=[*CLI, "run", "--backend", "seccomp"], python=PYTHON,
+                              env=cli_env())
     finally:
         lab.teardown()
 
@@ -95,14 +96,18 @@ class TwoPathLab:
         return counters
 
     def transfer(self, mptcpize: list[str], python: str = sys.executable, size: int = 8 << 20,
-                 port: int = 5599, timeout: float = 60) -> TransferResult:
+                 port: int = 5599, timeout: float = 60,
+                 env: dict[str, str] | None = None) -> TransferResult:
         """Runs the server in PREFIX-srv and the client in PREFIX-cli, each as
-        `MPTCPIZE... ip netns exec NS python netlab.py ROLE`, and returns both sides' reports.
-        `mptcpize` is the wrapper prefix, e.g. [cli, "run", "--backend", "bpf"]; [] runs plain."""
+        `MPTCPIZE... ip netns exec NS python netlab.py ROLE` with environment `env`, and returns both
+        sides' reports. `mptcpize` is the wrapper prefix, e.g. [*CLI, "run", "--backend", "bpf"];
+        [] runs plain. `timeout` is a safety limit, scaled like tests.waiting's."""
+        from tests.waiting import scaled
+        timeout = scaled(timeout)
         server = subprocess.Popen(
             [*mptcpize, "ip", "netns", "exec", self.srv, python, str(HERE), "server", str(port),
              str(timeout)],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
         try:
             ready = server.stdout.readline()  # "listening" once bound, or EOF if it failed
             if not ready.startswith("listening"):
@@ -111,7 +116,7 @@ class TwoPathLab:
             client = subprocess.run(
                 [*mptcpize, "ip", "netns", "exec", self.cli, python, str(HERE), "client",
                  self.server_addr, str(port), str(size)],
-                capture_output=True, text=True, timeout=timeout)
+                capture_output=True, text=True, timeout=timeout, env=env)
             s_out, s_err = server.communicate(timeout=timeout)
         finally:
             if server.poll() is None:
@@ -172,6 +177,8 @@ def _serve(port: int, accept_timeout: float) -> None:
 def _client(host: str, port: int, size: int) -> None:
     sys.path.insert(0, str(REPO))
     from mptcpize_py.diag import mptcpinfo
+    from tests.waiting import scaled
+
     s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     s.settimeout(30)
     s.connect((host, port))
@@ -182,7 +189,8 @@ def _client(host: str, port: int, size: int) -> None:
         s.sendall(chunk)
         h.update(chunk)
         left -= len(chunk)
-    info, deadline = None, time.monotonic() + 5  # the extra subflow comes up asynchronously
+    # The extra subflow comes up asynchronously; the report says whether it did in time.
+    info, deadline = None, time.monotonic() + scaled(10)
     while True:
         try:
             info = mptcpinfo.of_socket(s)

@@ -8,7 +8,8 @@ import subprocess
 
 import pytest
 
-from tests.conftest import MPTCPIZE, mptcpize
+from tests.conftest import CLI, cli_env, mptcpize
+from tests.waiting import scaled
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (namespaces)")
 
@@ -59,7 +60,7 @@ def test_every_namespace_is_explained(namespaces):
 
 
 def test_inside_a_namespace_it_comes_first(namespaces):
-    proc = subprocess.run(["ip", "netns", "exec", "mzc-p0", MPTCPIZE, "check", "--json"],
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(["ip", "netns", "exec", "mzc-p0", *CLI, "check", "--json"],
+                          capture_output=True, text=True, timeout=scaled(120), env=cli_env())
     first = json.loads(proc.stdout)["path_management"][0]
     assert first["name"] == "mzc-p0" and first["subflows"] == 0

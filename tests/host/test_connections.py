@@ -6,14 +6,14 @@ import json
 import os
 import socket
 import subprocess
-import time
 
 import pytest
 
 from mptcpize_py.diag import sockdiag
 from mptcpize_py.host import netns, procfs
-from tests.conftest import MPTCPIZE, PYTHON, mptcpize
+from tests.conftest import CLI, PYTHON, cli_env, mptcpize
 from tests.netlab import TwoPathLab
+from tests.waiting import scaled, wait_for
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (namespaces, other processes' fds)")
 
@@ -69,7 +69,7 @@ def lab():
 def env(tmp_path_factory):
     # No daemon here, whatever else runs on this machine: a control socket path nobody listens on.
     base = tmp_path_factory.mktemp("mzc-nodaemon")
-    return dict(os.environ, MPTCPIZE_CONTROL=str(base / "control"))
+    return cli_env(dict(os.environ, MPTCPIZE_CONTROL=str(base / "control")))
 
 
 def start(argv, env):
@@ -86,29 +86,20 @@ def stop(*procs):
     for p in procs:
         if p.poll() is None:
             try:
-                p.communicate("", timeout=30)
+                p.communicate("", timeout=scaled(30))
             except subprocess.TimeoutExpired:
                 p.kill()
                 p.communicate()
 
 
 def connections(env, netns):
-    proc = mptcpize("status", "--connections", "--json", "--netns", netns, env=env, timeout=60)
+    proc = mptcpize("status", "--connections", "--json", "--netns", netns, env=env)
     assert proc.returncode == 0, proc.stderr
     return json.loads(proc.stdout)
 
 
-def wait_for(fn, timeout=10.0):
-    deadline = time.monotonic() + timeout
-    while True:
-        got = fn()
-        if got or time.monotonic() > deadline:
-            return got
-        time.sleep(0.2)
-
-
 def test_two_path_transfer_shows_two_subflows(lab, env):
-    run = [MPTCPIZE, "run"]
+    run = [*CLI, "run"]
     server, _ = start([*run, "ip", "netns", "exec", lab.srv, PYTHON, "-c", SERVER, "5611", str(SIZE)],
                       env)
     client = None
@@ -124,9 +115,9 @@ def test_two_path_transfer_shows_two_subflows(lab, env):
             row = next((c for c in view["connections"] if c["local"] == hello["local"]), None)
             return (view, row) if row and row["subflows"] == 2 else None
 
-        found = wait_for(client_conn)   # the second subflow joins asynchronously
-        assert found, connections(env, lab.cli)
-        view, row = found
+        # The second subflow joins asynchronously.
+        view, row = wait_for(client_conn, "the client's connection to show 2 subflows", interval=0.2,
+                             details=lambda: connections(env, lab.cli))
         assert view["daemon"] is False
         assert view["scope"].startswith("no daemon is running")
         assert row["state"] == "ESTABLISHED"
@@ -162,7 +153,7 @@ def test_peer_without_mptcp_shows_fallback(lab, env):
     server, _ = start(["ip", "netns", "exec", lab.srv, PYTHON, "-c", SERVER, "5612", str(SIZE)], env)
     client = None
     try:
-        client, hello = start([MPTCPIZE, "run", "ip", "netns", "exec", lab.cli, PYTHON, "-c", CLIENT,
+        client, hello = start([*CLI, "run", "ip", "netns", "exec", lab.cli, PYTHON, "-c", CLIENT,
                                lab.server_addr, "5612", str(SIZE)], env)
         assert hello["protocol"] == 262
         assert json.loads(server.stdout.readline())["protocol"] == 6
@@ -183,18 +174,18 @@ def test_peer_without_mptcp_shows_fallback(lab, env):
 
 def test_without_netns_it_is_the_callers_namespace(lab, env):
     # `ip netns exec NS mptcpize-py status --connections` == `--netns NS`.
-    server, _ = start([MPTCPIZE, "run", "ip", "netns", "exec", lab.srv, PYTHON, "-c", SERVER, "5613",
+    server, _ = start([*CLI, "run", "ip", "netns", "exec", lab.srv, PYTHON, "-c", SERVER, "5613",
                        "0"], env)
     try:
-        proc = subprocess.run(["ip", "netns", "exec", lab.srv, MPTCPIZE, "status", "--connections",
-                               "--json"], capture_output=True, text=True, env=env, timeout=60)
+        proc = subprocess.run(["ip", "netns", "exec", lab.srv, *CLI, "status", "--connections",
+                               "--json"], capture_output=True, text=True, env=env, timeout=scaled(60))
         assert proc.returncode == 0, proc.stderr
         view = json.loads(proc.stdout)
         assert view["namespaces"][0]["name"] == lab.srv
         assert [c["local"] for c in view["connections"] if c["state"] == "LISTEN"] == ["0.0.0.0:5613"]
     finally:
         server.terminate()   # it waits in accept(); run forwards SIGTERM
-        server.communicate(timeout=30)
+        server.communicate(timeout=scaled(30))
 
 
 def test_metrics_without_daemon(env):
@@ -241,11 +232,22 @@ def test_dump_finds_our_sockets_with_owner_and_bytes():
             while got < 100000:
                 got += len(a.recv(1 << 16))
             f.sendall(b"y" * 5000)
-            fa.recv(10000)
-            time.sleep(0.2)
-            conns = sockdiag.dump()
+            got = 0
+            while got < 5000:
+                got += len(fa.recv(10000))
             inodes = {name: os.fstat(s.fileno()).st_ino for name, s in
                       (("ls", ls), ("c", c), ("a", a), ("f", f))}
+
+            def counted():
+                conns = sockdiag.dump()
+                by_ino = {c.inode: c for c in conns}
+                sent, received, fb_sent = (by_ino.get(inodes[n]) for n in ("c", "a", "f"))
+                return conns if sent and received and fb_sent and sent.field("bytes_sent") == 100000 \
+                    and received.field("bytes_received") == 100000 \
+                    and fb_sent.field("bytes_sent") == 5000 else None
+
+            conns = wait_for(counted, "MPTCP_INFO byte counters of both transfers",
+                             details=lambda: [c.as_dict() for c in sockdiag.dump()])
             owners = procfs.socket_owners(inodes.values())
             for s in (ls, c, a, t, f, fa):
                 s.close()

@@ -8,12 +8,12 @@ import os
 import shutil
 import subprocess
 import sys
-import time
 
 import pytest
 
 from mptcpize_py.host.mounts import find_cgroup2_mount, read_mounts
-from tests.conftest import MPTCPIZE, is_root, mptcpize, start_daemon
+from tests.conftest import is_root, mptcpize, start_daemon
+from tests.waiting import scaled, wait_exit, wait_for
 
 pytestmark = pytest.mark.skipif(not is_root(), reason="the daemon needs root")
 
@@ -65,7 +65,7 @@ exe = "{bins['denied']}"
         if proc is not None:
             proc.terminate()
             try:
-                proc.wait(timeout=30)
+                proc.wait(timeout=scaled(30))
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
@@ -77,7 +77,7 @@ exe = "{bins['denied']}"
 
 
 def status(dry) -> dict:
-    res = mptcpize("status", "--json", env=dry["env"], timeout=30)
+    res = mptcpize("status", "--json", env=dry["env"])
     assert res.returncode == 0, res.stderr
     return json.loads(res.stdout)
 
@@ -89,24 +89,25 @@ def rows_by_pid(st) -> dict[int, dict]:
 def run_probe(path) -> tuple[int, int]:
     """Starts the static probe, returns (its pid, the SO_PROTOCOL it saw)."""
     p = subprocess.Popen([path], stdout=subprocess.PIPE, text=True)
-    out, _ = p.communicate(timeout=30)
+    out, _ = p.communicate(timeout=scaled(30))
     assert p.returncode == 0
     return p.pid, int(out)
 
 
-def wait_rows(dry, pids, deadline=10.0) -> dict[int, dict]:
-    t0 = time.monotonic()
-    while True:
-        st = status(dry)
-        rows = rows_by_pid(st)
-        if all(p in rows for p in pids) or time.monotonic() - t0 > deadline:
-            return rows
+def wait_rows(dry, pids) -> dict[int, dict]:
+    """status's rows by pid, once every pid in pids has one (upgrade events arrive asynchronously)."""
+    def listed():
+        rows = rows_by_pid(status(dry))
+        return rows if all(p in rows for p in pids) else None
+
+    return wait_for(listed, f"status to list pids {sorted(pids)}", interval=0.2,
+                    details=lambda: sorted(rows_by_pid(status(dry))))
 
 
 def test_status_says_dry_run(dry):
     st = status(dry)
     assert st["dry_run"] is True and st["backend"] == "dry-run"
-    text = mptcpize("status", env=dry["env"], timeout=30)
+    text = mptcpize("status", env=dry["env"])
     assert text.returncode == 0 and text.stdout.startswith("DRY RUN:")
 
 
@@ -115,7 +116,6 @@ def test_selected_exe_reported_and_socket_unchanged(dry):
     assert {proto for _, proto in results} == {6}, "a dry run must not change any socket"
     rows = wait_rows(dry, [pid for pid, _ in results])
     for pid, _ in results:
-        assert pid in rows, f"selected probe {pid} not reported: {rows}"
         assert rows[pid]["upgraded"] == 1 and rows[pid]["kind"] == "exe"
         assert rows[pid]["rule_id"] >= 16
     log = dry["log"].read_text()
@@ -128,7 +128,6 @@ def test_other_and_denied_not_reported(dry):
     denied_pid, denied_proto = run_probe(dry["bins"]["denied"])
     sentinel, _ = run_probe(dry["bins"]["selected"])
     rows = wait_rows(dry, [sentinel])
-    assert sentinel in rows
     assert other_pid not in rows and denied_pid not in rows
     assert other_proto == denied_proto == 6
     # The denied probe is not in an allowed cgroup or exe rule, so deny only counts where it matched.
@@ -154,12 +153,11 @@ def test_cgroup_rule_counts_exactly_500(dry):
         assert rows[p.pid]["alive"] is True
     finally:
         p.stdin.close()
-        p.wait(timeout=30)
+        wait_exit(p, "the 500-socket program to exit")
 
 
 def test_run_does_not_use_a_dry_run_daemon(dry):
     """`run` must not hand its child to a daemon that upgrades nothing."""
-    res = subprocess.run([MPTCPIZE, "run", "-v", dry["bins"]["other"]], env=dry["env"],
-                         capture_output=True, text=True, timeout=120)
+    res = mptcpize("run", "-v", dry["bins"]["other"], env=dry["env"])
     assert res.returncode == 0, res.stderr
     assert "via the daemon" not in res.stderr

@@ -15,7 +15,8 @@ import pytest
 from mptcpize_py import enable
 from mptcpize_py.errors import EXIT_UNAVAILABLE, MptcpizeError
 from mptcpize_py.host import systemd
-from tests.conftest import MPTCPIZE, REPO, mptcpize
+from tests.conftest import CLI, REPO, cli_env, mptcpize
+from tests.waiting import scaled
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (enable's checks, setpriv)")
 
@@ -113,8 +114,9 @@ def test_non_root_gets_77(verb):
     if setpriv is None:
         pytest.skip("no setpriv")
     before = etc_snapshot()
-    proc = subprocess.run([setpriv, "--reuid=65534", "--regid=65534", "--clear-groups", MPTCPIZE, verb,
-                           "nginx.service"], capture_output=True, text=True, timeout=120, cwd="/")
+    proc = subprocess.run([setpriv, "--reuid=65534", "--regid=65534", "--clear-groups", *CLI, verb,
+                           "nginx.service"], capture_output=True, text=True, timeout=scaled(120), cwd="/",
+                          env=cli_env())
     one_error(proc, 77, "need root")
     assert etc_snapshot() == before
 
@@ -127,7 +129,7 @@ def analyze_verify(unit_dir: Path, unit: str) -> subprocess.CompletedProcess:
         pytest.skip("systemd-analyze not installed")
     env = dict(os.environ, SYSTEMD_UNIT_PATH=f"{unit_dir}:", SYSTEMD_LOG_COLOR="0", LC_ALL="C")
     return subprocess.run([exe, "verify", "--man=no", str(unit_dir / unit)], capture_output=True,
-                          text=True, timeout=120, env=env)
+                          text=True, timeout=scaled(120), env=env)
 
 
 @pytest.fixture

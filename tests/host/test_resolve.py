@@ -9,7 +9,6 @@ import shutil
 import struct
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -19,6 +18,7 @@ from mptcpize_py.host import files, mounts
 from mptcpize_py.host.files import kernel_dev
 from mptcpize_py.policy import parse_policy_text
 from tests.conftest import is_root
+from tests.waiting import scaled, wait_exit, wait_for
 
 pytestmark = pytest.mark.skipif(not is_root(), reason="needs root (cgroups, netns, mounts, BPF)")
 
@@ -217,18 +217,20 @@ def kernel_offsets():
         pytest.skip(f"kernel BTF unusable here: {e}")
 
 
-def kernel_view_of(offsets, argv, level=1, **popen) -> tuple:
-    """Starts argv (which must still be running 0.3 s later and make a system call after that, e.g.
-    `sleep 1` exiting), returns what the kernel saw of it."""
-    proc = subprocess.Popen(argv, **popen)
+def kernel_view_of(offsets, argv, level=1) -> tuple:
+    """Runs argv, returns what the kernel saw at its last system call (its exit)."""
+    # A shell holds the pid until the view watches it, then execs argv in that same process.
+    proc = subprocess.Popen(["sh", "-c", 'read _ && exec "$@"', "kernel-view", *argv],
+                            stdin=subprocess.PIPE)
     try:
         try:
             view = KernelView(offsets, proc.pid, level)
         except OSError as e:
             pytest.skip(f"this kernel refuses a raw_tp BPF program: {e.strerror}")
         try:
-            time.sleep(0.3)  # well past exec (the last pre-exec syscalls are the fork's, not ours)
-            assert proc.wait(timeout=30) == 0
+            proc.stdin.write(b"go\n")
+            proc.stdin.close()
+            assert wait_exit(proc, f"{argv[0]} to run and exit") == 0
             return view.read()
         finally:
             view.close()
@@ -267,7 +269,7 @@ def test_exe_key_where_stat_reports_the_superblock_is_stat_converted(overlays):
 
 def test_exe_key_of_a_system_binary_is_what_the_kernel_sees(kernel_offsets):
     # Natively: ext4. In the VM tier: /usr is an overlay over 9p, where stat's st_dev is not s_dev.
-    seen, *_ = kernel_view_of(kernel_offsets, [SLEEP, "0.6"])
+    seen, *_ = kernel_view_of(kernel_offsets, [SLEEP, "0"])
     key, real = resolve.exe_key(SLEEP)
     assert key == seen
     if _mount_of(real).fstype not in ("overlay", "btrfs"):
@@ -317,7 +319,7 @@ def overlays(tmp_path):
 
 def test_exe_key_is_what_the_kernel_reads_from_mm_exe_file(overlays, kernel_offsets):
     for what, path in overlays.items():
-        seen, *_ = kernel_view_of(kernel_offsets, [path, "0.6"])
+        seen, *_ = kernel_view_of(kernel_offsets, [path, "0"])
         key, _ = resolve.exe_key(path)
         assert key == seen, what
 
@@ -326,7 +328,7 @@ def test_cross_fs_overlay_stat_st_dev_is_not_the_superblock_dev(overlays, kernel
     """Why exe_key does not use st_dev: measured here, overlayfs with layers on different filesystems
     reports a per-layer st_dev for lower files."""
     path = overlays["cross-fs overlay"]
-    seen, *_ = kernel_view_of(kernel_offsets, [path, "0.6"])
+    seen, *_ = kernel_view_of(kernel_offsets, [path, "0"])
     st = os.stat(path)
     assert st.st_ino == seen.ino
     assert kernel_dev(st.st_dev) != seen.dev, "overlayfs now reports s_dev: simplify exe_key"
@@ -336,7 +338,7 @@ def test_policy_exe_rule_resolves_to_the_kernel_key(overlays, kernel_offsets):
     path = overlays["cross-fs overlay"]
     pol = parse_policy_text(f'[[allow]]\nexe = "{path}"\n', "/etc/mptcpize-py/policy.d/mzr.toml")
     res = resolve.resolve_policy(pol, systemd=False)
-    seen, *_ = kernel_view_of(kernel_offsets, [path, "0.6"])
+    seen, *_ = kernel_view_of(kernel_offsets, [path, "0"])
     assert res.problems == ()
     assert res.exe_map() == {(seen.dev, seen.ino): (pol.allow[0].id, 1)}
 
@@ -361,15 +363,17 @@ def mzr_cgroup(cgroup2):
     child = parent / "mzr-child"
     child.mkdir(parents=True, exist_ok=True)
     yield "/mzr-test/mzr-child"
+    def removed(d: Path) -> bool:
+        try:
+            d.rmdir()
+        except FileNotFoundError:
+            pass
+        except OSError:  # EBUSY while a killed process is still leaving
+            return False
+        return True
+
     for d in (child, parent):
-        for _ in range(50):
-            try:
-                d.rmdir()
-                break
-            except FileNotFoundError:
-                break
-            except OSError:  # EBUSY while a killed process is still leaving
-                time.sleep(0.1)
+        wait_for(lambda d=d: removed(d), f"{d} to be removable")
 
 
 def test_cgroup2_mount_is_found_in_mountinfo(cgroup2):
@@ -403,7 +407,7 @@ def test_cgroup_id_is_what_bpf_reports_for_a_process_in_it(cgroup2, mzr_cgroup, 
 
     procs = cgroup2 + mzr_cgroup + "/cgroup.procs"
     # The child moves itself into the cgroup, then execs sleep: every syscall of `sleep` is in it.
-    script = f"echo $$ > {procs} && exec {SLEEP} 0.6"
+    script = f"echo $$ > {procs} && exec {SLEEP} 0"
     _exe, cur, ancestor, _netns = kernel_view_of(kernel_offsets, ["sh", "-c", script], level=1)
     assert cur == cid
     assert ancestor == parent_id  # level 1 = /mzr-test, as bpf_get_current_ancestor_cgroup_id counts
@@ -413,7 +417,7 @@ def test_proc_pid_cgroup_names_the_resolved_cgroup(cgroup2, mzr_cgroup):
     proc = subprocess.Popen(["sh", "-c", f"echo $$ > {cgroup2}{mzr_cgroup}/cgroup.procs && "
                                          "grep '^0::' /proc/self/cgroup"],
                             stdout=subprocess.PIPE, text=True)
-    out, _ = proc.communicate(timeout=10)
+    out, _ = proc.communicate(timeout=scaled(10))
     assert out.strip() == f"0::{mzr_cgroup}"
     assert os.stat(cgroup2 + out.strip()[3:]).st_ino == resolve.cgroup_id(cgroup2, mzr_cgroup)
 
@@ -489,9 +493,9 @@ def test_named_netns_inum_is_what_processes_in_it_have(mzr_netns, kernel_offsets
     inside = subprocess.run(["ip", "netns", "exec", mzr_netns, "readlink", "/proc/self/ns/net"],
                             capture_output=True, text=True, check=True).stdout.strip()
     assert inside == f"net:[{inum}]"
-    *_, seen = kernel_view_of(kernel_offsets, ["ip", "netns", "exec", mzr_netns, SLEEP, "0.6"])
+    *_, seen = kernel_view_of(kernel_offsets, ["ip", "netns", "exec", mzr_netns, SLEEP, "0"])
     assert seen == inum
-    *_, seen_host = kernel_view_of(kernel_offsets, [SLEEP, "0.6"])
+    *_, seen_host = kernel_view_of(kernel_offsets, [SLEEP, "0"])
     assert seen_host == host
 
 

@@ -8,7 +8,7 @@ import signal
 import socket
 import subprocess
 import textwrap
-import time
+import uuid
 from pathlib import Path
 
 import pytest
@@ -16,8 +16,9 @@ import pytest
 from mptcpize_py import errors as _errors
 from mptcpize_py.run.seccomp.probe import probe as seccomp_probe
 from tests import netlab
-from tests.conftest import MPTCPIZE, PROGS, PYTHON, is_root
+from tests.conftest import CLI, PROGS, PYTHON, cli_env, is_root
 from tests.progs import sockmatrix
+from tests.waiting import scaled, wait_exit, wait_for
 
 SOCKMATRIX = str(PROGS / "sockmatrix.py")
 NOBODY = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
@@ -37,12 +38,13 @@ needs_root = pytest.mark.skipif(not is_root(),
 def run(*argv, verbose=False, timeout=30, **kw) -> subprocess.CompletedProcess:
     """CMD under the real CLI with the seccomp backend."""
     opts = ["-v"] if verbose else []
-    return subprocess.run([MPTCPIZE, "run", *opts, "--backend", "seccomp", *argv],
-                          capture_output=True, text=True, timeout=timeout, **kw)
+    kw["env"] = cli_env(kw.get("env"))
+    return subprocess.run([*CLI, "run", *opts, "--backend", "seccomp", *argv],
+                          capture_output=True, text=True, timeout=scaled(timeout), **kw)
 
 
 def plain(*argv, timeout=30) -> subprocess.CompletedProcess:
-    return subprocess.run(list(argv), capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(list(argv), capture_output=True, text=True, timeout=scaled(timeout))
 
 
 def reports(stderr: str) -> dict[int, tuple[str, int]]:
@@ -109,13 +111,13 @@ def test_static_binary_is_upgraded(static_rawsock):
 
 def test_unrelated_process_stays_tcp(tmp_path):
     go = tmp_path / "go"
-    child = subprocess.Popen([MPTCPIZE, "run", "--backend", "seccomp", PYTHON, "-c", textwrap.dedent(f"""
+    child = subprocess.Popen([*CLI, "run", "--backend", "seccomp", PYTHON, "-c", textwrap.dedent(f"""
         import os, socket, time
         s = socket.socket()
         print(s.getsockopt(socket.SOL_SOCKET, socket.SO_PROTOCOL), flush=True)
         while not os.path.exists({str(go)!r}):
             time.sleep(0.01)
-    """)], stdout=subprocess.PIPE, text=True)
+    """)], stdout=subprocess.PIPE, text=True, env=cli_env())
     try:
         assert child.stdout.readline().strip() == "262"  # the run is active now
         with socket.socket() as mine:
@@ -123,7 +125,7 @@ def test_unrelated_process_stays_tcp(tmp_path):
         assert plain(PYTHON, "-c", SO_PROTOCOL_PY).stdout.strip() == "6"
     finally:
         go.touch()
-        assert child.wait(10) == 0
+        assert wait_exit(child, "the run to exit once told to") == 0
 
 
 def test_many_threads_at_once():
@@ -212,23 +214,26 @@ def test_exit_status_is_kept():
 
 def test_sigterm_is_forwarded(tmp_path):
     ready, got = tmp_path / "ready", tmp_path / "got"
-    proc = subprocess.Popen([MPTCPIZE, "run", "--backend", "seccomp", PYTHON, "-c", textwrap.dedent(f"""
-        import signal, socket, sys, time
+    proc = subprocess.Popen([*CLI, "run", "--backend", "seccomp", PYTHON, "-c", textwrap.dedent(f"""
+        import signal, socket, sys
         def bye(*_):
             open({str(got)!r}, "w").write("TERM")
             sys.exit(42)
         signal.signal(signal.SIGTERM, bye)
         socket.socket()
         open({str(ready)!r}, "w").close()
-        time.sleep(30)
-    """)])
+        while True:
+            signal.pause()
+    """)], env=cli_env())
+
+    def child_ready() -> bool:
+        assert proc.poll() is None, f"run exited with {proc.returncode} before its child was ready"
+        return ready.exists()
+
     try:
-        deadline = time.monotonic() + 10
-        while not ready.exists():
-            assert time.monotonic() < deadline and proc.poll() is None
-            time.sleep(0.01)
+        wait_for(child_ready, "the child to make its socket and install its SIGTERM handler")
         proc.send_signal(signal.SIGTERM)
-        assert proc.wait(10) == 42
+        assert wait_exit(proc, "run to exit after SIGTERM") == 42
         assert got.read_text() == "TERM"
     finally:
         if proc.poll() is None:
@@ -352,9 +357,9 @@ def test_setuid_program_keeps_its_privilege_under_a_root_run(setuid_binary):
 def test_unprivileged_run_setuid_program_runs_unprivileged_and_is_named(setuid_binary):
     # Without CAP_SYS_ADMIN, no_new_privs is mandatory: the program runs (no hang, no error of ours)
     # without its setuid privilege, and the run says so. Sockets are still upgraded.
-    r = subprocess.run([*NOBODY, MPTCPIZE, "run", "--backend", "seccomp", "sh", "-c",
+    r = subprocess.run([*NOBODY, *CLI, "run", "--backend", "seccomp", "sh", "-c",
                         f"{setuid_binary}; {PYTHON} -c '{SO_PROTOCOL_PY}'"],
-                       capture_output=True, text=True, timeout=30)
+                       capture_output=True, text=True, timeout=scaled(30), env=cli_env())
     assert r.returncode == 0, r.stderr
     assert r.stdout.split() == ["65534", "65534", "262"]
     assert setuid_binary in r.stderr and "setuid" in r.stderr
@@ -362,30 +367,31 @@ def test_unprivileged_run_setuid_program_runs_unprivileged_and_is_named(setuid_b
 
 # --- the tree outlives CMD ------------------------------------------------------------------------
 def test_descendants_outliving_cmd_keep_working(tmp_path):
-    # CMD exits at once, leaving a background child that makes a socket later. Had the listener been
-    # closed, that socket() would fail with ENOSYS: a detached supervisor keeps answering instead,
-    # and goes away with the last descendant.
-    out = tmp_path / "out"
-    t0 = time.monotonic()
-    r = run("sh", "-c", f"(sleep 0.5; {PYTHON} -c '{SO_PROTOCOL_PY}' > {out} 2>&1) &")
-    assert r.returncode == 0 and time.monotonic() - t0 < 5
-    deadline = time.monotonic() + 10
-    while not (out.exists() and out.read_text()):
-        assert time.monotonic() < deadline, "background child never wrote"
-        time.sleep(0.05)
-    time.sleep(0.1)
+    # CMD exits at once, leaving a background child that makes a socket only once told to, after `run`
+    # returned: had the listener been closed, that socket() would fail with ENOSYS. A detached
+    # supervisor keeps answering instead, and goes away with the last descendant.
+    go, out, tag = tmp_path / "go", tmp_path / "out", f"mzs-{uuid.uuid4().hex}"
+    background = (f"while [ ! -e {go} ]; do sleep 0.05; done; "
+                  f"{PYTHON} -c '{SO_PROTOCOL_PY}' > {out}.tmp 2>&1; mv {out}.tmp {out}")
+    # Its stdio is not our pipes, so only `run` waiting for it could hold this call (to its timeout).
+    r = run("sh", "-c", f"({background}) </dev/null >/dev/null 2>&1 &",
+            env=dict(os.environ, MZS_TEST_TAG=tag))
+    assert r.returncode == 0, r.stderr
+    go.touch()
+    wait_for(out.exists, "the background child to report its socket's protocol")
     assert out.read_text().strip() == "262"
-    deadline = time.monotonic() + 5
-    while _detached_supervisors():
-        assert time.monotonic() < deadline, "detached supervisor outlived the tree"
-        time.sleep(0.05)
+    wait_for(lambda: not _detached_supervisors(tag), "the detached supervisor to exit with the tree",
+             details=lambda: _detached_supervisors(tag))
 
 
-def _detached_supervisors() -> list[int]:
+def _detached_supervisors(tag: str) -> list[int]:
+    """Supervisors (comm mptcpize-seccom) of runs whose environment holds MZS_TEST_TAG=tag: this
+    test's, not those of other runs on the machine."""
     pids = []
     for d in Path("/proc").iterdir():
         try:
-            if d.name.isdigit() and (d / "comm").read_bytes().strip() == b"mptcpize-seccom":
+            if d.name.isdigit() and (d / "comm").read_bytes().strip() == b"mptcpize-seccom" and \
+                    f"MZS_TEST_TAG={tag}".encode() in (d / "environ").read_bytes().split(b"\0"):
                 pids.append(int(d.name))
         except OSError:
             pass
@@ -403,5 +409,5 @@ def lab():
 
 @needs_root
 def test_two_path_transfer(lab):
-    res = lab.transfer([MPTCPIZE, "run", "--backend", "seccomp"], python=PYTHON)
+    res = lab.transfer([*CLI, "run", "--backend", "seccomp"], python=PYTHON, env=cli_env())
     netlab.assert_multipath(res)

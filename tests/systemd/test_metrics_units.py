@@ -9,13 +9,13 @@ Run by `make test-systemd` (scripts/vm-systemd.sh)."""
 import os
 import stat
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import MPTCPIZE, REPO, mptcpize
+from tests.conftest import INSTALLED_MPTCPIZE, REPO, mptcpize
+from tests.waiting import scaled, wait_for
 
 pytestmark = pytest.mark.usefixtures("systemd_and_bpf")
 
@@ -51,8 +51,8 @@ ExecStart=/usr/bin/python3 {TEST_DIR}/listener.py
 """
 
 
-def run(*argv, check=True, timeout=300) -> subprocess.CompletedProcess:
-    proc = subprocess.run(list(argv), capture_output=True, text=True, timeout=timeout)
+def run(*argv, check=True, timeout=120) -> subprocess.CompletedProcess:
+    proc = subprocess.run(list(argv), capture_output=True, text=True, timeout=scaled(timeout))
     if check and proc.returncode != 0:
         pytest.fail(f"{' '.join(argv)} failed ({proc.returncode}): {proc.stderr}{proc.stdout}")
     return proc
@@ -64,21 +64,13 @@ def samples(text: str) -> dict:
             for f in text_string_to_metric_families(text) for s in f.samples}
 
 
-def eventually(fn, timeout=60.0):
-    deadline = time.monotonic() + timeout
-    while True:
-        got = fn()
-        if got or time.monotonic() > deadline:
-            return got
-        time.sleep(1)
-
-
 @pytest.fixture(scope="module")
 def units():
-    for name in (METRICS, TIMER):   # installed as `make install-units` installs the daemon's unit
+    # Installed as `make install-units` installs the daemon's unit: systemd runs the installed command.
+    for name in (METRICS, TIMER):
         text = (REPO / "systemd" / name).read_text()
         Path("/etc/systemd/system", name).write_text(
-            text.replace("/opt/mptcpize-py/venv/bin/mptcpize-py", MPTCPIZE))
+            text.replace("/opt/mptcpize-py/venv/bin/mptcpize-py", INSTALLED_MPTCPIZE))
     TEXTFILE_DIR.mkdir(parents=True, exist_ok=True)
     TEST_DIR.mkdir(exist_ok=True)
     (TEST_DIR / "listener.py").write_text(LISTENER)
@@ -114,5 +106,6 @@ def test_service_writes_the_textfile(units):
 def test_timer_refreshes_it(units):
     before = os.stat(PROM).st_mtime_ns
     run("systemctl", "start", TIMER)
-    assert eventually(lambda: os.stat(PROM).st_mtime_ns != before, 60), "the timer did not refresh it"
+    wait_for(lambda: os.stat(PROM).st_mtime_ns != before, f"{TIMER} to refresh {PROM}", timeout=60,
+             interval=1)
     assert "mptcpize_daemon_up 1" in PROM.read_text().splitlines()

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import REPO, mptcpize
+from tests.waiting import scaled, wait_for
 
 pytestmark = pytest.mark.usefixtures("systemd_and_bpf")
 
@@ -58,8 +59,8 @@ ExecStart=/usr/bin/python3 {TEST_DIR}/listener.py
 """
 
 
-def run(*argv, check=True, timeout=300) -> subprocess.CompletedProcess:
-    proc = subprocess.run(list(argv), capture_output=True, text=True, timeout=timeout)
+def run(*argv, check=True, timeout=120) -> subprocess.CompletedProcess:
+    proc = subprocess.run(list(argv), capture_output=True, text=True, timeout=scaled(timeout))
     if check and proc.returncode != 0:
         pytest.fail(f"{' '.join(argv)} failed ({proc.returncode}): {proc.stderr}{proc.stdout}")
     return proc
@@ -103,21 +104,18 @@ def journal_after(cursor: str, unit: str) -> str:
     return run("journalctl", "-q", "--no-pager", "-o", "cat", f"--after-cursor={cursor}", "-u", unit).stdout
 
 
-def listener_socket(timeout: float = 60) -> dict:
+def listener_socket() -> dict:
     """What the running listener wrote about its listening socket (its current MainPID's)."""
-    deadline = time.monotonic() + timeout
-    while True:
+    def reported() -> dict | None:
         pid = show(WEB, "MainPID")["MainPID"]
         try:
             data = json.loads(Path("/run/mzu-web/socket.json").read_text())
-            if str(data["pid"]) == pid:
-                return data
         except (OSError, ValueError):
-            pass
-        if time.monotonic() > deadline:
-            pytest.fail(f"{WEB} (MainPID {pid}) did not report its socket: "
-                        f"{run('systemctl', 'status', WEB, check=False).stdout}")
-        time.sleep(0.5)
+            return None
+        return data if str(data["pid"]) == pid else None
+
+    return wait_for(reported, f"{WEB}'s MainPID to report its socket", interval=0.5,
+                    details=lambda: run("systemctl", "status", WEB, check=False).stdout)
 
 
 def mptcp_listeners() -> str:
@@ -202,10 +200,12 @@ def test_enable_now_makes_the_listening_socket_mptcp(env):
     assert f"/etc/systemd/system/{WEB}.d/mptcpize-py.conf" in props["DropInPaths"].split()
     assert SERVICE in props["Wants"].split() and SERVICE in props["After"].split()
     # The daemon logged the first upgrade of the listener, with its unit.
-    deadline = time.monotonic() + 30
-    while f"pid={sock['pid']}" not in (log := journal_after(cursor, SERVICE)):
-        assert time.monotonic() < deadline, log
-        time.sleep(1)
+    def logged() -> str:
+        log = journal_after(cursor, SERVICE)
+        return log if f"pid={sock['pid']}" in log else ""
+
+    log = wait_for(logged, "the daemon to log the listener's first upgrade", interval=1,
+                   details=lambda: journal_after(cursor, SERVICE))
     line = next(ln for ln in log.splitlines() if f"pid={sock['pid']}" in ln)
     assert f"unit={WEB}" in line, line
     # The listener runs as nobody; without CAP_SYS_PTRACE the daemon cannot read its /proc/PID/exe.
@@ -237,11 +237,10 @@ def test_enable_twice_changes_nothing(env):
 def test_reload_and_watchdog(env):
     before = json.loads(mptcpize("status", "--json").stdout)["policy"]["reloads"]
     run("systemctl", "reload", SERVICE)
-    deadline = time.monotonic() + 30
-    while json.loads(mptcpize("status", "--json").stdout)["policy"]["reloads"] <= before:
-        assert time.monotonic() < deadline, "SIGHUP from ExecReload= did not reload the policy"
-        time.sleep(1)
-    # The watchdog (30 s) would have killed a daemon that does not ping: let it run past it.
+    wait_for(lambda: json.loads(mptcpize("status", "--json").stdout)["policy"]["reloads"] > before,
+             "the SIGHUP of ExecReload= to reload the policy", interval=1)
+    # The watchdog (30 s) would have killed a daemon that does not ping: let it run past it (the time
+    # passing is what is under test here, not a wait for an event).
     wait = 40 - (time.monotonic() - env.ready_at)
     if wait > 0:
         time.sleep(wait)
@@ -297,7 +296,5 @@ def test_each_capability_is_needed(env, cap):
     props = show(unit, "ActiveState", "ExecMainStatus", "NRestarts")
     assert props == {"ActiveState": "failed", "ExecMainStatus": EXIT_WITHOUT[cap], "NRestarts": "0"}, \
         props
-    deadline = time.monotonic() + 10
-    while WITHOUT[cap] not in (log := journal_after(cursor, unit)):
-        assert time.monotonic() < deadline, log
-        time.sleep(0.5)
+    wait_for(lambda: WITHOUT[cap] in journal_after(cursor, unit), f"{unit} to log why it failed",
+             interval=0.5, details=lambda: journal_after(cursor, unit))

@@ -1,10 +1,15 @@
 """Bad input through the real CLI: one clear line each and the documented exit code."""
 
 import os
+import subprocess
+import textwrap
 
 import pytest
 
-from tests.conftest import mptcpize
+from tests.conftest import CHECKOUT_PYTHON, REPO, cli_env, mptcpize
+from tests.waiting import scaled
+
+CHECKOUT_INIT = str(REPO / "mptcpize_py" / "__init__.py")
 
 
 def error_lines(proc):
@@ -16,6 +21,35 @@ def assert_one_error(proc, code, needle):
     errors = error_lines(proc)
     assert len(errors) == 1 and needle in errors[0], proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+@pytest.fixture
+def decoy(tmp_path):
+    """Another mptcpize_py package, which must never be the one run: a directory holding it is both
+    the working directory and on the caller's PYTHONPATH."""
+    pkg = tmp_path / "mptcpize_py"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "__main__.py").write_text(textwrap.dedent("""
+        import sys
+        print("decoy mptcpize_py")
+        sys.exit(99)
+    """))
+    return tmp_path
+
+
+def imported_from(env: dict | None = None, **kw) -> subprocess.CompletedProcess:
+    """Where the CLI's interpreter, flags and environment import mptcpize_py from."""
+    return subprocess.run([*CHECKOUT_PYTHON, "-c", "import mptcpize_py; print(mptcpize_py.__file__)"],
+                          env=cli_env(env), capture_output=True, text=True, timeout=scaled(60), **kw)
+
+
+def test_cli_helper_runs_this_checkout(decoy):
+    env = dict(os.environ, PYTHONPATH=str(decoy))
+    proc = mptcpize("--version", cwd=decoy, env=env)
+    assert proc.returncode == 0 and proc.stdout.startswith("mptcpize-py "), (proc.stdout, proc.stderr)
+    where = imported_from(env, cwd=decoy)
+    assert (where.returncode, where.stdout.strip()) == (0, CHECKOUT_INIT), where.stderr
 
 
 def test_no_subcommand():
@@ -59,8 +93,21 @@ def test_unknown_subcommand():
     assert_one_error(mptcpize("frobnicate"), 2, "invalid choice")
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to drop to an unprivileged user")
-def test_run_bpf_backend_as_non_root_is_refused():
-    proc = mptcpize("run", "--backend", "bpf", "true", user=65534, group=65534,
-                    env={**os.environ, "HOME": "/"})
+@pytest.fixture
+def as_nobody() -> dict:
+    """subprocess arguments that run the CLI as uid 65534, when that user can run it at all."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to drop to an unprivileged user")
+    kw = {"user": 65534, "group": 65534, "extra_groups": [], "env": {**os.environ, "HOME": "/"}}
+    try:
+        where = imported_from(**kw)
+    except PermissionError as e:
+        pytest.skip(f"uid 65534 cannot run {e.filename}")
+    if where.stdout.strip() != CHECKOUT_INIT:
+        pytest.skip(f"uid 65534 cannot import this checkout ({REPO}): {where.stdout}{where.stderr}")
+    return kw
+
+
+def test_run_bpf_backend_as_non_root_is_refused(as_nobody):
+    proc = mptcpize("run", "--backend", "bpf", "true", **as_nobody)
     assert_one_error(proc, 77, "needs root")

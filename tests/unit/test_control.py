@@ -18,6 +18,7 @@ from mptcpize_py.errors import MptcpizeError
 
 # ---------------------------------------------------------------------------------------------------
 from mptcpize_py.host import procfs
+from tests.waiting import scaled, wait_for
 
 # struct ucred
 
@@ -92,11 +93,11 @@ def test_line_reader_lines_across_and_within_chunks():
     with a, b:
         r = LineReader(a, 100)
         b.sendall(b'{"a":1}\n{"b"')
-        deadline = time.monotonic() + 2
+        deadline = time.monotonic() + scaled(10)
         assert r.readline(deadline) == b'{"a":1}'
 
         def later():
-            time.sleep(0.05)
+            time.sleep(0.05)  # the rest of the line in a later chunk, while readline waits for it
             b.sendall(b':2}\n\n')
             b.shutdown(socket.SHUT_WR)
 
@@ -111,7 +112,7 @@ def test_line_reader_partial_last_line_at_eof_is_dropped():
     with a, b:
         b.sendall(b'{"cmd":"status"}')
         b.shutdown(socket.SHUT_WR)
-        assert LineReader(a, 100).readline(time.monotonic() + 1) is None
+        assert LineReader(a, 100).readline(time.monotonic() + scaled(5)) is None
 
 
 def test_line_reader_size_limit():
@@ -119,22 +120,23 @@ def test_line_reader_size_limit():
     with a, b:
         b.sendall(b"x" * 101)
         with pytest.raises(TooLarge, match="larger than 100 bytes"):
-            LineReader(a, 100).readline(time.monotonic() + 1)
+            LineReader(a, 100).readline(time.monotonic() + scaled(5))
     a, b = pair()
     with a, b:  # a newline that comes too late does not make it acceptable
         b.sendall(b"x" * 150 + b"\n")
         with pytest.raises(TooLarge):
-            LineReader(a, 100).readline(time.monotonic() + 1)
+            LineReader(a, 100).readline(time.monotonic() + scaled(5))
     a, b = pair()
     with a, b:  # exactly at the limit is fine
         b.sendall(b"x" * 100 + b"\n")
-        assert LineReader(a, 100).readline(time.monotonic() + 1) == b"x" * 100
+        assert LineReader(a, 100).readline(time.monotonic() + scaled(5)) == b"x" * 100
 
 
 def test_line_reader_deadline_holds_against_a_trickle():
+    # A byte every 20 ms keeps each recv() busy; only the deadline can end this read.
     a, b = pair()
     with a, b:
-        stop = threading.Event()
+        stop, outcome = threading.Event(), []
 
         def trickle():
             while not stop.is_set():
@@ -142,18 +144,26 @@ def test_line_reader_deadline_holds_against_a_trickle():
                     b.send(b"x")
                 except OSError:
                     return
-                time.sleep(0.02)
+                time.sleep(0.02)  # the trickle under test
 
-        t = threading.Thread(target=trickle)
-        t.start()
-        start = time.monotonic()
+        def read():
+            try:
+                LineReader(a, 1 << 20).readline(time.monotonic() + 0.3)
+                outcome.append("returned")
+            except Exception as e:
+                outcome.append(e)
+
+        threads = [threading.Thread(target=trickle), threading.Thread(target=read)]
+        for t in threads:
+            t.start()
         try:
-            with pytest.raises(TimeoutError):
-                LineReader(a, 1 << 20).readline(start + 0.3)
+            wait_for(lambda: outcome, "readline to give up at its deadline despite the trickle")
         finally:
             stop.set()
-            t.join()
-        assert time.monotonic() - start < 1.0
+            b.shutdown(socket.SHUT_RDWR)  # ends a readline that ignored its deadline
+            for t in threads:
+                t.join()
+        assert isinstance(outcome[0], TimeoutError), outcome
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -201,7 +211,7 @@ def test_check_registrant_bad_pid_values(pid):
 
 
 def test_check_registrant_real_child():
-    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(5)"])
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])  # killed below
     try:
         me = Ucred(os.getpid(), os.geteuid(), os.getegid())
         control.check_registrant(child.pid, me)
@@ -221,12 +231,12 @@ def test_check_registrant_thread_id_is_refused():
     def run():
         tid.append(threading.get_native_id())
         ready.set()
-        done.wait(5)
+        done.wait()   # set below, whatever happens
 
     t = threading.Thread(target=run)
     t.start()
-    ready.wait(5)
     try:
+        wait_for(ready.is_set, "the thread to report its id")
         with pytest.raises(MptcpizeError, match="is a thread of process"):
             control.check_registrant(tid[0], Ucred(os.getppid(), 0, 0))
     finally:

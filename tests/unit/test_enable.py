@@ -4,6 +4,7 @@ tests/host/test_enable.py (systemd-analyze verify) and tests/systemd/test_servic
 
 import os
 import stat
+import sys
 from pathlib import Path
 
 import pytest
@@ -112,9 +113,41 @@ def test_dropin_text():
                      f"ExecStartPre=-+{EXE} resync --unit %n"]
 
 
-def test_cli_executable_is_an_absolute_runnable_path():
-    exe = enable.cli_executable()
-    assert os.path.isabs(exe) and os.access(exe, os.X_OK)
+def console_script(d: Path) -> Path:
+    d.mkdir(parents=True)
+    exe = d / "mptcpize-py"
+    exe.write_text("#!/bin/sh\n")
+    exe.chmod(0o755)
+    return exe
+
+
+@pytest.fixture
+def install(tmp_path_factory, monkeypatch):
+    """A made-up install: this interpreter in ROOT/venv/bin, PATH=ROOT/path; whatever the real
+    interpreter has does not count."""
+    root = tmp_path_factory.mktemp("install")
+    monkeypatch.setattr(sys, "executable", str(root / "venv" / "bin" / "python3"))
+    monkeypatch.setenv("PATH", str(root / "path"))
+    return root
+
+
+def test_cli_executable_is_the_console_script_next_to_the_interpreter_else_on_path(install):
+    beside = console_script(install / "venv" / "bin")
+    on_path = console_script(install / "path")
+    assert enable.cli_executable() == str(beside)
+    beside.unlink()
+    assert enable.cli_executable() == str(on_path)
+
+
+def test_cli_executable_missing_or_unquotable_is_an_error(install, monkeypatch):
+    with pytest.raises(MptcpizeError, match="cannot find the mptcpize-py executable") as e:
+        enable.cli_executable()
+    assert e.value.hint == "install the package so that mptcpize-py is on PATH"
+    monkeypatch.setattr(sys, "executable", str(install / "my venv" / "bin" / "python3"))
+    exe = console_script(install / "my venv" / "bin")
+    with pytest.raises(MptcpizeError, match="would need quoting"):
+        enable.cli_executable()
+    assert exe.exists()
 
 
 # --- files ------------------------------------------------------------------------------------------

@@ -6,13 +6,13 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 
 import pytest
 
 from mptcpize_py.errors import MptcpizeError
 from mptcpize_py.run.backend import RunBackend
 from mptcpize_py.run.spawn import resolve_command, run_command
+from tests.waiting import wait_exit, wait_for
 
 
 class NoUpgradeBackend(RunBackend):
@@ -59,7 +59,7 @@ def test_resolve_command_codes(tmp_path):
     assert e.value.exit_code == 126
 
 
-# A child that reports the signals it receives into a file, then exits 40+signo on SIGTERM.
+# A child that reports the signals it receives into a file, and exits 40+signo on SIGTERM (only then).
 CHILD = textwrap.dedent("""
     import os, signal, sys, time
     out = sys.argv[1]
@@ -71,10 +71,8 @@ CHILD = textwrap.dedent("""
     for s in (signal.SIGINT, signal.SIGHUP, signal.SIGTERM):
         signal.signal(s, on)
     open(out + ".ready", "w").close()
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        time.sleep(0.05)
-    sys.exit(3)
+    while True:
+        signal.pause()
 """)
 
 # Runs run_command() in a separate process so that signals can be sent to "run" itself.
@@ -92,19 +90,28 @@ def test_signals_are_forwarded_once(tmp_path):
     repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     driver = subprocess.Popen([sys.executable, "-c", DRIVER, repo, sys.executable, "-c", CHILD, str(out)],
                               start_new_session=True)
+
+    def received() -> list[str]:
+        return out.read_text().split() if out.exists() else []
+
+    def child_ready() -> bool:
+        assert driver.poll() is None, f"run exited with {driver.returncode} before its child was ready"
+        return (tmp_path / "signals.ready").exists()
+
     try:
-        deadline = time.monotonic() + 15
-        while not (tmp_path / "signals.ready").exists():
-            assert time.monotonic() < deadline and driver.poll() is None, "child never started"
-            time.sleep(0.02)
+        wait_for(child_ready, "the child to install its signal handlers")
+        sent = []
         for sig in (signal.SIGHUP, signal.SIGINT):
             os.kill(driver.pid, sig)
-            time.sleep(0.3)
+            sent.append(str(int(sig)))
+            # One at a time, so that the order they arrive in is the order they were sent in.
+            wait_for(lambda: len(received()) >= len(sent), f"the child to receive {sig.name}",
+                     details=received)
         os.kill(driver.pid, signal.SIGTERM)
-        assert driver.wait(timeout=15) == 40 + signal.SIGTERM
+        assert wait_exit(driver, "run to exit after SIGTERM") == 40 + signal.SIGTERM
     finally:
         if driver.poll() is None:
-            driver.kill()
+            os.killpg(driver.pid, signal.SIGKILL)  # run and its child
+            driver.wait()
     # Each signal sent to "run" reached the child exactly once, in order.
-    assert out.read_text().split() == [str(int(signal.SIGHUP)), str(int(signal.SIGINT)),
-                                       str(int(signal.SIGTERM))]
+    assert received() == [str(int(signal.SIGHUP)), str(int(signal.SIGINT)), str(int(signal.SIGTERM))]

@@ -1,5 +1,6 @@
 """sd_notify as systemd sees it: datagrams on $NOTIFY_SOCKET."""
 
+import importlib
 import os
 import socket
 
@@ -7,7 +8,15 @@ import pytest
 
 from mptcpize_py.host import systemd
 
-pytest.importorskip("systemd.daemon")
+try:
+    importlib.import_module("systemd.daemon")  # distro package python3-systemd
+    _NO_SYSTEMD_PYTHON = None
+except ImportError as e:
+    _NO_SYSTEMD_PYTHON = str(e)
+
+# Only sending goes through systemd-python; the rest of host/systemd.py is plain Python.
+needs_systemd_python = pytest.mark.skipif(_NO_SYSTEMD_PYTHON is not None,
+                                          reason=f"python3-systemd not importable: {_NO_SYSTEMD_PYTHON}")
 
 
 @pytest.fixture
@@ -21,6 +30,7 @@ def notify_socket(tmp_path, monkeypatch):
     sock.close()
 
 
+@needs_systemd_python
 def test_ready_status_watchdog(notify_socket, monkeypatch):
     monkeypatch.setenv("WATCHDOG_USEC", "30000000")
     monkeypatch.setenv("WATCHDOG_PID", str(os.getpid()))
@@ -45,6 +55,12 @@ def test_no_notify_socket_is_a_no_op(monkeypatch):
     n = systemd.Notifier()
     assert not n.enabled
     n.ready("x")   # nothing to send to, nothing raised
+
+
+def test_notify_socket_without_systemd_python_is_an_error(notify_socket, monkeypatch):
+    monkeypatch.setattr(systemd, "_systemd", lambda: (None, None))
+    with pytest.raises(RuntimeError, match=r"python3-systemd is not importable"):
+        systemd.Notifier().ready("x")
 
 
 def test_fields_are_journald_names():

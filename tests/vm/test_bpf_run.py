@@ -7,12 +7,12 @@ import re
 import signal
 import subprocess
 import textwrap
-import time
 
 import pytest
 
-from tests.conftest import MPTCPIZE, PROGS, PYTHON, mptcpize
+from tests.conftest import CLI, PROGS, PYTHON, cli_env, mptcpize
 from tests.progs import sockmatrix
+from tests.waiting import wait_exit, wait_for
 
 pytestmark = pytest.mark.vm
 
@@ -62,7 +62,7 @@ def test_matrix_shell_descendants_and_static_binary(bpf_backend, static_rawsock,
 
 
 UNRELATED_CHILD = textwrap.dedent("""
-    import os, signal, socket, sys, time
+    import os, signal, socket, sys
     d = sys.argv[1]
     s = socket.socket()
     proto = s.getsockopt(socket.SOL_SOCKET, socket.SO_PROTOCOL)
@@ -71,8 +71,8 @@ UNRELATED_CHILD = textwrap.dedent("""
     signal.signal(signal.SIGTERM, on_term)
     with open(os.path.join(d, "first"), "w") as f:
         f.write(str(proto))
-    time.sleep(60)
-    sys.exit(3)
+    while True:
+        signal.pause()
 """)
 
 
@@ -82,14 +82,16 @@ def bpf_prog_names() -> list[str]:
 
 
 def test_unrelated_processes_stay_tcp_signals_and_detach(bpf_backend, tmp_path):
-    run = subprocess.Popen([MPTCPIZE, "run", "--backend", "bpf", PYTHON, "-c", UNRELATED_CHILD,
-                            str(tmp_path)], stderr=subprocess.PIPE, text=True)
+    run = subprocess.Popen([*CLI, "run", "--backend", "bpf", PYTHON, "-c", UNRELATED_CHILD,
+                            str(tmp_path)], stderr=subprocess.PIPE, text=True, env=cli_env())
+
+    def child_started() -> bool:
+        assert run.poll() is None, run.stderr.read()
+        return (tmp_path / "first").exists()
+
     try:
-        deadline = time.monotonic() + 240
-        while not (tmp_path / "first").exists():
-            assert run.poll() is None, run.stderr.read()
-            assert time.monotonic() < deadline
-            time.sleep(0.1)
+        # `run` compiles the program first.
+        wait_for(child_started, "the child's first socket under `run --backend bpf`", timeout=60)
         # The very first socket() after exec was upgraded.
         assert (tmp_path / "first").read_text() == "262"
         assert any(n.startswith("kmod_ret__upd") for n in bpf_prog_names())
@@ -103,7 +105,7 @@ def test_unrelated_processes_stay_tcp_signals_and_detach(bpf_backend, tmp_path):
         assert out.strip() == "6"
         # SIGTERM to `run` is forwarded; the child's exit status comes back.
         run.send_signal(signal.SIGTERM)
-        assert run.wait(timeout=60) == 42
+        assert wait_exit(run, "run to exit after SIGTERM") == 42
     finally:
         if run.poll() is None:
             run.kill()
@@ -152,7 +154,7 @@ def test_two_path_transfer_uses_both_paths(bpf_backend):
     lab.setup()
     try:
         # Each `run` compiles the program (~30 s under TCG): generous, bounded timeouts.
-        res = lab.transfer([MPTCPIZE, "run", "--backend", "bpf"], python=PYTHON, timeout=400)
+        res = lab.transfer([*CLI, "run", "--backend", "bpf"], python=PYTHON, timeout=100, env=cli_env())
     finally:
         lab.teardown()
     netlab.assert_multipath(res)

@@ -9,12 +9,12 @@ the daemon did not upgrade; `metrics` parses with Prometheus' own parser and its
 import json
 import os
 import subprocess
-import time
 
 import pytest
 
 from tests.conftest import PYTHON, mptcpize, start_daemon
 from tests.netlab import TwoPathLab
+from tests.waiting import scaled, wait_for
 
 pytestmark = pytest.mark.vm
 
@@ -104,7 +104,7 @@ def env(bpf_backend, tmp_path_factory):
         if proc is not None:
             proc.terminate()
             try:
-                proc.wait(30)
+                proc.wait(scaled(30))
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
@@ -130,25 +130,16 @@ def start(e, ns, program, *args, selected=True):
 def stop(p):
     if p.poll() is None:
         try:
-            p.communicate("", timeout=30)
+            p.communicate("", timeout=scaled(30))
         except subprocess.TimeoutExpired:
             p.kill()
             p.communicate()
 
 
 def cli_json(e, *args):
-    proc = mptcpize(*args, env=e.environ, timeout=120)
+    proc = mptcpize(*args, env=e.environ)
     assert proc.returncode == 0, proc.stderr
     return json.loads(proc.stdout)
-
-
-def eventually(fn, timeout=20.0):
-    deadline = time.monotonic() + timeout
-    while True:
-        got = fn()
-        if got or time.monotonic() > deadline:
-            return got
-        time.sleep(0.5)
 
 
 @pytest.fixture(scope="module")
@@ -175,9 +166,8 @@ def test_two_path_connection_shows_two_subflows(env, traffic):
         row = next((c for c in view["connections"] if c["local"] == t.client["local"]), None)
         return (view, row) if row and row["subflows"] == 2 else None
 
-    found = eventually(client_row)
-    assert found, cli_json(env, "status", "--connections", "--json")
-    view, row = found
+    view, row = wait_for(client_row, "the client's connection to show 2 subflows", interval=0.5,
+                         details=lambda: cli_json(env, "status", "--connections", "--json"))
     assert view["daemon"] is True
     assert row["netns"] == env.lab.cli and row["state"] == "ESTABLISHED"
     assert row["remote"] == f"{env.lab.server_addr}:5621"
@@ -229,7 +219,7 @@ def test_metrics_match_status(env, traffic):
     from prometheus_client.parser import text_string_to_metric_families
     status = cli_json(env, "status", "--json")
     view = cli_json(env, "status", "--connections", "--json")
-    proc = mptcpize("metrics", env=env.environ, timeout=120)
+    proc = mptcpize("metrics", env=env.environ)
     assert proc.returncode == 0, proc.stderr
     fams = {f.name: f for f in text_string_to_metric_families(proc.stdout)}
 
@@ -258,7 +248,7 @@ def test_metrics_match_status(env, traffic):
 
 def test_metrics_textfile(env, traffic, tmp_path):
     out = tmp_path / "mptcpize.prom"
-    proc = mptcpize("metrics", "--output", str(out), env=env.environ, timeout=120)
+    proc = mptcpize("metrics", "--output", str(out), env=env.environ)
     assert proc.returncode == 0 and proc.stdout == "", proc.stderr
     assert oct(os.stat(out).st_mode & 0o777) == "0o644"
     assert "mptcpize_daemon_up 1" in out.read_text().splitlines()

@@ -12,7 +12,8 @@ import time
 
 import pytest
 
-from tests.conftest import MPTCPIZE, mptcpize, start_daemon
+from tests.conftest import CLI, cli_env, mptcpize, start_daemon
+from tests.waiting import scaled, wait_exit, wait_for
 
 pytestmark = pytest.mark.vm
 
@@ -62,7 +63,7 @@ cgroup = "/{CG_ALLOW}"
 exe = "{e.bins['denied']}"
 """)
     e.control = str(base / "run" / "control")
-    e.environ = dict(os.environ, MPTCPIZE_CONTROL=e.control)
+    e.environ = cli_env(dict(os.environ, MPTCPIZE_CONTROL=e.control))
     e.log_path = base / "daemon.log"
     e.log = open(e.log_path, "w")
     t0 = time.monotonic()
@@ -80,7 +81,7 @@ exe = "{e.bins['denied']}"
 
 
 def status(e, check=True):
-    proc = mptcpize("status", "--json", env=e.environ, timeout=30)
+    proc = mptcpize("status", "--json", env=e.environ)
     if proc.returncode != 0:
         if check:
             pytest.fail(f"status failed ({proc.returncode}): {proc.stderr}")
@@ -94,13 +95,16 @@ def proto(path, cgroup=None):
     return subprocess.run(cmd, capture_output=True, text=True, check=True).stdout.strip()
 
 
-def eventually(fn, want, timeout=15.0):
-    deadline = time.monotonic() + timeout
-    while True:
-        got = fn()
-        if got == want or time.monotonic() > deadline:
-            return got
-        time.sleep(0.5)
+def eventually(fn, want, what: str):
+    """Waits until fn() == want (the daemon acts on its own time: events, reloads); fails saying what
+    it waited for and fn()'s last value."""
+    last = []
+
+    def equal() -> bool:
+        last[:] = [fn()]
+        return last[0] == want
+
+    wait_for(equal, what, interval=0.5, details=lambda: f"last value {last[0]!r}, wanted {want!r}")
 
 
 def test_exe_cgroup_and_deny(env):
@@ -115,8 +119,8 @@ def test_exe_cgroup_and_deny(env):
 
 
 def test_first_upgrade_logged(env):
-    text = eventually(lambda: "exe=" + env.bins["selected"] in env.log_path.read_text(), True)
-    assert text, env.log_path.read_text()
+    eventually(lambda: "exe=" + env.bins["selected"] in env.log_path.read_text(), True,
+               "the daemon to log the selected probe's first upgrade")
     line = next(ln for ln in env.log_path.read_text().splitlines()
                 if "upgraded pid=" in ln and env.bins["selected"] in ln)
     assert 'rule=allow exe=' in line and "10-base.toml:2" in line
@@ -141,7 +145,7 @@ def test_status_counts_exactly_the_sockets_made(env):
             return next((r for r in status(env)["processes"] if r["pid"] == pid), None)
 
         # The count is exact at once (kernel map); unit/cgroup come with the first event (async).
-        assert eventually(lambda: (row() or {}).get("cgroup"), f"/{CG_ALLOW}") == f"/{CG_ALLOW}"
+        eventually(lambda: (row() or {}).get("cgroup"), f"/{CG_ALLOW}", "status to name the row's cgroup")
         r = row()
         assert r["upgraded"] == 500
         assert r["alive"] is True
@@ -149,7 +153,7 @@ def test_status_counts_exactly_the_sockets_made(env):
         assert r["rule"].startswith(f"allow cgroup=/{CG_ALLOW}")
     finally:
         child.stdin.close()
-        child.wait()
+        wait_exit(child, "the 500-socket program to exit")
     assert row()["alive"] is False
     assert row()["upgraded"] == 500
     assert _rule_count(env, f"allow cgroup=/{CG_ALLOW}") == rule_before + 500   # per-rule, exact
@@ -163,7 +167,8 @@ def test_status_text(env):
     assert "socket(s) upgraded" in proc.stdout
     # Not root: refused (the socket is 0600 under a 0700 directory; the daemon checks SO_PEERCRED too).
     proc = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
-                           MPTCPIZE, "status"], env=env.environ, capture_output=True, text=True)
+                           *CLI, "status"], env=env.environ, capture_output=True, text=True,
+                          timeout=scaled(60))
     assert proc.returncode == 77, proc.stderr
     assert "permission denied" in proc.stderr
 
@@ -176,10 +181,10 @@ def test_reload_adds_and_removes_a_rule(env):
     extra = env.policy_dir / "20-extra.toml"
     write_policy(extra, f'[[allow]]\nexe = "{env.bins["other"]}"\n')
     env.proc.send_signal(signal.SIGHUP)
-    assert eventually(lambda: proto(env.bins["other"]), "262") == "262"
+    eventually(lambda: proto(env.bins["other"]), "262", "the reload to select the added exe rule")
     extra.unlink()
     env.proc.send_signal(signal.SIGHUP)
-    assert eventually(lambda: proto(env.bins["other"]), "6") == "6"
+    eventually(lambda: proto(env.bins["other"]), "6", "the reload to drop the removed exe rule")
     assert proto(env.bins["selected"]) == "262"
 
 
@@ -189,7 +194,8 @@ def test_bad_file_on_reload_keeps_the_old_policy(env):
     write_policy(bad, f'[[allow]]\nexe = "{env.bins["other"]}"\n[[allow]\n')
     try:
         env.proc.send_signal(signal.SIGHUP)
-        assert eventually(lambda: status(env)["policy"]["failed_reloads"] > before, True)
+        eventually(lambda: status(env)["policy"]["failed_reloads"] > before, True,
+                   "status to count the failed reload")
         assert proto(env.bins["selected"]) == "262"
         assert proto(env.bins["other"]) == "6"
         assert "30-bad.toml:3: invalid TOML" in env.log_path.read_text()
@@ -203,19 +209,19 @@ def test_replaced_executable_is_followed(env):
     tmp = env.bins["selected"] + ".new"
     shutil.copy2(env.bins["other"], tmp)
     os.rename(tmp, env.bins["selected"])
-    assert eventually(lambda: proto(env.bins["selected"]), "262") == "262"
+    eventually(lambda: proto(env.bins["selected"]), "262", "the daemon to follow the replaced executable")
 
 
 def test_run_uses_the_daemon(env):
     """The fast path: `run` joins the daemon's run tree instead of compiling its own program."""
-    res = subprocess.run([MPTCPIZE, "run", "-v", "sh", "-c", f'"{env.bins["other"]}"'],
-                         env=env.environ, capture_output=True, text=True, timeout=60)
+    res = subprocess.run([*CLI, "run", "-v", "sh", "-c", f'"{env.bins["other"]}"'],
+                         env=env.environ, capture_output=True, text=True, timeout=scaled(60))
     assert res.returncode == 0, res.stderr
     assert res.stdout.strip() == "262"           # a descendant (sh's child) of the registered child
     assert "via the daemon" in res.stderr
     assert f"exe={env.bins['other']} upgraded=1" in res.stderr
     assert "1 socket(s) upgraded in 1 process(es)" in res.stderr
-    res = subprocess.run([MPTCPIZE, "run", "sh", "-c", "exit 7"], env=env.environ, timeout=60)
+    res = subprocess.run([*CLI, "run", "sh", "-c", "exit 7"], env=env.environ, timeout=scaled(60))
     assert res.returncode == 7
     # Latency added to `run true` (reported, not asserted: benchmarks own the numbers).
     def best(cmd):
@@ -225,7 +231,7 @@ def test_run_uses_the_daemon(env):
             subprocess.run(cmd, env=env.environ, check=True)
             times.append(time.monotonic() - t0)
         return min(times)
-    base, fast = best(["true"]), best([MPTCPIZE, "run", "true"])
+    base, fast = best(["true"]), best([*CLI, "run", "true"])
     print(f"run true via the daemon: +{(fast - base) * 1000:.0f} ms (under TCG)")
 
 
@@ -238,8 +244,9 @@ def test_unit_rule_resync_before_start_and_after_restart(env):
     write_policy(rule, f'[[allow]]\nunit = "{unit}"\n')
     try:
         env.proc.send_signal(signal.SIGHUP)
-        assert eventually(lambda: any(r["description"].startswith(f"allow unit={unit}")
-                                      for r in status(env)["policy"]["rules"]), True)
+        eventually(lambda: any(r["description"].startswith(f"allow unit={unit}")
+                               for r in status(env)["policy"]["rules"]), True,
+                   "the reload to add the unit rule")
         # Not running: resync says so, exit 1.
         res = mptcpize("resync", "--unit", unit, env=env.environ)
         assert res.returncode == 1 and "has no cgroup now" in res.stderr, res.stderr
@@ -277,7 +284,8 @@ def test_named_and_all_netns(env):
     try:
         write_policy(extra, '[netns]\nnames = ["mzdv-a", "mzdv-off"]\n')
         env.proc.send_signal(signal.SIGHUP)
-        assert eventually(lambda: _in_netns("mzdv-a", env.bins["selected"]), "262") == "262"
+        eventually(lambda: _in_netns("mzdv-a", env.bins["selected"]), "262",
+                   "the reload to select netns mzdv-a")
         assert proto(env.bins["selected"]) == "262"                 # the host's stays selected
         assert _in_netns("mzdv-b", env.bins["selected"]) == "6"     # not named
         assert _in_netns("mzdv-off", env.bins["selected"]) == "6"   # named, but MPTCP disabled there
@@ -285,7 +293,8 @@ def test_named_and_all_netns(env):
         assert totals["netns_not_selected"] >= 1 and totals["mptcp_disabled"] >= 1
         write_policy(extra, "[netns]\nall = true\n")
         env.proc.send_signal(signal.SIGHUP)
-        assert eventually(lambda: _in_netns("mzdv-b", env.bins["selected"]), "262") == "262"
+        eventually(lambda: _in_netns("mzdv-b", env.bins["selected"]), "262",
+                   "the reload to select every netns")
         assert _in_netns("mzdv-off", env.bins["selected"]) == "6"
     finally:
         extra.unlink()
@@ -319,7 +328,7 @@ def test_sigkill_is_fail_open(env):
     assert pair.stdout.readline().strip() == "262"   # an upgraded connection, open across the kill
     env.proc.kill()
     env.proc.wait()
-    out, _ = pair.communicate("go\n", timeout=60)
+    out, _ = pair.communicate("go\n", timeout=scaled(60))
     assert out.split() == [str(1 << 20), "True"]      # existing connection unaffected: bytes equal
     assert proto(env.bins["selected"]) == "6"
     assert proto(env.bins["other"], env.cgroup) == "6"
