@@ -32,57 +32,6 @@ class BtfError(ValueError):
     pass
 
 
-@dataclass(frozen=True)
-class BtfType:
-    type_id: int
-    kind: int
-    members: dict[str, int]  # struct/union member name -> bit offset (empty for other kinds)
-
-
-def btf_find(data: bytes, wanted: set[tuple[int, str]]) -> dict[tuple[int, str], BtfType]:
-    """Finds the types named in `wanted` ((kind, name) pairs) in raw BTF, in one pass."""
-    if len(data) < 24:
-        raise BtfError("BTF too short")
-    magic, _version, _flags, hdr_len = struct.unpack_from("<HBBI", data, 0)
-    if magic != BTF_MAGIC:
-        raise BtfError(f"bad BTF magic {magic:#x}")
-    type_off, type_len, str_off, str_len = struct.unpack_from("<IIII", data, 8)
-    types = hdr_len + type_off
-    strings = data[hdr_len + str_off: hdr_len + str_off + str_len]
-
-    def name_at(off: int) -> str:
-        end = strings.index(b"\0", off)
-        return strings[off:end].decode()
-
-    # Compare string offsets while walking, decode names only for candidates.
-    by_name = {}
-    for kind, name in wanted:
-        needle = b"\0" + name.encode() + b"\0"
-        pos = strings.find(needle)
-        while pos != -1:
-            by_name.setdefault(pos + 1, set()).add(kind)
-            pos = strings.find(needle, pos + 1)
-
-    found = {}
-    pos, end, type_id = types, types + type_len, 1
-    while pos < end:
-        name_off, info, _size = struct.unpack_from("<III", data, pos)
-        kind, vlen = (info >> 24) & 0x1F, info & 0xFFFF
-        fixed, per = _BTF_EXTRA.get(kind, (0, 0))
-        body = pos + 12
-        if kind in by_name.get(name_off, ()):
-            members = {}
-            if kind in (BTF_KIND_STRUCT, BTF_KIND_UNION):
-                bitfield = info >> 31
-                for i in range(vlen):
-                    m_name, _m_type, m_off = struct.unpack_from("<III", data, body + 12 * i)
-                    members[name_at(m_name)] = (m_off & 0xFFFFFF) if bitfield else m_off
-            found.setdefault((kind, name_at(name_off)), BtfType(type_id, kind, members))
-        pos = body + fixed + per * vlen
-        type_id += 1
-    return found
-
-
 class BtfIndex:
     """Random access to every type of a raw BTF blob: enough to compute member offsets."""
 
@@ -111,17 +60,22 @@ class BtfIndex:
         name_off, info, size_type = struct.unpack_from("<III", self.data, self.pos[type_id])
         return name_off, (info >> 24) & 0x1F, info & 0xFFFF, info >> 31, size_type
 
-    def find_struct(self, name: str) -> int | None:
+    def find(self, kind: int, name: str) -> int | None:
+        """The id of the first type of `kind` named `name` (a struct with members, not a forward
+        declaration); None when absent."""
         needle = b"\0" + name.encode() + b"\0"
         offs, at = set(), self.strings.find(needle)
         while at != -1:
             offs.add(at + 1)
             at = self.strings.find(needle, at + 1)
         for type_id in range(1, len(self.pos)):
-            name_off, kind, vlen, _, _ = self.header(type_id)
-            if kind == BTF_KIND_STRUCT and name_off in offs and vlen:
+            name_off, k, vlen, _, _ = self.header(type_id)
+            if k == kind and name_off in offs and (vlen or kind != BTF_KIND_STRUCT):
                 return type_id
         return None
+
+    def find_struct(self, name: str) -> int | None:
+        return self.find(BTF_KIND_STRUCT, name)
 
     def strip(self, type_id: int) -> int:
         """Follows typedef/const/volatile/restrict/type_tag to the underlying type."""
@@ -212,10 +166,7 @@ def struct_offsets(data: bytes) -> dict[str, int]:
 
 def read_struct_offsets(path: Path = VMLINUX_BTF) -> dict[str, int]:
     try:
-        return struct_offsets(path.read_bytes())
-    except OSError as e:
-        raise Unavailable(f"cannot read kernel BTF {path}: {e.strerror}",
-                          hint="the kernel needs CONFIG_DEBUG_INFO_BTF=y") from None
+        return struct_offsets(_read(path))
     except BtfError as e:
         raise Unavailable(f"this kernel's structures are not what the program expects: {e}") from None
 
@@ -228,24 +179,23 @@ class HookFacts:
 
 
 def hook_facts(data: bytes) -> HookFacts:
-    found = btf_find(data, {(BTF_KIND_FUNC, "update_socket_protocol"),
-                            (BTF_KIND_STRUCT, "mptcp_pernet")})
-    func = found.get((BTF_KIND_FUNC, "update_socket_protocol"))
-    pernet = found.get((BTF_KIND_STRUCT, "mptcp_pernet"))
-    bit_off = pernet.members.get("mptcp_enabled") if pernet else None
-    return HookFacts(func.type_id if func else None,
-                     bit_off // 8 if bit_off is not None and bit_off % 8 == 0 else None)
+    btf = BtfIndex(data)
+    pernet = btf.find_struct("mptcp_pernet")
+    enabled = btf.member(pernet, "mptcp_enabled") if pernet is not None else None
+    return HookFacts(btf.find(BTF_KIND_FUNC, "update_socket_protocol"),
+                     enabled[0] if enabled is not None else None)
+
+
+def _read(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as e:
+        raise Unavailable(f"cannot read kernel BTF {path}: {e.strerror}",
+                          hint="the kernel needs CONFIG_DEBUG_INFO_BTF=y") from None
 
 
 def read_hook_facts(path: Path = VMLINUX_BTF) -> HookFacts:
     try:
-        data = path.read_bytes()
-    except OSError as e:
-        raise Unavailable(f"cannot read kernel BTF {path}: {e.strerror}",
-                          hint="the kernel needs CONFIG_DEBUG_INFO_BTF=y") from None
-    try:
-        return hook_facts(data)
+        return hook_facts(_read(path))
     except BtfError as e:
         raise Unavailable(f"cannot parse kernel BTF {path}: {e}") from None
-
-
