@@ -12,22 +12,22 @@ job; here we only read the files safely and check that each selector is well for
 from mptcpize_py.abi import CGROUP_MAX_DEPTH, MAX_CGROUP_RULES, MAX_EXE_RULES
 from mptcpize_py.policy.load import MAX_FILE_BYTES, load_policy
 from mptcpize_py.policy.model import (
-                       DEFAULT_POLICY_DIR,
-                       EXAMPLE_POLICY,
-                       NetnsSelection,
-                       Policy,
-                       PolicyError,
-                       Rule,
+    DEFAULT_POLICY_DIR,
+    EXAMPLE_POLICY,
+    NetnsSelection,
+    Policy,
+    PolicyError,
+    Rule,
 )
 from mptcpize_py.policy.validate import (
-                       ACTIONS,
-                       NAME_MAX,
-                       NETNS_KEYS,
-                       RULE_KEYS,
-                       UNIT_TYPES_WITH_PROCESSES,
-                       UNIT_TYPES_WITHOUT_PROCESSES,
-                       check_unit_name,
-                       parse_policy_text,
+    ACTIONS,
+    NAME_MAX,
+    NETNS_KEYS,
+    RULE_KEYS,
+    UNIT_TYPES_WITH_PROCESSES,
+    UNIT_TYPES_WITHOUT_PROCESSES,
+    check_unit_name,
+    parse_policy_text,
 )
 
 __all__ = [

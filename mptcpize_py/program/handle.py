@@ -1,5 +1,5 @@
-"""ProgramHandle: what the daemon and `run` call on the loaded BPF program (bpf.Rewriter; tests use a
-fake)."""
+"""ProgramHandle: what the daemon and `run` call on the loaded BPF program (loader.Rewriter; tests
+use a fake)."""
 
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol
