@@ -12,8 +12,10 @@ trampoline and no hook, counts and reports what would be upgraded, and changes n
 
 import ctypes
 import os
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Protocol
 
 from mptcpize_py import abi
 from mptcpize_py.errors import MptcpizeError, PermissionDenied, Unavailable
@@ -136,6 +138,33 @@ class ProcStats:
     rule_id: int
 
 
+class MapTable(Protocol):
+    """The part of a bcc table the sync uses (tests drive sync_map with a fake of fixed capacity)."""
+
+    def keys(self) -> Iterator[Any]: ...
+
+    def __setitem__(self, key: Any, leaf: Any) -> None: ...
+
+    def __delitem__(self, key: Any) -> None: ...
+
+
+def sync_map(table: MapTable, entries: Iterable[tuple[Any, Any]], ident=bytes) -> None:
+    """Makes `table` hold exactly `entries` [(key, leaf)], whatever it held before (even a half-done
+    sync); ident(key) compares keys (bcc's ctypes keys compare by identity, their bytes by value).
+
+    Stale keys go out first, then the wanted ones are upserted: the map never holds more than
+    max(old, new) entries, so any selection that fits the map can replace any other (upserting first
+    needed old + new at once: E2BIG from a full hash map when a package upgrade gave every selected
+    executable a new inode). A key in both is updated in place, which a full BPF hash map allows
+    (kernel/bpf/hashtab.c, since Linux 4.8, commit a6ed3ea65d98), so it is never absent. A key only
+    in the old selection may stop matching before one only in the new starts: that is the change."""
+    wanted = {ident(key): (key, leaf) for key, leaf in entries}
+    for key in [k for k in table.keys() if ident(k) not in wanted]:
+        del table[key]
+    for key, leaf in wanted.values():
+        table[key] = leaf
+
+
 class Rewriter:
     """The loaded and attached program (a program.handle.ProgramHandle). Detaches on close() or when
     this process exits (fail-open)."""
@@ -204,33 +233,23 @@ class Rewriter:
                       cgroup_rules: dict[int, tuple[int, int]], netns: set[int] | None) -> None:
         """Makes the policy maps equal to the arguments: exe_rules {(kernel dev, ino): (rule_id,
         action)}, cgroup_rules {cgroup id: (rule_id, action)}, netns = allowed netns inodes, or None
-        for every namespace. New entries go in before stale ones go out, so a rule present in both the
-        old and the new selection never stops matching."""
+        for every namespace. sync_map: a key present in both the old and the new selection never stops
+        matching, and any selection that fits the maps can follow any other."""
         flags = (abi.CFG_ALL_NETNS if netns is None else 0) \
             | (abi.CFG_HAS_EXE_RULES if exe_rules else 0) \
             | (abi.CFG_HAS_CGROUP_RULES if cgroup_rules else 0)
         self._set_flags(self._flags | flags)  # match by the old and the new rules while syncing
         exe, cg, ns = self._b[b"exe_rules"], self._b[b"cgroup_rules"], self._b[b"netns_allow"]
-        self._sync(exe, [(exe.Key(dev, ino), exe.Leaf(*rule)) for (dev, ino), rule in exe_rules.items()])
-        self._sync(cg, [(cg.Key(cgid), cg.Leaf(*rule)) for cgid, rule in cgroup_rules.items()])
-        self._sync(ns, [(ns.Key(inum), ns.Leaf(1)) for inum in (netns or ())])
+        sync_map(exe, [(exe.Key(dev, ino), exe.Leaf(*rule)) for (dev, ino), rule in exe_rules.items()])
+        sync_map(cg, [(cg.Key(cgid), cg.Leaf(*rule)) for cgid, rule in cgroup_rules.items()])
+        sync_map(ns, [(ns.Key(inum), ns.Leaf(1)) for inum in (netns or ())])
         self._set_flags(flags)
 
     def set_netns_mptcp(self, enabled: dict[int, bool]) -> None:
         """net.mptcp.enabled per netns inode, for a dry run on a kernel whose memory we cannot read it
         from (no mptcp_pernet_id in /proc/kallsyms). Namespaces not listed count as unreadable."""
         t = self._b[b"netns_mptcp"]
-        self._sync(t, [(t.Key(inum), t.Leaf(1 if on else 0)) for inum, on in enabled.items()])
-
-    @staticmethod
-    def _sync(table, entries: list) -> None:
-        """Makes `table` hold exactly `entries` [(Key, Leaf)]: upserts first, then deletes the rest."""
-        wanted = set()
-        for key, leaf in entries:
-            table[key] = leaf
-            wanted.add(bytes(key))
-        for key in [k for k in table.keys() if bytes(k) not in wanted]:
-            del table[key]
+        sync_map(t, [(t.Key(inum), t.Leaf(1 if on else 0)) for inum, on in enabled.items()])
 
     def _set_flags(self, flags: int) -> None:
         cfg = self._b[b"config"]

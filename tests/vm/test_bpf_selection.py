@@ -105,3 +105,30 @@ def test_exe_identity_cgroup_ancestors_deny_and_netns(rewriter, binaries, cgroup
         assert proto(binaries["selected"], netns="mzv-sel") == "262"
     finally:
         subprocess.run(["ip", "netns", "del", "mzv-sel"], check=True)
+
+
+def test_full_maps_are_replaced_whole_and_kept_keys_updated_in_place(rewriter, binaries):
+    """A selection as large as the maps replaced by another as large, as when a package upgrade renames
+    over every selected executable: no E2BIG; the one key in both (the probe's, its action changed)
+    is updated in place. Identities no file has here (inode numbers above 2**62, netns inums above
+    2**31) fill the maps."""
+    allow, deny = abi.ACTION_ALLOW, abi.ACTION_DENY
+    kept = exe_key(binaries["selected"])
+    host_netns = os.stat("/proc/1/ns/net").st_ino
+
+    def selection(generation: int, action: int):
+        base = (generation + 1) << 40
+        exe = {(kept[0], (1 << 62) + base + i): (100 + i, allow) for i in range(abi.MAX_EXE_RULES - 1)}
+        netns = {(1 << 31) + (generation << 20) + i for i in range(abi.MAX_NETNS - 1)}
+        return exe | {kept: (16, action)}, {}, netns | {host_netns}
+
+    try:
+        rewriter.set_selection(*selection(0, allow))     # every map full
+        assert proto(binaries["selected"]) == "262"
+        rewriter.set_selection(*selection(1, deny))      # every other key replaced, the kept one denied
+        assert proto(binaries["selected"]) == "6"
+        rewriter.set_selection(*selection(2, allow))
+        assert proto(binaries["selected"]) == "262"
+        assert proto(binaries["other"]) == "6"
+    finally:
+        rewriter.set_selection({}, {}, None)
