@@ -26,6 +26,7 @@ IPPROTO_MPTCP = _C["IPPROTO_MPTCP"]
 # Map sizes the policy and the daemon must stay within.
 MAX_EXE_RULES = _C["MAX_EXE_RULES"]
 MAX_CGROUP_RULES = _C["MAX_CGROUP_RULES"]   # cgroup and unit rules: a unit rule becomes a cgroup entry
+MAX_NETNS = _C["MAX_NETNS"]   # netns_allow (the host's + [netns] names) and the dry run's netns_mptcp
 CGROUP_MAX_DEPTH = _C["CGROUP_MAX_DEPTH"]
 MAX_PROCS = _C["MAX_PROCS"]
 ACTION_ALLOW = _C["ACTION_ALLOW"]

@@ -11,8 +11,8 @@ Rules of the format (docs/mptcpize-py-policy.5 follows this module):
   are fine; to cover every instance, select their slice with `cgroup = "/system.slice/system-foo.slice"`.
 - Unit types that never own processes (target, timer, path, device, automount) are refused: the rule
   could never match, which is always a mistake.
-- Rules beyond the kernel maps' sizes (bpf/mptcpize.h, via abi.py) are refused with file:line instead of
-  half-filling a map.
+- Rules and [netns] names beyond the kernel maps' sizes (bpf/mptcpize.h, via abi.py) are refused with
+  file:line instead of half-filling a map: a policy that validates fits, so it can always be synced.
 - Problems are reported as `file:line: reason` (or `file: reason` for a problem with the file as a whole:
   permissions, size, symlink). All problems of all files are collected into one PolicyError; a policy is
   returned complete or not at all.
@@ -40,6 +40,10 @@ FIRST_RULE_ID = 16
 MAX_NAME_LEN = 80
 PATH_MAX = 4096
 NAME_MAX = 255
+
+# netns_allow holds the host's namespace and one entry per name (two names of one namespace share one:
+# counting names is the bound that holds whatever they turn out to be).
+MAX_NETNS_NAMES = abi.MAX_NETNS - 1
 
 ACTIONS = ("allow", "deny")
 SELECTORS = ("exe", "cgroup", "unit")
@@ -201,10 +205,17 @@ def _parse_netns(table: dict, at, error) -> NetnsSelection | None:
     if all_ and "names" in table:
         error(at(), "[netns] sets both all = true and names: choose one")
         return None
+    distinct: set = set()
     for i, n in enumerate(names):
         reason = _check_netns_name(n)
         if reason:
             error(at("names", i), f"names: {reason}")
+            ok = False
+            continue
+        distinct.add(n)
+        if len(distinct) == MAX_NETNS_NAMES + 1:
+            error(at("names", i), f"names: more than {MAX_NETNS_NAMES} namespaces: the kernel map holds "
+                  f"{abi.MAX_NETNS}, the host's namespace included")
             ok = False
     if not ok:
         return None

@@ -17,7 +17,7 @@ def test_header_constants_match_the_kernel_uapi():
 
 def test_map_sizes_are_the_headers():
     defines = abi.parse_defines(abi.HEADER.read_text())
-    for name in ("MAX_EXE_RULES", "MAX_CGROUP_RULES", "CGROUP_MAX_DEPTH", "MAX_PROCS"):
+    for name in ("MAX_EXE_RULES", "MAX_CGROUP_RULES", "MAX_NETNS", "CGROUP_MAX_DEPTH", "MAX_PROCS"):
         assert getattr(abi, name) == defines[name], name
 
 

@@ -276,6 +276,22 @@ def test_too_many_exe_rules_for_the_kernel_map():
         f"p.toml:{2 * policy.MAX_EXE_RULES + 1}: more than 4096 exe rules: the kernel map holds 4096"
 
 
+def test_too_many_netns_names_for_the_kernel_map(tmp_path):
+    """One name per line: the error names the line of the first name that does not fit; duplicates
+    take no entry; the daemon refuses the policy (exit 78), one line."""
+    fits = abi.MAX_NETNS - 1
+    names = [f"ns{i}" for i in range(fits)] + ["ns0"] + [f"ns{fits}", f"ns{fits + 1}"]
+    text = "# namespaces\n\n[netns]\nnames = [\n" + "".join(f'  "{n}",\n' for n in names) + "]\n"
+    first_too_many = 5 + names.index(f"ns{fits}")
+    assert only_error(text) == (f"p.toml:{first_too_many}: names: more than {fits} namespaces: the kernel "
+                                f"map holds {abi.MAX_NETNS}, the host's namespace included")
+    e = load_error(policy_dir(tmp_path, {"10-ns.toml": text}))
+    assert len(e.errors) == 1 and e.errors[0].endswith(f"10-ns.toml:{first_too_many}: names: more than "
+                                                       f"{fits} namespaces: the kernel map holds "
+                                                       f"{abi.MAX_NETNS}, the host's namespace included")
+    parse_policy_text(text.replace(f'  "ns{fits}",\n  "ns{fits + 1}",\n', ""), "p.toml")   # 1023 fit
+
+
 def test_enforced_limits_are_the_kernel_headers():
     """Each map limit the policy enforces, found by probing it (not by reading a constant), is the
     header's: a policy that fits the kernel maps loads, one entry more is refused."""
@@ -291,9 +307,13 @@ def test_enforced_limits_are_the_kernel_headers():
     def cgroup_of_depth(n):
         return f'[[allow]]\ncgroup = "{"/a" * n}"\n'
 
+    def netns_entries(n):  # the host's namespace takes one entry of netns_allow
+        return "[netns]\nnames = [" + ", ".join(f'"ns{i}"' for i in range(n - 1)) + "]\n"
+
     for build, limit in [(exe_rules, defines["MAX_EXE_RULES"]),
                          (cgroup_and_unit_rules, defines["MAX_CGROUP_RULES"]),
-                         (cgroup_of_depth, defines["CGROUP_MAX_DEPTH"])]:
+                         (cgroup_of_depth, defines["CGROUP_MAX_DEPTH"]),
+                         (netns_entries, defines["MAX_NETNS"])]:
         parse_policy_text(build(limit), "p.toml")
         assert f" {limit}" in only_error(build(limit + 1)), build.__name__
 
