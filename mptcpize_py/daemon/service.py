@@ -127,6 +127,7 @@ class Daemon:
         self._stop = False
         self._fingerprint = None
         self._logged_problems: tuple[str, ...] = ()
+        self._netns_left_out = 0   # namespaces the dry run's netns_mptcp map has no room for
         self.started = time.time()
         self.reloads = 0
         self.failed_reloads = 0
@@ -280,24 +281,47 @@ class Daemon:
 
     def _refresh_netns_mptcp(self) -> None:
         """Dry run on a kernel whose net.mptcp.enabled we cannot read from kernel memory: tell the
-        program the value of the namespaces we know (the host's and /run/netns/*), every resync."""
+        program the value of the namespaces we know (the host's and /run/netns/*), every resync.
+
+        The netns_mptcp map holds abi.MAX_NETNS namespaces; /run/netns may name more. What fits goes
+        in: the host's first, then those the policy selects, then the others by name. The rest count
+        as netns_unreadable (never upgraded), which one warning says each time their number changes."""
         if not self.dry_run or self.rw.reads_netns_from_kernel:
             return
-        paths = [HOST_NETNS]   # the daemon's own: the policy's "host" namespace
         try:
-            paths += [os.path.join(NETNS_DIR, n) for n in sorted(os.listdir(NETNS_DIR))]
+            names = sorted(os.listdir(NETNS_DIR))
         except OSError:
-            pass
-        known = {}
-        for p in paths:
+            names = []
+        selected = self.resolved.netns if self.resolved is not None else frozenset()
+        found: dict[int, tuple[int, str]] = {}   # inum -> (rank, path): one entry per namespace
+        for rank, p in enumerate([HOST_NETNS] + [os.path.join(NETNS_DIR, n) for n in names]):
             try:
                 inum = os.stat(p).st_ino
             except OSError:
+                continue
+            found.setdefault(inum, (rank, p))
+        def priority(item):
+            inum, (rank, _path) = item
+            return rank > 0, inum not in selected, rank   # the host's (rank 0), the policy's, by name
+
+        known: dict[int, bool] = {}
+        left_out = 0
+        for inum, (_rank, p) in sorted(found.items(), key=priority):
+            if len(known) >= abi.MAX_NETNS:
+                left_out += 1   # not even read: a read costs a thread and a setns()
                 continue
             value = read_sysctl_in_netns(p, "net.mptcp.enabled")
             if value is not None:
                 known[inum] = value == "1"
         self.rw.set_netns_mptcp(known)
+        if left_out != self._netns_left_out:
+            if left_out:
+                log.warning("dry run: %d network namespaces left out of the netns_mptcp map (it holds %d: "
+                            "the host's, the policy's, then %s by name); sockets there count as "
+                            "netns_unreadable", left_out, abi.MAX_NETNS, NETNS_DIR)
+            else:
+                log.info("dry run: every network namespace fits the netns_mptcp map again")
+            self._netns_left_out = left_out
 
     def _log_resolution(self, resolved: Resolved) -> None:
         self._logged_problems = resolved.problems

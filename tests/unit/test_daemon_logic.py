@@ -1,6 +1,7 @@
 """The daemon's loop logic without BPF: a fake Rewriter records what the maps would hold."""
 
 import dataclasses
+import errno
 import json
 import logging
 import os
@@ -9,7 +10,7 @@ import sys
 import pytest
 
 from mptcpize_py import abi
-from mptcpize_py.daemon import protocol
+from mptcpize_py.daemon import protocol, service
 from mptcpize_py.daemon.service import Daemon
 from mptcpize_py.policy import PolicyError
 from mptcpize_py.program.handle import ProgramHandle
@@ -19,6 +20,7 @@ from mptcpize_py.status import DaemonStatus
 
 class FakeRewriter(ProgramHandle):
     reads_netns_from_kernel = True
+    netns_capacity = abi.MAX_NETNS   # the netns_mptcp map's size: more is E2BIG, as a full BPF hash map
 
     def __init__(self):
         self.selections = []
@@ -32,6 +34,8 @@ class FakeRewriter(ProgramHandle):
         self.selections.append((exe, cgroups, netns))
 
     def set_netns_mptcp(self, enabled):
+        if len(enabled) > self.netns_capacity:
+            raise OSError(errno.E2BIG, os.strerror(errno.E2BIG))
         self.netns_mptcp = dict(enabled)
 
     def add_run_root(self, pid, run_id=1):
@@ -234,3 +238,94 @@ def test_loop_survives_a_failing_sync(daemon, caplog):
     dm.run()
     assert len(polls) == 3
     assert any("policy sync failed" in r.getMessage() for r in caplog.records)
+
+
+def netns_dir_with(tmp_path, n: int):
+    """A stand-in /run/netns with n names, each its own inode (a namespace to the daemon's eyes)."""
+    d = tmp_path / "netns"
+    d.mkdir()
+    for i in range(n):
+        (d / f"ns{i:04d}").touch()
+    return d
+
+
+@pytest.fixture
+def dry_run_daemon(tmp_path, monkeypatch):
+    """A dry run on a kernel whose net.mptcp.enabled the program cannot read: the daemon tells it."""
+    policy_d = tmp_path / "policy.d"
+    policy_d.mkdir(mode=0o755)
+    (policy_d / "10.toml").write_text(f'[[allow]]\nexe = "{EXE}"\n')
+    read = []
+    monkeypatch.setattr(service, "read_sysctl_in_netns", lambda p, _name: read.append(p) or "1")
+    fake = FakeRewriter()
+    fake.reads_netns_from_kernel = False
+    dm = Daemon(policy_d, tmp_path / "control", owner_uid=os.geteuid(), rewriter_factory=lambda: fake,
+                serve=False, dry_run=True)
+    yield dm, fake, read
+    dm.close()
+
+
+def run_passes(dm, fake, passes: int, between=lambda n: None) -> list[str]:
+    """Runs the loop for `passes` resync passes; returns the STATUS= lines it sent (the last work of a
+    pass, after the netns refresh)."""
+    sent = []
+    dm.notifier.status = sent.append
+    dm.resync_interval = 0
+    polls = []
+
+    def poll(_ms):
+        polls.append(1)
+        between(len(polls))
+        if len(polls) > passes:
+            dm._stop = True
+
+    fake.poll_events = poll
+    dm.run()
+    return sent
+
+
+def test_dry_run_netns_refresh_fills_what_fits_and_warns_once(dry_run_daemon, tmp_path, monkeypatch,
+                                                               caplog):
+    """/run/netns names more namespaces than netns_mptcp holds: the host's and as many others as fit go
+    in, one warning says how many were left out, and the rest of each loop pass still runs."""
+    dm, fake, read = dry_run_daemon
+    extra = 6
+    netns = netns_dir_with(tmp_path, abi.MAX_NETNS - 1 + extra)   # + the host's: `extra` too many
+    monkeypatch.setattr(service, "NETNS_DIR", str(netns))
+    caplog.set_level(logging.INFO, logger="mptcpize_py.daemon")
+    dm.start()
+    read.clear()
+
+    def shrink(n):
+        if n == 3:   # namespaces deleted: all fit again, said once
+            for i in range(extra):
+                (netns / f"ns{i:04d}").unlink()
+
+    sent = run_passes(dm, fake, 4, shrink)
+    assert len(sent) == 4                                   # every pass got past the refresh
+    messages = [r.getMessage() for r in caplog.records]
+    assert not [m for m in messages if "policy sync failed" in m]
+    assert not [r for r in caplog.records if r.exc_info]    # no traceback
+    left_out = [r for r in caplog.records if "left out" in r.getMessage()]
+    assert len(left_out) == 1 and left_out[0].levelno == logging.WARNING     # at start, not per pass
+    assert left_out[0].getMessage().startswith(f"dry run: {extra} network namespaces left out of the "
+                                               f"netns_mptcp map (it holds {abi.MAX_NETNS}")
+    assert sum("fits the netns_mptcp map again" in m for m in messages) == 1
+    assert len(fake.netns_mptcp) == abi.MAX_NETNS
+    assert os.stat("/proc/self/ns/net").st_ino in fake.netns_mptcp
+    # The namespaces left out were not even entered: MAX_NETNS per pass, before and after the shrink.
+    assert len(read) == 4 * abi.MAX_NETNS
+
+
+def test_dry_run_netns_refresh_keeps_the_policys_namespaces(dry_run_daemon, tmp_path, monkeypatch):
+    """When they do not all fit, a namespace the policy selects goes before one it does not."""
+    dm, fake, _read = dry_run_daemon
+    netns = netns_dir_with(tmp_path, abi.MAX_NETNS + 1)
+    (netns / "zz-selected").touch()        # sorts last
+    monkeypatch.setattr(service, "NETNS_DIR", str(netns))
+    dm.start()
+    selected = os.stat(netns / "zz-selected").st_ino
+    dm.resolved = dataclasses.replace(dm.resolved, netns=dm.resolved.netns | {selected})
+    dm._refresh_netns_mptcp()
+    assert len(fake.netns_mptcp) == abi.MAX_NETNS
+    assert selected in fake.netns_mptcp and os.stat("/proc/self/ns/net").st_ino in fake.netns_mptcp
