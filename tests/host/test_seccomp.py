@@ -315,6 +315,96 @@ def test_child_in_another_cgroup_stays_tcp():
         group.rmdir()
 
 
+# --- user namespaces ----------------------------------------------------------------------------
+@needs_root
+def test_caller_in_its_own_user_namespace_stays_tcp():
+    # Its capabilities are relative to its own user namespace: full inside it, none in ours. A socket
+    # made here with them would carry our namespace's capabilities; it gets its own TCP socket.
+    cmd = [*NOBODY, "unshare", "-Ur", PYTHON, "-c", SO_PROTOCOL_PY]
+    assert plain(*cmd).stdout.strip() == "6"
+    r = run(*cmd, verbose=True)
+    assert (r.returncode, r.stdout.strip()) == (0, "6"), r.stderr
+    assert not_upgraded(r.stderr) == {"other_userns": 1}
+
+
+# Starts argv[1:] in a new user namespace mapping ids 0-999 and 65534 (nobody/nogroup) only, with
+# the supplementary group 4242 that it does not map: there /proc shows that group as 65534.
+IN_PARTIAL_USERNS_PY = textwrap.dedent("""
+    import ctypes, os, sys
+    libc = ctypes.CDLL(None, use_errno=True)
+    os.setgroups([0, 4242])
+    ready_r, ready_w = os.pipe()
+    mapped_r, mapped_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        assert libc.unshare(0x10000000) == 0, ctypes.get_errno()  # CLONE_NEWUSER
+        os.write(ready_w, b"x")
+        os.read(mapped_r, 1)
+        os.execvp(sys.argv[1], sys.argv[1:])
+    os.read(ready_r, 1)
+    for kind in ("uid", "gid"):
+        with open(f"/proc/{pid}/{kind}_map", "w") as f:
+            f.write("0 0 1000\\n65534 65534 1\\n")
+    os.write(mapped_w, b"x")
+    sys.exit(os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]))
+""")
+
+
+@needs_root
+def test_ids_our_user_namespace_does_not_map_are_never_guessed():
+    # mptcpize-py runs in a user namespace that does not map every id. A caller whose ids are all
+    # mapped is upgraded with them. A caller holding the unmapped group (shown as 65534) would get a
+    # socket made with the real group 65534 instead of its own: it gets its own TCP socket.
+    def under(*setpriv):
+        return subprocess.run([PYTHON, "-c", IN_PARTIAL_USERNS_PY, *CLI, "run", "-v", "--backend",
+                               "seccomp", "--", "setpriv", *setpriv, PYTHON, "-c", SO_PROTOCOL_PY],
+                              capture_output=True, text=True, timeout=scaled(30), env=cli_env())
+
+    r = under("--reuid=5", "--regid=5", "--clear-groups")
+    assert (r.returncode, r.stdout.strip()) == (0, "262"), r.stderr
+    r = under("--reuid=5", "--regid=5", "--keep-groups")
+    assert (r.returncode, r.stdout.strip()) == (0, "6"), r.stderr
+    assert not_upgraded(r.stderr) == {"unmapped_id": 1}
+
+
+@needs_root
+def test_our_own_unmapped_group_is_never_replaced(tmp_path):
+    # mptcpize-py's own egid is 4242, unmapped in its user namespace (read as 65534). A caller with
+    # other (mapped) ids has a socket made in its credentials; then a caller with ours, in another
+    # netns, has one made by the same means: it must be owned by group 4242, as its own would be,
+    # not by the real group 65534 that "restoring" a gid read as 65534 would give.
+    info, go = tmp_path / "info", tmp_path / "go"
+    second = textwrap.dedent(f"""
+        import os, socket, time
+        s = socket.socket()
+        with open("{info}.tmp", "w") as f:
+            f.write(f"{{s.getsockopt(socket.SOL_SOCKET, socket.SO_PROTOCOL)}} {{os.getpid()}} {{s.fileno()}}")
+        os.rename("{info}.tmp", "{info}")
+        while not os.path.exists("{go}"):
+            time.sleep(0.05)
+    """)   # in sh -c '...': no single quotes
+    tmp_path.chmod(0o777)   # the first caller (uid 5) only reads; the second (root) writes here
+    script = (f"setpriv --reuid=5 --regid=5 --clear-groups {PYTHON} -c '{SO_PROTOCOL_PY}' && "
+              f"unshare -n {PYTHON} -c '{second}'")
+    proc = subprocess.Popen(["setpriv", "--regid=4242", "--clear-groups", PYTHON, "-c",
+                             IN_PARTIAL_USERNS_PY.replace("os.setgroups([0, 4242])", "pass"),
+                             *CLI, "run", "--backend", "seccomp", "sh", "-c", script],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=cli_env())
+    try:
+        def second_ready() -> bool:
+            assert proc.poll() is None, f"exited with {proc.returncode}: {proc.communicate()}"
+            return info.exists()
+        wait_for(second_ready, "the second caller to make its socket")
+        proto, pid, fd = info.read_text().split()
+        assert proto == "262"
+        st = os.stat(f"/proc/{pid}/fd/{fd}")
+        assert (st.st_uid, st.st_gid) == (0, 4242)
+    finally:
+        go.touch()
+        out, err = proc.communicate(timeout=scaled(30))
+    assert (proc.returncode, out.split()) == (0, ["262"]), err
+
+
 SUID_C = r"""
 #include <stdio.h>
 #include <unistd.h>
