@@ -456,10 +456,13 @@ def test_unprivileged_run_setuid_program_runs_unprivileged_and_is_named(setuid_b
 
 
 # --- the tree outlives CMD ------------------------------------------------------------------------
-def test_descendants_outliving_cmd_keep_working(tmp_path):
-    # CMD exits at once, leaving a background child that makes a socket only once told to, after `run`
-    # returned: had the listener been closed, that socket() would fail with ENOSYS. A detached
-    # supervisor keeps answering instead, and goes away with the last descendant.
+DETACHED_NAME = "mptcpize-sup"   # the name the README and the man page give: `pgrep -x mptcpize-sup`
+
+
+def _run_leaving_a_descendant(tmp_path) -> tuple[Path, Path, str]:
+    """A run whose CMD exits at once, leaving a background child that makes a socket only once `go`
+    exists, after `run` returned, and writes its protocol to `out`. Returns (go, out, tag): the
+    run's environment holds MZS_TEST_TAG=tag."""
     go, out, tag = tmp_path / "go", tmp_path / "out", f"mzs-{uuid.uuid4().hex}"
     background = (f"while [ ! -e {go} ]; do sleep 0.05; done; "
                   f"{PYTHON} -c '{SO_PROTOCOL_PY}' > {out}.tmp 2>&1; mv {out}.tmp {out}")
@@ -467,25 +470,54 @@ def test_descendants_outliving_cmd_keep_working(tmp_path):
     r = run("sh", "-c", f"({background}) </dev/null >/dev/null 2>&1 &",
             env=dict(os.environ, MZS_TEST_TAG=tag))
     assert r.returncode == 0, r.stderr
+    return go, out, tag
+
+
+def test_descendants_outliving_cmd_keep_working(tmp_path):
+    # Had the listener been closed when `run` returned, the child's socket() would fail with ENOSYS.
+    # A detached supervisor keeps answering instead, and goes away with the last descendant.
+    go, out, tag = _run_leaving_a_descendant(tmp_path)
     go.touch()
     wait_for(out.exists, "the background child to report its socket's protocol")
     assert out.read_text().strip() == "262"
-    wait_for(lambda: not _detached_supervisors(tag), "the detached supervisor to exit with the tree",
-             details=lambda: _detached_supervisors(tag))
+    wait_for(lambda: not _tagged(_detached_supervisors(), tag),
+             "the detached supervisor to exit with the tree",
+             details=lambda: _tagged(_detached_supervisors(), tag))
 
 
-def _detached_supervisors(tag: str) -> list[int]:
-    """Supervisors (comm mptcpize-seccom) of runs whose environment holds MZS_TEST_TAG=tag: this
-    test's, not those of other runs on the machine."""
-    pids = []
-    for d in Path("/proc").iterdir():
+def test_detached_supervisor_is_found_by_its_name(tmp_path):
+    # The name must fit the kernel's 15-byte comm, or `pgrep -x` (and ps, top) never match it.
+    go, out, tag = _run_leaving_a_descendant(tmp_path)
+    try:
+        # It names itself just after `run` returned: wait for that.
+        wait_for(lambda: _tagged(_detached_supervisors(), tag),
+                 f"`pgrep -x {DETACHED_NAME}` to find this run's detached supervisor",
+                 details=lambda: f"pgrep found {_detached_supervisors()}")
+    finally:
+        go.touch()
+    wait_for(out.exists, "the background child to report its socket's protocol")
+    assert out.read_text().strip() == "262"
+    wait_for(lambda: not _tagged(_detached_supervisors(), tag),
+             "the detached supervisor to exit with the tree")
+
+
+def _detached_supervisors() -> list[int]:
+    """What `pgrep -x mptcpize-sup` finds, as the README says to look for them."""
+    r = subprocess.run(["pgrep", "-x", DETACHED_NAME], capture_output=True, text=True)
+    assert r.returncode in (0, 1), r.stderr   # 1: none
+    return [int(p) for p in r.stdout.split()]
+
+
+def _tagged(pids: list[int], tag: str) -> list[int]:
+    """Those of `pids` whose environment holds MZS_TEST_TAG=tag: this test's run, not others'."""
+    out = []
+    for pid in pids:
         try:
-            if d.name.isdigit() and (d / "comm").read_bytes().strip() == b"mptcpize-seccom" and \
-                    f"MZS_TEST_TAG={tag}".encode() in (d / "environ").read_bytes().split(b"\0"):
-                pids.append(int(d.name))
+            if f"MZS_TEST_TAG={tag}".encode() in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0"):
+                out.append(pid)
         except OSError:
-            pass
-    return pids
+            pass   # exited meanwhile
+    return out
 
 
 # --- a real two-path connection ----------------------------------------------------------------
