@@ -315,6 +315,96 @@ def test_child_in_another_cgroup_stays_tcp():
         group.rmdir()
 
 
+# --- user namespaces ----------------------------------------------------------------------------
+@needs_root
+def test_caller_in_its_own_user_namespace_stays_tcp():
+    # Its capabilities are relative to its own user namespace: full inside it, none in ours. A socket
+    # made here with them would carry our namespace's capabilities; it gets its own TCP socket.
+    cmd = [*NOBODY, "unshare", "-Ur", PYTHON, "-c", SO_PROTOCOL_PY]
+    assert plain(*cmd).stdout.strip() == "6"
+    r = run(*cmd, verbose=True)
+    assert (r.returncode, r.stdout.strip()) == (0, "6"), r.stderr
+    assert not_upgraded(r.stderr) == {"other_userns": 1}
+
+
+# Starts argv[1:] in a new user namespace mapping ids 0-999 and 65534 (nobody/nogroup) only, with
+# the supplementary group 4242 that it does not map: there /proc shows that group as 65534.
+IN_PARTIAL_USERNS_PY = textwrap.dedent("""
+    import ctypes, os, sys
+    libc = ctypes.CDLL(None, use_errno=True)
+    os.setgroups([0, 4242])
+    ready_r, ready_w = os.pipe()
+    mapped_r, mapped_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        assert libc.unshare(0x10000000) == 0, ctypes.get_errno()  # CLONE_NEWUSER
+        os.write(ready_w, b"x")
+        os.read(mapped_r, 1)
+        os.execvp(sys.argv[1], sys.argv[1:])
+    os.read(ready_r, 1)
+    for kind in ("uid", "gid"):
+        with open(f"/proc/{pid}/{kind}_map", "w") as f:
+            f.write("0 0 1000\\n65534 65534 1\\n")
+    os.write(mapped_w, b"x")
+    sys.exit(os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]))
+""")
+
+
+@needs_root
+def test_ids_our_user_namespace_does_not_map_are_never_guessed():
+    # mptcpize-py runs in a user namespace that does not map every id. A caller whose ids are all
+    # mapped is upgraded with them. A caller holding the unmapped group (shown as 65534) would get a
+    # socket made with the real group 65534 instead of its own: it gets its own TCP socket.
+    def under(*setpriv):
+        return subprocess.run([PYTHON, "-c", IN_PARTIAL_USERNS_PY, *CLI, "run", "-v", "--backend",
+                               "seccomp", "--", "setpriv", *setpriv, PYTHON, "-c", SO_PROTOCOL_PY],
+                              capture_output=True, text=True, timeout=scaled(30), env=cli_env())
+
+    r = under("--reuid=5", "--regid=5", "--clear-groups")
+    assert (r.returncode, r.stdout.strip()) == (0, "262"), r.stderr
+    r = under("--reuid=5", "--regid=5", "--keep-groups")
+    assert (r.returncode, r.stdout.strip()) == (0, "6"), r.stderr
+    assert not_upgraded(r.stderr) == {"unmapped_id": 1}
+
+
+@needs_root
+def test_our_own_unmapped_group_is_never_replaced(tmp_path):
+    # mptcpize-py's own egid is 4242, unmapped in its user namespace (read as 65534). A caller with
+    # other (mapped) ids has a socket made in its credentials; then a caller with ours, in another
+    # netns, has one made by the same means: it must be owned by group 4242, as its own would be,
+    # not by the real group 65534 that "restoring" a gid read as 65534 would give.
+    info, go = tmp_path / "info", tmp_path / "go"
+    second = textwrap.dedent(f"""
+        import os, socket, time
+        s = socket.socket()
+        with open("{info}.tmp", "w") as f:
+            f.write(f"{{s.getsockopt(socket.SOL_SOCKET, socket.SO_PROTOCOL)}} {{os.getpid()}} {{s.fileno()}}")
+        os.rename("{info}.tmp", "{info}")
+        while not os.path.exists("{go}"):
+            time.sleep(0.05)
+    """)   # in sh -c '...': no single quotes
+    tmp_path.chmod(0o777)   # the first caller (uid 5) only reads; the second (root) writes here
+    script = (f"setpriv --reuid=5 --regid=5 --clear-groups {PYTHON} -c '{SO_PROTOCOL_PY}' && "
+              f"unshare -n {PYTHON} -c '{second}'")
+    proc = subprocess.Popen(["setpriv", "--regid=4242", "--clear-groups", PYTHON, "-c",
+                             IN_PARTIAL_USERNS_PY.replace("os.setgroups([0, 4242])", "pass"),
+                             *CLI, "run", "--backend", "seccomp", "sh", "-c", script],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=cli_env())
+    try:
+        def second_ready() -> bool:
+            assert proc.poll() is None, f"exited with {proc.returncode}: {proc.communicate()}"
+            return info.exists()
+        wait_for(second_ready, "the second caller to make its socket")
+        proto, pid, fd = info.read_text().split()
+        assert proto == "262"
+        st = os.stat(f"/proc/{pid}/fd/{fd}")
+        assert (st.st_uid, st.st_gid) == (0, 4242)
+    finally:
+        go.touch()
+        out, err = proc.communicate(timeout=scaled(30))
+    assert (proc.returncode, out.split()) == (0, ["262"]), err
+
+
 SUID_C = r"""
 #include <stdio.h>
 #include <unistd.h>
@@ -366,10 +456,13 @@ def test_unprivileged_run_setuid_program_runs_unprivileged_and_is_named(setuid_b
 
 
 # --- the tree outlives CMD ------------------------------------------------------------------------
-def test_descendants_outliving_cmd_keep_working(tmp_path):
-    # CMD exits at once, leaving a background child that makes a socket only once told to, after `run`
-    # returned: had the listener been closed, that socket() would fail with ENOSYS. A detached
-    # supervisor keeps answering instead, and goes away with the last descendant.
+DETACHED_NAME = "mptcpize-sup"   # the name the README and the man page give: `pgrep -x mptcpize-sup`
+
+
+def _run_leaving_a_descendant(tmp_path) -> tuple[Path, Path, str]:
+    """A run whose CMD exits at once, leaving a background child that makes a socket only once `go`
+    exists, after `run` returned, and writes its protocol to `out`. Returns (go, out, tag): the
+    run's environment holds MZS_TEST_TAG=tag."""
     go, out, tag = tmp_path / "go", tmp_path / "out", f"mzs-{uuid.uuid4().hex}"
     background = (f"while [ ! -e {go} ]; do sleep 0.05; done; "
                   f"{PYTHON} -c '{SO_PROTOCOL_PY}' > {out}.tmp 2>&1; mv {out}.tmp {out}")
@@ -377,25 +470,54 @@ def test_descendants_outliving_cmd_keep_working(tmp_path):
     r = run("sh", "-c", f"({background}) </dev/null >/dev/null 2>&1 &",
             env=dict(os.environ, MZS_TEST_TAG=tag))
     assert r.returncode == 0, r.stderr
+    return go, out, tag
+
+
+def test_descendants_outliving_cmd_keep_working(tmp_path):
+    # Had the listener been closed when `run` returned, the child's socket() would fail with ENOSYS.
+    # A detached supervisor keeps answering instead, and goes away with the last descendant.
+    go, out, tag = _run_leaving_a_descendant(tmp_path)
     go.touch()
     wait_for(out.exists, "the background child to report its socket's protocol")
     assert out.read_text().strip() == "262"
-    wait_for(lambda: not _detached_supervisors(tag), "the detached supervisor to exit with the tree",
-             details=lambda: _detached_supervisors(tag))
+    wait_for(lambda: not _tagged(_detached_supervisors(), tag),
+             "the detached supervisor to exit with the tree",
+             details=lambda: _tagged(_detached_supervisors(), tag))
 
 
-def _detached_supervisors(tag: str) -> list[int]:
-    """Supervisors (comm mptcpize-seccom) of runs whose environment holds MZS_TEST_TAG=tag: this
-    test's, not those of other runs on the machine."""
-    pids = []
-    for d in Path("/proc").iterdir():
+def test_detached_supervisor_is_found_by_its_name(tmp_path):
+    # The name must fit the kernel's 15-byte comm, or `pgrep -x` (and ps, top) never match it.
+    go, out, tag = _run_leaving_a_descendant(tmp_path)
+    try:
+        # It names itself just after `run` returned: wait for that.
+        wait_for(lambda: _tagged(_detached_supervisors(), tag),
+                 f"`pgrep -x {DETACHED_NAME}` to find this run's detached supervisor",
+                 details=lambda: f"pgrep found {_detached_supervisors()}")
+    finally:
+        go.touch()
+    wait_for(out.exists, "the background child to report its socket's protocol")
+    assert out.read_text().strip() == "262"
+    wait_for(lambda: not _tagged(_detached_supervisors(), tag),
+             "the detached supervisor to exit with the tree")
+
+
+def _detached_supervisors() -> list[int]:
+    """What `pgrep -x mptcpize-sup` finds, as the README says to look for them."""
+    r = subprocess.run(["pgrep", "-x", DETACHED_NAME], capture_output=True, text=True)
+    assert r.returncode in (0, 1), r.stderr   # 1: none
+    return [int(p) for p in r.stdout.split()]
+
+
+def _tagged(pids: list[int], tag: str) -> list[int]:
+    """Those of `pids` whose environment holds MZS_TEST_TAG=tag: this test's run, not others'."""
+    out = []
+    for pid in pids:
         try:
-            if d.name.isdigit() and (d / "comm").read_bytes().strip() == b"mptcpize-seccom" and \
-                    f"MZS_TEST_TAG={tag}".encode() in (d / "environ").read_bytes().split(b"\0"):
-                pids.append(int(d.name))
+            if f"MZS_TEST_TAG={tag}".encode() in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0"):
+                out.append(pid)
         except OSError:
-            pass
-    return pids
+            pass   # exited meanwhile
+    return out
 
 
 # --- a real two-path connection ----------------------------------------------------------------

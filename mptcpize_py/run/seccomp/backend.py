@@ -15,6 +15,10 @@ from mptcpize_py.run.seccomp.notify import Listener, recv_listener, send_listene
 from mptcpize_py.run.seccomp.probe import probe
 from mptcpize_py.run.seccomp.supervisor import Supervisor
 
+# The detached supervisor's comm, what `pgrep -x`, ps and top show: the kernel keeps 15 bytes of it,
+# so a longer name would match no exact search.
+DETACHED_NAME = "mptcpize-sup"
+
 
 class SeccompRunBackend(RunBackend):
     """CMD's tree under the seccomp filter, answered by a Supervisor thread of this process."""
@@ -154,7 +158,7 @@ def _hand_off(sup: Supervisor) -> int | None:
             os.close(w)
             _detach_from(sup.listener.fd)
             try:
-                libc.set_thread_name(b"mptcpize-seccomp")   # comm: 15 chars kept
+                libc.set_thread_name(DETACHED_NAME.encode())
             except OSError:
                 pass
             fresh = Supervisor(sup.listener)

@@ -30,10 +30,16 @@ class Creds:
         return (self.euid, self.fsuid, self.egid, self.fsgid, self.groups, self.cap_eff) == \
             (other.euid, other.fsuid, other.egid, other.fsgid, other.groups, other.cap_eff)
 
+    def holds(self, uid: int, gid: int) -> bool:
+        """Whether `uid` is one of the user ids a socket takes from these credentials, or `gid` one
+        of the group ids."""
+        return uid in (self.euid, self.fsuid) or gid in (self.egid, self.fsgid, *self.groups)
+
 
 def read_creds(pid: int | str) -> Creds:
-    """Tgid and credentials of a thread, from /proc/PID/status (ids as this pid/user namespace sees
-    them, which is what the raw set*id syscalls take)."""
+    """Tgid and credentials of a thread, from /proc/PID/status: ids as our pid/user namespace sees
+    them, which is what the raw set*id syscalls take (an id it does not map reads as overflow_ids());
+    capabilities relative to the thread's own user namespace, meaningful to us only if it is ours."""
     fd = os.open(f"/proc/{pid}/status", os.O_RDONLY | os.O_CLOEXEC)
     try:
         data = os.read(fd, 8192)
@@ -50,14 +56,36 @@ def read_creds(pid: int | str) -> Creds:
                  *(int(field(k)[0], 16) for k in (b"\nCapEff:", b"\nCapPrm:", b"\nCapInh:")))
 
 
+def overflow_ids() -> tuple[int, int] | None:
+    """(uid, gid) that /proc shows in place of an id our user namespace does not map (the kernel's
+    overflowuid/overflowgid); None when it maps every id (the initial one), so that every id read
+    is exact. Where it is not None, an id read as that value may be the real one or any unmapped one."""
+    if all(_read_text(f"/proc/self/{kind}_map").split() == ["0", "0", "4294967295"]
+           for kind in ("uid", "gid")):
+        return None
+    return tuple(int(_read_text(f"/proc/sys/kernel/overflow{kind}")) for kind in ("uid", "gid"))
+
+
+def _read_text(path: str) -> str:
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        return os.read(fd, 8192).decode()
+    finally:
+        os.close(fd)
+
+
 class CallerContextThread:
     """A thread that may enter the caller's network namespace and take its credentials (both are
     per-thread in the kernel) to create one socket, then returns home. The supervisor thread itself
-    never changes namespace or credentials. A thread that cannot return home retires itself."""
+    never changes namespace or credentials. A thread that cannot return home retires itself; so does
+    one that took credentials when `home` cannot be restored by value (restorable=False: it holds an
+    id read as the overflow id, which set*id() would turn into that real id): its successor starts
+    with the supervisor thread's own credentials."""
 
-    def __init__(self, home_netns_fd: int, home: Creds):
+    def __init__(self, home_netns_fd: int, home: Creds, restorable: bool = True):
         self._home_netns_fd = home_netns_fd
         self._home = home
+        self._restorable = restorable
         self._cv = threading.Condition()
         self._request = None
         self._result = None
@@ -109,6 +137,8 @@ class CallerContextThread:
                 libc.setns(netns_fd, libc.CLONE_NEWNET)
                 undo.append(lambda: libc.setns(self._home_netns_fd, libc.CLONE_NEWNET))
             if creds is not None:
+                if not self._restorable:
+                    self.alive = False  # answers this request, then ends with the credentials it took
                 # gids first, while we still have CAP_SETGID; an euid other than 0 clears the
                 # effective capabilities, and restoring euid 0 (allowed: ruid stays 0) brings them back.
                 libc.setgroups(creds.groups)
@@ -121,14 +151,16 @@ class CallerContextThread:
                 libc.setfsuid(creds.fsuid)
                 # The caller's effective capabilities, no more (ours stay permitted: ruid is still
                 # ours, so the way back is open). No less either: sk_net_capable() checks both the
-                # socket opener's and the current task's capabilities.
+                # socket opener's and the current task's capabilities. The supervisor passes only
+                # callers of our own user namespace: their capabilities mean the same here.
                 libc.capset(creds.cap_eff & home.cap_prm, home.cap_prm, home.cap_inh)
                 undo.append(lambda: libc.capset(home.cap_eff, home.cap_prm, home.cap_inh))
             return libc.socket(family, type_, IPPROTO_MPTCP)
         finally:
             try:
-                for step in reversed(undo):
-                    step()
+                if self.alive:
+                    for step in reversed(undo):
+                        step()
             except OSError:
                 log.warning("socket helper thread could not restore its context: retiring it")
                 self.alive = False

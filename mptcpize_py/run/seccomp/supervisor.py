@@ -13,7 +13,7 @@ import time
 
 from mptcpize_py.abi import IPPROTO_MPTCP
 from mptcpize_py.host import libc, procfs
-from mptcpize_py.run.seccomp.caller import CallerContextThread, Creds, read_creds
+from mptcpize_py.run.seccomp.caller import CallerContextThread, Creds, overflow_ids, read_creds
 from mptcpize_py.run.seccomp.notify import Listener, Notification
 
 log = logging.getLogger(__name__)
@@ -29,13 +29,16 @@ class Supervisor:
         self.upgraded: dict[int, int] = {}   # tgid -> sockets
         self.exe: dict[int, str] = {}
         self.counters = {"upgraded": 0, "mptcp_disabled": 0, "other_cgroup": 0,
-                         "other_lsm_label": 0, "fallback_continue": 0}
+                         "other_lsm_label": 0, "other_userns": 0, "unmapped_id": 0,
+                         "fallback_continue": 0}
         self._nr_socket = libc.syscall_number("socket")
         self._nr_execve = libc.syscall_number("execve")
         self._warned_paths: set[str] = set()
         self._home_netns_fd = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
         self._home_netns = os.fstat(self._home_netns_fd)
         self._home = read_creds("thread-self")
+        self._home_userns = _ns_id("/proc/thread-self/ns/user")
+        self._overflow = overflow_ids()
         self._home_cgroup = _read_small("/proc/thread-self/cgroup")
         self._home_label = _read_small("/proc/thread-self/attr/current")  # None: no LSM labels
         self._ctx: CallerContextThread | None = None
@@ -91,6 +94,7 @@ class Supervisor:
             if not same_netns:
                 netns_fd = os.open(f"/proc/{tid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
             creds = read_creds(tid)
+            userns = _ns_id(f"/proc/{tid}/ns/user")
             cgroup = _read_small(f"/proc/{tid}/cgroup")
             label = _read_small(f"/proc/{tid}/attr/current") if self._home_label is not None else None
             # All of the above described `tid` only if it is still our caller (blocked in socket(),
@@ -98,14 +102,15 @@ class Supervisor:
             # caller killed meanwhile (TOCTOU).
             if not self.listener.id_valid(n.id):
                 return
-            reason = self._foreign_context(cgroup, label)
+            same_creds = creds.same_as(self._home)
+            reason = self._foreign_context(userns, cgroup, label) or \
+                (None if same_creds else self._unmapped(creds))
             if reason:
                 self.counters[reason] += 1
                 self._continue(n.id)
                 return
             if netns_fd >= 0 and os.fstat(netns_fd).st_ino != st.st_ino:
                 raise OSError(errno.ESRCH, "the caller's netns changed under us")
-            same_creds = creds.same_as(self._home)
             type_ |= socket.SOCK_CLOEXEC  # ours is private; the caller's flag goes to ADDFD below
             try:
                 if same_netns and same_creds:
@@ -141,10 +146,16 @@ class Supervisor:
             log.info("upgraded pid=%d exe=%s rule=run", tgid, self.exe[tgid])
         self.upgraded[tgid] += 1
 
-    def _foreign_context(self, cgroup: bytes | None, label: bytes | None) -> str | None:
+    def _foreign_context(self, userns: tuple[int, int], cgroup: bytes | None,
+                         label: bytes | None) -> str | None:
         """Why a socket made here would be attributed differently from the caller's own, if it would:
-        cgroup BPF (bind/connect/skb hooks read the socket's cgroup, e.g. systemd IPAddressDeny=, `ip
-        vrf exec`), memcg charging, net_cls, and LSM socket labels come from the creating task."""
+        the caller's capabilities are relative to its user namespace, and a socket's file records the
+        creator's (a caller in a child one, e.g. `unshare -Ur`, has every capability there and none
+        in ours: taken here they would count in ours); cgroup BPF (bind/connect/skb hooks read the
+        socket's cgroup, e.g. systemd IPAddressDeny=, `ip vrf exec`), memcg charging, net_cls, and
+        LSM socket labels come from the creating task."""
+        if userns != self._home_userns:
+            return "other_userns"
         if cgroup != self._home_cgroup:
             self._home_cgroup = _read_small("/proc/thread-self/cgroup")  # we may have moved
             if cgroup != self._home_cgroup:
@@ -153,9 +164,19 @@ class Supervisor:
             return "other_lsm_label"
         return None
 
+    def _unmapped(self, creds: Creds) -> str | None:
+        """Where our user namespace does not map every id, an id read as the overflow id is either
+        that id or one we cannot name: taking it could give the socket an owner or a group the caller
+        does not have. Credentials equal to ours are not taken but kept (set*id() and setgroups()
+        accept mapped ids only, so an unmapped id a caller holds is one it inherited from us)."""
+        if self._overflow is not None and creds.holds(*self._overflow):
+            return "unmapped_id"
+        return None
+
     def _context(self) -> CallerContextThread:
         if self._ctx is None or not self._ctx.alive:
-            self._ctx = CallerContextThread(self._home_netns_fd, self._home)
+            restorable = self._overflow is None or not self._home.holds(*self._overflow)
+            self._ctx = CallerContextThread(self._home_netns_fd, self._home, restorable)
         return self._ctx
 
     def _exec(self, n: Notification) -> None:
@@ -196,6 +217,11 @@ class Supervisor:
         if self._home_netns_fd >= 0:
             os.close(self._home_netns_fd)
             self._home_netns_fd = -1
+
+
+def _ns_id(path: str) -> tuple[int, int]:
+    st = os.stat(path)
+    return st.st_dev, st.st_ino
 
 
 def _read_small(path: str) -> bytes | None:
