@@ -110,6 +110,17 @@ def _err(line: str) -> None:
     print(line, file=sys.stderr, flush=True)
 
 
+def _never_fail_on_encoding() -> None:
+    """Output must not die of a name: the renderers escape what they show, but a message may still
+    quote one (a command line's undecodable byte is a lone surrogate, os.fsdecode()), and a strict
+    UTF-8 stdout (any UTF-8 locale but C.UTF-8; PYTHONIOENCODING=utf-8:strict) or a non-UTF-8 locale
+    raises on what it cannot encode. What encodes is written as before; the rest as \\udcff, \\u2014."""
+    for stream in (sys.stdout, sys.stderr):
+        reconfigure = getattr(stream, "reconfigure", None)
+        if reconfigure is not None:
+            reconfigure(errors="backslashreplace")
+
+
 RUN_USAGE = f"{PROG} run [-v] [--backend auto|bpf|seccomp] [--] CMD [ARGS...]"
 BACKENDS = ("auto", "bpf", "seccomp")
 
@@ -274,12 +285,14 @@ def cmd_status(args) -> int:
 
 def cmd_resync(args) -> int:
     from mptcpize_py.daemon import client
+    from mptcpize_py.display import escaped
     req = {"cmd": "resync"}
     if args.unit is not None:
         req["unit"] = args.unit
     resp = client.request(req, client.control_path(), timeout=30)
     for rule in resp.get("rules", []):
-        _out(f"{args.unit}: {rule.get('action')} rule {rule.get('id')}: {rule.get('target')}")
+        _out(f"{args.unit}: {rule.get('action')} rule {rule.get('id')}: "
+             f"{escaped(str(rule.get('target')))}")
     return 0
 
 
@@ -305,6 +318,7 @@ def _setup_logging(debug: bool) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    _never_fail_on_encoding()
     # Global options come first; after "run" everything belongs to run or to CMD.
     i = 0
     while i < len(argv) and argv[i] == "--debug":

@@ -18,6 +18,7 @@ Prometheus reads as a counter reset.
 from collections import defaultdict
 from pathlib import Path
 
+from mptcpize_py.display import utf8_text
 from mptcpize_py.status import DaemonStatus
 
 DEFAULT_TEXTFILE = Path("/var/lib/prometheus/node-exporter/mptcpize.prom")
@@ -25,9 +26,9 @@ DEFAULT_TEXTFILE = Path("/var/lib/prometheus/node-exporter/mptcpize.prom")
 
 def escape_label(value: object) -> str:
     """A label value for the text format: valid UTF-8 (other bytes as \\xNN), then \\\\, \\" and \\n."""
-    text = "" if value is None else str(value)
-    # os.readlink() & co. decode undecodable bytes to lone surrogates (surrogateescape): make them text.
-    text = text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+    # os.readlink() & co. decode undecodable bytes to lone surrogates (surrogateescape): make them text
+    # (\xNN; any other lone surrogate \uNNNN), which the file's UTF-8 can hold.
+    text = "" if value is None else utf8_text(str(value))
     return text.replace("\\", "\\\\").replace("\"", "\\\"").replace("\n", "\\n")
 
 

@@ -1,8 +1,14 @@
-"""Pure renderers: data in, text or JSON out. Printing is cli.py's job."""
+"""Pure renderers: data in, text or JSON out. Printing is cli.py's job.
+
+Text shows every name from the outside world (executable paths, comm, cgroup paths, unit names,
+policy file names, netns and interface names, the messages that quote them) through
+display.escaped(): one line each, no control character reaches the reader's terminal. JSON carries
+them exact (json.dumps escapes)."""
 
 import json
 from dataclasses import asdict
 
+from mptcpize_py.display import escaped
 from mptcpize_py.status import DaemonStatus
 
 
@@ -34,7 +40,7 @@ def run_verbose(backend_name: str, reports, counters: dict[str, int] | None) -> 
     lines = [f"mptcpize-py: backend {backend_name}: "
              f"{sum(r.upgraded for r in reports)} socket(s) upgraded in {len(reports)} process(es)"]
     for r in reports:
-        lines.append(f"mptcpize-py: pid={r.pid} exe={r.exe} upgraded={r.upgraded}")
+        lines.append(f"mptcpize-py: pid={r.pid} exe={escaped(r.exe)} upgraded={r.upgraded}")
     if counters:
         skipped = {k: v for k, v in counters.items() if k != "upgraded" and v}
         if skipped:
@@ -47,9 +53,9 @@ def policy_check_text(policy, resolved) -> list[str]:
     """`daemon --check` on a good policy: the summary, what each rule resolved to, what is pending."""
     lines = [f"policy ok: {policy.summary()}"]
     for r in policy.rules:
-        lines.append(f"  {r.description} -> {resolved.targets.get(r.id, '?')}")
-    lines.extend(f"  pending: {p.message}" for p in resolved.pending)
-    lines.extend(f"  note: {n}" for n in resolved.notes)
+        lines.append(f"  {escaped(r.description)} -> {escaped(resolved.targets.get(r.id, '?'))}")
+    lines.extend(f"  pending: {escaped(p.message)}" for p in resolved.pending)
+    lines.extend(f"  note: {escaped(n)}" for n in resolved.notes)
     return lines
 
 
@@ -61,13 +67,13 @@ def status_text(status: DaemonStatus) -> list[str]:
     """`status` for people: the daemon's answer (control protocol, see daemon.Daemon.status)."""
     pol, totals, rows = status.policy, status.totals, status.processes
     lines = [f"backend: {status.backend} (daemon pid {status.pid}, up {status.uptime_s} s)",
-             f"policy: {pol.summary} in {pol.dir} "
+             f"policy: {escaped(pol.summary)} in {escaped(pol.dir)} "
              f"(reloads {pol.reloads}, refused {pol.failed_reloads})"]
     for r in pol.rules:
         count = f" [{r.upgraded} upgraded]" if r.action == "allow" else ""
-        lines.append(f"  {r.description} -> {r.target or '?'}{count}")
-    lines.extend(f"  pending: {p}" for p in pol.pending)
-    lines.extend(f"  problem: {p}" for p in pol.problems)
+        lines.append(f"  {escaped(r.description)} -> {escaped(r.target or '?')}{count}")
+    lines.extend(f"  pending: {escaped(p)}" for p in pol.pending)
+    lines.extend(f"  problem: {escaped(p)}" for p in pol.problems)
     skipped = " ".join(f"{k}={v}" for k, v in sorted(totals.items()) if k != "upgraded" and v)
     verb = "would be upgraded" if status.dry_run else "upgraded"
     if status.dry_run:
@@ -78,10 +84,10 @@ def status_text(status: DaemonStatus) -> list[str]:
     if rows:
         lines.append(f"{'PID':>8} {'UPGRADED':>9} {'ALIVE':<5} {'UNIT/CGROUP':<30} {'EXE':<30} RULE")
         for p in rows:
-            where = p.unit or p.cgroup or "-"
+            where = escaped(p.unit or p.cgroup or "-")
             lines.append(f"{p.pid:>8} {p.upgraded:>9} "
                          f"{'yes' if p.alive else 'no':<5} {where:<30} "
-                         f"{p.exe or '?':<30} {p.rule or '-'}")
+                         f"{escaped(p.exe or '?'):<30} {escaped(p.rule or '-')}")
     lines.extend(enabled_units_text(status))
     return lines
 
@@ -105,8 +111,8 @@ def enabled_units_text(status: DaemonStatus) -> list[str]:
                        if r.kind == "unit" and r.value == unit and r.comes_from(file_name)), None)
         mine = [p for p in status.processes if p.unit == unit]
         alive = sum(1 for p in mine if p.alive)
-        lines.append(f"  {unit}: {sum(p.upgraded for p in mine)} socket(s) upgraded in "
-                     f"{len(mine)} process(es) ({alive} alive) -> {target or 'not running'}")
+        lines.append(f"  {escaped(unit)}: {sum(p.upgraded for p in mine)} socket(s) upgraded in "
+                     f"{len(mine)} process(es) ({alive} alive) -> {escaped(target or 'not running')}")
     return lines
 
 
@@ -128,10 +134,11 @@ def _bytes(n) -> str:
 def connections_text(view: dict) -> list[str]:
     """`status --connections` for people: one block per process (per upgraded process when the daemon
     runs), one line per MPTCP socket; a fallback to TCP says so."""
-    lines = [view.get("scope", "")]
+    lines = [escaped(view.get("scope", ""))]
     for ns in view.get("namespaces") or []:
         if ns.get("error"):
-            lines.append(f"netns {ns['name']}: cannot read its connections: {ns['error']}")
+            lines.append(f"netns {escaped(str(ns['name']))}: cannot read its connections: "
+                         f"{escaped(ns['error'])}")
     group = None
     for c in view.get("connections") or []:
         key = (c.get("netns"), c.get("process") or c.get("pid"))
@@ -139,12 +146,12 @@ def connections_text(view: dict) -> list[str]:
             group = key
             pid = key[1]
             exe = c.get("process_exe") if c.get("process") else c.get("exe")
-            head = f"netns {c.get('netns')}: " + (f"pid {pid} {exe or '?'}" if pid
-                                                   else "not accepted yet (no process holds it)")
+            head = f"netns {escaped(str(c.get('netns')))}: " + (
+                f"pid {pid} {escaped(exe or '?')}" if pid else "not accepted yet (no process holds it)")
             if c.get("rule"):
-                head += f"  rule {c['rule']}"
+                head += f"  rule {escaped(c['rule'])}"
             if c.get("unit"):
-                head += f"  unit {c['unit']}"
+                head += f"  unit {escaped(c['unit'])}"
             lines.append(head)
             lines.append(f"  {'STATE':<12} {'LOCAL':<28} {'REMOTE':<28} {'SUBFLOWS':>8}  {'MODE':<12} "
                          f"{'SENT':>10} {'RECEIVED':>10}")
@@ -157,7 +164,7 @@ def connections_text(view: dict) -> list[str]:
             subflows = "?" if c.get("subflows") is None else str(c["subflows"])
         owner = ""
         if c.get("process") and c.get("pid") != c.get("process"):
-            owner = f"  pid {c.get('pid')} {c.get('exe') or '?'}"
+            owner = f"  pid {c.get('pid')} {escaped(c.get('exe') or '?')}"
         lines.append(f"  {c.get('state', '?'):<12} {c.get('local', '?'):<28} {remote:<28} "
                      f"{subflows:>8}  {mode:<12} {sent:>10} {received:>10}{owner}")
     t = view.get("totals") or {}
@@ -173,14 +180,14 @@ def path_management_text(entries) -> list[str]:
     lines = ["path management (per network namespace; informational, not part of the exit status):"]
     for ns in entries:
         if ns.error:
-            lines.append(f"  netns {ns.name}: {ns.error}")
+            lines.append(f"  netns {escaped(ns.name)}: {escaped(ns.error)}")
         else:
-            lines.append(f"  netns {ns.name}: net.mptcp.enabled={ns.enabled}, path manager "
+            lines.append(f"  netns {escaped(ns.name)}: net.mptcp.enabled={ns.enabled}, path manager "
                          f"{ns.path_manager or 'kernel'}, limits subflows={ns.subflows} "
                          f"add_addr_accepted={ns.add_addr_accepted}, {len(ns.endpoints)} endpoint(s)")
         for e in ns.endpoints:
             lines.append(f"    endpoint {e['address']} id {e['id']}"
-                         + (f" dev {e['dev']}" if e.get("dev") else "")
+                         + (f" dev {escaped(e['dev'])}" if e.get("dev") else "")
                          + (" " + " ".join(e["flags"]) if e["flags"] else " (no flags)"))
         for n in ns.notes:
             lines.append(f"    note: {n.text}")

@@ -40,6 +40,7 @@ from pathlib import Path
 from mptcpize_py import abi
 from mptcpize_py.daemon import client, control
 from mptcpize_py.daemon.records import ProcRecord, alive
+from mptcpize_py.display import escaped
 from mptcpize_py.errors import MptcpizeError
 from mptcpize_py.host import procfs, systemd
 from mptcpize_py.host.netns import HOST_NETNS, NETNS_DIR, read_sysctl_in_netns
@@ -267,7 +268,7 @@ class Daemon:
         resolved = resolve_policy(self.policy)
         if resolved.problems != self._logged_problems:
             for line in resolved.problems:
-                log.warning("%s (the rule matches nothing until this is fixed)", line)
+                log.warning("%s (the rule matches nothing until this is fixed)", escaped(line))
             self._logged_problems = resolved.problems
         old = self.resolved
         if resolved.selection() == old.selection():
@@ -277,7 +278,7 @@ class Daemon:
             self.resolved = resolved
         for rid, target in resolved.targets.items():
             if old.targets.get(rid) != target:
-                log.info("rule %s now resolves to %s", self._rule_desc(rid), target)
+                log.info("rule %s now resolves to %s", escaped(self._rule_desc(rid)), escaped(target))
 
     def _refresh_netns_mptcp(self) -> None:
         """Dry run on a kernel whose net.mptcp.enabled we cannot read from kernel memory: tell the
@@ -325,10 +326,10 @@ class Daemon:
 
     def _log_resolution(self, resolved: Resolved) -> None:
         self._logged_problems = resolved.problems
-        for p in resolved.pending:
-            log.info("%s", p.message)
+        for p in resolved.pending:   # messages quoting paths found on the filesystem: escaped
+            log.info("%s", escaped(p.message))
         for n in resolved.notes:
-            log.info("%s", n)
+            log.info("%s", escaped(n))
 
     def _rule_desc(self, rule_id: int) -> str:
         pol = self.policy
@@ -347,12 +348,15 @@ class Daemon:
                          ev.rule_id, self._rule_desc(ev.rule_id), ev.kind, procfs.starttime(ev.tgid))
         with self._lock:
             self._procs[ev.tgid] = rec
-        where = f"unit={rec.unit}" if rec.unit else f"cgroup={rec.cgroup or '?'}"
+        # The names are other users' choice: escaped in the line (a line feed would forge a line of
+        # its own, ESC would reach the terminal of whoever reads the log), exact in journald's fields.
+        where = f"unit={escaped(rec.unit)}" if rec.unit else f"cgroup={escaped(rec.cgroup or '?')}"
         fields = systemd.fields(pid=ev.tgid, exe=rec.exe, comm=ev.comm, rule=rec.rule,
                                 rule_id=ev.rule_id, kind=ev.kind, unit=rec.unit, cgroup=rec.cgroup,
                                 netns=ev.netns)
-        log.info("%s pid=%d exe=%s rule=%s %s", self.verb, ev.tgid, rec.exe or f"?({ev.comm})",
-                 rec.rule, where, extra=fields)
+        log.info("%s pid=%d exe=%s rule=%s %s", self.verb, ev.tgid,
+                 escaped(rec.exe) if rec.exe else f"?({escaped(ev.comm)})", escaped(rec.rule), where,
+                 extra=fields)
 
     def _prune(self) -> None:
         """Forgets records of dead processes when there are many (the kernel's LRU forgets too)."""

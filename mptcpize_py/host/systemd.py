@@ -272,9 +272,24 @@ def use_journal_if_under_systemd() -> bool:
 
 
 def fields(**values) -> dict:
-    """`extra=` for a log call: journald fields MPTCPIZE_<NAME>=value (None values left out). The
-    stderr formatter ignores them."""
-    return {f"MPTCPIZE_{k.upper()}": str(v) for k, v in values.items() if v is not None}
+    """`extra=` for a log call: journald fields MPTCPIZE_<NAME>=value (None values left out), exact:
+    a name holding bytes that are not UTF-8 (os.readlink()'s lone surrogates) goes as its bytes, which
+    journald keeps and python-systemd sends (a str with a surrogate, it refuses: the record is lost).
+    The stderr formatter ignores them."""
+    return {f"MPTCPIZE_{k.upper()}": _field_value(v) for k, v in values.items() if v is not None}
+
+
+def _field_value(v) -> str | bytes:
+    text = str(v)
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        pass
+    try:
+        return text.encode("utf-8", "surrogateescape")   # the bytes os.fsdecode() made it from
+    except UnicodeEncodeError:   # a lone surrogate that stands for no byte: spelled \udXXX
+        return text.encode("utf-8", "backslashreplace")
 
 
 class Notifier:

@@ -2,6 +2,7 @@
 on bad input: one clear `file:line: reason` line each, exit 78, nothing loaded."""
 
 import os
+import shutil
 
 import pytest
 
@@ -76,6 +77,22 @@ def test_good_policy_checks_ok(tmp_path):
     assert proc.stdout.startswith("policy ok: 2 allow, 0 deny rules from 1 file; netns: host")
     assert "pending:" in proc.stdout and "/mzd-not-yet" in proc.stdout
 
+
+
+def test_odd_names_are_shown_escaped_under_a_strict_utf8_stdout(tmp_path):
+    # A policy file's name and the file an exe rule's symlink leads to hold ESC and bytes that are not
+    # UTF-8: shown escaped, never raw, never a UnicodeEncodeError (PYTHONIOENCODING: as a UTF-8 locale
+    # other than C.UTF-8 makes stdout).
+    real = tmp_path / "real\x1b[2J\udcff"
+    shutil.copy2("/bin/true", real)
+    (tmp_path / "link").symlink_to(real)
+    d = policy(tmp_path, f"[[allow]]\nexe = '{tmp_path / 'link'}'\n", name="10-\udcfe.toml")
+    proc = mptcpize("daemon", "--policy-dir", str(d), "--check",
+                    env=dict(os.environ, PYTHONIOENCODING="utf-8:strict"))
+    assert (proc.returncode, proc.stderr) == (0, "")
+    assert all(ln.isprintable() for ln in proc.stdout.splitlines()), proc.stdout
+    assert f"  allow exe={tmp_path}/link (10-\\xfe.toml:1) -> {tmp_path}/link -> " \
+           f"{tmp_path}/real\\x1b[2J\\xff (dev " in proc.stdout
 
 def test_daemon_start_with_bad_policy_exits_78_before_loading_bpf(tmp_path):
     # No --check: the same validation runs first, so this fails the same way on any kernel.

@@ -4,6 +4,7 @@ flags, the namespace and owner of the sockets, exit statuses, bytes through a tw
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -453,6 +454,27 @@ def test_unprivileged_run_setuid_program_runs_unprivileged_and_is_named(setuid_b
     assert r.returncode == 0, r.stderr
     assert r.stdout.split() == ["65534", "65534", "262"]
     assert setuid_binary in r.stderr and "setuid" in r.stderr
+
+
+
+# --- names other users choose ---------------------------------------------------------------------
+def test_hostile_executable_name_is_one_escaped_line(tmp_path):
+    # A copy of python whose path holds a line feed that forges a -v row (and a log line), an OSC
+    # sequence for the terminal and a byte that is not UTF-8: each process is one line, escaped.
+    where = tmp_path / "evil\nmptcpize-py: pid=1 exe=" / "usr" / "sbin"
+    where.mkdir(parents=True)
+    exe = where / "sshd upgraded=9\x1b]0;pwned\x07\udcff"
+    shutil.copy2(os.path.realpath(PYTHON), exe)
+    r = subprocess.run([*CLI, "--debug", "run", "-v", "--backend", "seccomp", exe, "-c", SO_PROTOCOL_PY],
+                       capture_output=True, text=True, timeout=scaled(30), env=cli_env())
+    assert (r.returncode, r.stdout.strip()) == (0, "262"), r.stderr
+    shown = str(exe).replace("\n", "\\n").replace("\x1b", "\\x1b").replace("\x07", "\\x07") \
+        .replace("\udcff", "\\xff")
+    assert "\x1b" not in r.stderr and "\x07" not in r.stderr
+    rows = [ln for ln in r.stderr.splitlines() if ln.startswith("mptcpize-py: pid=")]
+    assert rows == [f"mptcpize-py: pid={rows[0].split()[1][4:]} exe={shown} upgraded=1"], r.stderr
+    logged = [ln for ln in r.stderr.splitlines() if ln.startswith("mptcpize-py: info: upgraded pid=")]
+    assert len(logged) == 1 and logged[0].endswith(f" exe={shown} rule=run"), r.stderr
 
 
 # --- the tree outlives CMD ------------------------------------------------------------------------

@@ -8,6 +8,7 @@ Run by `make test-systemd` (scripts/vm-systemd.sh). One daemon start for the mod
 
 import json
 import os
+import shutil
 import stat
 import subprocess
 import time
@@ -272,6 +273,57 @@ def test_unknown_and_bad_units_write_nothing(env):
     proc = mptcpize("enable", "getty@.service")
     assert proc.returncode == 2 and "template" in proc.stderr, proc.stderr
     assert diff(before, etc_snapshot()) == []
+
+
+ESC_EXE = TEST_DIR / "mzu-esc-python"                      # a copy of python3 a policy rule selects
+ESC_POLICY = Path("/etc/mptcpize-py/policy.d/zz-mzu-esc.toml")
+ESC_COMM = "x\nforged\x1b]0;t\x07"                         # 14 bytes: the kernel keeps 15
+SET_COMM_AND_CONNECT = f"""
+import ctypes, os, socket
+ctypes.CDLL(None).prctl(15, {ESC_COMM.encode()!r}, 0, 0, 0)    # PR_SET_NAME: anyone may
+s = socket.socket()
+print(os.getpid(), s.getsockopt(socket.SOL_SOCKET, socket.SO_PROTOCOL), flush=True)
+"""
+
+
+def journal_field(value) -> str:
+    """journalctl -o json gives a field that is not printable UTF-8 as an array of its bytes."""
+    return bytes(value).decode("utf-8", "surrogateescape") if isinstance(value, list) else value
+
+
+def test_hostile_comm_is_one_escaped_line_and_exact_in_its_field(env):
+    # A name anyone sets (comm, prctl(PR_SET_NAME)) in the daemon's upgrade record: MESSAGE one line,
+    # escaped; MPTCPIZE_COMM exactly what the process set.
+    shutil.copy2(os.path.realpath("/usr/bin/python3"), ESC_EXE)
+    ESC_POLICY.write_text(f'[[allow]]\nexe = "{ESC_EXE}"\n')
+    os.chmod(ESC_POLICY, 0o644)
+    try:
+        wait_for(lambda: str(ESC_EXE) in mptcpize("status").stdout, "the daemon to load the new rule",
+                 interval=0.5)
+        cursor = journal_cursor()
+        out = run(str(ESC_EXE), "-c", SET_COMM_AND_CONNECT).stdout.split()
+        pid, protocol = out
+        assert protocol == "262"
+
+        def entry() -> dict | None:
+            lines = run("journalctl", "-q", "--no-pager", "-o", "json", f"--after-cursor={cursor}",
+                        "-u", SERVICE, f"MPTCPIZE_PID={pid}").stdout.splitlines()
+            return json.loads(lines[0]) if lines else None
+
+        rec = wait_for(entry, f"the daemon's journal record of pid {pid}", interval=1,
+                       details=lambda: journal_after(cursor, SERVICE))
+        message = journal_field(rec["MESSAGE"])
+        assert message.isprintable() and message.startswith(f"upgraded pid={pid} exe="), message
+        assert journal_field(rec["MPTCPIZE_COMM"]) == ESC_COMM
+        if "exe=?(" in message:   # no CAP_SYS_PTRACE: a root process's /proc/PID/exe is not ours to read
+            assert "exe=?(x\\nforged\\x1b]0;t\\x07) " in message, message
+        else:
+            assert journal_field(rec["MPTCPIZE_EXE"]) == str(ESC_EXE)
+    finally:
+        ESC_POLICY.unlink(missing_ok=True)
+        ESC_EXE.unlink(missing_ok=True)
+    wait_for(lambda: str(ESC_EXE) not in mptcpize("status").stdout, "the daemon to drop the rule",
+             interval=0.5)
 
 
 # What the daemon says when the unit's bounding set lacks one capability (README "Running the daemon

@@ -19,7 +19,7 @@ OWNERS = {
 }
 LIBC_OWNER = "host/libc.py"                        # the one ctypes.CDLL of the tree
 PRINTER = "cli.py"
-PURE_RENDERERS = {"report.py", "metrics.py", "status.py"}
+PURE_RENDERERS = {"report.py", "metrics.py", "status.py", "display.py"}
 OS_MODULES = {"os", "socket", "ctypes", "subprocess", "fcntl", "mptcpize_py.host"}
 
 

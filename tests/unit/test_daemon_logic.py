@@ -5,6 +5,8 @@ import errno
 import json
 import logging
 import os
+import shutil
+import subprocess
 import sys
 
 import pytest
@@ -12,10 +14,12 @@ import pytest
 from mptcpize_py import abi
 from mptcpize_py.daemon import protocol, service
 from mptcpize_py.daemon.service import Daemon
+from mptcpize_py.host import procfs
 from mptcpize_py.policy import PolicyError
 from mptcpize_py.program.handle import ProgramHandle
 from mptcpize_py.program.loader import ProcStats, UpgradeEvent
 from mptcpize_py.status import DaemonStatus
+from tests.waiting import wait_for
 
 
 class FakeRewriter(ProgramHandle):
@@ -329,3 +333,116 @@ def test_dry_run_netns_refresh_keeps_the_policys_namespaces(dry_run_daemon, tmp_
     dm._refresh_netns_mptcp()
     assert len(fake.netns_mptcp) == abi.MAX_NETNS
     assert selected in fake.netns_mptcp and os.stat("/proc/self/ns/net").st_ino in fake.netns_mptcp
+
+
+# A selected executable named by an unprivileged user: its path forges a log line of its own (LF),
+# sets root's terminal title (OSC) and holds a byte that is not UTF-8.
+FORGED = "mptcpize-py: info: upgraded pid=1 exe=/usr/sbin/sshd rule=FORGED"
+
+
+@pytest.fixture
+def hostile_process(tmp_path):
+    """A running process whose executable's path holds LF, ESC, BEL and the byte 0xff."""
+    where = tmp_path / f"evil\n{FORGED.rpartition('/usr/sbin/')[0]}" / "usr" / "sbin"
+    where.mkdir(parents=True)
+    exe = where / "sshd rule=FORGED\x1b]0;pwned\x07\udcff"
+    shutil.copy2(shutil.which("sleep"), exe)
+    proc = subprocess.Popen([exe, "600"])
+    try:
+        wait_for(lambda: os.readlink(f"/proc/{proc.pid}/exe") == str(exe), "the copy of sleep to run")
+        yield proc.pid, str(exe)
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def upgrade_lines(caplog) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if r.getMessage().startswith("upgraded pid=")]
+
+
+def test_hostile_exe_name_cannot_forge_a_log_line(daemon, hostile_process, caplog):
+    dm, fake, _ = daemon
+    pid, exe = hostile_process
+    caplog.set_level(logging.INFO, logger="mptcpize_py.daemon")
+    fake.callback(event(pid))
+    rec, = upgrade_lines(caplog)
+    line = caplog.handler.format(rec)
+    assert len(line.splitlines()) == 1 and line.isprintable()
+    assert f"pid={pid} exe={tmp_escaped(exe)} rule=allow exe={EXE}" in line
+    assert "\\nmptcpize-py: info: upgraded pid=1 exe=/usr/sbin/sshd rule=FORGED\\x1b]0;pwned\\x07\\xff " in line
+    # journald's field carries the name exact: its bytes, the undecodable one included.
+    assert rec.MPTCPIZE_EXE == os.fsencode(exe)
+
+
+def tmp_escaped(path: str) -> str:
+    """The path as the log line must show it (tmp_path itself is printable)."""
+    head, sep, tail = path.partition("/evil\n")
+    return head + sep.replace("\n", "\\n") + tail.replace("\x1b", "\\x1b").replace("\x07", "\\x07") \
+        .replace("\udcff", "\\xff")
+
+
+def test_hostile_comm_and_cgroup_are_escaped_in_the_log(daemon, caplog, monkeypatch):
+    # The `?(COMM)` fallback (the process exited before we looked: no exe) shows a name anyone sets
+    # with prctl(PR_SET_NAME); a cgroup in a delegated subtree is named by its user.
+    dm, fake, _ = daemon
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    monkeypatch.setattr(procfs, "cgroup", lambda _pid, proc=procfs.PROC: "/user.slice/x\x1b[2J\ny.scope")
+    caplog.set_level(logging.INFO, logger="mptcpize_py.daemon")
+    fake.callback(dataclasses.replace(event(gone.pid), comm="\x1b]0;x\x07\nrule=F"))
+    rec, = upgrade_lines(caplog)
+    assert rec.getMessage() == (f"upgraded pid={gone.pid} exe=?(\\x1b]0;x\\x07\\nrule=F) rule=allow "
+                                f"exe={EXE} \"py\" (10.toml:1) unit=x\\x1b[2J\\ny.scope")
+    assert rec.MPTCPIZE_COMM == "\x1b]0;x\x07\nrule=F" and rec.MPTCPIZE_UNIT == "x\x1b[2J\ny.scope"
+
+
+def test_journald_gets_the_record_of_an_undecodable_exe(daemon, hostile_process):
+    # python-systemd encodes str fields as strict UTF-8: a surrogate there lost the whole record.
+    journal = pytest.importorskip("systemd.journal")
+    dm, fake, _ = daemon
+    pid, exe = hostile_process
+    sent = []
+
+    def sendv_like(MESSAGE, **fields):
+        # what journal.send() hands to sendv(), which encodes each str as strict UTF-8
+        lines = [journal._make_line("MESSAGE", MESSAGE)]
+        lines += [journal._make_line(k, v) for k, v in fields.items() if k.startswith("MPTCPIZE_")]
+        sent.append({ln.partition(b"=" if isinstance(ln, bytes) else "=")[0]: ln for ln in
+                     (x if isinstance(x, bytes) else x.encode("utf-8") for x in lines)})
+
+    handler = journal.JournalHandler(sender_function=sendv_like)
+    handler.handleError = lambda record: pytest.fail(f"the journal handler failed on {record.msg!r}")
+    logger = logging.getLogger("mptcpize_py.daemon")
+    logger.addHandler(handler)
+    old = logger.level
+    logger.setLevel(logging.INFO)
+    try:
+        fake.callback(event(pid))
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(old)
+    fields, = (s for s in sent if b"upgraded pid=" in s[b"MESSAGE"])
+    assert fields[b"MPTCPIZE_EXE"] == b"MPTCPIZE_EXE=" + os.fsencode(exe)
+    assert b"\n" not in fields[b"MESSAGE"] and b"\xff" not in fields[b"MESSAGE"]
+
+
+def test_resolution_of_a_symlink_to_a_hostile_name_is_logged_escaped(tmp_path, caplog):
+    # The policy names a path; where its symlink leads is the filesystem's (a user's) choice.
+    d = tmp_path / "policy.d"
+    d.mkdir(mode=0o755)
+    for name in ("a", "b\nmptcpize-py: info: forged\x1b[2J"):
+        (tmp_path / name).write_bytes(b"#!/bin/sh\n")
+        (tmp_path / name).chmod(0o755)
+    (tmp_path / "link").symlink_to(tmp_path / "a")
+    (d / "10.toml").write_text(f'[[allow]]\nexe = "{tmp_path / "link"}"\n')
+    dm = Daemon(d, tmp_path / "control", owner_uid=os.geteuid(), rewriter_factory=FakeRewriter,
+                serve=False)
+    dm.start()
+    caplog.set_level(logging.INFO, logger="mptcpize_py.daemon")
+    (tmp_path / "link.new").symlink_to(tmp_path / "b\nmptcpize-py: info: forged\x1b[2J")
+    os.rename(tmp_path / "link.new", tmp_path / "link")
+    dm.resync()
+    dm.close()
+    msg, = [r.getMessage() for r in caplog.records if "now resolves to" in r.getMessage()]
+    assert msg.isprintable()
+    assert f" -> {tmp_path}/b\\nmptcpize-py: info: forged\\x1b[2J (dev " in msg

@@ -77,3 +77,108 @@ def test_dir_fingerprint(tmp_path):
     assert one != empty and [e[0] for e in one] == ["a.toml"]
     (tmp_path / "a.toml").write_text("[netns]\n")
     assert dir_fingerprint(tmp_path) != one
+
+
+# Names other users choose: a line feed that forges a line, OSC/CSI sequences for root's terminal, a
+# byte that is not UTF-8 (os.readlink() gives a lone surrogate), a backslash that could fake an escape.
+HOSTILE_EXE = "/home/u/evil\nmptcpize-py: info: upgraded pid=1 exe=/usr/sbin/sshd\x1b]0;pwned\x07\udcff"
+HOSTILE_UNIT = "x\x1b[2J\x9b31m.service"
+HOSTILE_CGROUP = "/user.slice/user-1000.slice/app\\x1b\x1b[8m"
+HOSTILE_RULE = rule(18, "allow", "exe", "/opt/bin\\tool", line=7,
+                    target="/opt/bin\\tool -> /home/u/\x1b[5mreal\n (dev 8:1 ino 9)", upgraded=2)
+HOSTILE = daemon_status(
+    policy((IPERF, HOSTILE_RULE), pending=("10.toml:9: cgroup=/x: does not exist yet (no cgroup "
+                                           "/sys/fs/cgroup/x\x1b[1m)",),
+           problems=("10.toml:7: exe=/opt/b: leads to /home/u/\nforged\udcfe",)),
+    [process(200, HOSTILE_RULE, exe=HOSTILE_EXE, unit=HOSTILE_UNIT, cgroup="/system.slice/" + HOSTILE_UNIT,
+             upgraded=1),
+     process(201, HOSTILE_RULE, exe=HOSTILE_EXE, cgroup=HOSTILE_CGROUP, upgraded=1)])
+
+
+def assert_shown_safely(lines: list[str]) -> None:
+    for line in lines:
+        assert line.isprintable(), f"a raw control character or undecodable byte in {line!r}"
+    "\n".join(lines).encode("utf-8")   # a strict UTF-8 stream takes it
+
+
+def test_status_text_shows_outside_names_escaped():
+    lines = report.status_text(HOSTILE)
+    assert_shown_safely(lines)
+    exe = ("/home/u/evil\\nmptcpize-py: info: upgraded pid=1 exe=/usr/sbin/sshd\\x1b]0;pwned\\x07\\xff")
+    row = next(ln for ln in lines if ln.strip().startswith("200 "))
+    assert exe in row and "x\\x1b[2J\\u009b31m.service" in row
+    row = next(ln for ln in lines if ln.strip().startswith("201 "))
+    assert "/user.slice/user-1000.slice/app\\\\x1b\\x1b[8m" in row
+    assert row.endswith(" allow exe=/opt/bin\\\\tool (10.toml:7)")
+    assert "  allow exe=/opt/bin\\\\tool (10.toml:7) -> /opt/bin\\\\tool -> /home/u/\\x1b[5mreal\\n " \
+           "(dev 8:1 ino 9) [2 upgraded]" in lines
+    assert "  pending: 10.toml:9: cgroup=/x: does not exist yet (no cgroup /sys/fs/cgroup/x\\x1b[1m)" in lines
+    assert "  problem: 10.toml:7: exe=/opt/b: leads to /home/u/\\nforged\\xfe" in lines
+
+
+def test_status_text_of_a_hostile_enabled_unit():
+    # `enable` validates unit names; a unit row's name comes from the cgroup, which anyone may name.
+    unit = rule(19, "allow", "unit", "a.service", file="unit-a.service.toml",
+                target="/system.slice/a.service/\x1b[2J (cgroup id 7)")
+    lines = report.status_text(daemon_status(policy((unit,)), [process(300, unit, unit="a.service")]))
+    assert_shown_safely(lines)
+    assert "  a.service: 0 socket(s) upgraded in 1 process(es) (1 alive) -> " \
+           "/system.slice/a.service/\\x1b[2J (cgroup id 7)" in lines
+
+
+def test_status_json_keeps_outside_names_exact():
+    text = report.status_json(HOSTILE)
+    text.encode("ascii")   # json.dumps escapes: a line of JSON, any terminal
+    assert DaemonStatus.from_json_dict(json.loads(text)) == HOSTILE
+    assert json.loads(text)["processes"][0]["exe"] == HOSTILE_EXE
+
+
+def test_policy_check_text_shows_outside_names_escaped():
+    from mptcpize_py.policy import parse_policy_text
+    from mptcpize_py.resolve import Pending, Resolved
+    pol = parse_policy_text('[[allow]]\nexe = "/opt/bin/tool"\n', "10.toml")
+    resolved = Resolved(targets={pol.rules[0].id: "/opt/bin/tool -> /home/u/\nx\x1b[1m (dev 8:1 ino 9)"},
+                        pending=(Pending("cgroup", None, "/x", "10.toml:1: no cgroup /x\x1b[1m"),),
+                        notes=("10.toml:1: unit=a.service: \x07",))
+    lines = report.policy_check_text(pol, resolved)
+    assert_shown_safely(lines)
+    assert "  allow exe=/opt/bin/tool (10.toml:1) -> /opt/bin/tool -> /home/u/\\nx\\x1b[1m (dev 8:1 ino 9)" \
+        in lines
+    assert "  pending: 10.toml:1: no cgroup /x\\x1b[1m" in lines and "  note: 10.toml:1: unit=a.service: \\x07" \
+        in lines
+
+
+def test_connections_text_shows_outside_names_escaped():
+    view = {"scope": "upgraded processes", "namespaces": [{"name": "n\x1b[1m", "error": "gone\n"}],
+            "connections": [{"netns": "host", "process": 7, "pid": 8, "process_exe": HOSTILE_EXE,
+                             "exe": "/tmp/\x1b[2Jchild", "rule": HOSTILE_RULE.description,
+                             "unit": HOSTILE_UNIT, "state": "ESTABLISHED", "local": "10.0.0.1:1",
+                             "remote": "10.0.0.2:2", "subflows": 2, "fallback": False,
+                             "bytes_sent": 1, "bytes_received": 2}],
+            "totals": {"connections": 1, "subflows": 2}}
+    lines = report.connections_text(view)
+    assert_shown_safely(lines)
+    assert "netns n\\x1b[1m: cannot read its connections: gone\\n" in lines
+    head = next(ln for ln in lines if ln.startswith("netns host: pid 7 "))
+    assert "\\x1b]0;pwned\\x07\\xff" in head and "unit x\\x1b[2J\\u009b31m.service" in head
+    assert lines[-2].endswith("  pid 8 /tmp/\\x1b[2Jchild")
+
+
+def test_run_verbose_rows_escaped():
+    from mptcpize_py.run.backend import ProcessReport
+    lines = report.run_verbose("seccomp", [ProcessReport(5, HOSTILE_EXE, 2), ProcessReport(6, "[\x1b[8mx]", 1)],
+                               {"upgraded": 3, "other_cgroup": 1})
+    assert_shown_safely(lines)
+    assert len(lines) == 4
+    assert lines[1] == ("mptcpize-py: pid=5 exe=/home/u/evil\\nmptcpize-py: info: upgraded pid=1 "
+                        "exe=/usr/sbin/sshd\\x1b]0;pwned\\x07\\xff upgraded=2")
+    assert lines[2] == "mptcpize-py: pid=6 exe=[\\x1b[8mx] upgraded=1"
+
+
+def test_path_management_text_shows_outside_names_escaped():
+    from mptcpize_py.paths import NetnsPaths
+    ns = NetnsPaths("lab\x1b[1m", enabled="1", path_manager="kernel", subflows=2, add_addr_accepted=2,
+                    endpoints=[{"address": "10.0.0.1", "id": 1, "dev": "eth\x1b0", "flags": ["subflow"]}])
+    lines = report.path_management_text([ns])
+    assert_shown_safely(lines)
+    assert lines[1].startswith("  netns lab\\x1b[1m: ") and lines[2] == "    endpoint 10.0.0.1 id 1 dev eth\\x1b0 subflow"

@@ -94,6 +94,7 @@ def test_hostile_label_values_round_trip():
 
 @pytest.mark.parametrize("raw,escaped", [
     ('a"b', 'a\\"b'), ("a\\b", "a\\\\b"), ("a\nb", "a\\nb"), ("\udcfe", "\\\\xfe"), (None, ""),
+    ("\ud800\udc41", "\\\\ud800\\\\udc41"),   # lone surrogates that are no escaped byte: no crash
 ])
 def test_escape_label(raw, escaped):
     assert metrics.escape_label(raw) == escaped

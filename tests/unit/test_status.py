@@ -135,3 +135,37 @@ def test_cli_malformed_answer_is_one_error_line(fake_daemon, command):
         "mptcpize-py: error: daemon status: field policy.rules[3].upgraded: expected int, got str"
     assert proc.stderr.splitlines()[1].startswith("mptcpize-py: hint: ")
     assert len(proc.stderr.splitlines()) == 2
+
+
+STRICT = {"PYTHONIOENCODING": "utf-8:strict"}   # as under a UTF-8 locale other than C.UTF-8
+
+
+def test_cli_status_text_of_odd_names_is_escaped_under_a_strict_utf8_stdout(fake_daemon):
+    # A non-UTF-8 byte in an executable's name made every later `status` fail with UnicodeEncodeError.
+    _, env = fake_daemon
+    proc = mptcpize("status", env=dict(env, **STRICT))
+    assert (proc.returncode, proc.stderr) == (0, "")
+    assert all(ln.isprintable() for ln in proc.stdout.splitlines())
+    row = next(ln for ln in proc.stdout.splitlines() if ln.strip().startswith("101 "))
+    assert '/opt/we"ird\\\\dir/new\\nline\\xffexe' in row
+
+
+def test_cli_status_json_of_odd_names_is_exact_under_a_strict_utf8_stdout(fake_daemon):
+    _, env = fake_daemon
+    proc = mptcpize("status", "--json", env=dict(env, **STRICT))
+    assert (proc.returncode, proc.stderr) == (0, "")
+    assert DaemonStatus.from_json_dict(json.loads(proc.stdout)) == STATUS
+    assert json.loads(proc.stdout)["processes"][1]["exe"] == ODD_EXE
+
+
+
+def test_cli_output_quoting_an_undecodable_argument_does_not_fail(tmp_path):
+    # Renderers escape the names they show; a line that still quotes what the user typed (here the
+    # unit, echoed by `resync --unit`) is written with \udcff for the byte rather than a traceback.
+    path = tmp_path / "run" / "control"
+    answer = {"ok": True, "rules": [{"id": 16, "action": "allow", "target": "/system.slice/\x1b[2J (cgroup id 9)"}]}
+    with control.ControlServer({"resync": lambda _req, _peer: answer}, path, allowed_uids={os.geteuid()}):
+        proc = mptcpize("resync", "--unit", "a\udcff.service",
+                        env=dict(os.environ, MPTCPIZE_CONTROL=str(path), **STRICT))
+    assert (proc.returncode, proc.stderr) == (0, "")
+    assert proc.stdout == "a\\udcff.service: allow rule 16: /system.slice/\\x1b[2J (cgroup id 9)\n"

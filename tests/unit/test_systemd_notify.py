@@ -68,6 +68,13 @@ def test_fields_are_journald_names():
         "MPTCPIZE_PID": "12", "MPTCPIZE_RULE": "allow exe=/x"}
 
 
+def test_fields_carry_undecodable_names_exact():
+    # os.readlink() gives a lone surrogate for a byte that is not UTF-8; python-systemd would refuse
+    # to encode it (and drop the record): the field is the name's bytes instead.
+    assert systemd.fields(exe="/tmp/a\udcff\n\x1b", comm="\x1b]0;x") == {
+        "MPTCPIZE_EXE": b"/tmp/a\xff\n\x1b", "MPTCPIZE_COMM": "\x1b]0;x"}
+
+
 def test_stderr_is_not_a_journal_stream_here(monkeypatch):
     monkeypatch.setenv("JOURNAL_STREAM", "1:2")
     assert systemd.stderr_is_journal() is False

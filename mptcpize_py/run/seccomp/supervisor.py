@@ -12,6 +12,7 @@ import threading
 import time
 
 from mptcpize_py.abi import IPPROTO_MPTCP
+from mptcpize_py.display import escaped
 from mptcpize_py.host import libc, procfs
 from mptcpize_py.run.seccomp.caller import CallerContextThread, Creds, overflow_ids, read_creds
 from mptcpize_py.run.seccomp.notify import Listener, Notification
@@ -143,7 +144,7 @@ class Supervisor:
         if tgid not in self.upgraded:
             self.upgraded[tgid] = 0
             self.exe[tgid] = procfs.exe(tgid) or "?"
-            log.info("upgraded pid=%d exe=%s rule=run", tgid, self.exe[tgid])
+            log.info("upgraded pid=%d exe=%s rule=run", tgid, escaped(self.exe[tgid]))
         self.upgraded[tgid] += 1
 
     def _foreign_context(self, userns: tuple[int, int], cgroup: bytes | None,
@@ -192,7 +193,7 @@ class Supervisor:
                     self._warned_paths.add(shown)
                     log.warning("%s: %s ignored: under the seccomp backend without CAP_SYS_ADMIN "
                                 "(no_new_privs) it runs without that privilege; run mptcpize-py as "
-                                "root or use --backend bpf", shown, what)
+                                "root or use --backend bpf", escaped(shown), what)
         finally:
             self._continue(n.id)
 
