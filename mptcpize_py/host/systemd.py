@@ -34,8 +34,10 @@ _UNIT_VALID_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVW
 ROOT_SLICE = "-.slice"
 SYSTEM_SLICE = "system.slice"
 INIT_SCOPE = "init.scope"
-# Unit types whose cgroup holds processes directly (a slice only holds other units).
-_UNIT_SUFFIXES = (".service", ".scope", ".socket", ".mount", ".swap")
+# systemd src/basic/unit-name.c (v252 and today): unit_type_table and UNIT_NAME_MAX (a name is shorter).
+UNIT_TYPES = ("service", "mount", "swap", "socket", "target", "device", "automount", "timer", "path",
+              "slice", "scope")
+UNIT_NAME_MAX = 256
 
 IDENTIFIER = "mptcpize-py"
 
@@ -139,15 +141,59 @@ def parse_show(text: str) -> dict[str, str]:
     return out
 
 
+def unit_name_is_valid(name: str, *, instance: bool = True) -> bool:
+    """systemd's unit_name_is_valid(name, UNIT_NAME_PLAIN[|UNIT_NAME_INSTANCE]): foo.service and, with
+    `instance`, foo@bar.service; never a template (foo@.service)."""
+    if not name or len(name) >= UNIT_NAME_MAX:
+        return False
+    dot = name.rfind(".")
+    if dot <= 0 or name[dot + 1:] not in UNIT_TYPES:
+        return False
+    stem = name[:dot]
+    if any(c not in _UNIT_VALID_CHARS and c != "@" for c in stem):
+        return False
+    at = stem.find("@")
+    if at == -1:
+        return True
+    return instance and 0 < at < len(stem) - 1
+
+
+def cg_unescape(name: str) -> str:
+    """systemd's cg_unescape(): drops the '_' that cg_escape() put in front."""
+    return name[1:] if name.startswith("_") else name
+
+
+def _valid_slice_component(part: str) -> bool:
+    """systemd's valid_slice_name() (src/basic/cgroup-util.c) for one cgroup path component."""
+    return (len(part) >= len("x.slice") and part.endswith(".slice")
+            and unit_name_is_valid(cg_unescape(part), instance=False))
+
+
 def unit_of_cgroup(cgroup: str | None) -> str | None:
-    """The systemd unit owning a cgroup v2 path: the innermost component named like a unit with
-    processes ("/system.slice/nginx.service/x" -> "nginx.service"); None outside units."""
+    """The system manager's unit that a process in cgroup v2 path `cgroup` belongs to, by systemd's own
+    rule, cg_path_get_unit() in src/basic/cgroup-util.c (same in v252 and today): skip the leading
+    *.slice components (skip_slices()); the next component is the unit, if cg_unescape() of it is a
+    valid plain or instance name and not a slice (cg_path_decode_unit()); whatever lies below it is
+    that unit's own subtree. So "/system.slice/nginx.service/worker" is nginx.service, and a cgroup
+    named sshd.service that a delegated unit made inside its subtree
+    (".../user@1000.service/app.slice/sshd.service") is still user@1000.service, never the system's
+    sshd. None outside units ("/", "/system.slice", a cgroup of our own such as "/mzd-allow/x").
+
+    The path is the one /proc/PID/cgroup shows in the caller's cgroup namespace; like `systemctl
+    status PID` run there, it is taken as relative to systemd's root.
+    """
     if not cgroup:
         return None
-    for part in reversed(cgroup.strip("/").split("/")):
-        if part.endswith(_UNIT_SUFFIXES):
-            return part
-    return None
+    parts = [p for p in cgroup.split("/") if p]   # skip_slices() skips runs of '/'
+    i = 0
+    while i < len(parts) and _valid_slice_component(parts[i]):
+        i += 1
+    if i == len(parts) or len(parts[i]) < 3:
+        return None
+    unit = cg_unescape(parts[i])
+    if not unit_name_is_valid(unit) or unit.endswith(".slice"):
+        return None
+    return unit
 
 
 def booted() -> bool:
