@@ -256,25 +256,100 @@ def known_unit(unit: str) -> str:
     return props.get("Id") or unit
 
 
-def unit_cgroup(unit: str, timeout: float = 2.0, exe: str | None = None) -> str:
-    """The cgroup path systemd gives `unit`: its ControlGroup= while it runs, else its Slice= (known
-    from the unit file even while inactive) joined with the unit's escaped name. Raises UnitNameError
-    with the reason when systemd cannot tell (then the caller falls back to unit_cgroup_path())."""
-    try:
-        proc = systemctl("show", "--property=ControlGroup", "--property=Slice", "--", unit,
-                         timeout=timeout, exe=exe)
-    except MptcpizeError as e:
-        raise UnitNameError(e.message) from None
-    if proc.returncode != 0:
-        raise UnitNameError(f"systemctl show {unit}: {first_line(proc)}")
-    props = parse_show(proc.stdout)
+# argv bytes per `systemctl show` (names + their pointers): far below ARG_MAX (2 MiB by default; at least
+# 128 KiB on Linux), so one process asks about thousands of units (4,096 names of 30 bytes: 1 process).
+SHOW_ARGV_BYTES = 96 * 1024
+# `systemctl show` of N units: one D-Bus call each in one process (4,096 unknown units: 3.4 s here).
+SHOW_UNITS_PER_TIMEOUT = 128
+
+
+def parse_show_blocks(text: str) -> list[dict[str, str]]:
+    """`systemctl show -- U1 U2 ...` output: one block of KEY=VALUE lines per unit, in argv order,
+    separated by an empty line (systemctl's show_one() prints it before every block but the first).
+    The properties we ask for hold no newline: unit names cannot, nor can cgroup paths (the kernel
+    refuses '\n' in a cgroup name)."""
+    return [parse_show(block) for block in text.strip("\n").split("\n\n")] if text.strip() else []
+
+
+def _argv_chunks(units: list[str], budget: int) -> list[list[str]]:
+    chunks: list[list[str]] = []
+    size = budget
+    for u in units:
+        cost = len(u.encode()) + 1 + 8   # the string, its NUL, its argv pointer
+        if size + cost > budget and (not chunks or chunks[-1]):
+            chunks.append([])
+            size = 0
+        chunks[-1].append(u)
+        size += cost
+    return chunks
+
+
+def show_units(units, props, *, timeout: float = 2.0, exe: str | None = None,
+               argv_bytes: int = SHOW_ARGV_BYTES) -> dict[str, dict[str, str] | UnitNameError]:
+    """{unit: its properties `props`} for many units at once: `systemctl show --property=... -- U1 U2
+    ...`, one process per SHOW_ARGV_BYTES of names (not one per unit). A unit systemd does not know
+    has a block too (LoadState=not-found). When a process fails (no bus, a timeout, output that does
+    not have one block per unit), each of its units maps to a UnitNameError saying why."""
+    names = list(dict.fromkeys(units))   # systemctl would print a duplicate's block twice
+    out: dict[str, dict[str, str] | UnitNameError] = {}
+    for chunk in _argv_chunks(names, argv_bytes):
+        limit = timeout * max(1.0, len(chunk) / SHOW_UNITS_PER_TIMEOUT)
+        what = chunk[0] if len(chunk) == 1 else f"{len(chunk)} units"
+        try:
+            proc = systemctl("show", "--property=" + ",".join(props), "--", *chunk, timeout=limit,
+                             exe=exe)
+        except MptcpizeError as e:
+            out.update(dict.fromkeys(chunk, UnitNameError(e.message)))
+            continue
+        blocks = parse_show_blocks(proc.stdout) if proc.returncode == 0 else []
+        if proc.returncode != 0:
+            err = UnitNameError(f"systemctl show {what}: {first_line(proc)}")
+        elif len(blocks) != len(chunk):
+            err = UnitNameError(f"systemctl show {what}: {len(blocks)} answers for {len(chunk)} units")
+        else:
+            out.update(zip(chunk, blocks, strict=True))
+            continue
+        out.update(dict.fromkeys(chunk, err))
+    return out
+
+
+def _cgroup_of(unit: str, props: dict[str, str]) -> str:
     cg = props.get("ControlGroup", "")
     if cg.startswith("/"):
         return cg
+    if props.get("LoadState") == "not-found":
+        raise UnitNameError(f"systemd does not know {unit} (LoadState=not-found)")
     slice_name = props.get("Slice", "")
     if slice_name:
         return unit_cgroup_path(unit, slice_name)
     raise UnitNameError(f"systemd reports neither ControlGroup nor Slice for {unit}")
+
+
+def unit_cgroups(units, timeout: float = 2.0, exe: str | None = None,
+                 argv_bytes: int = SHOW_ARGV_BYTES) -> dict[str, str | UnitNameError]:
+    """{unit: the cgroup path systemd gives it}: its ControlGroup= while it runs, else its Slice=
+    (known from the unit file even while inactive) joined with the unit's escaped name; or the
+    UnitNameError saying why systemd cannot tell (then the caller falls back to unit_cgroup_path()).
+    All units in one `systemctl show` (see show_units())."""
+    out: dict[str, str | UnitNameError] = {}
+    for unit, props in show_units(units, ("Id", "LoadState", "ControlGroup", "Slice"), timeout=timeout,
+                                  exe=exe, argv_bytes=argv_bytes).items():
+        if isinstance(props, UnitNameError):
+            out[unit] = props
+            continue
+        try:
+            out[unit] = _cgroup_of(unit, props)
+        except UnitNameError as e:
+            out[unit] = e
+    return out
+
+
+def unit_cgroup(unit: str, timeout: float = 2.0, exe: str | None = None) -> str:
+    """unit_cgroups() for one unit; raises its UnitNameError."""
+    answer = unit_cgroups([unit], timeout=timeout, exe=exe)[unit]
+    if isinstance(answer, UnitNameError):
+        raise answer
+    return answer
 
 
 # --- journald and sd_notify ------------------------------------------------------------------------
