@@ -18,8 +18,10 @@ non-hidden *.toml), which is how `disable` knows, even after other units were en
 between, that the directory is ours to remove.
 
 Each file starts with MARKER. A file at our path without it is someone else's: we refuse to overwrite
-or remove it. Writes are atomic (temporary file in the same directory, fsync, rename) and skipped when
-the content is already right, so a second `enable` changes nothing, not even an mtime.
+or remove it. A symbolic link at our path, or at a directory we write into or remove from (UNIT.d,
+the policy directory, their parents), is refused too: we never write or remove through a link.
+Writes are atomic (temporary file in the same directory, fsync, rename) and skipped when the content
+is already right, so a second `enable` changes nothing, not even an mtime.
 
 Unit names are hostile input: they are checked against systemd's grammar (policy.check_unit_name, the
 one copy of it) before they reach a path or an argv; systemctl is run with argv lists, "--" before
@@ -200,6 +202,20 @@ def _read_ours(path: Path) -> str | None:
     return text
 
 
+def _refuse_symlinked_dirs(unit: str, tree: Tree, doing: str) -> None:
+    """We write and remove only inside real directories: a symbolic link at UNIT.d, at the policy
+    directory or at any directory above them (below the tree's root) would carry our writes, or
+    removals, to wherever it points. Checked before anything is written or removed."""
+    policy_chain = files.first_symlink(tree.policy_dir, tree.root)
+    for link in (files.first_symlink(tree.dropin(unit).parent, tree.root), policy_chain):
+        if link is None:
+            continue
+        hint = "replace the link with a real directory, then run the command again"
+        if link == policy_chain and not tree.dropin(unit).is_relative_to(link):
+            hint += f", or give --policy-dir the directory it leads to ({os.path.realpath(link)})"
+        raise MptcpizeError(f"{link} is a symbolic link: refusing to {doing} through it", hint=hint)
+
+
 def _not_ours(path: Path, why: str) -> MptcpizeError:
     return MptcpizeError(f"{path} exists and is {why}: refusing to touch it",
                          hint="move it away (it is not ours), then run the command again")
@@ -214,7 +230,7 @@ class _Transaction:
     def ensure_dir(self, d: Path, root: Path) -> None:
         missing = []
         p = d
-        while not p.exists() and p != root and p != p.parent:
+        while not os.path.lexists(p) and p != root and p != p.parent:
             missing.append(p)
             p = p.parent
         for p in reversed(missing):
@@ -257,7 +273,8 @@ def write_files(unit: str, exe: str, tree: Tree = REAL) -> list[Path]:
 
 def _write_files(unit: str, exe: str, tree: Tree) -> _Transaction:
     tx = _Transaction()
-    # Refuse foreign files before creating anything.
+    # Refuse symlinked directories and foreign files before creating anything.
+    _refuse_symlinked_dirs(unit, tree, "write")
     for path in (tree.policy(unit), tree.dropin(unit)):
         _read_ours(path)
     try:
@@ -281,6 +298,7 @@ def _write_files(unit: str, exe: str, tree: Tree) -> _Transaction:
 def remove_files(unit: str, tree: Tree = REAL) -> list[Path]:
     """Removes our drop-in and policy record (refusing files that are not ours) and the directories
     enable created once they hold nothing but their marker; returns what was removed."""
+    _refuse_symlinked_dirs(unit, tree, "remove files")
     paths = [tree.dropin(unit), tree.policy(unit)]
     present = [p for p in paths if _read_ours(p) is not None]   # raises on a foreign file
     removed: list[Path] = []

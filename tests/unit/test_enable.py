@@ -246,6 +246,54 @@ def test_refuses_a_symlink_at_its_path(tree):
     assert snapshot(tree.root) == snap
 
 
+def link_dir(tree, rel: str) -> Path:
+    """Makes ROOT/rel a symbolic link to a real directory elsewhere (ROOT/elsewhere/NAME)."""
+    link = tree.root / rel
+    target = tree.root / "elsewhere" / link.name
+    target.mkdir(parents=True)
+    link.parent.mkdir(parents=True, exist_ok=True)
+    link.symlink_to(target)
+    return link
+
+
+SYMLINKED_DIRS = ["etc/systemd/system/nginx.service.d", "etc/mptcpize-py/policy.d", "etc/mptcpize-py"]
+
+
+@pytest.mark.parametrize("rel", SYMLINKED_DIRS)
+def test_enable_refuses_a_symlinked_directory(tree, rel):
+    link = link_dir(tree, rel)
+    snap = snapshot(tree.root)
+    with pytest.raises(MptcpizeError) as e:
+        enable.write_files("nginx.service", EXE, tree)
+    assert e.value.message == f"{link} is a symbolic link: refusing to write through it"
+    assert e.value.hint.startswith("replace the link with a real directory")
+    assert snapshot(tree.root) == snap    # nothing written, here or where the link leads
+
+
+@pytest.mark.parametrize("rel", SYMLINKED_DIRS)
+def test_disable_refuses_a_symlinked_directory(tree, rel):
+    """enable wrote into real directories; then one of them was moved away and linked back."""
+    enable.write_files("nginx.service", EXE, tree)
+    real = tree.root / rel
+    target = tree.root / "elsewhere" / real.name
+    target.parent.mkdir()
+    real.rename(target)
+    real.symlink_to(target)
+    snap = snapshot(tree.root)
+    with pytest.raises(MptcpizeError, match=f"^{real} is a symbolic link: refusing to remove files through"):
+        enable.remove_files("nginx.service", tree)
+    assert snapshot(tree.root) == snap    # nothing removed
+
+
+def test_a_dangling_directory_link_is_refused(tree):
+    (tree.root / "etc/mptcpize-py").symlink_to(tree.root / "nowhere")
+    snap = snapshot(tree.root)
+    with pytest.raises(MptcpizeError, match="symbolic link: refusing to write") as e:
+        enable.write_files("nginx.service", EXE, tree)
+    assert "--policy-dir" in e.value.hint
+    assert snapshot(tree.root) == snap
+
+
 def test_failure_half_way_puts_everything_back(tree):
     """The drop-in directory's name is taken by a file: the policy record already written is removed
     again, with the directories created for it."""
