@@ -29,10 +29,18 @@ the name, a fixed PATH and a timeout.
 
 Only services: a drop-in with ExecStartPre only means something for a .service, and the listening
 sockets of a .socket unit are created by PID 1 itself, outside the unit's cgroup.
+
+Never a unit that starts before the daemon can: the drop-in orders the unit After=mptcpize-py.service,
+and mptcpize-py.service (DefaultDependencies=yes) starts after sysinit.target and basic.target. A unit
+ordered before one of those (systemd-timesyncd.service is Before=sysinit.target) would close an
+ordering cycle, which systemd breaks at boot by deleting a start job: the unit's or the daemon's.
+enable follows the unit's Before= chain in the running manager (ordering_cycle()) and refuses such a
+unit before writing anything.
 """
 
 import errno
 import os
+import re
 import shutil
 import stat
 import sys
@@ -45,6 +53,10 @@ from mptcpize_py.policy import DEFAULT_POLICY_DIR, NAME_MAX, check_unit_name
 from mptcpize_py.support import kernel_support
 
 SERVICE = "mptcpize-py.service"
+# What systemd orders SERVICE after when it is not loaded (not installed yet): systemd/mptcpize-py.service
+# keeps DefaultDependencies=yes, which means After=sysinit.target basic.target (systemd.service(5),
+# "Default Dependencies"). When it is loaded, systemd's own After= list of it is used.
+SERVICE_DEFAULT_AFTER = ("sysinit.target", "basic.target")
 DROPIN_NAME = "mptcpize-py.conf"
 POLICY_PREFIX, POLICY_SUFFIX = "unit-", ".toml"
 MARKER = "# Managed by mptcpize-py enable/disable"
@@ -152,6 +164,31 @@ def policy_text(unit: str) -> str:
 [[allow]]
 unit = '{unit}'
 """
+
+
+def ordering_cycle(name: str, policy_dir: Path = DEFAULT_POLICY_DIR, exe: str | None = None) -> None:
+    """Raises when the drop-in's After=SERVICE would close an ordering cycle: `name` is already
+    ordered (through Before= chains) before SERVICE or before a unit SERVICE starts after."""
+    if name == SERVICE:
+        raise UsageError(f"{SERVICE} is the daemon itself: it cannot wait for itself",
+                         hint="enable the services whose sockets should become MPTCP")
+    daemon = systemd.show_units([SERVICE], ("LoadState", "After"), exe=exe)[SERVICE]
+    if isinstance(daemon, systemd.UnitNameError):
+        raise MptcpizeError(f"cannot ask systemd how {SERVICE} is ordered: {daemon}")
+    after = (daemon.get("After", "").split() if daemon.get("LoadState") == "loaded"
+             else list(SERVICE_DEFAULT_AFTER))
+    path = systemd.ordering_path(name, {SERVICE, *after}, exe=exe)
+    if path is None:
+        return
+    chain = " is before ".join(path) + ("" if path[-1] == SERVICE else f", which {SERVICE} starts after")
+    start = systemd.show_units([name], ("ExecStart",), exe=exe)[name]
+    found = re.search(r"path=(\S+)", start.get("ExecStart", "")) if isinstance(start, dict) else None
+    program = found.group(1) if found else "/path/to/its/program"
+    raise MptcpizeError(
+        f"{name} starts before {SERVICE} can ({chain}): the drop-in's After={SERVICE} would make an "
+        "ordering cycle, and systemd would break it at boot by deleting a start job",
+        hint=f"select it by its executable instead: [[allow]] exe = \"{program}\" in a file of "
+             f"{policy_dir} (its sockets become MPTCP once the daemon runs; restart {name} then)")
 
 
 def cli_executable() -> str:
@@ -351,6 +388,8 @@ def enable(unit: str, now: bool = False, policy_dir: Path = DEFAULT_POLICY_DIR) 
     # Cheap refusals first (an unknown unit is the likely typo); the kernel probe loads a program.
     running = systemd.booted()
     name = validate_service_name(systemd.known_unit(unit)) if running else unit
+    if running:
+        ordering_cycle(name, tree.policy_path)
     problems = kernel_support().problems
     if problems:
         raise Unavailable("the BPF backend the daemon needs is unusable here: "

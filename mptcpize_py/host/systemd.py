@@ -352,6 +352,42 @@ def unit_cgroup(unit: str, timeout: float = 2.0, exe: str | None = None) -> str:
     return answer
 
 
+def ordering_path(unit: str, targets, *, timeout: float = 2.0, exe: str | None = None) -> list[str] | None:
+    """[unit, U1, ..., T]: a chain along systemd's Before= from `unit` to a unit of `targets` (each is
+    ordered before the next), or None when `unit` is ordered before none of them. Before= as the
+    running manager has it: a unit's own Before= and the inverse of other loaded units' After=.
+    Breadth-first, one `systemctl show --property=Id,Before` per level (not per unit). Raises
+    MptcpizeError when systemd cannot answer."""
+    targets = set(targets)
+    came_from: dict[str, str | None] = {unit: None}
+
+    def chain(last: str) -> list[str]:
+        out = [last]
+        while came_from[out[-1]] is not None:
+            out.append(came_from[out[-1]])
+        return out[::-1]
+
+    if unit in targets:
+        return [unit]
+    level = [unit]
+    while level:
+        answers = show_units(level, ("Id", "Before"), timeout=timeout, exe=exe)
+        following = []
+        for u in level:
+            props = answers[u]
+            if isinstance(props, UnitNameError):
+                raise MptcpizeError(f"cannot ask systemd how {unit} is ordered: {props}")
+            for b in props.get("Before", "").split():
+                if b in came_from:
+                    continue
+                came_from[b] = u
+                if b in targets:
+                    return chain(b)
+                following.append(b)
+        level = following
+    return None
+
+
 # --- journald and sd_notify ------------------------------------------------------------------------
 
 IDENTIFIER = "mptcpize-py"
