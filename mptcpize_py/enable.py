@@ -18,8 +18,10 @@ non-hidden *.toml), which is how `disable` knows, even after other units were en
 between, that the directory is ours to remove.
 
 Each file starts with MARKER. A file at our path without it is someone else's: we refuse to overwrite
-or remove it. Writes are atomic (temporary file in the same directory, fsync, rename) and skipped when
-the content is already right, so a second `enable` changes nothing, not even an mtime.
+or remove it. A symbolic link at our path, or at a directory we write into or remove from (UNIT.d,
+the policy directory, their parents), is refused too: we never write or remove through a link.
+Writes are atomic (temporary file in the same directory, fsync, rename) and skipped when the content
+is already right, so a second `enable` changes nothing, not even an mtime.
 
 Unit names are hostile input: they are checked against systemd's grammar (policy.check_unit_name, the
 one copy of it) before they reach a path or an argv; systemctl is run with argv lists, "--" before
@@ -27,10 +29,18 @@ the name, a fixed PATH and a timeout.
 
 Only services: a drop-in with ExecStartPre only means something for a .service, and the listening
 sockets of a .socket unit are created by PID 1 itself, outside the unit's cgroup.
+
+Never a unit that starts before the daemon can: the drop-in orders the unit After=mptcpize-py.service,
+and mptcpize-py.service (DefaultDependencies=yes) starts after sysinit.target and basic.target. A unit
+ordered before one of those (systemd-timesyncd.service is Before=sysinit.target) would close an
+ordering cycle, which systemd breaks at boot by deleting a start job: the unit's or the daemon's.
+enable follows the unit's Before= chain in the running manager (ordering_cycle()) and refuses such a
+unit before writing anything.
 """
 
 import errno
 import os
+import re
 import shutil
 import stat
 import sys
@@ -43,6 +53,10 @@ from mptcpize_py.policy import DEFAULT_POLICY_DIR, NAME_MAX, check_unit_name
 from mptcpize_py.support import kernel_support
 
 SERVICE = "mptcpize-py.service"
+# What systemd orders SERVICE after when it is not loaded (not installed yet): systemd/mptcpize-py.service
+# keeps DefaultDependencies=yes, which means After=sysinit.target basic.target (systemd.service(5),
+# "Default Dependencies"). When it is loaded, systemd's own After= list of it is used.
+SERVICE_DEFAULT_AFTER = ("sysinit.target", "basic.target")
 DROPIN_NAME = "mptcpize-py.conf"
 POLICY_PREFIX, POLICY_SUFFIX = "unit-", ".toml"
 MARKER = "# Managed by mptcpize-py enable/disable"
@@ -152,6 +166,31 @@ unit = '{unit}'
 """
 
 
+def ordering_cycle(name: str, policy_dir: Path = DEFAULT_POLICY_DIR, exe: str | None = None) -> None:
+    """Raises when the drop-in's After=SERVICE would close an ordering cycle: `name` is already
+    ordered (through Before= chains) before SERVICE or before a unit SERVICE starts after."""
+    if name == SERVICE:
+        raise UsageError(f"{SERVICE} is the daemon itself: it cannot wait for itself",
+                         hint="enable the services whose sockets should become MPTCP")
+    daemon = systemd.show_units([SERVICE], ("LoadState", "After"), exe=exe)[SERVICE]
+    if isinstance(daemon, systemd.UnitNameError):
+        raise MptcpizeError(f"cannot ask systemd how {SERVICE} is ordered: {daemon}")
+    after = (daemon.get("After", "").split() if daemon.get("LoadState") == "loaded"
+             else list(SERVICE_DEFAULT_AFTER))
+    path = systemd.ordering_path(name, {SERVICE, *after}, exe=exe)
+    if path is None:
+        return
+    chain = " is before ".join(path) + ("" if path[-1] == SERVICE else f", which {SERVICE} starts after")
+    start = systemd.show_units([name], ("ExecStart",), exe=exe)[name]
+    found = re.search(r"path=(\S+)", start.get("ExecStart", "")) if isinstance(start, dict) else None
+    program = found.group(1) if found else "/path/to/its/program"
+    raise MptcpizeError(
+        f"{name} starts before {SERVICE} can ({chain}): the drop-in's After={SERVICE} would make an "
+        "ordering cycle, and systemd would break it at boot by deleting a start job",
+        hint=f"select it by its executable instead: [[allow]] exe = \"{program}\" in a file of "
+             f"{policy_dir} (its sockets become MPTCP once the daemon runs; restart {name} then)")
+
+
 def cli_executable() -> str:
     """The mptcpize-py that ExecStartPre= runs: the console script next to this interpreter (a venv or
     a distribution install), else the one on PATH."""
@@ -200,6 +239,20 @@ def _read_ours(path: Path) -> str | None:
     return text
 
 
+def _refuse_symlinked_dirs(unit: str, tree: Tree, doing: str) -> None:
+    """We write and remove only inside real directories: a symbolic link at UNIT.d, at the policy
+    directory or at any directory above them (below the tree's root) would carry our writes, or
+    removals, to wherever it points. Checked before anything is written or removed."""
+    policy_chain = files.first_symlink(tree.policy_dir, tree.root)
+    for link in (files.first_symlink(tree.dropin(unit).parent, tree.root), policy_chain):
+        if link is None:
+            continue
+        hint = "replace the link with a real directory, then run the command again"
+        if link == policy_chain and not tree.dropin(unit).is_relative_to(link):
+            hint += f", or give --policy-dir the directory it leads to ({os.path.realpath(link)})"
+        raise MptcpizeError(f"{link} is a symbolic link: refusing to {doing} through it", hint=hint)
+
+
 def _not_ours(path: Path, why: str) -> MptcpizeError:
     return MptcpizeError(f"{path} exists and is {why}: refusing to touch it",
                          hint="move it away (it is not ours), then run the command again")
@@ -214,7 +267,7 @@ class _Transaction:
     def ensure_dir(self, d: Path, root: Path) -> None:
         missing = []
         p = d
-        while not p.exists() and p != root and p != p.parent:
+        while not os.path.lexists(p) and p != root and p != p.parent:
             missing.append(p)
             p = p.parent
         for p in reversed(missing):
@@ -257,7 +310,8 @@ def write_files(unit: str, exe: str, tree: Tree = REAL) -> list[Path]:
 
 def _write_files(unit: str, exe: str, tree: Tree) -> _Transaction:
     tx = _Transaction()
-    # Refuse foreign files before creating anything.
+    # Refuse symlinked directories and foreign files before creating anything.
+    _refuse_symlinked_dirs(unit, tree, "write")
     for path in (tree.policy(unit), tree.dropin(unit)):
         _read_ours(path)
     try:
@@ -281,6 +335,7 @@ def _write_files(unit: str, exe: str, tree: Tree) -> _Transaction:
 def remove_files(unit: str, tree: Tree = REAL) -> list[Path]:
     """Removes our drop-in and policy record (refusing files that are not ours) and the directories
     enable created once they hold nothing but their marker; returns what was removed."""
+    _refuse_symlinked_dirs(unit, tree, "remove files")
     paths = [tree.dropin(unit), tree.policy(unit)]
     present = [p for p in paths if _read_ours(p) is not None]   # raises on a foreign file
     removed: list[Path] = []
@@ -333,6 +388,8 @@ def enable(unit: str, now: bool = False, policy_dir: Path = DEFAULT_POLICY_DIR) 
     # Cheap refusals first (an unknown unit is the likely typo); the kernel probe loads a program.
     running = systemd.booted()
     name = validate_service_name(systemd.known_unit(unit)) if running else unit
+    if running:
+        ordering_cycle(name, tree.policy_path)
     problems = kernel_support().problems
     if problems:
         raise Unavailable("the BPF backend the daemon needs is unusable here: "

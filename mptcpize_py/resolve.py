@@ -10,7 +10,8 @@ could not be resolved (`file:line: reason`), and the daemon decides what is fata
 - cgroup -> the cgroup id (its directory's inode on the cgroup v2 mount: /sys/fs/cgroup, or
   /sys/fs/cgroup/unified on hybrid hosts). A cgroup that does not exist yet is `pending`.
 - unit -> a cgroup path: systemd's answer when PID 1 is systemd (ControlGroup=, or Slice=), else its
-  default naming rules (host.systemd). A unit that restarts gets a new cgroup id.
+  default naming rules (host.systemd). One `systemctl show` answers for all unit rules at once (not
+  one process per rule: the daemon re-resolves every 2 s). A unit that restarts gets a new cgroup id.
 - netns -> st_ino of /run/netns/NAME (nsfs), or of the daemon's own namespace for "host" (not
   /proc/1/ns/net, which needs ptrace access to PID 1). A missing name is `pending`.
 
@@ -38,8 +39,8 @@ from mptcpize_py.host.netns import HOST_NETNS, NETNS_DIR, netns_inum
 from mptcpize_py.host.systemd import (
     UnitNameError,
     booted,
-    unit_cgroup,
     unit_cgroup_path,
+    unit_cgroups,
 )
 from mptcpize_py.policy import Policy, Rule
 
@@ -298,11 +299,20 @@ def resolve_policy(policy: Policy, *, cgroup_mount: str | None = None, netns_dir
 def _systemd_asker(systemd, rules) -> SystemdAsker | None:
     if callable(systemd):
         return systemd
-    if systemd is False or not any(r.kind == "unit" for r in rules):
+    units = sorted({r.value for r in rules if r.kind == "unit"})
+    if systemd is False or not units:
         return None
     if systemd is None and not booted():
         return None
-    return unit_cgroup
+    answers = unit_cgroups(units)   # every unit rule in one systemctl process
+
+    def asker(unit: str) -> str:
+        answer = answers[unit]
+        if isinstance(answer, UnitNameError):
+            raise answer
+        return answer
+
+    return asker
 
 
 def _unit_path(unit: str, asker: SystemdAsker | None, notes: list[str], rule: Rule) -> str:

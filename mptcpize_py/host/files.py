@@ -1,8 +1,10 @@
-"""Files: atomic replacement, durable removal, opening without /proc magic links, dev_t encoding."""
+"""Files: atomic replacement, durable removal, opening without /proc magic links, symlinked directories,
+dev_t encoding."""
 
 import ctypes
 import errno
 import os
+import stat
 import struct
 import tempfile
 from pathlib import Path
@@ -47,6 +49,20 @@ def open_no_magiclinks(path: str) -> int:
         if e.errno not in (errno.ENOSYS, errno.EPERM):   # no openat2, or a seccomp filter refusing it
             raise OSError(e.errno, e.strerror, path) from None
     return os.open(path, os.O_PATH | os.O_CLOEXEC)
+
+
+def first_symlink(path: Path, base: Path) -> Path | None:
+    """The first component of `path` below `base` that is a symbolic link (dangling or not), or None.
+    Components that do not exist (yet) end the walk: nothing below them can be a link."""
+    p = base
+    for part in path.relative_to(base).parts:
+        p = p / part
+        try:
+            if stat.S_ISLNK(os.lstat(p).st_mode):
+                return p
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+    return None
 
 
 def fsync_dir(d: Path) -> None:

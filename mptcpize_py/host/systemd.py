@@ -34,8 +34,10 @@ _UNIT_VALID_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVW
 ROOT_SLICE = "-.slice"
 SYSTEM_SLICE = "system.slice"
 INIT_SCOPE = "init.scope"
-# Unit types whose cgroup holds processes directly (a slice only holds other units).
-_UNIT_SUFFIXES = (".service", ".scope", ".socket", ".mount", ".swap")
+# systemd src/basic/unit-name.c (v252 and today): unit_type_table and UNIT_NAME_MAX (a name is shorter).
+UNIT_TYPES = ("service", "mount", "swap", "socket", "target", "device", "automount", "timer", "path",
+              "slice", "scope")
+UNIT_NAME_MAX = 256
 
 IDENTIFIER = "mptcpize-py"
 
@@ -139,15 +141,59 @@ def parse_show(text: str) -> dict[str, str]:
     return out
 
 
+def unit_name_is_valid(name: str, *, instance: bool = True) -> bool:
+    """systemd's unit_name_is_valid(name, UNIT_NAME_PLAIN[|UNIT_NAME_INSTANCE]): foo.service and, with
+    `instance`, foo@bar.service; never a template (foo@.service)."""
+    if not name or len(name) >= UNIT_NAME_MAX:
+        return False
+    dot = name.rfind(".")
+    if dot <= 0 or name[dot + 1:] not in UNIT_TYPES:
+        return False
+    stem = name[:dot]
+    if any(c not in _UNIT_VALID_CHARS and c != "@" for c in stem):
+        return False
+    at = stem.find("@")
+    if at == -1:
+        return True
+    return instance and 0 < at < len(stem) - 1
+
+
+def cg_unescape(name: str) -> str:
+    """systemd's cg_unescape(): drops the '_' that cg_escape() put in front."""
+    return name[1:] if name.startswith("_") else name
+
+
+def _valid_slice_component(part: str) -> bool:
+    """systemd's valid_slice_name() (src/basic/cgroup-util.c) for one cgroup path component."""
+    return (len(part) >= len("x.slice") and part.endswith(".slice")
+            and unit_name_is_valid(cg_unescape(part), instance=False))
+
+
 def unit_of_cgroup(cgroup: str | None) -> str | None:
-    """The systemd unit owning a cgroup v2 path: the innermost component named like a unit with
-    processes ("/system.slice/nginx.service/x" -> "nginx.service"); None outside units."""
+    """The system manager's unit that a process in cgroup v2 path `cgroup` belongs to, by systemd's own
+    rule, cg_path_get_unit() in src/basic/cgroup-util.c (same in v252 and today): skip the leading
+    *.slice components (skip_slices()); the next component is the unit, if cg_unescape() of it is a
+    valid plain or instance name and not a slice (cg_path_decode_unit()); whatever lies below it is
+    that unit's own subtree. So "/system.slice/nginx.service/worker" is nginx.service, and a cgroup
+    named sshd.service that a delegated unit made inside its subtree
+    (".../user@1000.service/app.slice/sshd.service") is still user@1000.service, never the system's
+    sshd. None outside units ("/", "/system.slice", a cgroup of our own such as "/mzd-allow/x").
+
+    The path is the one /proc/PID/cgroup shows in the caller's cgroup namespace; like `systemctl
+    status PID` run there, it is taken as relative to systemd's root.
+    """
     if not cgroup:
         return None
-    for part in reversed(cgroup.strip("/").split("/")):
-        if part.endswith(_UNIT_SUFFIXES):
-            return part
-    return None
+    parts = [p for p in cgroup.split("/") if p]   # skip_slices() skips runs of '/'
+    i = 0
+    while i < len(parts) and _valid_slice_component(parts[i]):
+        i += 1
+    if i == len(parts) or len(parts[i]) < 3:
+        return None
+    unit = cg_unescape(parts[i])
+    if not unit_name_is_valid(unit) or unit.endswith(".slice"):
+        return None
+    return unit
 
 
 def booted() -> bool:
@@ -210,25 +256,136 @@ def known_unit(unit: str) -> str:
     return props.get("Id") or unit
 
 
-def unit_cgroup(unit: str, timeout: float = 2.0, exe: str | None = None) -> str:
-    """The cgroup path systemd gives `unit`: its ControlGroup= while it runs, else its Slice= (known
-    from the unit file even while inactive) joined with the unit's escaped name. Raises UnitNameError
-    with the reason when systemd cannot tell (then the caller falls back to unit_cgroup_path())."""
-    try:
-        proc = systemctl("show", "--property=ControlGroup", "--property=Slice", "--", unit,
-                         timeout=timeout, exe=exe)
-    except MptcpizeError as e:
-        raise UnitNameError(e.message) from None
-    if proc.returncode != 0:
-        raise UnitNameError(f"systemctl show {unit}: {first_line(proc)}")
-    props = parse_show(proc.stdout)
+# argv bytes per `systemctl show` (names + their pointers): far below ARG_MAX (2 MiB by default; at least
+# 128 KiB on Linux), so one process asks about thousands of units (4,096 names of 30 bytes: 1 process).
+SHOW_ARGV_BYTES = 96 * 1024
+# `systemctl show` of N units: one D-Bus call each in one process (4,096 unknown units: 3.4 s here).
+SHOW_UNITS_PER_TIMEOUT = 128
+
+
+def parse_show_blocks(text: str) -> list[dict[str, str]]:
+    """`systemctl show -- U1 U2 ...` output: one block of KEY=VALUE lines per unit, in argv order,
+    separated by an empty line (systemctl's show_one() prints it before every block but the first).
+    The properties we ask for hold no newline: unit names cannot, nor can cgroup paths (the kernel
+    refuses '\n' in a cgroup name)."""
+    return [parse_show(block) for block in text.strip("\n").split("\n\n")] if text.strip() else []
+
+
+def _argv_chunks(units: list[str], budget: int) -> list[list[str]]:
+    chunks: list[list[str]] = []
+    size = budget
+    for u in units:
+        cost = len(u.encode()) + 1 + 8   # the string, its NUL, its argv pointer
+        if size + cost > budget and (not chunks or chunks[-1]):
+            chunks.append([])
+            size = 0
+        chunks[-1].append(u)
+        size += cost
+    return chunks
+
+
+def show_units(units, props, *, timeout: float = 2.0, exe: str | None = None,
+               argv_bytes: int = SHOW_ARGV_BYTES) -> dict[str, dict[str, str] | UnitNameError]:
+    """{unit: its properties `props`} for many units at once: `systemctl show --property=... -- U1 U2
+    ...`, one process per SHOW_ARGV_BYTES of names (not one per unit). A unit systemd does not know
+    has a block too (LoadState=not-found). When a process fails (no bus, a timeout, output that does
+    not have one block per unit), each of its units maps to a UnitNameError saying why."""
+    names = list(dict.fromkeys(units))   # systemctl would print a duplicate's block twice
+    out: dict[str, dict[str, str] | UnitNameError] = {}
+    for chunk in _argv_chunks(names, argv_bytes):
+        limit = timeout * max(1.0, len(chunk) / SHOW_UNITS_PER_TIMEOUT)
+        what = chunk[0] if len(chunk) == 1 else f"{len(chunk)} units"
+        try:
+            proc = systemctl("show", "--property=" + ",".join(props), "--", *chunk, timeout=limit,
+                             exe=exe)
+        except MptcpizeError as e:
+            out.update(dict.fromkeys(chunk, UnitNameError(e.message)))
+            continue
+        blocks = parse_show_blocks(proc.stdout) if proc.returncode == 0 else []
+        if proc.returncode != 0:
+            err = UnitNameError(f"systemctl show {what}: {first_line(proc)}")
+        elif len(blocks) != len(chunk):
+            err = UnitNameError(f"systemctl show {what}: {len(blocks)} answers for {len(chunk)} units")
+        else:
+            out.update(zip(chunk, blocks, strict=True))
+            continue
+        out.update(dict.fromkeys(chunk, err))
+    return out
+
+
+def _cgroup_of(unit: str, props: dict[str, str]) -> str:
     cg = props.get("ControlGroup", "")
     if cg.startswith("/"):
         return cg
+    if props.get("LoadState") == "not-found":
+        raise UnitNameError(f"systemd does not know {unit} (LoadState=not-found)")
     slice_name = props.get("Slice", "")
     if slice_name:
         return unit_cgroup_path(unit, slice_name)
     raise UnitNameError(f"systemd reports neither ControlGroup nor Slice for {unit}")
+
+
+def unit_cgroups(units, timeout: float = 2.0, exe: str | None = None,
+                 argv_bytes: int = SHOW_ARGV_BYTES) -> dict[str, str | UnitNameError]:
+    """{unit: the cgroup path systemd gives it}: its ControlGroup= while it runs, else its Slice=
+    (known from the unit file even while inactive) joined with the unit's escaped name; or the
+    UnitNameError saying why systemd cannot tell (then the caller falls back to unit_cgroup_path()).
+    All units in one `systemctl show` (see show_units())."""
+    out: dict[str, str | UnitNameError] = {}
+    for unit, props in show_units(units, ("Id", "LoadState", "ControlGroup", "Slice"), timeout=timeout,
+                                  exe=exe, argv_bytes=argv_bytes).items():
+        if isinstance(props, UnitNameError):
+            out[unit] = props
+            continue
+        try:
+            out[unit] = _cgroup_of(unit, props)
+        except UnitNameError as e:
+            out[unit] = e
+    return out
+
+
+def unit_cgroup(unit: str, timeout: float = 2.0, exe: str | None = None) -> str:
+    """unit_cgroups() for one unit; raises its UnitNameError."""
+    answer = unit_cgroups([unit], timeout=timeout, exe=exe)[unit]
+    if isinstance(answer, UnitNameError):
+        raise answer
+    return answer
+
+
+def ordering_path(unit: str, targets, *, timeout: float = 2.0, exe: str | None = None) -> list[str] | None:
+    """[unit, U1, ..., T]: a chain along systemd's Before= from `unit` to a unit of `targets` (each is
+    ordered before the next), or None when `unit` is ordered before none of them. Before= as the
+    running manager has it: a unit's own Before= and the inverse of other loaded units' After=.
+    Breadth-first, one `systemctl show --property=Id,Before` per level (not per unit). Raises
+    MptcpizeError when systemd cannot answer."""
+    targets = set(targets)
+    came_from: dict[str, str | None] = {unit: None}
+
+    def chain(last: str) -> list[str]:
+        out = [last]
+        while came_from[out[-1]] is not None:
+            out.append(came_from[out[-1]])
+        return out[::-1]
+
+    if unit in targets:
+        return [unit]
+    level = [unit]
+    while level:
+        answers = show_units(level, ("Id", "Before"), timeout=timeout, exe=exe)
+        following = []
+        for u in level:
+            props = answers[u]
+            if isinstance(props, UnitNameError):
+                raise MptcpizeError(f"cannot ask systemd how {unit} is ordered: {props}")
+            for b in props.get("Before", "").split():
+                if b in came_from:
+                    continue
+                came_from[b] = u
+                if b in targets:
+                    return chain(b)
+                following.append(b)
+        level = following
+    return None
 
 
 # --- journald and sd_notify ------------------------------------------------------------------------

@@ -326,6 +326,40 @@ def test_hostile_comm_is_one_escaped_line_and_exact_in_its_field(env):
              interval=0.5)
 
 
+# A unit of this Debian that starts before mptcpize-py.service can (DefaultDependencies=no,
+# Before=sysinit.target; installed and enabled in sysinit.target.wants): the guest runs the host's
+# root file system. (systemd-resolved is not installed here.)
+EARLY = "systemd-timesyncd.service"
+
+
+def test_an_early_boot_unit_is_refused_and_a_normal_one_still_enables(env):
+    """The drop-in's After=mptcpize-py.service on a unit ordered before sysinit.target would close an
+    ordering cycle (the daemon starts after sysinit.target and basic.target), which systemd breaks at
+    boot by deleting a start job: enable refuses it, exit 1, one line and a hint, /etc unchanged."""
+    early = EARLY
+    if show(early, "LoadState")["LoadState"] != "loaded":
+        pytest.skip(f"{early} is not installed")
+    # The premise, as the real systemd has it: the unit is ordered before the daemon's start.
+    assert "sysinit.target" in show(early, "Before")["Before"].split()
+    assert "sysinit.target" in show(SERVICE, "After")["After"].split()
+    before = etc_snapshot()
+    proc = mptcpize("enable", early)
+    errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("mptcpize-py: error:")]
+    assert proc.returncode == 1 and len(errors) == 1, proc.stderr
+    assert f"{early} starts before {SERVICE} can ({early} is before sysinit.target" in errors[0], errors
+    assert "ordering cycle" in errors[0] and "Traceback" not in proc.stderr
+    assert "mptcpize-py: hint: select it by its executable instead: [[allow]] exe = " in proc.stderr
+    assert diff(before, etc_snapshot()) == []
+    assert f"/etc/systemd/system/{early}.d" not in show(early, "DropInPaths")["DropInPaths"]
+    # An ordinary service still enables (and disables back to the same /etc).
+    proc = mptcpize("enable", WEB)
+    assert proc.returncode == 0 and f"enabled {WEB}" in proc.stdout, proc.stderr
+    assert f"/etc/systemd/system/{WEB}.d/mptcpize-py.conf" in show(WEB, "DropInPaths")["DropInPaths"]
+    proc = mptcpize("disable", WEB)
+    assert proc.returncode == 0, proc.stderr
+    assert diff(before, etc_snapshot()) == []
+
+
 # What the daemon says when the unit's bounding set lacks one capability (README "Running the daemon
 # under systemd" lists the same).
 WITHOUT = {

@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+
 from mptcpize_py import report
 from mptcpize_py.daemon.service import dir_fingerprint
 from mptcpize_py.host.procfs import parse_cgroup as parse_proc_cgroup
@@ -28,6 +30,51 @@ def test_unit_of_cgroup():
     assert unit_of_cgroup("/mzd-allow") is None
     assert unit_of_cgroup("/") is None
     assert unit_of_cgroup(None) is None
+
+
+# systemd's own answer (cg_path_get_unit(), src/basic/cgroup-util.c) for each path: `systemctl status
+# PID` and the journal's _SYSTEMD_UNIT= name these units, and only these.
+@pytest.mark.parametrize("cgroup, unit", [
+    # A delegated subtree: whatever its owner names its cgroups, they belong to the delegating unit.
+    ("/user.slice/user-1000.slice/user@1000.service/app.slice/sshd.service", "user@1000.service"),
+    ("/user.slice/user-1000.slice/user@1000.service/app.slice/app-sshd.slice/sshd.service",
+     "user@1000.service"),
+    ("/system.slice/docker.service/sshd.service", "docker.service"),
+    ("/system.slice/foo.service/system.slice/sshd.service", "foo.service"),
+    ("/user.slice/user-1000.slice/session-2.scope/sshd.service", "session-2.scope"),
+    ("/machine.slice/machine-a.scope/system.slice/sshd.service", "machine-a.scope"),
+    # Not a unit where systemd's units are: nothing, however the leaves are named.
+    ("/mzd-allow/sshd.service", None),
+    ("/x\v0::/system.slice/sshd.service", None),     # a cgroup named with a line break of str.splitlines
+    ("/system.slice/x\x0bsshd.service", None),
+    ("/system.slice/..", None),
+    ("/system.slice/foo@.service/sshd.service", None),   # a template never runs
+    ("/system.slice/a@b.slice/sshd.service", None),      # not a valid slice, and a slice is no unit
+    ("/system.slice/sshd", None),                         # no unit type
+    ("/system.slice/sshd.nosuchtype/x.service", None),
+    ("/system.slice/" + "a" * 256 + ".service", None),    # longer than UNIT_NAME_MAX
+    # systemd's escaping and path forms
+    ("/system.slice/_cpu.service", "cpu.service"),        # cg_escape()d: the unit is cpu.service
+    ("/_io.slice/io-x.slice/y.service", "y.service"),
+    ("//system.slice///nginx.service//", "nginx.service"),
+    ("/system.slice/system-getty.slice/getty@tty1.service", "getty@tty1.service"),
+    ("/system.slice/ssh.socket", "ssh.socket"),
+    ("/init.scope", "init.scope"),
+    ("/system.slice/sys-fs-fuse-connections.mount", "sys-fs-fuse-connections.mount"),
+])
+def test_unit_of_cgroup_follows_systemd(cgroup, unit):
+    assert unit_of_cgroup(cgroup) == unit
+
+
+def test_a_cgroup_named_with_a_vertical_tab_is_not_sshd():
+    """A cgroup named `x\v0::/system.slice/sshd.service` (any user may create one under a delegated
+    cgroup; the kernel refuses only '\n' in names): /proc/PID/cgroup has one line, and the process is
+    the unit that owns the subtree, never sshd.service."""
+    text = "0::/user.slice/user-1000.slice/user@1000.service/app.slice/x\v0::/system.slice/sshd.service\n"
+    path = parse_proc_cgroup(text)
+    assert path == "/user.slice/user-1000.slice/user@1000.service/app.slice/x\v0::/system.slice/sshd.service"
+    assert unit_of_cgroup(path) == "user@1000.service"
+    assert unit_of_cgroup(parse_proc_cgroup("0::/x\v0::/system.slice/sshd.service\n")) is None
 
 
 def test_parse_proc_cgroup():

@@ -2,6 +2,7 @@
 accepts it, idempotence, the exact round trip, refusals. systemd itself is exercised in
 tests/host/test_enable.py (systemd-analyze verify) and tests/systemd/test_service.py (real PID 1)."""
 
+import json
 import os
 import stat
 import sys
@@ -246,6 +247,54 @@ def test_refuses_a_symlink_at_its_path(tree):
     assert snapshot(tree.root) == snap
 
 
+def link_dir(tree, rel: str) -> Path:
+    """Makes ROOT/rel a symbolic link to a real directory elsewhere (ROOT/elsewhere/NAME)."""
+    link = tree.root / rel
+    target = tree.root / "elsewhere" / link.name
+    target.mkdir(parents=True)
+    link.parent.mkdir(parents=True, exist_ok=True)
+    link.symlink_to(target)
+    return link
+
+
+SYMLINKED_DIRS = ["etc/systemd/system/nginx.service.d", "etc/mptcpize-py/policy.d", "etc/mptcpize-py"]
+
+
+@pytest.mark.parametrize("rel", SYMLINKED_DIRS)
+def test_enable_refuses_a_symlinked_directory(tree, rel):
+    link = link_dir(tree, rel)
+    snap = snapshot(tree.root)
+    with pytest.raises(MptcpizeError) as e:
+        enable.write_files("nginx.service", EXE, tree)
+    assert e.value.message == f"{link} is a symbolic link: refusing to write through it"
+    assert e.value.hint.startswith("replace the link with a real directory")
+    assert snapshot(tree.root) == snap    # nothing written, here or where the link leads
+
+
+@pytest.mark.parametrize("rel", SYMLINKED_DIRS)
+def test_disable_refuses_a_symlinked_directory(tree, rel):
+    """enable wrote into real directories; then one of them was moved away and linked back."""
+    enable.write_files("nginx.service", EXE, tree)
+    real = tree.root / rel
+    target = tree.root / "elsewhere" / real.name
+    target.parent.mkdir()
+    real.rename(target)
+    real.symlink_to(target)
+    snap = snapshot(tree.root)
+    with pytest.raises(MptcpizeError, match=f"^{real} is a symbolic link: refusing to remove files through"):
+        enable.remove_files("nginx.service", tree)
+    assert snapshot(tree.root) == snap    # nothing removed
+
+
+def test_a_dangling_directory_link_is_refused(tree):
+    (tree.root / "etc/mptcpize-py").symlink_to(tree.root / "nowhere")
+    snap = snapshot(tree.root)
+    with pytest.raises(MptcpizeError, match="symbolic link: refusing to write") as e:
+        enable.write_files("nginx.service", EXE, tree)
+    assert "--policy-dir" in e.value.hint
+    assert snapshot(tree.root) == snap
+
+
 def test_failure_half_way_puts_everything_back(tree):
     """The drop-in directory's name is taken by a file: the policy record already written is removed
     again, with the directories created for it."""
@@ -318,3 +367,165 @@ def test_status_enabled_unit_record_is_its_files_unit_rule():
                 target="mine")
     assert rules_of(site, named, exe, mine).endswith("-> mine")
     assert rules_of(site, named, exe).endswith("-> not running")
+
+
+# --- boot ordering (a stand-in systemctl answering from a made-up ordering graph) -------------------
+
+STAND_IN = """\
+import json, os, sys
+here = os.path.dirname(os.path.abspath(__file__))
+with open(os.path.join(here, "runs"), "a") as f:
+    f.write(" ".join(sys.argv[1:]) + "\\n")
+if sys.argv[1] != "show":
+    sys.exit(0)                                   # daemon-reload, restart
+graph = json.load(open(os.path.join(here, "graph.json")))
+sep = sys.argv.index("--")
+props = [p for a in sys.argv[2:sep] if a.startswith("--property=") for p in a[11:].split(",")]
+units = sys.argv[sep + 1:]
+blocks = []
+for u in units:
+    known = graph.get(u)
+    have = {"Id": u, "LoadState": "loaded" if known is not None else "not-found", **(known or {})}
+    blocks.append("".join(f"{p}={have.get(p, '')}\\n" for p in props))
+print("\\n".join(blocks), end="")
+"""
+
+TIMESYNCD_EXEC = ("{ path=/lib/systemd/systemd-timesyncd ; argv[]=/lib/systemd/systemd-timesyncd ; "
+                  "ignore_errors=no ; start_time=[n/a] ; stop_time=[n/a] ; pid=0 ; code=(null) ; "
+                  "status=0/0 }")
+# Debian 12's units, as `systemctl show -p Before,After` prints them (abridged).
+GRAPH = {
+    "mptcpize-py.service": {"After": "sysinit.target system.slice basic.target systemd-journald.socket"},
+    "systemd-timesyncd.service": {"Before": "time-set.target sysinit.target shutdown.target",
+                                  "ExecStart": TIMESYNCD_EXEC},
+    "mzu-early.service": {"Before": "local-fs.target"},            # two hops to sysinit.target
+    "mzu-first.service": {"Before": "mptcpize-py.service"},        # ordered before the daemon itself
+    "nginx.service": {"Before": "multi-user.target shutdown.target"},
+    "local-fs.target": {"Before": "sysinit.target"},
+    "time-set.target": {"Before": ""},
+    "sysinit.target": {"Before": "basic.target mptcpize-py.service"},
+    "basic.target": {"Before": "multi-user.target mptcpize-py.service"},
+    "multi-user.target": {"Before": "graphical.target shutdown.target"},
+    "graphical.target": {"Before": ""},
+    "shutdown.target": {"Before": ""},
+}
+
+
+@pytest.fixture
+def systemctl(tmp_path, monkeypatch):
+    """The stand-in as the `systemctl` every call finds (the fixed PATH holds only it)."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    exe = bin_dir / "systemctl"
+    exe.write_text(f"#!{sys.executable}\n{STAND_IN}")
+    exe.chmod(0o755)
+    (bin_dir / "graph.json").write_text(json.dumps(GRAPH))
+    from mptcpize_py.host import systemd
+    monkeypatch.setattr(systemd, "_SYSTEMCTL_ENV", {**systemd._SYSTEMCTL_ENV, "PATH": str(bin_dir)})
+
+    class Stand:
+        def graph(self, **changes):
+            (bin_dir / "graph.json").write_text(json.dumps({**GRAPH, **changes}))
+
+        def runs(self) -> list[str]:
+            p = bin_dir / "runs"
+            return p.read_text().splitlines() if p.exists() else []
+    return Stand()
+
+
+@pytest.mark.parametrize("unit, chain", [
+    ("systemd-timesyncd.service", "systemd-timesyncd.service is before sysinit.target, which "
+                                  "mptcpize-py.service starts after"),
+    ("mzu-early.service", "mzu-early.service is before local-fs.target is before sysinit.target, which "
+                          "mptcpize-py.service starts after"),
+    ("mzu-first.service", "mzu-first.service is before mptcpize-py.service"),
+])
+def test_a_unit_ordered_before_the_daemon_is_refused(systemctl, unit, chain):
+    with pytest.raises(MptcpizeError) as e:
+        enable.ordering_cycle(unit)
+    assert e.value.exit_code == 1
+    assert e.value.message == (f"{unit} starts before mptcpize-py.service can ({chain}): the drop-in's "
+                               "After=mptcpize-py.service would make an ordering cycle, and systemd "
+                               "would break it at boot by deleting a start job")
+    assert e.value.hint.startswith("select it by its executable instead: [[allow]] exe = ")
+
+
+def test_the_refusal_names_the_units_program(systemctl):
+    with pytest.raises(MptcpizeError) as e:
+        enable.ordering_cycle("systemd-timesyncd.service")
+    assert e.value.hint.startswith('select it by its executable instead: [[allow]] exe = '
+                                   '"/lib/systemd/systemd-timesyncd" in a file of /etc/mptcpize-py/policy.d')
+
+
+def test_a_unit_ordered_after_basic_target_is_accepted(systemctl):
+    assert enable.ordering_cycle("nginx.service") is None
+    # One process per level of the Before= walk (not per unit): the daemon's After=, nginx, its 2
+    # successors, graphical.target.
+    assert len(systemctl.runs()) == 4, systemctl.runs()
+
+
+def test_daemon_not_installed_its_default_dependencies_count(systemctl):
+    """Not loaded, mptcpize-py.service has no After= in systemd, nor do the targets list it in their
+    Before=: its DefaultDependencies=yes (After=sysinit.target basic.target) stand in."""
+    systemctl.graph(**{"mptcpize-py.service": None, "sysinit.target": {"Before": "basic.target"},
+                       "basic.target": {"Before": "multi-user.target"}})
+    with pytest.raises(MptcpizeError, match="systemd-timesyncd.service is before sysinit.target, which"):
+        enable.ordering_cycle("systemd-timesyncd.service")
+    assert enable.ordering_cycle("nginx.service") is None
+
+
+def test_enabling_the_daemon_itself_is_a_usage_error(systemctl):
+    with pytest.raises(UsageError, match="is the daemon itself"):
+        enable.ordering_cycle("mptcpize-py.service")
+
+
+def test_systemd_not_answering_refuses(tmp_path, monkeypatch):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "systemctl").write_text("#!/bin/sh\necho 'Failed to connect to bus: No such file' >&2\nexit 1\n")
+    (bin_dir / "systemctl").chmod(0o755)
+    from mptcpize_py.host import systemd
+    monkeypatch.setattr(systemd, "_SYSTEMCTL_ENV", {**systemd._SYSTEMCTL_ENV, "PATH": str(bin_dir)})
+    with pytest.raises(MptcpizeError, match="cannot ask systemd how mptcpize-py.service is ordered: "
+                                            "systemctl show mptcpize-py.service: Failed to connect"):
+        enable.ordering_cycle("nginx.service")
+
+
+@pytest.fixture
+def enable_in(tmp_path, monkeypatch, systemctl):
+    """enable() as root on a systemd host, but writing under tmp_path/root and talking to the stand-in:
+    PID 1 "is" systemd, the kernel "supports" the hook."""
+    from types import SimpleNamespace
+
+    from mptcpize_py.host import systemd
+    root = tmp_path / "root"
+    (root / "etc/systemd/system").mkdir(parents=True)
+    (tmp_path / "run-systemd-system").mkdir()
+    monkeypatch.setattr(systemd, "SYSTEMD_RUNTIME", str(tmp_path / "run-systemd-system"))
+    monkeypatch.setattr(enable, "kernel_support", lambda: SimpleNamespace(problems=[]))
+    monkeypatch.setattr(enable, "cli_executable", lambda: EXE)
+    real_tree = enable.Tree
+    monkeypatch.setattr(enable, "Tree", lambda policy_path: real_tree(root, policy_path))
+    monkeypatch.setattr(os, "geteuid", lambda: 0)
+    return root
+
+
+def test_enable_of_an_early_boot_unit_writes_nothing(enable_in, systemctl):
+    """Before: enable wrote the drop-in, and at the next boot systemd deleted a start job to break the
+    cycle (systemd-timesyncd's, or the daemon's)."""
+    unit = "systemd-timesyncd.service"   # systemd would apply the drop-in, were it written
+    systemctl.graph(**{unit: {**GRAPH[unit], "DropInPaths": f"{enable_in}/etc/systemd/system/{unit}.d/"
+                                                           "mptcpize-py.conf"}})
+    snap = snapshot(enable_in)
+    with pytest.raises(MptcpizeError, match="systemd-timesyncd.service starts before mptcpize-py.service"):
+        enable.enable("systemd-timesyncd.service")
+    assert snapshot(enable_in) == snap
+    assert not any(r.startswith("daemon-reload") for r in systemctl.runs())
+
+
+def test_enable_of_an_ordinary_service_still_writes(enable_in, systemctl):
+    dropin = enable_in / "etc/systemd/system/nginx.service.d/mptcpize-py.conf"
+    systemctl.graph(**{"nginx.service": {**GRAPH["nginx.service"], "DropInPaths": str(dropin)}})
+    out = enable.enable("nginx.service")
+    assert out.lines[0].startswith("enabled nginx.service: wrote ")
+    assert dropin.read_text() == enable.dropin_text("nginx.service", EXE)

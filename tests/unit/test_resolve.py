@@ -166,7 +166,7 @@ def test_ask_systemd_running_unit_uses_control_group(tmp_path):
     assert systemd.unit_cgroup("x.service", exe=exe) == "/batch.slice/x.service"
     # argv, never a shell; "--" keeps a unit name from being taken for an option
     assert (tmp_path / "argv").read_text().splitlines() == [
-        "show", "--property=ControlGroup", "--property=Slice", "--", "x.service"]
+        "show", "--property=Id,LoadState,ControlGroup,Slice", "--", "x.service"]
 
 
 def test_ask_systemd_inactive_unit_uses_its_slice(tmp_path):
@@ -200,6 +200,106 @@ def test_ask_systemd_without_systemctl():
 
 def test_parse_systemctl_show():
     assert systemd.parse_show("A=1\nB=\nC=x=y\nnoise\n") == {"A": "1", "B": "", "C": "x=y"}
+
+
+# What systemd 252's `systemctl show --property=Id,ControlGroup,Slice,LoadState -- ...` printed for a
+# running unit, an inactive one with Slice=, an alias of the first, and an unknown one (a real user
+# manager on this host): one block per name, in argv order, an empty line between blocks.
+SHOW_252 = """\
+Slice=app.slice
+ControlGroup=/app.slice/mzs-a.service
+Id=mzs-a.service
+LoadState=loaded
+
+Slice=mzs-batch.slice
+ControlGroup=
+Id=mzs-b.service
+LoadState=loaded
+
+Slice=app.slice
+ControlGroup=/app.slice/mzs-a.service
+Id=mzs-a.service
+LoadState=loaded
+
+Slice=
+ControlGroup=
+Id=foo.service
+LoadState=not-found
+"""
+
+
+def test_parse_systemctl_show_blocks():
+    blocks = systemd.parse_show_blocks(SHOW_252)
+    assert [b["Id"] for b in blocks] == ["mzs-a.service", "mzs-b.service", "mzs-a.service",
+                                         "foo.service"]
+    assert blocks[1] == {"Slice": "mzs-batch.slice", "ControlGroup": "", "Id": "mzs-b.service",
+                         "LoadState": "loaded"}
+    assert systemd.parse_show_blocks("") == []
+
+
+def test_unit_cgroups_of_systemd_252_output(tmp_path):
+    exe = fake_systemctl(tmp_path, f"cat <<'EOF'\n{SHOW_252}EOF")
+    got = systemd.unit_cgroups(["mzs-a.service", "mzs-b.service", "mzs-alias.service", "foo.service"],
+                               exe=exe)
+    assert got["mzs-a.service"] == got["mzs-alias.service"] == "/app.slice/mzs-a.service"
+    assert got["mzs-b.service"] == "/mzs.slice/mzs-batch.slice/mzs-b.service"
+    assert isinstance(got["foo.service"], UnitNameError)
+    assert "systemd does not know foo.service (LoadState=not-found)" in str(got["foo.service"])
+
+
+# A stand-in systemctl that counts its runs and answers `show ... -- U1 U2 ...` like systemd 252: one
+# block per unit (running, in system.slice), an empty line between blocks.
+COUNTING_SYSTEMCTL = """\
+echo run >> "${0%/*}/runs"   # builtins only: PATH holds just this directory
+while [ "$#" -gt 0 ] && [ "$1" != "--" ]; do shift; done
+shift
+first=1
+for u in "$@"; do
+    [ "$first" = 1 ] || echo
+    first=0
+    printf 'Id=%s\\nLoadState=loaded\\nControlGroup=/system.slice/%s\\nSlice=system.slice\\n' "$u" "$u"
+done"""
+
+
+def runs(tmp_path: Path) -> int:
+    p = tmp_path / "runs"
+    return len(p.read_text().splitlines()) if p.exists() else 0
+
+
+def test_resolving_many_unit_rules_runs_systemctl_once(tmp_path, monkeypatch):
+    """4,096 unit rules cost 4,096 systemctl processes per resync (every 2 s) before: now one."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    fake_systemctl(bin_dir, COUNTING_SYSTEMCTL)
+    monkeypatch.setattr(systemd, "_SYSTEMCTL_ENV", {**systemd._SYSTEMCTL_ENV, "PATH": str(bin_dir)})
+    cgroot = tmp_path / "cgroup"
+    units = [f"mzr-{i:04d}.service" for i in range(300)]
+    for u in units[::2]:          # half of them running: their cgroups exist
+        (cgroot / "system.slice" / u).mkdir(parents=True)
+    text = "".join(f'[[allow]]\nunit = "{u}"\n' for u in units)
+    res = resolve.resolve_policy(policy(text), cgroup_mount=str(cgroot), systemd=True)
+    assert runs(bin_dir) == 1
+    assert len(res.cgroup_map()) == 150 and len(res.pending) == 150 and res.notes == ()
+    assert res.targets[16].startswith("/system.slice/mzr-0000.service (cgroup id ")
+    assert res.pending[0].path == f"{cgroot}/system.slice/mzr-0001.service"
+
+
+def test_unit_cgroups_chunks_argv(tmp_path):
+    exe = fake_systemctl(tmp_path, COUNTING_SYSTEMCTL)
+    units = [f"mzr-{i:04d}.service" for i in range(100)]        # 17 bytes + NUL + pointer each
+    got = systemd.unit_cgroups(units + units[:5], exe=exe, argv_bytes=26 * 30)   # duplicates: asked once
+    assert runs(tmp_path) == 4                                    # ceil(100 / 30)
+    assert got == {u: f"/system.slice/{u}" for u in units}
+
+
+def test_unit_cgroups_a_failed_run_is_each_units_reason(tmp_path):
+    exe = fake_systemctl(tmp_path, "echo 'Failed to connect to bus: No such file or directory' >&2; exit 1")
+    got = systemd.unit_cgroups(["a.service", "b.service"], exe=exe)
+    assert {u: str(e) for u, e in got.items()} == dict.fromkeys(
+        ["a.service", "b.service"], "systemctl show 2 units: Failed to connect to bus: No such file or directory")
+    exe = fake_systemctl(tmp_path, "printf 'Id=a.service\\nControlGroup=/a\\n'")   # one block for two
+    got = systemd.unit_cgroups(["a.service", "b.service"], exe=exe)
+    assert all("1 answers for 2 units" in str(e) for e in got.values())
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -432,7 +532,7 @@ def test_systemd_failure_falls_back_to_the_naming_rule_with_a_note(tmp_path):
 
 def test_systemd_is_not_asked_when_pid1_is_not_systemd(tmp_path, monkeypatch):
     monkeypatch.setattr(systemd, "SYSTEMD_RUNTIME", str(tmp_path / "no-systemd"))
-    monkeypatch.setattr(resolve, "unit_cgroup", lambda *a, **k: pytest.fail("asked systemd"))
+    monkeypatch.setattr(resolve, "unit_cgroups", lambda *a, **k: pytest.fail("asked systemd"))
     res = resolve.resolve_policy(policy('[[allow]]\nunit = "x.service"\n'), cgroup_mount=str(tmp_path))
     assert [p.path for p in res.pending] == [f"{tmp_path}/system.slice/x.service"]
 
