@@ -12,13 +12,13 @@
 
 /*
  * Kernel structs are read at offsets userspace takes from the running kernel's BTF and passes as
- * -DOFF_* (mptcpize_py/kernel.py STRUCT_FIELDS), never from a headers tree: the same source reads the
- * right bytes on every kernel, and bcc may compile it against whatever headers are installed.
+ * -DOFF_* (mptcpize_py/program/btf.py STRUCT_FIELDS), never from a headers tree: the same source reads
+ * the right bytes on every kernel, and bcc may compile it against whatever headers are installed.
  * MPTCPIZE_DRY_RUN builds the same decision on the socket() syscall tracepoint instead of the
  * fmod_ret hook: it counts and reports what would be upgraded and changes nothing.
  */
 #ifndef OFF_TASK_MM
-#error "compile with the -DOFF_* offsets from mptcpize_py/kernel.py"
+#error "compile with the -DOFF_* offsets from mptcpize_py/program/btf.py"
 #endif
 
 static __always_inline u64 read_ptr(u64 base, u32 off)
@@ -51,12 +51,29 @@ BPF_HASH(netns_allow, u32, u8, MPTCPIZE_MAX_NETNS);
 /* net.mptcp.enabled per netns inode, filled by userspace: used only where kernel memory cannot be
  * read (no mptcp_pernet_id in /proc/kallsyms), and only by the dry run. */
 BPF_HASH(netns_mptcp, u32, u8, MPTCPIZE_MAX_NETNS);
-BPF_TABLE("lru_hash", u32, struct mptcpize_proc_stats, proc_stats, MPTCPIZE_MAX_PROCS);
+/* Per process, kept after it exits (reports come later; the LRU forgets the oldest). */
+BPF_TABLE("lru_hash", struct mptcpize_proc_key, struct mptcpize_proc_stats, proc_stats,
+	  MPTCPIZE_MAX_PROCS);
 /* Exact totals per rule, (kind << 32 | rule_id): processes come and go (LRU), rules stay. */
 BPF_PERCPU_HASH(rule_stats, u64, u64, MPTCPIZE_MAX_RULE_STATS);
-BPF_TABLE("lru_hash", u32, struct mptcpize_exe_name, exe_names, MPTCPIZE_MAX_PROCS);
+BPF_TABLE("lru_hash", struct mptcpize_proc_key, struct mptcpize_exe_name, exe_names,
+	  MPTCPIZE_MAX_PROCS);
 BPF_PERCPU_ARRAY(counters, u64, MPTCPIZE_CNT_MAX);
 BPF_RINGBUF_OUTPUT(events, MPTCPIZE_RINGBUF_PAGES);
+
+/*
+ * The process a task belongs to, as a key: a pid is recycled once its process is gone, its start
+ * is not. The thread-group leader's start_boottime is the process's start (a thread that execs
+ * takes over its leader's, fs/exec.c de_thread()); /proc/PID/stat field 22 is the same value in
+ * clock ticks (fs/proc/array.c: nsec_to_clock_t(timens_add_boottime_ns(start_boottime))).
+ */
+static __always_inline struct mptcpize_proc_key proc_key(u64 task, u32 tgid)
+{
+	struct mptcpize_proc_key key = {};
+	key.start_ns = read_ptr(read_ptr(task, OFF_TASK_GROUP_LEADER), OFF_TASK_START_BOOTTIME);
+	key.tgid = tgid;
+	return key;
+}
 
 static __always_inline void count(u32 idx)
 {
@@ -213,14 +230,15 @@ static __always_inline int decide(int family, int type, int protocol)
 				(*per_rule)++;
 		}
 	}
-	struct mptcpize_proc_stats *st = proc_stats.lookup(&tgid);
+	struct mptcpize_proc_key pkey = proc_key(task, tgid);
+	struct mptcpize_proc_stats *st = proc_stats.lookup(&pkey);
 	if (st) {
 		__sync_fetch_and_add(&st->upgraded, 1);
 	} else {
 		struct mptcpize_proc_stats init = { .upgraded = 1, .rule_id = rule_id, .kind = kind };
 		/* A racing thread may have inserted it: then add to its entry. */
-		if (proc_stats.insert(&tgid, &init) != 0) {
-			st = proc_stats.lookup(&tgid);
+		if (proc_stats.insert(&pkey, &init) != 0) {
+			st = proc_stats.lookup(&pkey);
 			if (st)
 				__sync_fetch_and_add(&st->upgraded, 1);
 		}
@@ -233,6 +251,7 @@ static __always_inline int decide(int family, int type, int protocol)
 	}
 	ev->ts_ns = bpf_ktime_get_ns();
 	ev->cgroup_id = bpf_get_current_cgroup_id();
+	ev->start_ns = pkey.start_ns;
 	ev->pid = (u32)pid_tgid;
 	ev->tgid = tgid;
 	ev->uid = (u32)bpf_get_current_uid_gid();
@@ -298,11 +317,15 @@ RAW_TRACEPOINT_PROBE(sched_process_exec)
 	u64 filename = read_ptr(bprm, OFF_BPRM_FILENAME);
 	if (!filename || bpf_probe_read_kernel_str(name.path, sizeof(name.path), (void *)filename) <= 0)
 		return 0;
-	exe_names.update(&tgid, &name);
+	/* After de_thread(): current is the leader, with the process's start. */
+	struct mptcpize_proc_key key = proc_key(bpf_get_current_task(), tgid);
+	exe_names.update(&key, &name);
 	return 0;
 }
 
-/* Forget a process when its last thread exits, so a recycled pid is not upgraded by mistake. */
+/* Forget a process when its last thread exits, so a recycled pid is not upgraded by mistake. Its
+ * proc_stats and exe_names entries stay, for reports: their keys hold its start, a recycled pid's
+ * do not match them. */
 RAW_TRACEPOINT_PROBE(sched_process_exit)
 {
 	u64 signal = read_ptr(bpf_get_current_task(), OFF_TASK_SIGNAL);

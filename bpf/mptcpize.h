@@ -71,6 +71,15 @@ struct mptcpize_run_entry {
 	u32 pad;
 };
 
+/* A process: its tgid and when it started, so that a recycled pid is another key. start_ns is the
+ * thread-group leader's start_boottime (ns after boot, CLOCK_BOOTTIME), the value /proc/PID/stat
+ * field 22 shows in clock ticks. Keys of proc_stats and exe_names. */
+struct mptcpize_proc_key {
+	u64 start_ns;
+	u32 tgid;
+	u32 pad;   /* 0: hash keys compare every byte */
+};
+
 /* Exact per-process totals (the ring buffer may drop events; these never do). */
 struct mptcpize_proc_stats {
 	u64 upgraded;
@@ -88,6 +97,7 @@ struct mptcpize_exe_name {
 struct mptcpize_event {
 	u64 ts_ns;
 	u64 cgroup_id;
+	u64 start_ns;   /* with tgid, the process (struct mptcpize_proc_key) */
 	u32 pid;
 	u32 tgid;
 	u32 uid;

@@ -79,8 +79,11 @@ class PolicyStatus:
 
 @dataclass(frozen=True)
 class ProcessRow:
-    """A process with upgraded sockets, from the kernel's per-process table (an LRU)."""
+    """A process with upgraded sockets, from the kernel's per-process table (an LRU). A process is
+    (pid, start_ns): a recycled pid is another row."""
     pid: int
+    start_ns: int           # when it started, ns after boot (its leader's start_boottime: what
+                            # /proc/PID/stat field 22 shows in clock ticks)
     exe: str | None         # None: exited before the daemon could read /proc/PID/exe
     rule: str               # the rule's description when its first upgrade was seen
     rule_id: int            # policy rule id, or the run id for kind "run"
@@ -91,16 +94,17 @@ class ProcessRow:
     alive: bool
 
     def to_json_dict(self) -> dict[str, Any]:
-        return {"pid": self.pid, "exe": self.exe, "rule": self.rule, "rule_id": self.rule_id,
-                "kind": self.kind, "unit": self.unit, "cgroup": self.cgroup,
+        return {"pid": self.pid, "start_ns": self.start_ns, "exe": self.exe, "rule": self.rule,
+                "rule_id": self.rule_id, "kind": self.kind, "unit": self.unit, "cgroup": self.cgroup,
                 "upgraded": self.upgraded, "alive": self.alive}
 
     @classmethod
     def from_json_dict(cls, d: object, where: str = "process") -> "ProcessRow":
         f = _Fields(d, where)
-        return cls(pid=f.integer("pid"), exe=f.opt_text("exe"), rule=f.text("rule"),
-                   rule_id=f.integer("rule_id"), kind=f.text("kind"), unit=f.opt_text("unit"),
-                   cgroup=f.opt_text("cgroup"), upgraded=f.integer("upgraded"), alive=f.boolean("alive"))
+        return cls(pid=f.integer("pid"), start_ns=f.integer("start_ns"), exe=f.opt_text("exe"),
+                   rule=f.text("rule"), rule_id=f.integer("rule_id"), kind=f.text("kind"),
+                   unit=f.opt_text("unit"), cgroup=f.opt_text("cgroup"), upgraded=f.integer("upgraded"),
+                   alive=f.boolean("alive"))
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,9 @@ program (program.loader.Rewriter, fail-open: the link dies with this process), f
 the control socket, then loop:
 
 - ring-buffer events: the first upgrade of each process is logged at INFO
-  (`upgraded pid=… exe=… rule=… unit=…`); per-socket volume stays in the kernel's counters.
+  (`upgraded pid=… exe=… rule=… unit=…`); per-socket volume stays in the kernel's counters. A process
+  is (tgid, start time), as in the kernel's proc_stats: a recycled pid is another process, with its own
+  log line, status row and count.
 - SIGHUP, or a change in the policy directory (names, sizes, mtimes, inodes of its *.toml files,
   checked every RESYNC_INTERVAL seconds; polling, not inotify: one stat per file every 2 s is cheap and
   needs no extra dependency), reloads: load + resolve + set_selection. A reload that fails validation
@@ -39,7 +41,7 @@ from pathlib import Path
 
 from mptcpize_py import abi
 from mptcpize_py.daemon import client, control
-from mptcpize_py.daemon.records import ProcRecord, alive
+from mptcpize_py.daemon.records import ProcRecord, alive, learn
 from mptcpize_py.display import escaped
 from mptcpize_py.errors import MptcpizeError
 from mptcpize_py.host import procfs, systemd
@@ -122,7 +124,7 @@ class Daemon:
         self.resolved: Resolved | None = None
         self.rw: ProgramHandle | None = None
         self.server = None
-        self._procs: dict[int, ProcRecord] = {}
+        self._procs: dict[tuple[int, int], ProcRecord] = {}   # by (tgid, start_ns): a process
         self._lock = threading.Lock()   # _procs, policy/resolved snapshot vs. the control thread
         self._reload = False
         self._stop = False
@@ -341,13 +343,11 @@ class Daemon:
     # --- events ----------------------------------------------------------------------------------
     def _on_event(self, ev) -> None:
         with self._lock:
-            if ev.tgid in self._procs:
+            if (ev.tgid, ev.start_ns) in self._procs:
                 return
-        cgroup = procfs.cgroup(ev.tgid)
-        rec = ProcRecord(ev.tgid, procfs.exe(ev.tgid), cgroup, systemd.unit_of_cgroup(cgroup),
-                         ev.rule_id, self._rule_desc(ev.rule_id), ev.kind, procfs.starttime(ev.tgid))
+        rec = learn(ev, self._rule_desc(ev.rule_id))
         with self._lock:
-            self._procs[ev.tgid] = rec
+            self._procs[rec.key] = rec
         # The names are other users' choice: escaped in the line (a line feed would forge a line of
         # its own, ESC would reach the terminal of whoever reads the log), exact in journald's fields.
         where = f"unit={escaped(rec.unit)}" if rec.unit else f"cgroup={escaped(rec.cgroup or '?')}"
@@ -359,13 +359,16 @@ class Daemon:
                  extra=fields)
 
     def _prune(self) -> None:
-        """Forgets records of dead processes when there are many (the kernel's LRU forgets too)."""
+        """Forgets records of dead processes when there are many: those the kernel's LRU forgot
+        (status has no row for them any more), and live ones never."""
         with self._lock:
             if len(self._procs) <= MAX_PROC_RECORDS:
                 return
-            dead = [t for t, r in self._procs.items() if not alive(r, t)]
-            for t in dead:
-                del self._procs[t]
+        counted = {(s.tgid, s.start_ns) for s in self.rw.proc_stats()}
+        with self._lock:
+            dead = [key for key in self._procs if key not in counted and not alive(*key)]
+            for key in dead:
+                del self._procs[key]
 
     # --- control requests other than status -----------------------------------------------------
     def hello(self, _req=None, _peer=None) -> dict:
@@ -400,12 +403,13 @@ class Daemon:
         run_id = req.get("run_id")
         if type(run_id) is not int or run_id not in self._runs:
             raise MptcpizeError(f"run_report: unknown run id {run_id!r}")
-        rows = [{"pid": s.tgid, "exe": procfs.exe(s.tgid) or self.rw.exe_name(s.tgid),
-                 "upgraded": s.upgraded}
+        rows = [{"pid": s.tgid, "start_ns": s.start_ns, "upgraded": s.upgraded,
+                 "exe": (procfs.exe_of_process(s.tgid, s.start_ns)
+                         or self.rw.exe_name(s.tgid, s.start_ns))}
                 for s in self.rw.proc_stats() if s.kind == "run" and s.rule_id == run_id]
         with self._lock:
             self._runs.pop(run_id, None)
-        return {"ok": True, "processes": sorted(rows, key=lambda r: r["pid"])}
+        return {"ok": True, "processes": sorted(rows, key=lambda r: (r["pid"], r["start_ns"]))}
 
     def resync_request(self, req: dict, _peer=None) -> dict:
         """Re-resolves now. With "unit": answers once the unit's current cgroup is in the maps, or
@@ -447,18 +451,19 @@ class Daemon:
         for (_kind, rule_id), n in self.rw.rule_stats().items():
             per_rule[rule_id] = per_rule.get(rule_id, 0) + n
         rows = []
-        for st in sorted(self.rw.proc_stats(), key=lambda s: s.tgid):
-            rec = procs.get(st.tgid)
+        for st in sorted(self.rw.proc_stats(), key=lambda s: (s.tgid, s.start_ns)):
+            rec = procs.get((st.tgid, st.start_ns))
             rows.append(ProcessRow(
                 pid=st.tgid,
-                exe=rec.exe if rec else procfs.exe(st.tgid),
+                start_ns=st.start_ns,
+                exe=rec.exe if rec else procfs.exe_of_process(st.tgid, st.start_ns),
                 rule=rec.rule if rec else self._rule_desc(st.rule_id),
                 rule_id=st.rule_id,
                 kind=st.kind,
                 unit=rec.unit if rec else None,
                 cgroup=rec.cgroup if rec else None,
                 upgraded=st.upgraded,
-                alive=alive(rec, st.tgid),
+                alive=alive(st.tgid, st.start_ns),
             ))
         return DaemonStatus(
             backend=self.backend,

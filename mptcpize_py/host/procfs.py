@@ -36,13 +36,37 @@ def parent_pid(pid: int, proc: str = PROC) -> int | None:
         return None
 
 
-def starttime(pid: int, proc: str = PROC) -> str | None:
+def starttime(pid: int, proc: str = PROC) -> int | None:
     """Clock ticks after boot at which the process started: tells a recycled pid from the same process."""
     text = read_text(f"{proc}/{pid}/stat")
     try:
-        return stat_fields(text)[19] if text else None
+        return int(stat_fields(text)[19]) if text else None
     except (ValueError, IndexError):
         return None
+
+
+# USER_HZ, the unit of /proc/PID/stat's times (100 on x86_64, whatever the kernel's HZ).
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def boottime_to_ticks(start_ns: int) -> int:
+    """A task's start_boottime (ns after boot) as /proc/PID/stat field 22 shows it: the kernel's
+    nsec_to_clock_t() (kernel/time/time.c), ns / (NSEC_PER_SEC / USER_HZ) when USER_HZ divides 1e9."""
+    return start_ns // (1_000_000_000 // CLOCK_TICKS)
+
+
+def is_process(pid: int, start_ns: int, proc: str = PROC) -> bool:
+    """Whether `pid` is now the process that started start_ns after boot (the BPF program's identity
+    of a process: its leader's start_boottime); False once it exited, also when the pid was recycled.
+    Two processes given the same pid within one clock tick (10 ms) are not told apart here."""
+    return starttime(pid, proc) == boottime_to_ticks(start_ns)
+
+
+def exe_of_process(pid: int, start_ns: int, proc: str = PROC) -> str | None:
+    """exe(pid), provided pid is still the process that started at start_ns (see is_process)."""
+    path = exe(pid, proc)
+    # Read, then check: if it is still that process now, it was when the link was read.
+    return path if path is not None and is_process(pid, start_ns, proc) else None
 
 
 def exe(pid: int | str, proc: str = PROC) -> str | None:

@@ -138,6 +138,8 @@ STRUCT_FIELDS = (
     ("OFF_TASK_SIGNAL", "task_struct", "signal", 8),
     ("OFF_TASK_PID", "task_struct", "pid", 4),
     ("OFF_TASK_TGID", "task_struct", "tgid", 4),
+    ("OFF_TASK_GROUP_LEADER", "task_struct", "group_leader", 8),
+    ("OFF_TASK_START_BOOTTIME", "task_struct", "start_boottime", 8),
     ("OFF_MM_EXE_FILE", "mm_struct", "exe_file", 8),
     ("OFF_FILE_INODE", "file", "f_inode", 8),
     ("OFF_INODE_INO", "inode", "i_ino", 8),

@@ -128,14 +128,19 @@ class UpgradeEvent:
     family: int
     kind: str
     rule_id: int
+    start_ns: int   # with tgid, the process: when it started (ns after boot; see ProcStats)
 
 
 @dataclass(frozen=True)
 class ProcStats:
+    """One process's exact count. A process is (tgid, start_ns): start_ns is its leader's
+    start_boottime, ns after boot (host.procfs.is_process compares it with /proc), so a recycled pid
+    is another entry."""
     tgid: int
     upgraded: int
     kind: str
     rule_id: int
+    start_ns: int
 
 
 class MapTable(Protocol):
@@ -267,14 +272,14 @@ class Rewriter:
                 for k, v in self._b[b"rule_stats"].items()}
 
     def proc_stats(self) -> list[ProcStats]:
-        return [ProcStats(k.value, v.upgraded, abi.KIND_NAMES.get(v.kind, "?"), v.rule_id)
+        return [ProcStats(k.tgid, v.upgraded, abi.KIND_NAMES.get(v.kind, "?"), v.rule_id, k.start_ns)
                 for k, v in self._b[b"proc_stats"].items()]
 
-    def exe_name(self, tgid: int) -> str | None:
+    def exe_name(self, tgid: int, start_ns: int) -> str | None:
         """The file a run-tree process last exec'd, as the kernel saw it (None if unknown)."""
         t = self._b[b"exe_names"]
         try:
-            return t[t.Key(tgid)].path.decode(errors="replace") or None
+            return t[t.Key(start_ns=start_ns, tgid=tgid)].path.decode(errors="replace") or None
         except KeyError:
             return None
 
@@ -286,7 +291,7 @@ class Rewriter:
             ev = table.event(data)
             callback(UpgradeEvent(ev.pid, ev.tgid, ev.uid, ev.comm.decode(errors="replace"),
                                   ev.cgroup_id, ev.netns, ev.family,
-                                  abi.KIND_NAMES.get(ev.kind, "?"), ev.rule_id))
+                                  abi.KIND_NAMES.get(ev.kind, "?"), ev.rule_id, ev.start_ns))
 
         table.open_ring_buffer(on_event)
         self._events_open = True

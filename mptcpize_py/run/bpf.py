@@ -20,8 +20,10 @@ class BpfRunBackend(RunBackend):
     def __init__(self):
         from mptcpize_py.program.loader import Rewriter  # kernel probes and bcc: only for this backend
         self._rewriter: ProgramHandle = Rewriter(all_netns=True)
-        self._exe: dict[int, str | None] = {}
-        self._comm: dict[int, str] = {}
+        # By process, (tgid, start_ns) as the kernel counts them: a pid recycled within the run is
+        # another process, with its own row.
+        self._exe: dict[tuple[int, int], str | None] = {}
+        self._comm: dict[tuple[int, int], str] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._poll, name="mptcpize-events", daemon=True)
         self._rewriter.open_events(self._on_event)
@@ -36,14 +38,15 @@ class BpfRunBackend(RunBackend):
     def _on_event(self, ev) -> None:
         # Name the executable at the first upgrade, while the process most likely still exists;
         # finish() falls back to what the kernel saw at exec, then to the command name.
-        if ev.tgid not in self._exe:
-            self._exe[ev.tgid] = procfs.exe(ev.tgid)
-            if self._exe[ev.tgid] is None:
-                self._comm[ev.tgid] = ev.comm
+        key = (ev.tgid, ev.start_ns)
+        if key not in self._exe:
+            self._exe[key] = procfs.exe_of_process(ev.tgid, ev.start_ns)
+            if self._exe[key] is None:
+                self._comm[key] = ev.comm
 
-    def _exe_of(self, tgid: int) -> str:
-        return (self._exe.get(tgid) or self._rewriter.exe_name(tgid)
-                or f"[{self._comm.get(tgid, '?')}]")
+    def _exe_of(self, tgid: int, start_ns: int) -> str:
+        return (self._exe.get((tgid, start_ns)) or self._rewriter.exe_name(tgid, start_ns)
+                or f"[{self._comm.get((tgid, start_ns), '?')}]")
 
     def _poll(self) -> None:
         while not self._stop.is_set():
@@ -54,8 +57,8 @@ class BpfRunBackend(RunBackend):
         if self._thread.is_alive():
             self._thread.join()
         self._rewriter.drain_events()
-        return sorted((ProcessReport(s.tgid, self._exe_of(s.tgid), s.upgraded)
-                       for s in self._rewriter.proc_stats()), key=lambda r: r.pid)
+        return [ProcessReport(s.tgid, self._exe_of(s.tgid, s.start_ns), s.upgraded)
+                for s in sorted(self._rewriter.proc_stats(), key=lambda s: (s.tgid, s.start_ns))]
 
     def counters(self) -> dict[str, int]:
         return self._rewriter.counters()

@@ -13,6 +13,7 @@ import pytest
 
 from mptcpize_py.host.mounts import find_cgroup2_mount, read_mounts
 from tests.conftest import is_root, mptcpize, start_daemon
+from tests.progs.samepid import NS_LAST_PID, popen_at
 from tests.waiting import scaled, wait_exit, wait_for
 
 pytestmark = pytest.mark.skipif(not is_root(), reason="the daemon needs root")
@@ -161,3 +162,49 @@ def test_run_does_not_use_a_dry_run_daemon(dry):
     res = mptcpize("run", "-v", dry["bins"]["other"], env=dry["env"])
     assert res.returncode == 0, res.stderr
     assert "via the daemon" not in res.stderr
+
+
+def test_a_recycled_pid_is_another_process(dry):
+    """A pid the kernel hands out again names another process: its own row, count, exe and rule, and
+    its own first-upgrade log line, however the previous owner of the pid was selected and reported."""
+    if not os.path.exists(NS_LAST_PID):
+        pytest.skip(f"no {NS_LAST_PID} (CONFIG_CHECKPOINT_RESTORE) to give a process a chosen pid")
+
+    def start(argv, at=None, before_exec=None):
+        kw = {"stdin": subprocess.PIPE, "stdout": subprocess.PIPE, "text": True}
+        proc = popen_at(at, argv, before_exec, **kw) if at else subprocess.Popen(argv, **kw)
+        assert proc.stdout.readline().strip() == "6"
+        return proc
+
+    def join_cgroup():
+        with open(os.path.join(dry["cgroup"], "cgroup.procs"), "w") as f:
+            f.write(str(os.getpid()))
+
+    first = start([dry["bins"]["selected"], "4", "wait"])       # the exe rule
+    pid = first.pid
+    try:
+        wait_rows(dry, [pid])
+        wait_for(lambda: f"would upgrade pid={pid} " in dry["log"].read_text(),
+                 "the daemon to log the first process", details=lambda: dry["log"].read_text())
+    finally:
+        first.stdin.close()
+        wait_exit(first, "the first process to exit")
+    # The same pid, another executable, selected by another rule (the cgroup one).
+    second = start([dry["bins"]["other"], "4", "wait"], at=pid, before_exec=join_cgroup)
+    try:
+        assert second.pid == pid
+        # Its own first-upgrade line (the daemon's record of it comes with it)...
+        wait_for(lambda: f"would upgrade pid={pid} exe={dry['bins']['other']} " in dry["log"].read_text(),
+                 "the daemon to log the second process", details=lambda: dry["log"].read_text())
+        # ... and its own row, beside the first process's.
+        rows = [r for r in status(dry)["processes"] if r["pid"] == pid]
+        assert len(rows) == 2, rows
+        old, new = sorted(rows, key=lambda r: r["start_ns"])
+        assert (old["exe"], old["kind"], old["upgraded"], old["alive"]) == \
+            (dry["bins"]["selected"], "exe", 1, False)
+        assert (new["exe"], new["kind"], new["upgraded"], new["alive"]) == \
+            (dry["bins"]["other"], "cgroup", 1, True)
+        assert new["cgroup"] == f"/{CG_NAME}" and new["rule"].startswith(f"allow cgroup=/{CG_NAME}")
+    finally:
+        second.stdin.close()
+        wait_exit(second, "the second process to exit")

@@ -21,12 +21,12 @@ def rule(id: int = 16, action: str = "allow", kind: str = "exe", value: str = "/
 
 def process(pid: int = 100, rule: RuleStatus | None = None, *, exe: str | None = "/usr/bin/iperf3",
             unit: str | None = None, cgroup: str | None = None, upgraded: int = 0,
-            alive: bool = True) -> ProcessRow:
+            alive: bool = True, start_ns: int = 5_000_000_000) -> ProcessRow:
     """A process upgraded under `rule`; without one, a process of `run` tree 1."""
     if rule is None:
-        return ProcessRow(pid=pid, exe=exe, rule="rule 1", rule_id=1, kind="run", unit=unit,
-                          cgroup=cgroup, upgraded=upgraded, alive=alive)
-    return ProcessRow(pid=pid, exe=exe, rule=rule.description, rule_id=rule.id,
+        return ProcessRow(pid=pid, start_ns=start_ns, exe=exe, rule="rule 1", rule_id=1, kind="run",
+                          unit=unit, cgroup=cgroup, upgraded=upgraded, alive=alive)
+    return ProcessRow(pid=pid, start_ns=start_ns, exe=exe, rule=rule.description, rule_id=rule.id,
                       kind="cgroup" if rule.kind == "unit" else rule.kind, unit=unit, cgroup=cgroup,
                       upgraded=upgraded, alive=alive)
 

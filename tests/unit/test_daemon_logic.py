@@ -32,6 +32,7 @@ class FakeRewriter(ProgramHandle):
         self.run_roots = []
         self.callback = None
         self.stats = []
+        self.exe_names = {}   # (tgid, start_ns) -> what the kernel saw a run-tree process exec
         self.closed = False
 
     def set_selection(self, exe, cgroups, netns):
@@ -45,8 +46,8 @@ class FakeRewriter(ProgramHandle):
     def add_run_root(self, pid, run_id=1):
         self.run_roots.append((pid, run_id))
 
-    def exe_name(self, tgid):
-        return None
+    def exe_name(self, tgid, start_ns):
+        return self.exe_names.get((tgid, start_ns))
 
     def open_events(self, cb):
         self.callback = cb
@@ -91,8 +92,19 @@ def daemon(tmp_path):
     assert fake.closed
 
 
-def event(tgid, rule_id=16):
-    return UpgradeEvent(tgid, tgid, 0, "python", 1, 1, 2, "exe", rule_id)
+# When this process started, as the kernel's start_boottime (ns after boot) that /proc shows in ticks.
+TICK_NS = 1_000_000_000 // procfs.CLOCK_TICKS
+ME = os.getpid()
+MY_START = procfs.starttime(ME) * TICK_NS
+# An earlier process that had this pid: it started before this one and has exited.
+OLD_START = MY_START - 3 * TICK_NS
+
+
+def event(tgid, rule_id=16, start_ns=None, kind="exe"):
+    """An upgrade event of process (tgid, start_ns); start_ns defaults to that of the live process."""
+    if start_ns is None:
+        start_ns = procfs.starttime(tgid) * TICK_NS
+    return UpgradeEvent(tgid, tgid, 0, "python", 1, 1, 2, kind, rule_id, start_ns)
 
 
 def test_start_fills_the_maps(daemon):
@@ -118,7 +130,7 @@ def test_first_upgrade_logged_once(daemon, caplog):
 def test_status_rows(daemon):
     dm, fake, _ = daemon
     fake.callback(event(os.getpid()))
-    fake.stats = [ProcStats(os.getpid(), 500, "exe", 16), ProcStats(2 ** 22 + 5, 3, "exe", 16)]
+    fake.stats = [ProcStats(ME, 500, "exe", 16, MY_START), ProcStats(2 ** 22 + 5, 3, "exe", 16, 10**9)]
     st = dm.status()
     assert st.backend == "bpf"
     assert st.totals["upgraded"] == 503
@@ -137,11 +149,87 @@ def test_status_answer_on_the_wire_parses_back(daemon):
     """What the control socket sends for `status` is the typed status, field for field."""
     dm, fake, _ = daemon
     fake.callback(event(os.getpid()))
-    fake.stats = [ProcStats(os.getpid(), 500, "exe", 16), ProcStats(2 ** 22 + 6, 2, "run", 1)]
+    fake.stats = [ProcStats(ME, 500, "exe", 16, MY_START), ProcStats(2 ** 22 + 6, 2, "run", 1, 10**9)]
     answer = json.loads(protocol.encode(dm.status_request({"cmd": "status"}, None)))
     parsed = DaemonStatus.from_json_dict(answer)
     assert parsed.to_json_dict() == answer
     assert dataclasses.replace(parsed, uptime_s=0) == dataclasses.replace(dm.status(), uptime_s=0)
+
+
+def test_a_recycled_pid_is_another_process(daemon, caplog):
+    """The kernel counts per (tgid, start): an earlier process that had this pid is its own row and
+    its own first-upgrade line, and what /proc says about the pid now is not put on it."""
+    dm, fake, _ = daemon
+    caplog.set_level(logging.INFO, logger="mptcpize_py.daemon")
+    fake.callback(event(ME, start_ns=OLD_START))   # read late: the pid is already this process's
+    fake.callback(event(ME))
+    fake.callback(event(ME))
+    lines = [r.getMessage() for r in caplog.records if f"upgraded pid={ME} " in r.getMessage()]
+    assert len(lines) == 2
+    assert lines[0].startswith(f"upgraded pid={ME} exe=?(python) ")   # not this process's exe
+    assert lines[1].startswith(f"upgraded pid={ME} exe={EXE} ")
+    fake.stats = [ProcStats(ME, 7, "exe", 16, MY_START), ProcStats(ME, 3, "exe", 16, OLD_START)]
+    rows = dm.status().processes
+    assert [(r.pid, r.start_ns, r.upgraded, r.alive, r.exe) for r in rows] == \
+        [(ME, OLD_START, 3, False, None), (ME, MY_START, 7, True, EXE)]
+    assert rows[0].cgroup is None and rows[1].cgroup == procfs.cgroup(ME)
+    assert [r.upgraded for r in dm.status().policy.rules] == [10]
+
+
+def test_status_row_without_a_record_checks_the_start(daemon):
+    """A row the daemon has no record of (its event was dropped) names an exe only if the pid is still
+    that process."""
+    dm, fake, _ = daemon
+    fake.stats = [ProcStats(ME, 1, "exe", 16, OLD_START), ProcStats(ME, 1, "exe", 16, MY_START)]
+    assert [(r.exe, r.alive) for r in dm.status().processes] == [(None, False), (EXE, True)]
+
+
+def test_prune_keeps_the_live_process_of_a_recycled_pid(daemon, monkeypatch):
+    """Over the limit, records of exited processes the kernel no longer counts go; the live process of
+    the same pid stays, and so does an exited one that still has its row."""
+    dm, fake, _ = daemon
+    older = OLD_START - TICK_NS
+    for start in (older, OLD_START, None):
+        fake.callback(event(ME, start_ns=start))
+    fake.stats = [ProcStats(ME, 1, "exe", 16, OLD_START)]   # the LRU forgot (ME, older)
+    monkeypatch.setattr(service, "MAX_PROC_RECORDS", 1)
+    dm._prune()
+    assert sorted(dm._procs) == [(ME, OLD_START), (ME, MY_START)]
+
+
+class Peer:
+    pid = ME
+    uid = 0
+
+
+def test_run_report_one_row_per_process(daemon):
+    """`run -v` via the daemon: two processes of the run with the same pid are two rows, each with its
+    own count and executable; another run's processes are not in it."""
+    dm, fake, _ = daemon
+    run_id = dm.register({"pid": ME}, Peer())["run_id"]
+    fake.exe_names[(ME, OLD_START)] = "/usr/bin/first"
+    fake.stats = [ProcStats(ME, 5, "run", run_id, MY_START), ProcStats(ME, 2, "run", run_id, OLD_START),
+                  ProcStats(ME, 9, "run", run_id + 1, OLD_START - TICK_NS)]
+    report = dm.run_report({"run_id": run_id})
+    assert report["processes"] == [
+        {"pid": ME, "start_ns": OLD_START, "upgraded": 2, "exe": "/usr/bin/first"},
+        {"pid": ME, "start_ns": MY_START, "upgraded": 5, "exe": EXE},
+    ]
+
+
+def test_standalone_run_reports_one_row_per_process(monkeypatch):
+    """`run -v --backend bpf` with its own program: the same, from the program's map."""
+    from mptcpize_py.program import loader
+    from mptcpize_py.run.backend import ProcessReport
+    from mptcpize_py.run.bpf import BpfRunBackend
+    fake = FakeRewriter()
+    monkeypatch.setattr(loader, "Rewriter", lambda all_netns: fake)
+    backend = BpfRunBackend()
+    fake.callback(event(ME, start_ns=OLD_START, kind="run", rule_id=1))   # gone: its comm only
+    fake.callback(event(ME, kind="run", rule_id=1))
+    fake.stats = [ProcStats(ME, 5, "run", 1, MY_START), ProcStats(ME, 2, "run", 1, OLD_START)]
+    assert backend.finish() == [ProcessReport(ME, "[python]", 2), ProcessReport(ME, EXE, 5)]
+    backend.close()
 
 
 def test_reload_applies_a_good_policy(daemon):
@@ -382,18 +470,24 @@ def tmp_escaped(path: str) -> str:
 
 
 def test_hostile_comm_and_cgroup_are_escaped_in_the_log(daemon, caplog, monkeypatch):
-    # The `?(COMM)` fallback (the process exited before we looked: no exe) shows a name anyone sets
-    # with prctl(PR_SET_NAME); a cgroup in a delegated subtree is named by its user.
+    # The `?(COMM)` fallback (no exe readable) shows a name anyone sets with prctl(PR_SET_NAME); a
+    # cgroup in a delegated subtree is named by its user.
     dm, fake, _ = daemon
-    gone = subprocess.Popen(["true"])
-    gone.wait()
-    monkeypatch.setattr(procfs, "cgroup", lambda _pid, proc=procfs.PROC: "/user.slice/x\x1b[2J\ny.scope")
-    caplog.set_level(logging.INFO, logger="mptcpize_py.daemon")
-    fake.callback(dataclasses.replace(event(gone.pid), comm="\x1b]0;x\x07\nrule=F"))
+    live = subprocess.Popen(["sleep", "60"])
+    try:
+        wait_for(lambda: procfs.starttime(live.pid) is not None, "the sleep to show in /proc")
+        hostile_cgroup = "/user.slice/x\x1b[2J\ny.scope"
+        monkeypatch.setattr(procfs, "exe", lambda _pid, proc=procfs.PROC: None)
+        monkeypatch.setattr(procfs, "cgroup", lambda _pid, proc=procfs.PROC: hostile_cgroup)
+        caplog.set_level(logging.INFO, logger="mptcpize_py.daemon")
+        fake.callback(dataclasses.replace(event(live.pid), comm="\x1b]0;x\x07\nrule=F"))
+    finally:
+        live.kill()
+        live.wait()
     rec, = upgrade_lines(caplog)
-    assert rec.getMessage() == (f"upgraded pid={gone.pid} exe=?(\\x1b]0;x\\x07\\nrule=F) rule=allow "
-                                f"exe={EXE} \"py\" (10.toml:1) unit=x\\x1b[2J\\ny.scope")
-    assert rec.MPTCPIZE_COMM == "\x1b]0;x\x07\nrule=F" and rec.MPTCPIZE_UNIT == "x\x1b[2J\ny.scope"
+    assert rec.getMessage() == (f"upgraded pid={live.pid} exe=?(\\x1b]0;x\\x07\\nrule=F) rule=allow "
+                                f"exe={EXE} \"py\" (10.toml:1) cgroup=/user.slice/x\\x1b[2J\\ny.scope")
+    assert rec.MPTCPIZE_COMM == "\x1b]0;x\x07\nrule=F" and rec.MPTCPIZE_CGROUP == hostile_cgroup
 
 
 def test_journald_gets_the_record_of_an_undecodable_exe(daemon, hostile_process):

@@ -49,8 +49,8 @@ def test_wire_keys():
                                  "failed_reloads"]
     assert list(d["policy"]["rules"][0]) == ["id", "description", "action", "kind", "value", "target",
                                              "upgraded"]
-    assert list(d["processes"][0]) == ["pid", "exe", "rule", "rule_id", "kind", "unit", "cgroup",
-                                       "upgraded", "alive"]
+    assert list(d["processes"][0]) == ["pid", "start_ns", "exe", "rule", "rule_id", "kind", "unit",
+                                       "cgroup", "upgraded", "alive"]
 
 
 def test_unknown_keys_are_ignored():

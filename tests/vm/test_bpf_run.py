@@ -4,6 +4,7 @@
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import textwrap
@@ -59,6 +60,21 @@ def test_matrix_shell_descendants_and_static_binary(bpf_backend, static_rawsock,
     assert sum(n for exe, n in rows.values() if exe.endswith("rawsock")) == 2
     assert any(n == UPGRADABLE and "python" in exe for exe, n in rows.values()), proc.stderr
     assert "backend bpf" in proc.stderr
+
+
+def test_a_recycled_pid_is_another_process(bpf_backend, static_rawsock, tmp_path):
+    """Two processes of the run tree with the same pid (forced through ns_last_pid): `run -v` shows
+    each with its own count and executable, not one process with both counts."""
+    first, second = str(tmp_path / "rawsock-first"), str(tmp_path / "rawsock-second")
+    for path in (first, second):
+        shutil.copy2(static_rawsock, path)
+    proc = mptcpize("run", "-v", "--backend", "bpf", PYTHON, str(PROGS / "samepid.py"), first, second)
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    pid = out["pids"][0]
+    assert out["pids"] == [pid, pid] and out["outputs"] == ["262", "262"]
+    assert f"pid={pid} exe={first} upgraded=1" in proc.stderr
+    assert f"pid={pid} exe={second} upgraded=1" in proc.stderr
 
 
 UNRELATED_CHILD = textwrap.dedent("""

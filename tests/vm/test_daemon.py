@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from tests.conftest import CLI, cli_env, mptcpize, start_daemon
+from tests.conftest import CLI, PROGS, cli_env, mptcpize, start_daemon
 from tests.waiting import scaled, wait_exit, wait_for
 
 pytestmark = pytest.mark.vm
@@ -233,6 +233,27 @@ def test_run_uses_the_daemon(env):
         return min(times)
     base, fast = best(["true"]), best([*CLI, "run", "true"])
     print(f"run true via the daemon: +{(fast - base) * 1000:.0f} ms (under TCG)")
+
+
+def test_run_via_the_daemon_tells_a_recycled_pid_apart(env, tmp_path):
+    """Two processes of one run with the same pid (forced through ns_last_pid): two rows in `run -v`
+    (the daemon's run_report) and in `status`, each with its own count and executable."""
+    first, second = str(tmp_path / "rawsock-first"), str(tmp_path / "rawsock-second")
+    shutil.copy2(env.bins["other"], first)
+    shutil.copy2(env.bins["other"], second)
+    res = subprocess.run([*CLI, "run", "-v", sys.executable, str(PROGS / "samepid.py"), first, second],
+                         env=env.environ, capture_output=True, text=True, timeout=scaled(120))
+    assert res.returncode == 0, res.stderr
+    assert "via the daemon" in res.stderr
+    out = json.loads(res.stdout)
+    pid = out["pids"][0]
+    assert out["pids"] == [pid, pid] and out["outputs"] == ["262", "262"]
+    assert f"pid={pid} exe={first} upgraded=1" in res.stderr
+    assert f"pid={pid} exe={second} upgraded=1" in res.stderr
+    rows = [r for r in status(env)["processes"] if r["pid"] == pid and r["kind"] == "run"]
+    assert sorted((r["exe"] is None or r["exe"] in (first, second), r["upgraded"]) for r in rows) == \
+        [(True, 1), (True, 1)]
+    assert rows[0]["start_ns"] != rows[1]["start_ns"]
 
 
 def test_unit_rule_resync_before_start_and_after_restart(env):
