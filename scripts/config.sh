@@ -8,6 +8,16 @@ VNG_VERSION=${VNG_VERSION:-1.42}
 VM_CPUS=${VM_CPUS:-2}
 VM_MEMORY=${VM_MEMORY:-2G}
 VM_TIMEOUT=${VM_TIMEOUT:-900}        # seconds, default for vm.sh --timeout
+VM_LOCK=${VM_LOCK:-/tmp/mptcpize-vm.lock}   # held by each VM run: a second one waits its turn
+
+# Waits for and takes the VM lock for the rest of the calling script (fd 9). $1: the script's name.
+take_vm_lock() {
+    exec 9>"$VM_LOCK"
+    if ! flock -n 9; then
+        printf '%s: waiting for another VM run to finish (lock %s)\n' "$1" "$VM_LOCK" >&2
+        flock 9
+    fi
+}
 # Modules the guest's udev coldplug would load for emulated q35 hardware nobody here uses (CD-ROM, AHCI,
 # PS/2, watchdogs, KVM, CPU crypto/crc acceleration). Under TCG each load costs ~0.3-1 s of boot.
 # Kernel cmdline `modprobe.blacklist=` only stops alias (udev) loading; `modprobe NAME` still works.

@@ -216,6 +216,7 @@ case $REPO/ in
         "PrivateTmp= in mptcpize-py.service hides /tmp and /var/tmp from the daemon: clone the repo to a path such as /work/mptcpize-py";;
 esac
 
+take_vm_lock vm-systemd.sh   # one VM at a time on the shared cores
 KVER=$(cat "$VM_KVER_FILE" 2>/dev/null) || die "no VM kernel recorded in $VM_KVER_FILE" \
     "run scripts/setup.sh as root"
 kernel=/boot/vmlinuz-$KVER

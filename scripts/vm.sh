@@ -153,6 +153,7 @@ done
 
 KVER=$(cat "$VM_KVER_FILE" 2>/dev/null) || die "no VM kernel recorded in $VM_KVER_FILE" \
     "run scripts/setup.sh as root"
+take_vm_lock vm.sh   # two VMs on two shared cores would each take twice as long, and time out
 kernel=/boot/vmlinuz-$KVER
 [ -r "$kernel" ] || die "VM kernel $kernel missing" "run scripts/setup.sh as root"
 [ -x "$VENV/bin/vng" ] || die "virtme-ng missing ($VENV/bin/vng)" "run scripts/setup.sh as root"
