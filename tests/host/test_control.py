@@ -411,38 +411,68 @@ def test_40_concurrent_resync_commands(sock_path):
     assert [r for r in results if r[1] != 0] == []
 
 
-@needs_root
-def test_a_burst_of_200_clients_of_the_real_daemon(tmp_path):
-    # The daemon itself (a dry run: no fmod_ret needed), its real handlers, and the CLI as a unit's
-    # ExecStartPre runs it: 40 `mptcpize-py resync` processes and 160 threads asking for `resync` and
-    # `status` at the same time. Every one is answered.
-    policy_dir = tmp_path / "policy.d"
+@pytest.fixture(scope="module")
+def dry_daemon(tmp_path_factory):
+    """The daemon itself, as a dry run (no fmod_ret needed), on a private control socket:
+    (control socket, policy directory, log file)."""
+    if not is_root():
+        pytest.skip("the daemon needs root")
+    base = tmp_path_factory.mktemp("control-daemon")
+    policy_dir = base / "policy.d"
     policy_dir.mkdir(mode=0o755)
     (policy_dir / "10-burst.toml").write_text(f'[[allow]]\nexe = "{os.path.realpath(sys.executable)}"\n')
     (policy_dir / "10-burst.toml").chmod(0o644)
-    control_path = tmp_path / "run" / "control"
-    log_path = tmp_path / "daemon.log"
-    env = cli_env(dict(os.environ, MPTCPIZE_CONTROL=str(control_path)))
+    control_path = base / "run" / "control"
+    log_path = base / "daemon.log"
     with open(log_path, "w") as log:
         daemon = start_daemon(policy_dir, control_path, log, log_path, "--dry-run")
         try:
-            procs = [subprocess.Popen([*CLI, "resync"], env=env, stdout=subprocess.PIPE,
-                                      stderr=subprocess.STDOUT, text=True) for _ in range(40)]
-
-            def one(i):
-                if i % 2:
-                    assert client.request({"cmd": "resync"}, control_path, timeout=scaled(30)) == {"ok": True}
-                else:
-                    assert client.request({"cmd": "status"}, control_path,
-                                          timeout=scaled(10))["backend"] == "dry-run"
-
-            failures = burst(160, one)
-            results = [(p.communicate(timeout=scaled(120))[0], p.returncode) for p in procs]
+            yield control_path, policy_dir, log_path
         finally:
             daemon.terminate()
-            wait_exit(daemon, "the daemon to exit after SIGTERM")
+            try:
+                wait_exit(daemon, "the daemon to exit after SIGTERM")
+            finally:
+                if daemon.poll() is None:
+                    daemon.kill()
+                    daemon.wait()
+
+
+def test_a_burst_of_200_clients_of_the_real_daemon(dry_daemon):
+    # The daemon's real handlers, and the CLI as a unit's ExecStartPre runs it: 40 `mptcpize-py resync`
+    # processes and 160 threads asking for `resync` and `status` at the same time. Every one is answered.
+    control_path, _, _ = dry_daemon
+    env = cli_env(dict(os.environ, MPTCPIZE_CONTROL=str(control_path)))
+    procs = [subprocess.Popen([*CLI, "resync"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              text=True) for _ in range(40)]
+
+    def one(i):
+        if i % 2:
+            assert client.request({"cmd": "resync"}, control_path, timeout=scaled(30)) == {"ok": True}
+        else:
+            assert client.request({"cmd": "status"}, control_path, timeout=scaled(10))["backend"] == "dry-run"
+
+    failures = burst(160, one)
+    results = [(p.communicate(timeout=scaled(120))[0], p.returncode) for p in procs]
     assert failures == []
     assert [r for r in results if r[1] != 0] == []
+
+
+def test_a_hostile_policy_is_refused_without_stalling_the_daemon(dry_daemon):
+    # 120 KB of one dotted key took tomllib 97 s, in the daemon's loop or (here, as `resync` finds the
+    # directory changed) with the control socket's handlers held. Now it is refused before parsing.
+    control_path, policy_dir, log_path = dry_daemon
+    hostile = policy_dir / "20-hostile.toml"
+    hostile.write_text(".".join(["a"] * 60000) + " = 1\n")
+    hostile.chmod(0o644)
+    try:
+        assert client.request({"cmd": "resync"}, control_path, timeout=scaled(10)) == {"ok": True}
+        assert f"{hostile}:1: a dotted key of more than 8 parts" in log_path.read_text()
+        status = client.request({"cmd": "status"}, control_path, timeout=scaled(10))
+        assert status["policy"]["failed_reloads"] >= 1
+        assert status["policy"]["files"] == [str(policy_dir / "10-burst.toml")]   # the last good policy
+    finally:
+        hostile.unlink()
 
 
 def test_register_accepts_our_child_and_refuses_others(server, sock_path):
