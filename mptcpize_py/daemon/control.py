@@ -7,9 +7,19 @@ refusal logged. The file modes already keep other users out (connect() fails wit
 client maps to exit 77 too); the credential check is what holds when they do not, e.g. for a process
 with CAP_DAC_OVERRIDE but not uid 0.
 
-The wire format is protocol.py's; client.py is the other end. A request may not exceed 64 KiB nor
-take more than 2 s to arrive; malformed JSON gets an error line and
-the connection is closed (framing cannot be trusted after it). A connection may carry several requests.
+The wire format is protocol.py's; client.py is the other end. A request may not exceed 64 KiB;
+malformed JSON gets an error line and the connection is closed (framing cannot be trusted after it). A
+connection may carry several requests.
+
+Bursts and slow peers: a burst of clients (at boot, every enabled unit's ExecStartPre asks for a
+`resync`) must be served, not refused, since a refused unit starts with plain TCP. The listen queue is
+as deep as the kernel allows (SOMAXCONN; the kernel caps it at net.core.somaxconn, 4096 by default).
+At most `max_connections` connections are served at once; while all are taken the accept thread stops
+accepting, so later clients wait in the kernel's queue, first come first served, each until its own
+time limit (client.py retries when that queue itself is full). No slot is held for long: a connection
+gets `timeout` seconds in total to send its requests (idle time counts: idle peers and slow writers
+are cut off) and as long again in total to take its answers (slow readers); only the time its
+handlers take is not counted.
 
 Threads, not a selectable object: the daemon's main loop blocks in bcc's ring_buffer_poll(), whose epoll
 descriptor bcc does not expose, so the socket could not join that loop without a second poll loop
@@ -32,6 +42,7 @@ import stat
 import threading
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 from mptcpize_py.daemon.protocol import (
@@ -51,7 +62,7 @@ from mptcpize_py.daemon.protocol import (
 from mptcpize_py.errors import MptcpizeError
 from mptcpize_py.host.procfs import parse_stat_ppid, parse_status_field
 
-MAX_CONNECTIONS = 16
+MAX_CONNECTIONS = 64   # threads, each blocked in recv() or waiting for the handler lock
 PID_MAX = 1 << 22                  # PID_MAX_LIMIT on 64-bit
 
 log = logging.getLogger("mptcpize_py.control")
@@ -120,6 +131,7 @@ class ControlServer:
         self._handler_lock = threading.Lock()
         self._conns: set[socket.socket] = set()
         self._conns_lock = threading.Lock()
+        self._slot_freed = threading.Condition(self._conns_lock)
         self.replaced_stale = False   # start() found a dead daemon's socket and replaced it
 
     # --- lifecycle ------------------------------------------------------------------------------
@@ -145,6 +157,8 @@ class ControlServer:
 
     def close(self) -> None:
         self._stopping.set()
+        with self._slot_freed:
+            self._slot_freed.notify_all()   # an accept thread waiting for a free slot
         if self._wake_w >= 0:
             try:
                 os.write(self._wake_w, b"x")
@@ -262,7 +276,7 @@ class ControlServer:
             os.chmod(self.path, self.socket_mode)
             st = os.lstat(self.path)
             self._bound = (st.st_dev, st.st_ino)
-            sock.listen(MAX_CONNECTIONS)
+            sock.listen(socket.SOMAXCONN)
             sock.setblocking(False)
         except BaseException:
             sock.close()
@@ -278,7 +292,7 @@ class ControlServer:
         sel.register(self._listen, selectors.EVENT_READ)
         sel.register(self._wake_r, selectors.EVENT_READ)
         try:
-            while not self._stopping.is_set():
+            while self._wait_for_slot():
                 for key, _ in sel.select():
                     if key.fileobj == self._wake_r:
                         return
@@ -294,6 +308,14 @@ class ControlServer:
         finally:
             sel.close()
 
+    def _wait_for_slot(self) -> bool:
+        """Waits until fewer than max_connections are open; False once the server is stopping. Not
+        accepting meanwhile is what makes clients wait in the kernel's queue, in order."""
+        with self._slot_freed:
+            self._slot_freed.wait_for(lambda: self._stopping.is_set()
+                                      or len(self._conns) < self.max_connections)
+            return not self._stopping.is_set()
+
     def _admit(self, conn: socket.socket) -> None:
         conn.setblocking(True)
         try:
@@ -308,18 +330,19 @@ class ControlServer:
             self._send_and_close(conn, {"error": PERMISSION_DENIED, "exit_code": 77})
             return
         with self._conns_lock:
-            if len(self._conns) >= self.max_connections:
-                busy = True
-            else:
-                busy = False
-                self._conns.add(conn)
-        if busy:
-            log.warning("control socket: refused pid=%d: %d connections already open",
-                        cred.pid, self.max_connections)
-            self._send_and_close(conn, {"error": "busy: too many control connections, try again"})
-            return
-        threading.Thread(target=self._serve, args=(conn, cred), name=f"mptcpize-control-{cred.pid}",
-                         daemon=True).start()
+            self._conns.add(conn)   # a slot is free: only this thread adds, after _wait_for_slot()
+        try:
+            threading.Thread(target=self._serve, args=(conn, cred), name=f"mptcpize-control-{cred.pid}",
+                             daemon=True).start()
+        except RuntimeError as e:   # no thread to be had: drop this one, keep serving
+            log.warning("control socket: pid=%d: cannot start a thread: %s", cred.pid, e)
+            self._release(conn)
+
+    def _release(self, conn: socket.socket) -> None:
+        with self._slot_freed:
+            self._conns.discard(conn)
+            self._slot_freed.notify()
+        conn.close()
 
     def _send_and_close(self, conn: socket.socket, obj: dict) -> None:
         try:
@@ -333,33 +356,37 @@ class ControlServer:
 
     def _serve(self, conn: socket.socket, cred: Ucred) -> None:
         reader = LineReader(conn, self.max_request)
+        # The peer's time budgets for the whole connection (see the module's docstring).
+        budget = _Budget(read=self.timeout, write=max(self.timeout, 1.0))
         try:
             while not self._stopping.is_set():
+                start = time.monotonic()
                 try:
-                    line = reader.readline(time.monotonic() + self.timeout)
+                    line = reader.readline(start + budget.read)
                 except TimeoutError:
-                    if reader.buffered:  # idle between requests is fine; half a request is not
-                        self._reply(conn, {"error": f"request not complete within {self.timeout:g} s"})
+                    if reader.buffered:  # idle: just closed; half a request: an error
+                        self._reply(conn, {"error": f"request not complete within {self.timeout:g} s"},
+                                    budget)
                     break
                 except TooLarge as e:
                     log.warning("control socket: pid=%d: %s", cred.pid, e)
-                    self._reply(conn, {"error": str(e)})
+                    self._reply(conn, {"error": str(e)}, budget)
                     break
+                finally:
+                    budget.read -= time.monotonic() - start
                 if line is None:
                     break
                 try:
                     req = decode_request(line)
                 except RequestError as e:
-                    self._reply(conn, {"error": str(e)})
+                    self._reply(conn, {"error": str(e)}, budget)
                     break
-                if not self._reply(conn, self._dispatch(req, cred)):
+                if not self._reply(conn, self._dispatch(req, cred), budget):
                     break
         except OSError:
             pass  # the client went away
         finally:
-            with self._conns_lock:
-                self._conns.discard(conn)
-            conn.close()
+            self._release(conn)
 
     def _dispatch(self, req: dict, cred: Ucred) -> dict:
         cmd = req["cmd"]
@@ -383,17 +410,23 @@ class ControlServer:
             return {"error": f"internal error in {cmd}: bad response"}
         return result
 
-    def _reply(self, conn: socket.socket, obj: dict) -> bool:
-        # A client that does not read its answer gets the same time limit as one that does not write.
-        conn.settimeout(max(self.timeout, 1.0))
+    def _reply(self, conn: socket.socket, obj: dict, budget: "_Budget") -> bool:
+        """Sends one answer within what is left of the connection's write budget."""
+        if budget.write <= 0:
+            return False
+        start = time.monotonic()
+        conn.settimeout(budget.write)   # sendall(): a limit on the whole answer, not on each send()
         try:
             conn.sendall(encode(obj))
             return True
         except OSError:
             return False
+        finally:
+            budget.write -= time.monotonic() - start
 
 
-# ---------------------------------------------------------------------------------------------------
-# Client
-
-
+@dataclass
+class _Budget:
+    """Seconds a connection may still spend waiting for its peer: to read requests, to write answers."""
+    read: float
+    write: float

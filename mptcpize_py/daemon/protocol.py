@@ -31,6 +31,11 @@ TIMEOUT = 2.0
 PERMISSION_DENIED = "permission denied"
 
 
+# What daemons before the waiting accept queue answered when their connection slots were full; clients
+# still retry on it (a newer CLI may talk to an older daemon until it is restarted).
+BUSY_PREFIX = "busy:"
+
+
 _UCRED = struct.Struct("=iII")     # struct ucred { pid_t pid; uid_t uid; gid_t gid; }
 
 
@@ -90,7 +95,8 @@ class LineReader:
     def __init__(self, sock: socket.socket, limit: int):
         self._sock = sock
         self._limit = limit
-        self._buf = b""
+        self._buf = bytearray()
+        self._scanned = 0          # _buf[:_scanned] holds no newline: a byte is searched once, not per recv
 
     @property
     def buffered(self) -> bool:
@@ -102,12 +108,15 @@ class LineReader:
         Raises TooLarge past `limit` bytes, TimeoutError when `deadline` (time.monotonic()) passes.
         """
         while True:
-            nl = self._buf.find(b"\n")
+            nl = self._buf.find(b"\n", self._scanned)
             if nl >= 0:
                 if nl > self._limit:
                     raise TooLarge(f"request larger than {self._limit} bytes")
-                line, self._buf = self._buf[:nl], self._buf[nl + 1:]
+                line = bytes(self._buf[:nl])
+                del self._buf[:nl + 1]
+                self._scanned = 0
                 return line
+            self._scanned = len(self._buf)
             if len(self._buf) > self._limit:
                 raise TooLarge(f"request larger than {self._limit} bytes")
             remaining = deadline - time.monotonic()

@@ -3,9 +3,11 @@
 Files are treated as hostile input (the daemon runs as root): the directory and each file must be owned
 by `owner_uid` (root) and not group- or world-writable; a symlinked policy file is refused outright (we
 open with O_NOFOLLOW, so neither a link into /etc/shadow nor a swapped link can be read); files are
-bounded to 1 MiB. The directory itself may be a symlink: the admin chose that path, and the checks
-apply to the directory it leads to. Policy = every `*.toml` file of the directory, in sorted name order;
-hidden files (".name.toml", e.g. editor lock files) are ignored.
+bounded to 1 MiB, and so are all files together: parsing is pure Python (up to 2 s per MiB of the
+costliest TOML on the build machine) and a reload runs in the daemon's main loop (validate.py bounds
+the rest: tokens, dotted keys). The directory itself may be a symlink: the admin chose that path, and the
+checks apply to the directory it leads to. Policy = every `*.toml` file of the directory, in sorted
+name order; hidden files (".name.toml", e.g. editor lock files) are ignored.
 """
 
 import errno
@@ -18,6 +20,7 @@ from mptcpize_py.policy.model import DEFAULT_POLICY_DIR, Policy, PolicyError, Po
 from mptcpize_py.policy.validate import policy_from_files
 
 MAX_FILE_BYTES = 1 << 20
+MAX_POLICY_BYTES = 1 << 20   # all files together
 MAX_FILES = 1000
 
 _OWNERSHIP_HINT = "policy files and their directory must be owned by root and writable only by root"
@@ -30,7 +33,8 @@ def load_policy(directory: Path = DEFAULT_POLICY_DIR, owner_uid: int = 0) -> Pol
 
 def read_policy_files(directory: Path, owner_uid: int) -> Iterator[PolicyFile]:
     """Each policy file of `directory` in name order, read one at a time. A problem with the directory
-    raises PolicyError; a problem with one file is that file's `refused`."""
+    (too many files, too many bytes in all) raises PolicyError; a problem with one file is that file's
+    `refused`."""
     try:
         dfd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     except FileNotFoundError:
@@ -46,13 +50,21 @@ def read_policy_files(directory: Path, owner_uid: int) -> Iterator[PolicyFile]:
         names = sorted(n for n in os.listdir(dfd) if n.endswith(".toml") and not n.startswith("."))
         if len(names) > MAX_FILES:
             raise PolicyError([f"{directory}: {len(names)} policy files; at most {MAX_FILES} are read"])
+        total = 0
         for name in names:
             label = str(directory / name)
             try:
-                file = PolicyFile(label, _read_policy_file(dfd, name, label, owner_uid))
+                text, size = _read_policy_file(dfd, name, label, owner_uid)
             except _FileRefused as e:
-                file = PolicyFile(label, refused=str(e))
-            yield file
+                yield PolicyFile(label, refused=str(e))
+                continue
+            total += size
+            if total > MAX_POLICY_BYTES:
+                raise PolicyError([f"{directory}: the policy files hold more than {MAX_POLICY_BYTES} bytes "
+                                   f"together ({name} passes the limit)"],
+                                  hint="remove comments, unused rules or files: a policy is read whole "
+                                       "at every reload")
+            yield PolicyFile(label, text)
     finally:
         os.close(dfd)
 
@@ -72,7 +84,8 @@ def _unsafe(st: os.stat_result, owner_uid: int) -> str | None:
     return None
 
 
-def _read_policy_file(dfd: int, name: str, label: str, owner_uid: int) -> str:
+def _read_policy_file(dfd: int, name: str, label: str, owner_uid: int) -> tuple[str, int]:
+    """(text, size in bytes) of one policy file; _FileRefused says why not."""
     # lstat first so that we never open a device or FIFO; then open without following links and check
     # the descriptor again, which is what counts (the entry may have been swapped in between).
     try:
@@ -113,7 +126,7 @@ def _read_policy_file(dfd: int, name: str, label: str, owner_uid: int) -> str:
         os.close(fd)
     data = b"".join(chunks)
     try:
-        return data.decode("utf-8")
+        return data.decode("utf-8"), len(data)
     except UnicodeDecodeError as e:
         line = data.count(b"\n", 0, e.start) + 1
         raise _FileRefused(f"{label}:{line}: not valid UTF-8") from None

@@ -18,7 +18,9 @@ Rules of the format (docs/mptcpize-py-policy.5 follows this module):
   returned complete or not at all.
 """
 
+import operator
 import posixpath
+import re
 import tomllib
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -57,6 +59,36 @@ UNIT_NAME_MAX = 255
 UNIT_TYPES_WITH_PROCESSES = ("service", "socket", "mount", "swap", "scope", "slice")
 UNIT_TYPES_WITHOUT_PROCESSES = ("target", "timer", "path", "device", "automount")
 
+# Parsing is pure Python and the daemon does it in its main loop at every reload: its cost is bounded
+# by a linear scan before tomllib sees a file (figures measured on the 2-core build machine):
+# - tomllib (3.11) takes time quadratic in the parts of a dotted key or table header: a 120 KB
+#   `a.a.a... = 1` took 97 s. A policy's keys have one part, two at most (`netns.names`).
+# - every other cost grows with the size (load.py: 1 MiB in all) and with the number of tokens: 2-6 us
+#   for each key, value, array, table or comment (tomllib, then positions.py), so 1 MiB of `"",` took
+#   2 s. A policy that fills the kernel maps (8192 rules, each with a name and a comment) has 61,000.
+MAX_KEY_PARTS = 8
+MAX_TOKENS = 100_000   # in all files together
+
+# Problems reported at most: each is a log line at every refused reload (a file of 100,000 unknown keys
+# would otherwise log 100,000 lines each time).
+MAX_PROBLEMS = 100
+
+# The scan's tokens: strings (whose dots are not separators), comments, and runs of key parts joined by
+# dots (chains: a key, a header, or a value such as 1.5 or true); '[' and '{' are counted apart.
+# Linear: at any position at most one alternative of a repeat can match, so a failed repeat is not
+# retried another way, and an unterminated string takes the rest of its line (or file) instead of
+# failing after a long scan.
+# (No possessive quantifiers: Python 3.11.2's, Debian's, miss matches with alternations inside them.)
+_KEY_PART = r"""(?:[A-Za-z0-9_-]+|"(?:[^"\\\n]|\\[^\n])*"|'[^'\n]*')"""
+_KEY_PART_RE = re.compile(_KEY_PART)
+_count_dots = operator.methodcaller("count", ".")
+_TOML_SCAN = re.compile(
+    r'"""(?:[^"\\]|\\[\s\S]|\\\Z|"(?!""))*(?:"""|\Z)'   # a multi-line basic string
+    r"|'''(?:[^']|'(?!''))*(?:'''|\Z)"                 # a multi-line literal string
+    rf"|(?P<chain>{_KEY_PART}(?:[ \t]*\.[ \t]*{_KEY_PART})*)"
+    r"|\#[^\n]*"                                      # a comment
+    r"""|["'][^\n]*""")                                # an unterminated string
+
 
 def parse_policy_text(text: str, filename: str) -> Policy:
     """Validates one file's text as a whole policy; `filename` labels errors and rules."""
@@ -65,8 +97,15 @@ def parse_policy_text(text: str, filename: str) -> Policy:
 
 def policy_from_files(files: Iterable[PolicyFile]) -> Policy:
     """Validates the files of a policy directory (in name order) together; raises PolicyError."""
+    tokens = _Tokens()
     return _build([_FileResult(f.path, [], None, 0, [(0, f.refused)]) if f.refused is not None
-                   else _parse_file(f.text, f.path) for f in files])
+                   else _parse_file(f.text, f.path, tokens) for f in files])
+
+
+@dataclass
+class _Tokens:
+    """Tokens seen so far in the files of one policy."""
+    seen: int = 0
 
 
 @dataclass
@@ -103,17 +142,32 @@ def _build(parsed: list[_FileResult]) -> Policy:
             rule = Rule(next_id, action, kind, value, name, res.filename, line)
             next_id += 1
             (allow if action == "allow" else deny).append(rule)
+    if len(errors) > MAX_PROBLEMS:
+        errors[MAX_PROBLEMS:] = [f"and {len(errors) - MAX_PROBLEMS} more problems"]
     if errors:
         raise PolicyError(errors)
     return Policy(tuple(allow), tuple(deny), netns, tuple(r.filename for r in parsed))
 
 
-def _parse_file(text: str, filename: str) -> _FileResult:
+def _parse_file(text: str, filename: str, tokens: _Tokens) -> _FileResult:
     res = _FileResult(filename, [], None, 0, [])
 
     def error(line: int, reason: str):
         res.errors.append((line, f"{filename}:{line}: {reason}"))
 
+    chains = _TOML_SCAN.findall(text)
+    before, tokens.seen = tokens.seen, tokens.seen + len(chains) + text.count("[") + text.count("{")
+    if tokens.seen > MAX_TOKENS:
+        if before <= MAX_TOKENS:   # files after this one are not parsed either
+            res.errors.append((0, f"{filename}: refused: the policy files together hold more than "
+                                  f"{MAX_TOKENS} keys, values and comments (this file passes the limit)"))
+        return res
+    long_key = _long_dotted_key(text, chains)
+    if long_key is not None:
+        line, chain = long_key
+        error(line, f"a dotted key of more than {MAX_KEY_PARTS} parts ({_show(chain)}); policy keys have "
+              "one or two")
+        return res
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
@@ -155,6 +209,18 @@ def _parse_file(text: str, filename: str) -> _FileResult:
                   " tables")
     res.rules.sort(key=lambda r: r[0])
     return res
+
+
+def _long_dotted_key(text: str, chains: list[str]) -> tuple[int, str] | None:
+    """(line, chain) of the first dotted key (or header, or value) of more than MAX_KEY_PARTS parts;
+    `chains`: what _TOML_SCAN.findall() found in `text`."""
+    if max(map(_count_dots, chains), default=0) < MAX_KEY_PARTS:
+        return None   # the usual case, without a Python step per token
+    for m in _TOML_SCAN.finditer(text):
+        chain = m.group("chain")
+        if chain and chain.count(".") >= MAX_KEY_PARTS and len(_KEY_PART_RE.findall(chain)) > MAX_KEY_PARTS:
+            return text.count("\n", 0, m.start()) + 1, chain
+    return None
 
 
 def _parse_rule(res: _FileResult, action: str, table: dict, at, error) -> None:

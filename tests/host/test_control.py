@@ -5,6 +5,7 @@ sockets and a second daemon."""
 import json
 import logging
 import os
+import select
 import shutil
 import socket
 import stat
@@ -12,14 +13,16 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
+import types
 from pathlib import Path
 
 import pytest
 
 from mptcpize_py.daemon import client, control, protocol
 from mptcpize_py.errors import MptcpizeError
-from tests.conftest import REPO, is_root
-from tests.waiting import scaled, wait_for
+from tests.conftest import CLI, REPO, cli_env, is_root, start_daemon
+from tests.waiting import scaled, wait_exit, wait_for
 
 needs_root = pytest.mark.skipif(not is_root(), reason="needs root (uid 0 peers, setuid to 65534)")
 NOBODY = 65534
@@ -164,33 +167,312 @@ def test_a_stalled_client_does_not_block_others(sock_path):
             assert client.request({"cmd": "status"}, sock_path, timeout=scaled(10))["backend"] == "stub"
 
 
-def test_too_many_connections_get_busy(sock_path):
+def admitted_connection(path: Path) -> socket.socket:
+    """A connection the server has admitted (it answered a request on it), left open and idle."""
+    s = socket.socket(socket.AF_UNIX)
+    s.settimeout(scaled(10))
+    s.connect(str(path))
+    s.sendall(b'{"cmd":"status"}\n')
+    answer = b""
+    while not answer.endswith(b"\n"):
+        chunk = s.recv(4096)
+        assert chunk, "the server closed an admitted connection without an answer"
+        answer += chunk
+    assert json.loads(answer)["backend"] == "stub"
+    return s
+
+
+def test_a_connection_beyond_the_slots_waits_for_one(sock_path):
+    # Both slots are held for an hour; a third connection waits in the accept queue (it is not told
+    # "busy") and is served as soon as a slot is released.
     with control.ControlServer(stub_handlers(), sock_path, allowed_uids={os.geteuid()},
                                max_connections=2, timeout=3600):
-        held = [socket.socket(socket.AF_UNIX) for _ in range(2)]
+        held = [admitted_connection(sock_path) for _ in range(2)]
         try:
-            for s in held:
-                s.settimeout(scaled(10))
-                s.connect(str(sock_path))
-                # An answer means the server admitted this connection and keeps it open.
-                s.sendall(b'{"cmd":"status"}\n')
-                with s.makefile("rb") as answer:
+            with socket.socket(socket.AF_UNIX) as waiting:
+                waiting.settimeout(scaled(10))
+                waiting.connect(str(sock_path))          # queued: connect() returns at once
+                waiting.sendall(b'{"cmd":"status"}\n')
+                # Nothing comes back while the slots are held (an earlier server said "busy" at once;
+                # this short look only lets that show).
+                readable, _, _ = select.select([waiting], [], [], 0.5)
+                assert not readable, f"answered while every slot was held: {waiting.recv(200)!r}"
+                held.pop().close()
+                with waiting.makefile("rb") as answer:
                     assert json.loads(answer.readline())["backend"] == "stub"
-            with pytest.raises(MptcpizeError, match="busy"):
-                client.request({"cmd": "status"}, sock_path)
         finally:
             for s in held:
                 s.close()
 
-        def served() -> bool:
-            try:
-                return client.request({"cmd": "status"}, sock_path)["backend"] == "stub"
-            except MptcpizeError as e:
-                if "busy" not in e.message:
-                    raise
-                return False
 
-        wait_for(served, "the server to free the closed connections' slots")
+def burst(n: int, one) -> list:
+    """Runs one(i) in n threads released at the same moment; returns what went wrong, as strings."""
+    gate, failures = threading.Barrier(n), []
+
+    def run(i):
+        gate.wait()
+        try:
+            one(i)
+        except Exception as e:  # noqa: BLE001 - every failure is reported below
+            failures.append(f"client {i}: {type(e).__name__}: {e}")
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return failures
+
+
+def test_200_concurrent_clients_are_all_served(sock_path):
+    # A boot starting many enabled units at once: each unit's ExecStartPre asks for a `resync`, which
+    # takes the daemon a while (handlers run one at a time); `status` callers come in between. Every
+    # client gets its answer, within the time limits the CLI gives them (resync 30 s, status 10 s).
+    handlers = stub_handlers()
+    served = []
+
+    def resync(req, peer):
+        time.sleep(0.005)   # one re-resolution of the policy, done one at a time
+        served.append(peer.pid)
+        return {"ok": True}
+
+    handlers["resync"] = resync
+    with control.ControlServer(handlers, sock_path, allowed_uids={os.geteuid()}):
+        def one(i):
+            if i % 4:
+                assert client.request({"cmd": "resync"}, sock_path, timeout=scaled(30)) == {"ok": True}
+            else:
+                assert client.request({"cmd": "status"}, sock_path, timeout=scaled(10))["backend"] == "stub"
+
+        assert burst(200, one) == []
+    assert len(served) == 150
+
+
+def test_idle_and_slow_peers_do_not_starve_a_client(sock_path):
+    # Every slot is held by a peer that went idle after its request, more such peers and slow writers
+    # (a byte at a time, never a whole line) keep reconnecting: a well-behaved client is still served
+    # within its time limit, because no peer keeps a slot longer than the server's `timeout` (2 s) and
+    # the accept queue is first come, first served. With the default limits.
+    stop = threading.Event()
+
+    def idle_peer():
+        while not stop.is_set():
+            try:
+                s = admitted_connection(sock_path)
+            except (OSError, AssertionError):
+                continue
+            with s:
+                try:
+                    while not stop.is_set() and s.recv(1):   # until the server cuts it off
+                        pass
+                except OSError:
+                    pass
+
+    def slow_writer():
+        while not stop.is_set():
+            with socket.socket(socket.AF_UNIX) as s:
+                try:
+                    s.connect(str(sock_path))
+                    s.sendall(b'{"cmd":')
+                    while not stop.is_set():
+                        s.sendall(b" ")
+                        time.sleep(0.05)  # the slow writer's pace
+                except OSError:
+                    pass                  # cut off: come back
+
+    with control.ControlServer(stub_handlers(), sock_path, allowed_uids={os.geteuid()}) as srv:
+        slots = srv.max_connections
+        held = [admitted_connection(sock_path) for _ in range(slots)]   # every slot, at first
+        # more attackers than slots: the slots stay taken, the accept queue never empties
+        attackers = [threading.Thread(target=idle_peer) for _ in range(slots)] + \
+                    [threading.Thread(target=slow_writer) for _ in range(slots // 4)]
+        try:
+            for t in attackers:
+                t.start()
+            for _ in range(3):
+                assert client.request({"cmd": "status"}, sock_path, timeout=scaled(10))["backend"] == "stub"
+        finally:
+            stop.set()
+            for s in held:
+                s.close()
+            for t in attackers:
+                t.join()
+
+
+@pytest.fixture
+def fake_daemon(sock_path):
+    """A listening socket served by serve_one(conn, n) for the n-th connection, from a thread, once
+    start() is called (until then connections queue up)."""
+    sock_path.parent.mkdir(mode=0o700)
+    listener = socket.socket(socket.AF_UNIX)
+    listener.bind(str(sock_path))
+    listener.listen(0)   # AF_UNIX: one connection queues, the next connect() fails with EAGAIN
+    stop = threading.Event()
+    threads = []
+
+    def start(serve_one):
+        def loop():
+            n = 0
+            listener.settimeout(0.1)
+            while not stop.is_set():
+                try:
+                    conn, _ = listener.accept()
+                except TimeoutError:
+                    continue
+                with conn, conn.makefile("rb") as reader:
+                    conn.settimeout(scaled(10))
+                    try:
+                        if not reader.readline():
+                            continue      # a client that gave up (or a queue filler) closed it
+                        serve_one(conn, n)
+                    except OSError:
+                        continue
+                    n += 1
+
+        t = threading.Thread(target=loop)
+        t.start()
+        threads.append(t)
+
+    yield listener, start
+    stop.set()
+    for t in threads:
+        t.join()
+    listener.close()
+
+
+def test_client_waits_while_the_accept_queue_is_full(sock_path, fake_daemon, monkeypatch):
+    listener, start = fake_daemon
+    queued = []
+    while True:   # fill the accept queue
+        s = socket.socket(socket.AF_UNIX)
+        s.setblocking(False)
+        try:
+            s.connect(str(sock_path))
+        except BlockingIOError:
+            s.close()
+            break
+        queued.append(s)
+    retrying = threading.Event()
+    real_sleep = time.sleep
+
+    def sleep(seconds):   # the client pauses before a retry: it has met the full queue
+        retrying.set()
+        real_sleep(seconds)
+
+    monkeypatch.setattr(client, "time", types.SimpleNamespace(monotonic=time.monotonic, sleep=sleep))
+    outcome = []
+
+    def ask():
+        try:
+            outcome.append(client.request({"cmd": "status"}, sock_path, timeout=scaled(30)))
+        except MptcpizeError as e:
+            outcome.append(e)
+
+    asker = threading.Thread(target=ask)
+    asker.start()
+    wait_for(lambda: retrying.is_set() or outcome, "the client to meet the full accept queue")
+    for s in queued:
+        s.close()
+    start(lambda conn, n: conn.sendall(b'{"ok":true}\n'))
+    asker.join()
+    assert outcome == [{"ok": True}]
+
+
+def test_client_retries_busy_answers(sock_path, fake_daemon):
+    # Daemons of earlier versions answered "busy" when their slots were full.
+    listener, start = fake_daemon
+    busy = b'{"error":"busy: too many control connections, try again"}\n'
+    start(lambda conn, n: conn.sendall(busy if n < 3 else b'{"ok":true}\n'))
+    assert client.request({"cmd": "status"}, sock_path, timeout=scaled(30)) == {"ok": True}
+
+
+def test_client_gives_up_on_a_daemon_that_stays_busy(sock_path, fake_daemon):
+    listener, start = fake_daemon
+    start(lambda conn, n: conn.sendall(b'{"error":"busy: too many control connections, try again"}\n'))
+    with pytest.raises(MptcpizeError) as e:
+        client.request({"cmd": "status"}, sock_path, timeout=0.5)
+    assert (e.value.message, e.value.exit_code) == ("busy: too many control connections, try again", 1)
+
+
+def test_40_concurrent_resync_commands(sock_path):
+    # The CLI as units' ExecStartPre runs it: 40 `mptcpize-py resync` at once all exit 0.
+    handlers = stub_handlers()
+
+    def resync(req, peer):
+        time.sleep(0.05)   # a slow re-resolution keeps the later ones waiting
+        return {"ok": True}
+
+    handlers["resync"] = resync
+    with control.ControlServer(handlers, sock_path, allowed_uids={os.geteuid()}):
+        env = cli_env(dict(os.environ, MPTCPIZE_CONTROL=str(sock_path)))
+        procs = [subprocess.Popen([*CLI, "resync"], env=env, stdout=subprocess.PIPE,
+                                  stderr=subprocess.STDOUT, text=True) for _ in range(40)]
+        results = [(p.communicate(timeout=scaled(120))[0], p.returncode) for p in procs]
+    assert [r for r in results if r[1] != 0] == []
+
+
+@pytest.fixture(scope="module")
+def dry_daemon(tmp_path_factory):
+    """The daemon itself, as a dry run (no fmod_ret needed), on a private control socket:
+    (control socket, policy directory, log file)."""
+    if not is_root():
+        pytest.skip("the daemon needs root")
+    base = tmp_path_factory.mktemp("control-daemon")
+    policy_dir = base / "policy.d"
+    policy_dir.mkdir(mode=0o755)
+    (policy_dir / "10-burst.toml").write_text(f'[[allow]]\nexe = "{os.path.realpath(sys.executable)}"\n')
+    (policy_dir / "10-burst.toml").chmod(0o644)
+    control_path = base / "run" / "control"
+    log_path = base / "daemon.log"
+    with open(log_path, "w") as log:
+        daemon = start_daemon(policy_dir, control_path, log, log_path, "--dry-run")
+        try:
+            yield control_path, policy_dir, log_path
+        finally:
+            daemon.terminate()
+            try:
+                wait_exit(daemon, "the daemon to exit after SIGTERM")
+            finally:
+                if daemon.poll() is None:
+                    daemon.kill()
+                    daemon.wait()
+
+
+def test_a_burst_of_200_clients_of_the_real_daemon(dry_daemon):
+    # The daemon's real handlers, and the CLI as a unit's ExecStartPre runs it: 40 `mptcpize-py resync`
+    # processes and 160 threads asking for `resync` and `status` at the same time. Every one is answered.
+    control_path, _, _ = dry_daemon
+    env = cli_env(dict(os.environ, MPTCPIZE_CONTROL=str(control_path)))
+    procs = [subprocess.Popen([*CLI, "resync"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              text=True) for _ in range(40)]
+
+    def one(i):
+        if i % 2:
+            assert client.request({"cmd": "resync"}, control_path, timeout=scaled(30)) == {"ok": True}
+        else:
+            assert client.request({"cmd": "status"}, control_path, timeout=scaled(10))["backend"] == "dry-run"
+
+    failures = burst(160, one)
+    results = [(p.communicate(timeout=scaled(120))[0], p.returncode) for p in procs]
+    assert failures == []
+    assert [r for r in results if r[1] != 0] == []
+
+
+def test_a_hostile_policy_is_refused_without_stalling_the_daemon(dry_daemon):
+    # 120 KB of one dotted key took tomllib 97 s, in the daemon's loop or (here, as `resync` finds the
+    # directory changed) with the control socket's handlers held. Now it is refused before parsing.
+    control_path, policy_dir, log_path = dry_daemon
+    hostile = policy_dir / "20-hostile.toml"
+    hostile.write_text(".".join(["a"] * 60000) + " = 1\n")
+    hostile.chmod(0o644)
+    try:
+        assert client.request({"cmd": "resync"}, control_path, timeout=scaled(10)) == {"ok": True}
+        assert f"{hostile}:1: a dotted key of more than 8 parts" in log_path.read_text()
+        status = client.request({"cmd": "status"}, control_path, timeout=scaled(10))
+        assert status["policy"]["failed_reloads"] >= 1
+        assert status["policy"]["files"] == [str(policy_dir / "10-burst.toml")]   # the last good policy
+    finally:
+        hostile.unlink()
 
 
 def test_register_accepts_our_child_and_refuses_others(server, sock_path):

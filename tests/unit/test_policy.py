@@ -442,3 +442,64 @@ def test_every_error_is_one_line(tmp_path):
     d = policy_dir(tmp_path, {"a.toml": '[[allow]]\nunit = "x\\ny.service"\nname = "\\n"\n'})
     e = load_error(d)
     assert len(e.errors) == 2 and all(ONE_LINE.match(x) for x in e.errors), e.errors
+
+
+# --- what parsing may cost ----------------------------------------------------------------------------
+# The daemon parses in its main loop: what would take tomllib long is refused before it parses.
+
+
+@pytest.mark.parametrize("text, line, shown", [
+    # the review's file: 120 KB of one dotted key, which tomllib took 97 s to parse
+    (".".join(["a"] * 60000) + " = 1\n", 1, "'a.a.a.a.a."),
+    ("[[allow]]\nexe = \"/x\"\n[" + ".".join(["t"] * 9) + "]\n", 3, "'t.t.t.t.t."),
+    ("x = 1\n" + " . ".join(['"q"'] * 9) + " = 1\n", 2, "'\"q\" . \"q\" . "),
+    ("x = { " + ".".join(["k"] * 9) + " = 1 }\n", 1, "'k.k.k.k.k."),
+])
+def test_a_dotted_key_of_many_parts_is_refused_before_parsing(text, line, shown):
+    assert only_error(text).startswith(f"p.toml:{line}: a dotted key of more than 8 parts ({shown}")
+    assert only_error(text).endswith("); policy keys have one or two")
+
+
+def test_dots_in_strings_and_comments_are_not_key_parts(tmp_path):
+    dotted = ".".join("abcdefghijklmnop")
+    text = (f"# {dotted}\n"
+            f'[[allow]]\nname = "{dotted}"\nexe = "/opt/{dotted}/bin"\n'
+            f"[[allow]]\nname = '{dotted}'\nunit = \"{dotted}.service\"\n"
+            f'[netns]\nnames = ["""{dotted}""", \'\'\'{dotted}\'\'\']   # {dotted}\n')
+    p = load_policy(policy_dir(tmp_path, {"a.toml": text}), owner_uid=ME)
+    assert [r.name for r in p.rules] == [dotted, dotted] and p.netns.names == (dotted,)
+    assert parse_policy_text('netns.names = ["blue"]\n', "p.toml").netns.names == ("blue",)
+
+
+def test_too_many_tokens_in_all_files_are_refused(tmp_path):
+    # Each token costs the parser a few microseconds: their number is bounded over the whole policy.
+    part = "".join(f'[[allow]]\nexe = "/bin/x{i}"\n' for i in range(8000))   # 5 tokens a rule
+    d = policy_dir(tmp_path, {"a.toml": part, "b.toml": part, "c.toml": part, "d.toml": part})
+    e = load_error(d)
+    assert e.errors[-1] == (f"{d}/c.toml: refused: the policy files together hold more than 100000 keys, "
+                            "values and comments (this file passes the limit)")
+
+
+def test_the_files_together_are_bounded_in_size(tmp_path):
+    comment = "#" * 99 + "\n"
+    d = policy_dir(tmp_path, {"a.toml": comment * 6000, "b.toml": comment * 6000, "c.toml": ""})
+    e = load_error(d)
+    assert e.errors == [f"{d}: the policy files hold more than 1048576 bytes together (b.toml passes the limit)"]
+
+
+def test_a_full_policy_loads(tmp_path):
+    # As many rules as the kernel maps hold, each with a name, with comments: well within the limits.
+    rules = [f'# rule {i}\n[[allow]]\nname = "service binary number {i}"\nexe = "/usr/lib/vendor/bin/d-{i}"\n'
+             for i in range(policy.MAX_EXE_RULES)]
+    rules += [f'[[deny]]\nname = "worker {i}"\nunit = "worker-{i}.service"\n'
+              for i in range(policy.MAX_CGROUP_RULES - 24)]
+    rules.append('[netns]\nnames = [' + ", ".join(f'"ns{i}"' for i in range(24)) + "]\n")
+    p = load_policy(policy_dir(tmp_path, {"big.toml": "".join(rules)}), owner_uid=ME)
+    assert (len(p.allow), len(p.deny), len(p.netns.names)) == (4096, 4072, 24)
+
+
+def test_problems_reported_are_bounded():
+    errors = errors_of("".join(f"[[allow]]\nexe = \"/bin/x\"\nx{i} = 1\n" for i in range(1000)))
+    assert len(errors) == 101
+    assert errors[99] == "p.toml:300: unknown key 'x99' in [[allow]] (expected one of exe, cgroup, unit, name)"
+    assert errors[100] == "and 900 more problems"
