@@ -147,3 +147,30 @@ def socket_owners(inodes: Iterable[int] | None = None, proc: str = PROC) -> dict
                     if not lst or lst[-1] != pid:
                         lst.append(pid)
     return owners
+
+
+def processes_named(names: Iterable[str], proc: str = PROC) -> list[tuple[int, str, int | None]]:
+    """(pid, name, netns inum) of the running processes whose executable is named one of `names`
+    (its base name; "NetworkManager", "mptcpd"), pids ascending. comm (15 bytes) picks candidates
+    cheaply; /proc/PID/exe confirms, because any process may call itself anything. Not as root,
+    another user's exe cannot be read: comm alone decides there. As root, no exe means a kernel
+    thread or a process gone meanwhile."""
+    wanted = set(names)
+    out: list[tuple[int, str, int | None]] = []
+    try:
+        pids = sorted(int(p) for p in os.listdir(proc) if p.isdigit())
+    except OSError:
+        return out
+    for pid in pids:
+        comm = (read_text(f"{proc}/{pid}/comm") or "").rstrip("\n")
+        if comm not in wanted:
+            continue
+        path = exe(pid, proc)
+        if path is not None:
+            name = path.removesuffix(" (deleted)").rsplit("/", 1)[-1]   # replaced by an upgrade
+            if name != comm:
+                continue
+        elif os.geteuid() == 0:
+            continue
+        out.append((pid, comm, netns_inum(pid, proc)))
+    return out

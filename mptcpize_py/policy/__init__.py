@@ -15,6 +15,7 @@ from mptcpize_py.policy.load import MAX_FILE_BYTES, load_policy
 from mptcpize_py.policy.model import (
     DEFAULT_POLICY_DIR,
     EXAMPLE_POLICY,
+    HOST_NETNS_NAME,
     NetnsSelection,
     PathsSettings,
     PathsTable,
@@ -24,8 +25,8 @@ from mptcpize_py.policy.model import (
 )
 from mptcpize_py.policy.validate import (
     ACTIONS,
-    NAME_MAX,
     MPTCP_PM_ADDR_MAX,
+    NAME_MAX,
     NETNS_KEYS,
     PATHS_KEYS,
     PATHS_ROLES,
@@ -38,7 +39,8 @@ from mptcpize_py.policy.validate import (
 )
 
 __all__ = [
-    "ACTIONS", "CGROUP_MAX_DEPTH", "DEFAULT_POLICY_DIR", "EXAMPLE_POLICY", "MAX_CGROUP_RULES",
+    "ACTIONS", "CGROUP_MAX_DEPTH", "DEFAULT_POLICY_DIR", "EXAMPLE_POLICY", "HOST_NETNS_NAME",
+    "MAX_CGROUP_RULES",
     "MAX_EXE_RULES", "MAX_FILE_BYTES", "MPTCP_PM_ADDR_MAX", "NAME_MAX", "NETNS_KEYS", "PATHS_KEYS",
     "PATHS_ROLES", "PATHS_SETTING_KEYS", "RULE_KEYS", "UNIT_TYPES_WITHOUT_PROCESSES",
     "UNIT_TYPES_WITH_PROCESSES", "NetnsSelection", "PathsSettings", "PathsTable", "Policy", "PolicyError",
