@@ -150,3 +150,12 @@ def test_one_paths_table_across_files():
                            PolicyFile("b.toml", '\n[paths]\nrole = "server"\n')])
     assert e.value.errors == ["b.toml:2: a second [paths] table (the first is at a.toml:1); keep one "
                               "([paths.netns.NAME] tables set one namespace)"]
+
+
+def test_the_example_policy_s_paths_table_is_valid():
+    from mptcpize_py.policy import EXAMPLE_POLICY
+    lines = EXAMPLE_POLICY.split("# [paths]\n", 1)[1].splitlines()
+    text = "[paths]\n" + "\n".join(line[2:] for line in lines if line.startswith("# "))
+    t = parse_policy_text(text, "example.toml").paths
+    assert (t.default.role, t.default.exclude, t.default.backup, t.default.subflows) == \
+        ("client", ("docker*", "veth*"), ("wwan*",), 2)
