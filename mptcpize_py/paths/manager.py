@@ -260,6 +260,9 @@ class PathManager:
             in_netns(ns.path, lambda: self._pass_here(ns, record, res, why), label=f"netns {ns.name}")
         except MptcpizeError as e:
             res.problems.append(e.message)
+        except Exception as e:  # a bug or an odd namespace: the daemon's upgrades must go on
+            log.exception("paths: netns %s: pass failed", escaped(ns.name))
+            res.problems.append(f"pass failed: {e!r}")
         self.state.save()
         problems = tuple(res.problems)
         if problems != ns.problems:
