@@ -256,6 +256,9 @@ class PathManager:
         record = self.state.records.setdefault(ns.key, NetnsRecord(ns.name))
         record.name = ns.name
         res = PassResult(ns.name)
+        if not ns.settings.manages and record.empty:   # role none, nothing of ours there: not even a look
+            ns.status = PathsStatus(ns.name, ns.settings.role, "nobody (role none)", (), None)
+            return res
         try:
             in_netns(ns.path, lambda: self._pass_here(ns, record, res, why), label=f"netns {ns.name}")
         except MptcpizeError as e:

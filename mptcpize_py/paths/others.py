@@ -6,6 +6,8 @@ How we tell, and why this way:
   namespace (/proc/PID/ns/net) being this one. mptcpd has no D-Bus name, and the endpoints it adds
   carry no mark (no flags by default), so its process is the one reliable sign. It manages only the
   namespace it runs in, and leaves its endpoints behind when it stops: they stay foreign to us.
+  Reading another user's /proc/PID/ns/net (mptcpd's unit uses DynamicUser=) needs CAP_SYS_PTRACE;
+  without it we cannot tell its namespace, and stand back wherever it might be.
 - NetworkManager (>= 1.40 adds endpoints for the addresses of the devices it manages, per its
   connection.mptcp-flags): a `NetworkManager` process in this namespace. Its D-Bus name would not
   say which namespace it serves (the system bus is one for all), its process does. Standing back
@@ -62,16 +64,19 @@ def other_manager(inum: int | None, procs: list[tuple[int, str, int | None]], pa
                             "userspace path manager such as mptcpd opens the subflows)"), None
     note = None
     for pid, name, ns in procs:
-        if ns != inum or inum is None:
+        if ns is None:   # its namespace is hidden from us (no CAP_SYS_PTRACE): it may be this one
+            where = "in a network namespace this process may not see (it may be this one)"
+        elif ns != inum:
             continue
+        else:
+            where = "in this namespace"
         if name == "mptcpd":
-            return OtherManager("mptcpd", pid, f"mptcpd (pid {pid}) manages MPTCP endpoints in this "
-                                "namespace"), None
+            return OtherManager("mptcpd", pid, f"mptcpd (pid {pid}) manages MPTCP endpoints {where}"), None
         if name == "NetworkManager":
             off = network_manager_mptcp_off(root)
             if off is None:
                 return OtherManager("NetworkManager", pid,
-                                    f"NetworkManager (pid {pid}) runs in this namespace and manages MPTCP "
+                                    f"NetworkManager (pid {pid}) runs {where} and manages MPTCP "
                                     "endpoints (connection.mptcp-flags)"), None
             note = f"NetworkManager (pid {pid}) runs here with MPTCP off ({off})"
     return None, note

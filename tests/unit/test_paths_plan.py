@@ -162,6 +162,7 @@ def test_networkmanager_off_only_when_its_configuration_says_so(tmp_path):
     ([(10, "mptcpd", 98)], "kernel", None),                                  # another namespace's
     ([(11, "NetworkManager", 99)], None, ("NetworkManager", 11)),
     ([], "userspace", ("userspace path manager", None)),
+    ([(12, "mptcpd", None)], "kernel", ("mptcpd", 12)),                      # its namespace hidden from us
 ])
 def test_other_managers(tmp_path, procs, pm, expected):
     other, _ = others.other_manager(99, procs, pm, root=str(tmp_path))
