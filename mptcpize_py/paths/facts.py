@@ -274,8 +274,7 @@ def paths_report(policy: Policy | None, state_dir: Path, only: str | None = None
     def one(name: str, path: str | None) -> PathsReport:
         rep = PathsReport(name)
         try:
-            return in_netns(path, lambda: _paths_here(rep, policy, owner, records, procs),
-                            label=f"netns {name}")
+            return in_netns(path, lambda: _paths_here(rep, policy, owner, records, procs))
         except MptcpizeError as e:
             rep.error = e.message
             return rep

@@ -89,6 +89,7 @@ class PathManager:
         self._stop = False
         self._wake_r, self._wake_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
         self._procs: list = []
+        self._warned: dict[str, str] = {}       # namespace -> the problem last logged for it
         self.results: list[PassResult] = []     # of the last apply()
 
     # --- the daemon's hooks ------------------------------------------------------------------------
@@ -190,21 +191,27 @@ class PathManager:
             if inum is None:
                 continue
             try:
-                cookie = in_netns(path, netlink.netns_cookie, label=f"netns {name}")
+                cookie = in_netns(path, netlink.netns_cookie)
             except MptcpizeError as e:
-                log.warning("paths: netns %s: %s", escaped(name), e.message)
+                self._warn(name, e.message)
                 continue
             self._watch[name] = _Netns(name, path, inum, cookie, settings)
             changed = True
         for ns in self._watch.values():
             if ns.settings.manages and ns.sock is None:
                 try:
-                    ns.sock = in_netns(ns.path, netlink.event_socket, label=f"netns {ns.name}")
+                    ns.sock = in_netns(ns.path, netlink.event_socket)
                 except (MptcpizeError, OSError) as e:
-                    log.warning("paths: netns %s: no address events: %s", escaped(ns.name), e)
+                    self._warn(ns.name, f"no address events: {e}")
             elif not ns.settings.manages and ns.sock is not None:
                 self._close_socket(ns)
         return changed
+
+    def _warn(self, name: str, problem: str) -> None:
+        """Logs a namespace's problem once, not at every rescan."""
+        if self._warned.get(name) != problem:
+            self._warned[name] = problem
+            log.warning("paths: netns %s: %s", escaped(name), escaped(problem))
 
     @staticmethod
     def _close_socket(ns: _Netns) -> None:
@@ -220,21 +227,24 @@ class PathManager:
         orphans = [k for k in self.state.records if k not in watched]
         if not orphans:
             return
+        complete = True   # every namespace looked at: records found nowhere belong to gone ones
         for name, path in self._all_namespaces().items():
             inum = _inum(path)
             if inum is None:
                 continue
             try:
-                cookie = in_netns(path, netlink.netns_cookie, label=f"netns {name}")
+                cookie = in_netns(path, netlink.netns_cookie)
             except MptcpizeError:
+                complete = False
                 continue
             key = netns_key(cookie, inum)
             if key in orphans:
                 ns = _Netns(name, path, inum, cookie, PathsSettings())
                 self._pass(ns, "not in the [paths] table")
                 orphans.remove(key)
-        for key in orphans:   # their namespace is gone, and their endpoints with it
-            self.state.records.pop(key, None)
+        if complete:
+            for key in orphans:   # their namespace is gone, and their endpoints with it
+                self.state.records.pop(key, None)
         self.state.save()
 
     def _all_namespaces(self) -> dict[str, str | None]:
@@ -260,7 +270,7 @@ class PathManager:
             ns.status = PathsStatus(ns.name, ns.settings.role, "nobody (role none)", (), None)
             return res
         try:
-            in_netns(ns.path, lambda: self._pass_here(ns, record, res, why), label=f"netns {ns.name}")
+            in_netns(ns.path, lambda: self._pass_here(ns, record, res, why))
         except MptcpizeError as e:
             res.problems.append(e.message)
         except Exception as e:  # a bug or an odd namespace: the daemon's upgrades must go on
