@@ -284,6 +284,8 @@ def paths_report(policy: Policy | None, state_dir: Path, only: str | None = None
         return [one(HOST_NETNS_NAME if os.stat(path).st_ino == host else only, path)]
     out = [one(names.get(own, HOST_NETNS_NAME), None)]
     if os.geteuid() != 0:
+        out[0].notes.append(f"not root: {state_dir}/{state.STATE_FILE} cannot be read, so every endpoint "
+                            "shows as foreign")
         others_n = [n for i, n in names.items() if i != own]
         if others_n:
             out[0].notes.append(f"{len(others_n)} other namespace(s) in {netns_dir} not inspected: "

@@ -426,6 +426,10 @@ def test_the_table_going_away_removes_ours(lab, policy_dir, daemons):
     pdir = policy_dir(POLICY)
     d = daemons(pdir)
     wait_for(lab_endpoints_ready, "the path manager's endpoints", details=d.text)
+    # One manager at a time: `paths --apply` beside the daemon is refused, and changes nothing.
+    proc = mptcpize("paths", "--apply", "--policy-dir", str(pdir), env=d.env)
+    assert proc.returncode == 1 and proc.stderr.splitlines()[0] == \
+        f"mptcpize-py: error: mptcpize-py daemon (pid {d.proc.pid}) manages MPTCP endpoints already", proc.stderr
     policy_dir('[[allow]]\nexe = "/bin/true"\n')          # the same file, now without [paths]
     d.proc.send_signal(signal.SIGHUP)
     wait_for(lambda: endpoints(CLI_NS) == {} and endpoints(SRV_NS) == {}, "our endpoints to go",
