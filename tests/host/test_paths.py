@@ -514,3 +514,40 @@ def test_bad_input_is_one_line_and_exit_78(policy_dir, tmp_path, command, text, 
     assert proc.returncode == 78, proc.stderr
     assert proc.stderr.splitlines() == [f"mptcpize-py: error: {pdir}/10-paths.toml:{line}: {reason}"]
     assert not (tmp_path / "run" / "paths.json").exists()
+
+
+def test_paths_apply_once_then_follow_without_the_daemon(lab, policy_dir, tmp_path):
+    """What hosts without the daemon (or `make demo`) use: the same manager, from the command line."""
+    pdir = policy_dir(POLICY)
+    env = cli_env(dict(os.environ, MPTCPIZE_CONTROL=str(tmp_path / "run" / "control")))
+    once = mptcpize("paths", "--apply", "--policy-dir", str(pdir), env=env)
+    assert once.returncode == 0, once.stderr
+    assert f"netns {CLI_NS}: added endpoint {NET1}.1 id {endpoints(CLI_NS)[f'{NET1}.1']['id']} dev mzc1 " \
+           "subflow (policy)" in once.stdout.splitlines()
+    assert lab_endpoints_ready(), (endpoints(CLI_NS), endpoints(SRV_NS))   # it exited; they stay, ours
+    again = mptcpize("paths", "--apply", "--policy-dir", str(pdir), env=env)
+    assert again.stdout.splitlines() == ["netns host: no change", f"netns {CLI_NS}: no change",
+                                         f"netns {SRV_NS}: no change"], again.stdout
+    rep = {r["name"]: r for r in json.loads(mptcpize("paths", "--json", "--policy-dir", str(pdir),
+                                                     env=env).stdout)}
+    assert rep[CLI_NS]["managed_by"].startswith("nobody (the 'own' endpoints come from")
+    assert all(e["own"] for e in rep[CLI_NS]["endpoints"])
+
+    follow = subprocess.Popen([*CLI, "paths", "--apply", "--follow", "--policy-dir", str(pdir)],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        wait_for(lambda: "paths --apply --follow" in json.dumps(
+            json.loads(mptcpize("paths", "--json", "--netns", CLI_NS, "--policy-dir", str(pdir),
+                                env=env).stdout)), "--follow to take over")
+        ip("-n", CLI_NS, "addr", "add", "10.236.4.1/24", "dev", "mzc2")
+        wait_for(lambda: "10.236.4.1" in endpoints(CLI_NS), "the new address's endpoint")
+        follow.send_signal(signal.SIGTERM)
+        _, err = follow.communicate(timeout=scaled(30))
+    finally:
+        ip("-n", CLI_NS, "addr", "del", "10.236.4.1/24", "dev", "mzc2", check=False)
+        if follow.poll() is None:
+            follow.kill()
+            follow.wait()
+    assert follow.returncode == 0, err
+    assert "paths: stopping: removing the endpoints mptcpize-py added" in err
+    assert endpoints(CLI_NS) == {} and endpoints(SRV_NS) == {}    # the one-shot's too: recorded as ours
