@@ -91,6 +91,27 @@ def _build_parser() -> argparse.ArgumentParser:
     s.add_argument("--netns", metavar="NAME", default=None,
                    help="with --connections: only network namespace NAME (/run/netns/NAME)")
 
+    pa = sub.add_parser("paths", help="MPTCP endpoints per network namespace: who manages them, which are "
+                                      "mptcpize-py's, what the policy's [paths] table would change",
+                        description="Show, per network namespace (the caller's, then every "
+                                    "/run/netns one as root), who manages MPTCP endpoints, each "
+                                    "endpoint (own: added by mptcpize-py; foreign: never touched), "
+                                    "the limits, and what the [paths] table of the policy would "
+                                    "change. --apply changes it (the daemon does this by itself "
+                                    "when it runs). Exit 78 on a bad policy.")
+    pa.add_argument("--netns", metavar="NAME", default=None,
+                    help="only network namespace NAME (/run/netns/NAME)")
+    pa.add_argument("--json", action="store_true", help="machine-readable output")
+    _add_policy_dir(pa)
+    pa.add_argument("--apply", action="store_true",
+                    help="make endpoints and limits what the [paths] table says, once, and exit; for "
+                         "hosts where the daemon does not run (e.g. no usable BPF hook); refused "
+                         "while the daemon or another --apply manages them")
+    pa.add_argument("--follow", action="store_true",
+                    help="with --apply: keep them in sync with address events until SIGTERM or "
+                         "SIGINT, then remove the endpoints it added; SIGHUP or a change in the "
+                         "policy directory reloads")
+
     m = sub.add_parser("metrics", help="Prometheus text-format metrics (stdout, or a file for "
                                        "node_exporter's textfile collector)",
                        description="Print the daemon's upgrade counters and the MPTCP connections of "
@@ -296,6 +317,54 @@ def cmd_resync(args) -> int:
     return 0
 
 
+def _paths_policy(policy_dir: Path, required: bool):
+    """The policy for `paths`; None when there is no policy directory and `required` is false."""
+    from mptcpize_py.policy import load_policy
+    if not required and not policy_dir.exists():
+        return None
+    return load_policy(policy_dir)
+
+
+def cmd_paths(args) -> int:
+    import logging
+
+    from mptcpize_py import report
+    from mptcpize_py.daemon import client
+    state_dir = client.control_path().parent   # beside the daemon's control socket
+    if args.follow and not args.apply:
+        raise UsageError("paths: --follow only applies with --apply", hint=f"{PROG} paths --apply --follow")
+    if args.apply:
+        from mptcpize_py.paths.manager import PathManager, follow
+        if args.netns is not None:
+            raise UsageError("paths: --apply works on every namespace the policy selects, not --netns")
+        policy = _paths_policy(args.policy_dir, required=True)
+        if args.follow:
+            logging.getLogger().setLevel(logging.INFO)
+        manager = PathManager(state_dir, what="paths --apply --follow" if args.follow else "paths --apply",
+                              follow=args.follow)
+        try:
+            manager.apply(policy, clean=True)
+            for res in manager.results:
+                for line in report.paths_apply_text(res):
+                    _out(line)
+            if args.follow:
+                follow(manager, args.policy_dir, lambda: _paths_policy(args.policy_dir, required=True))
+        finally:
+            manager.close(release=args.follow)
+        return 0
+    from mptcpize_py.host.netns import netns_path
+    from mptcpize_py.paths import paths_report
+    if args.netns is not None:
+        netns_path(args.netns)   # a usage error, or no such namespace, before anything else
+    reports = paths_report(_paths_policy(args.policy_dir, required=False), state_dir, only=args.netns)
+    if args.json:
+        _out(report.paths_json(reports))
+    else:
+        for line in report.paths_text(reports):
+            _out(line)
+    return 0
+
+
 def cmd_enable_disable(args) -> int:
     from mptcpize_py import enable
     out = (enable.enable if args.command == "enable" else enable.disable)(
@@ -336,7 +405,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command is None:
             raise UsageError("no command given", hint=f"see '{PROG} --help'")
         return {"run": cmd_run, "check": cmd_check, "daemon": cmd_daemon,
-                "status": cmd_status, "resync": cmd_resync, "metrics": cmd_metrics,
+                "status": cmd_status, "resync": cmd_resync, "metrics": cmd_metrics, "paths": cmd_paths,
                 "enable": cmd_enable_disable, "disable": cmd_enable_disable}[args.command](args)
     except MptcpizeError as e:
         if debug:

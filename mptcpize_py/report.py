@@ -89,6 +89,24 @@ def status_text(status: DaemonStatus) -> list[str]:
                          f"{'yes' if p.alive else 'no':<5} {where:<30} "
                          f"{escaped(p.exe or '?'):<30} {escaped(p.rule or '-')}")
     lines.extend(enabled_units_text(status))
+    lines.extend(paths_status_text(status))
+    return lines
+
+
+def paths_status_text(status: DaemonStatus) -> list[str]:
+    """`status`: the [paths] table's namespaces as the daemon's path manager left them."""
+    if not status.paths:
+        return []
+    lines = ["paths ([paths] table):"]
+    for p in status.paths:
+        head = f"  netns {escaped(p.netns)}: role {p.role}"
+        if p.managed_by != "mptcpize-py":
+            head += f"; {escaped(p.managed_by)}"
+        elif p.limits:
+            head += f"; limits {p.limits}"
+        lines.append(head)
+        lines.extend(f"    endpoint {escaped(e)}" for e in p.endpoints)
+        lines.extend(f"    note: {escaped(n)}" for n in p.problems)
     return lines
 
 
@@ -193,4 +211,49 @@ def path_management_text(entries) -> list[str]:
             lines.append(f"    note: {n.text}")
             if n.hint:
                 lines.append(f"          hint: {n.hint}")
+    return lines
+
+
+def paths_json(reports) -> str:
+    """`paths --json`: paths.PathsReport per namespace, as is."""
+    return json.dumps([asdict(r) for r in reports], indent=2)
+
+
+def paths_text(reports) -> list[str]:
+    """`paths`: per namespace, who manages endpoints, each endpoint (own or foreign), the limits, and
+    what the policy would change."""
+    lines = []
+    for r in reports:
+        if r.error:
+            lines.append(f"netns {escaped(r.name)}: {escaped(r.error)}")
+            continue
+        role = f"; [paths] role {r.role}" if r.role else ""
+        lines.append(f"netns {escaped(r.name)}: endpoints managed by {escaped(r.managed_by)}{role}")
+        pm = f", path manager {r.path_manager}" if r.path_manager and r.path_manager != "kernel" else ""
+        lines.append(f"  limits subflows={r.subflows} add_addr_accepted={r.add_addr_accepted}"
+                     f"{pm}{'' if r.enabled == '1' else f', net.mptcp.enabled={r.enabled}'}")
+        if not r.endpoints:
+            lines.append("  no endpoint")
+        for e in r.endpoints:
+            lines.append(f"  {'own    ' if e.own else 'foreign'} {e.address} id {e.id}"
+                         + (f" dev {escaped(e.dev)}" if e.dev else "")
+                         + (" " + " ".join(e.flags) if e.flags else " (no flags)"))
+        if r.changes:
+            lines.append("  the policy would change:")
+            lines.extend(f"    {escaped(c)}" for c in r.changes)
+        elif r.role is not None:
+            lines.append("  the policy would change nothing")
+        lines.extend(f"  note: {escaped(n)}" for n in r.notes)
+    return lines
+
+
+def paths_apply_text(result) -> list[str]:
+    """`paths --apply`: what one pass over a namespace did (manager.PassResult)."""
+    name = escaped(result.netns)
+    lines = [f"netns {name}: {escaped(c)}" for c in result.changes]
+    if result.other:
+        lines.append(f"netns {name}: {escaped(result.other)}")
+    lines.extend(f"netns {name}: note: {escaped(p)}" for p in result.problems)
+    if not lines:
+        lines.append(f"netns {name}: no change")
     return lines

@@ -108,6 +108,28 @@ class ProcessRow:
 
 
 @dataclass(frozen=True)
+class PathsStatus:
+    """One namespace the [paths] table names, as the daemon's path manager left it."""
+    netns: str
+    role: str                        # client / server / both / none
+    managed_by: str                  # "mptcpize-py", or why another manager has it (one line)
+    endpoints: tuple[str, ...]       # ours: "10.0.0.1 id 3 dev eth1 subflow"
+    limits: str | None               # "subflows=2 add_addr_accepted=2"
+    problems: tuple[str, ...] = ()
+
+    def to_json_dict(self) -> dict[str, Any]:
+        return {"netns": self.netns, "role": self.role, "managed_by": self.managed_by,
+                "endpoints": list(self.endpoints), "limits": self.limits, "problems": list(self.problems)}
+
+    @classmethod
+    def from_json_dict(cls, d: object, where: str = "paths") -> "PathsStatus":
+        f = _Fields(d, where)
+        return cls(netns=f.text("netns"), role=f.text("role"), managed_by=f.text("managed_by"),
+                   endpoints=f.text_array("endpoints"), limits=f.opt_text("limits"),
+                   problems=f.text_array("problems"))
+
+
+@dataclass(frozen=True)
 class DaemonStatus:
     backend: str            # "bpf" | "dry-run"
     dry_run: bool
@@ -117,12 +139,13 @@ class DaemonStatus:
     totals: dict[str, int]  # the kernel's counters by name (abi.COUNTERS)
     processes: tuple[ProcessRow, ...]
     events_dropped: int
+    paths: tuple[PathsStatus, ...] = ()   # empty: no [paths] table
 
     def to_json_dict(self) -> dict[str, Any]:
         return {"backend": self.backend, "dry_run": self.dry_run, "pid": self.pid,
                 "uptime_s": self.uptime_s, "policy": self.policy.to_json_dict(),
                 "totals": dict(self.totals), "processes": [p.to_json_dict() for p in self.processes],
-                "events_dropped": self.events_dropped}
+                "events_dropped": self.events_dropped, "paths": [p.to_json_dict() for p in self.paths]}
 
     @classmethod
     def from_json_dict(cls, d: object) -> "DaemonStatus":
@@ -131,7 +154,8 @@ class DaemonStatus:
         return cls(backend=f.text("backend"), dry_run=f.boolean("dry_run"), pid=f.integer("pid"),
                    uptime_s=f.number("uptime_s"), policy=f.obj("policy", PolicyStatus.from_json_dict),
                    totals=f.counters("totals"), processes=f.array("processes", ProcessRow.from_json_dict),
-                   events_dropped=f.integer("events_dropped"))
+                   events_dropped=f.integer("events_dropped"),
+                   paths=f.array("paths", PathsStatus.from_json_dict) if "paths" in f.d else ())
 
 
 # ---------------------------------------------------------------------------------------------------

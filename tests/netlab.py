@@ -48,14 +48,16 @@ class TransferResult:
 class TwoPathLab:
     """PREFIX-cli and PREFIX-srv joined by path 1 (SUBNET1.1 <-> SUBNET1.2) and path 2 (SUBNET2.x).
     MPTCP limits allow 2 subflows on both sides; the client has a `subflow` endpoint on path 2, so
-    an MPTCP connection made over path 1 opens a second subflow over path 2 (MP_JOIN)."""
+    an MPTCP connection made over path 1 opens a second subflow over path 2 (MP_JOIN).
+    endpoints=False: no limits and no endpoint by hand (mptcpize-py's path manager sets them up)."""
 
     def __init__(self, prefix: str = "mzs", subnets: tuple[str, str] = ("10.231.1", "10.231.2"),
-                 rate: str | None = None):
+                 rate: str | None = None, endpoints: bool = True):
         self.cli, self.srv = f"{prefix}-cli", f"{prefix}-srv"
         self.subnets = subnets
         self.rate = rate  # e.g. "20mbit": a tbf bottleneck on each client->server path
         self.server_addr = f"{subnets[0]}.2"
+        self.endpoints = endpoints
 
     def setup(self) -> None:
         self.teardown()
@@ -74,6 +76,9 @@ class TwoPathLab:
                                check=True, capture_output=True)
         for ns in (self.cli, self.srv):
             _ip("-n", ns, "link", "set", "lo", "up")
+        if not self.endpoints:
+            return
+        for ns in (self.cli, self.srv):
             _ip("-n", ns, "mptcp", "limits", "set", "subflows", "2", "add_addr_accepted", "2")
         # Bound to the path-2 device, the extra subflow leaves through it even towards the server's
         # path-1 address (no route there: the kernel then treats the destination as on-link).

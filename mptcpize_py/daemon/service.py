@@ -46,6 +46,7 @@ from mptcpize_py.display import escaped
 from mptcpize_py.errors import MptcpizeError
 from mptcpize_py.host import procfs, systemd
 from mptcpize_py.host.netns import HOST_NETNS, NETNS_DIR, read_sysctl_in_netns
+from mptcpize_py.paths.manager import PathManager
 from mptcpize_py.policy import (
     DEFAULT_POLICY_DIR,
     Policy,
@@ -138,6 +139,7 @@ class Daemon:
         self._sync_lock = threading.Lock()   # reload/resync from the main loop vs. a `resync` request
         self._next_run_id = 1
         self._runs: dict[int, int] = {}      # run id -> registered pid
+        self.paths = PathManager(self.path.parent)   # [paths]: endpoints, beside the control socket
 
     # --- lifecycle -------------------------------------------------------------------------------
     def start(self) -> None:
@@ -159,6 +161,7 @@ class Daemon:
                 handlers = {"hello": self.hello, "status": self.status_request, "register": self.register,
                             "run_report": self.run_report, "resync": self.resync_request}
                 self.server = control.ControlServer(handlers, self.path).start()
+            self._apply_paths(policy)
         except BaseException:
             self.close()
             raise
@@ -178,6 +181,7 @@ class Daemon:
                 f"{c.get('events_dropped', 0)} events dropped")
 
     def close(self) -> None:
+        self.paths.close()   # removes the endpoints it added
         if self.server is not None:
             self.server.close()
             self.server = None
@@ -259,7 +263,15 @@ class Daemon:
         self.reloads += 1
         log.info("reloaded (%s): %s", why, policy.summary())
         self._log_resolution(resolved)
+        self._apply_paths(policy)
         return True
+
+    def _apply_paths(self, policy: Policy) -> None:
+        """The [paths] table: netlink only, so it works whatever the program could attach to."""
+        try:
+            self.paths.apply(policy)
+        except MptcpizeError as e:
+            log.error("paths: %s: the [paths] table is not applied", e.message)
 
     def resync(self) -> None:
         """Re-resolves the current policy: new cgroup ids, pending things that appeared, new inodes."""
@@ -486,6 +498,7 @@ class Daemon:
             totals=dict(counters),
             processes=tuple(rows),
             events_dropped=counters.get("events_dropped", 0),
+            paths=tuple(self.paths.statuses()),
         )
 
     def status_request(self, _req=None, _peer=None) -> dict:

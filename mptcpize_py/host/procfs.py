@@ -147,3 +147,32 @@ def socket_owners(inodes: Iterable[int] | None = None, proc: str = PROC) -> dict
                     if not lst or lst[-1] != pid:
                         lst.append(pid)
     return owners
+
+
+def processes_named(names: Iterable[str], proc: str = PROC) -> list[tuple[int, str, int | None]]:
+    """(pid, name, netns inum) of the running processes whose executable is named one of `names`
+    (its base name; "NetworkManager", "mptcpd"), pids ascending. comm (15 bytes) picks candidates
+    cheaply; /proc/PID/exe confirms, because any process may call itself anything. Where exe may not
+    be read (another user's process, without CAP_SYS_PTRACE: not root, or root in a unit whose
+    bounding set lacks it), comm alone decides, and the netns inum is None (unknown) when
+    /proc/PID/ns/net may not be read either. No exe at all: a kernel thread, or gone."""
+    wanted = set(names)
+    out: list[tuple[int, str, int | None]] = []
+    try:
+        pids = sorted(int(p) for p in os.listdir(proc) if p.isdigit())
+    except OSError:
+        return out
+    for pid in pids:
+        comm = (read_text(f"{proc}/{pid}/comm") or "").rstrip("\n")
+        if comm not in wanted:
+            continue
+        try:
+            path = os.readlink(f"{proc}/{pid}/exe")
+        except PermissionError:
+            path = None
+        except OSError:
+            continue
+        if path is not None and path.removesuffix(" (deleted)").rsplit("/", 1)[-1] != comm:
+            continue   # (deleted): replaced by a package upgrade, still that program
+        out.append((pid, comm, netns_inum(pid, proc)))
+    return out

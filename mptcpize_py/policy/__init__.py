@@ -5,7 +5,8 @@ job; here we only read the files safely and check that each selector is well for
 
 - model.py: Rule, NetnsSelection, Policy, PolicyFile, PolicyError, the default directory, the example.
 - load.py: the directory and its files as hostile input (owner, mode, no symlinks, size) -> load_policy().
-- validate.py: text -> rules: the format, every value check, the kernel map limits (from abi.py).
+- validate.py: text -> rules and the [paths] table: the format, every value check, the kernel map
+  limits (from abi.py) and MPTCP's (MPTCP_PM_ADDR_MAX).
 - positions.py: where each table, key and array element of a TOML text starts, for file:line errors.
 """
 
@@ -14,15 +15,22 @@ from mptcpize_py.policy.load import MAX_FILE_BYTES, load_policy
 from mptcpize_py.policy.model import (
     DEFAULT_POLICY_DIR,
     EXAMPLE_POLICY,
+    HOST_NETNS_NAME,
     NetnsSelection,
+    PathsSettings,
+    PathsTable,
     Policy,
     PolicyError,
     Rule,
 )
 from mptcpize_py.policy.validate import (
     ACTIONS,
+    MPTCP_PM_ADDR_MAX,
     NAME_MAX,
     NETNS_KEYS,
+    PATHS_KEYS,
+    PATHS_ROLES,
+    PATHS_SETTING_KEYS,
     RULE_KEYS,
     UNIT_TYPES_WITH_PROCESSES,
     UNIT_TYPES_WITHOUT_PROCESSES,
@@ -31,8 +39,10 @@ from mptcpize_py.policy.validate import (
 )
 
 __all__ = [
-    "ACTIONS", "CGROUP_MAX_DEPTH", "DEFAULT_POLICY_DIR", "EXAMPLE_POLICY", "MAX_CGROUP_RULES",
-    "MAX_EXE_RULES", "MAX_FILE_BYTES", "NAME_MAX", "NETNS_KEYS", "RULE_KEYS", "UNIT_TYPES_WITHOUT_PROCESSES",
-    "UNIT_TYPES_WITH_PROCESSES", "NetnsSelection", "Policy", "PolicyError", "Rule", "check_unit_name",
-    "load_policy", "parse_policy_text",
+    "ACTIONS", "CGROUP_MAX_DEPTH", "DEFAULT_POLICY_DIR", "EXAMPLE_POLICY", "HOST_NETNS_NAME",
+    "MAX_CGROUP_RULES",
+    "MAX_EXE_RULES", "MAX_FILE_BYTES", "MPTCP_PM_ADDR_MAX", "NAME_MAX", "NETNS_KEYS", "PATHS_KEYS",
+    "PATHS_ROLES", "PATHS_SETTING_KEYS", "RULE_KEYS", "UNIT_TYPES_WITHOUT_PROCESSES",
+    "UNIT_TYPES_WITH_PROCESSES", "NetnsSelection", "PathsSettings", "PathsTable", "Policy", "PolicyError",
+    "Rule", "check_unit_name", "load_policy", "parse_policy_text",
 ]

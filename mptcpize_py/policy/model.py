@@ -1,5 +1,5 @@
-"""What a policy is once validated (Rule, NetnsSelection, Policy), what a policy file is once read
-(PolicyFile), the error that reports every problem, and the shipped example."""
+"""What a policy is once validated (Rule, NetnsSelection, PathsSettings, PathsTable, Policy), what a
+policy file is once read (PolicyFile), the error that reports every problem, and the shipped example."""
 
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,12 +48,72 @@ class NetnsSelection:
         return self.mode
 
 
+# The namespace the [paths] table calls "host": the daemon's own (the policy's "host" everywhere).
+HOST_NETNS_NAME = "host"
+
+
+@dataclass(frozen=True)
+class PathsSettings:
+    """How MPTCP endpoints and limits are managed in one network namespace ([paths], merged with its
+    [paths.netns.NAME] table). Interface names are matched with shell-style patterns (fnmatch)."""
+    role: str = "none"                   # "client" (subflow), "server" (signal), "both", "none"
+    interfaces: tuple[str, ...] = ("*",)
+    exclude: tuple[str, ...] = ()
+    backup: tuple[str, ...] = ()         # their endpoints get the backup flag
+    fullmesh: tuple[str, ...] = ()       # their endpoints get the fullmesh flag (role client only)
+    subflows: int | None = None          # None: the kernel's value is left alone
+    add_addr_accepted: int | None = None
+    where: str = ""                      # "file:line" of the table these come from
+
+    @property
+    def manages(self) -> bool:
+        return self.role != "none"
+
+    def describe(self) -> str:
+        if not self.manages:
+            return "none"
+        parts = [self.role]
+        if self.interfaces != ("*",):
+            parts.append("interfaces " + ",".join(self.interfaces))
+        if self.exclude:
+            parts.append("exclude " + ",".join(self.exclude))
+        if self.backup:
+            parts.append("backup " + ",".join(self.backup))
+        if self.fullmesh:
+            parts.append("fullmesh " + ",".join(self.fullmesh))
+        if self.subflows is not None:
+            parts.append(f"subflows={self.subflows}")
+        if self.add_addr_accepted is not None:
+            parts.append(f"add_addr_accepted={self.add_addr_accepted}")
+        return " ".join(parts)
+
+
+@dataclass(frozen=True)
+class PathsTable:
+    """The policy's [paths] table: `default` for every namespace the policy selects, `netns` the
+    namespaces with a table of their own (already merged with the default)."""
+    default: PathsSettings
+    netns: tuple[tuple[str, PathsSettings], ...] = ()
+    where: str = ""
+
+    def for_netns(self, name: str) -> PathsSettings:
+        """`name`: "host" (HOST_NETNS_NAME) or a /run/netns name."""
+        return dict(self.netns).get(name, self.default)
+
+    def describe(self) -> str:
+        """`client` / `none; mzp-cli: client; mzp-srv: server`"""
+        out = [self.default.role]
+        out.extend(f"{name}: {s.role}" for name, s in self.netns)
+        return "; ".join(out)
+
+
 @dataclass(frozen=True)
 class Policy:
     allow: tuple[Rule, ...] = ()
     deny: tuple[Rule, ...] = ()
     netns: NetnsSelection = NetnsSelection()
     files: tuple[str, ...] = ()
+    paths: PathsTable | None = None     # None: no [paths] table, endpoints are not ours to manage
 
     @property
     def rules(self) -> tuple[Rule, ...]:
@@ -61,8 +121,9 @@ class Policy:
 
     def summary(self) -> str:
         files = "file" if len(self.files) == 1 else "files"
+        paths = f"; paths: {self.paths.describe()}" if self.paths is not None else ""
         return (f"{len(self.allow)} allow, {len(self.deny)} deny rules from {len(self.files)} {files}; "
-                f"netns: {self.netns.describe()}")
+                f"netns: {self.netns.describe()}{paths}")
 
 
 @dataclass(frozen=True)

@@ -13,11 +13,18 @@ Rules of the format (docs/mptcpize-py-policy.5 follows this module):
   could never match, which is always a mistake.
 - Rules and [netns] names beyond the kernel maps' sizes (bpf/mptcpize.h, via abi.py) are refused with
   file:line instead of half-filling a map: a policy that validates fits, so it can always be synced.
+- At most one `[paths]` table across all files (the same reasons as [netns]): opt-in MPTCP endpoint
+  management. Its keys apply to every namespace the policy selects; `[paths.netns.NAME]` ("host" or a
+  [netns] name) overrides them for one namespace. Checked here: the role, interface patterns (what a
+  Linux interface name can be, plus `*?[]`), flags the kernel refuses together (fullmesh with the
+  signal flag of roles server/both), a pattern both included and excluded, limits above the kernel's
+  maximum (MPTCP_PM_ADDR_MAX), a namespace the policy does not select, a table that manages nothing.
 - Problems are reported as `file:line: reason` (or `file: reason` for a problem with the file as a whole:
   permissions, size, symlink). All problems of all files are collected into one PolicyError; a policy is
   returned complete or not at all.
 """
 
+import dataclasses
 import operator
 import posixpath
 import re
@@ -27,7 +34,10 @@ from dataclasses import dataclass
 
 from mptcpize_py import abi
 from mptcpize_py.policy.model import (
+    HOST_NETNS_NAME,
     NetnsSelection,
+    PathsSettings,
+    PathsTable,
     Policy,
     PolicyError,
     PolicyFile,
@@ -51,6 +61,17 @@ ACTIONS = ("allow", "deny")
 SELECTORS = ("exe", "cgroup", "unit")
 RULE_KEYS = SELECTORS + ("name",)
 NETNS_KEYS = ("names", "all")
+
+# [paths]: the keys of a namespace's settings, and the table's own.
+PATHS_ROLES = ("client", "server", "both", "none")
+PATHS_SETTING_KEYS = ("role", "interfaces", "exclude", "backup", "fullmesh", "subflows",
+                      "add_addr_accepted")
+PATHS_KEYS = PATHS_SETTING_KEYS + ("netns",)
+# net/mptcp/pm_netlink.c (Linux 5.6 to 6.18): `#define MPTCP_PM_ADDR_MAX 8`, the largest value
+# `ip mptcp limits set` accepts ("limit greater than maximum", EINVAL) and the most endpoints a
+# namespace holds (ERANGE beyond it).
+MPTCP_PM_ADDR_MAX = 8
+IFNAMSIZ = 16   # include/uapi/linux/if.h: names are at most 15 bytes
 
 # systemd src/basic/unit-name.c: VALID_CHARS ("@" only in the prefix/instance part), UNIT_NAME_MAX 256
 # including the NUL, and the unit types of src/basic/unit-def.c.
@@ -115,11 +136,14 @@ class _FileResult:
     netns: NetnsSelection | None
     netns_line: int
     errors: list[tuple[int, str]]                        # (line, "file:line: reason"); line 0: whole file
+    paths: PathsTable | None = None
+    paths_line: int = 0
+    paths_netns_lines: dict[str, int] = dataclasses.field(default_factory=dict)
 
 
 def _build(parsed: list[_FileResult]) -> Policy:
     """Combines per-file results: ids in file then line order, one [netns], map limits, all errors."""
-    allow, deny, errors, netns_at = [], [], [], None
+    allow, deny, errors, netns_at, paths_at, paths_res = [], [], [], None, None, None
     netns = NetnsSelection()
     counts = {"exe": 0, "cgroup": 0}
     next_id = FIRST_RULE_ID
@@ -131,6 +155,12 @@ def _build(parsed: list[_FileResult]) -> Policy:
             else:
                 errors.append(f"{res.filename}:{res.netns_line}: a second [netns] table (the first is at "
                               f"{netns_at}); the namespace choice is global, keep one")
+        if res.paths is not None:
+            if paths_at is None:
+                paths_at, paths_res = f"{res.filename}:{res.paths_line}", res
+            else:
+                errors.append(f"{res.filename}:{res.paths_line}: a second [paths] table (the first is at "
+                              f"{paths_at}); keep one ([paths.netns.NAME] tables set one namespace)")
         for line, action, kind, value, name in res.rules:
             slot = "exe" if kind == "exe" else "cgroup"  # a unit rule becomes a cgroup map entry
             counts[slot] += 1
@@ -142,11 +172,25 @@ def _build(parsed: list[_FileResult]) -> Policy:
             rule = Rule(next_id, action, kind, value, name, res.filename, line)
             next_id += 1
             (allow if action == "allow" else deny).append(rule)
+    if paths_res is not None:
+        errors.extend(_paths_selection_errors(paths_res, netns))
     if len(errors) > MAX_PROBLEMS:
         errors[MAX_PROBLEMS:] = [f"and {len(errors) - MAX_PROBLEMS} more problems"]
     if errors:
         raise PolicyError(errors)
-    return Policy(tuple(allow), tuple(deny), netns, tuple(r.filename for r in parsed))
+    return Policy(tuple(allow), tuple(deny), netns, tuple(r.filename for r in parsed),
+                  paths_res.paths if paths_res is not None else None)
+
+
+def _paths_selection_errors(res: "_FileResult", netns: NetnsSelection) -> list[str]:
+    """[paths.netns.NAME] for a namespace the policy does not select: its settings would never apply."""
+    out = []
+    for name, line in res.paths_netns_lines.items():
+        if name == HOST_NETNS_NAME or netns.mode == "all" or name in netns.names:
+            continue
+        out.append(f"{res.filename}:{line}: [paths.netns.{name}]: the policy does not select namespace "
+                   f"{_show(name)} (add it to [netns] names)")
+    return out
 
 
 def _parse_file(text: str, filename: str, tokens: _Tokens) -> _FileResult:
@@ -204,9 +248,15 @@ def _parse_file(text: str, filename: str, tokens: _Tokens) -> _FileResult:
                 continue
             res.netns_line = at(key)
             res.netns = _parse_netns(value, lambda *p: at("netns", *p), error)
+        elif key == "paths":
+            if not isinstance(value, dict):
+                error(at(key), "paths must be a table: [paths] with role = ...")
+                continue
+            res.paths_line = at(key)
+            _parse_paths(res, value, lambda *p: at("paths", *p), error)
         else:
-            error(at(key), f"unknown key {_show(key)}: a policy file holds [[allow]], [[deny]] and [netns]"
-                  " tables")
+            error(at(key), f"unknown key {_show(key)}: a policy file holds [[allow]], [[deny]], [netns] and"
+                  " [paths] tables")
     res.rules.sort(key=lambda r: r[0])
     return res
 
@@ -292,8 +342,163 @@ def _parse_netns(table: dict, at, error) -> NetnsSelection | None:
     return NetnsSelection()
 
 
+def _parse_paths(res: _FileResult, table: dict, at, error) -> None:
+    """[paths] and its [paths.netns.NAME] tables -> res.paths (None when anything is wrong)."""
+    where = f"{res.filename}:{at()}"
+    ok = True
+    for k in table:
+        if k not in PATHS_KEYS:
+            error(at(k), f"unknown key {_show(k)} in [paths] (expected one of {', '.join(PATHS_KEYS)})")
+            ok = False
+    default = _paths_settings(table, PathsSettings(where=where), at, error, "[paths]")
+    per_ns = table.get("netns", {})
+    if not isinstance(per_ns, dict):
+        error(at("netns"), "paths.netns must hold one table per namespace: [paths.netns.NAME]")
+        return
+    overrides = []
+    for name, sub in per_ns.items():
+        line = at("netns", name)
+        res.paths_netns_lines[name] = line
+        header = f"[paths.netns.{name}]"
+        reason = _check_netns_name(name)
+        if reason:
+            error(line, f"{header}: {reason}")
+            ok = False
+            continue
+        if not isinstance(sub, dict):
+            error(line, f"paths.netns.{name} must be a table: {header} with role = ...")
+            ok = False
+            continue
+        for k in sub:
+            if k not in PATHS_SETTING_KEYS:
+                error(at("netns", name, k), f"unknown key {_show(k)} in {header} (expected one of "
+                      f"{', '.join(PATHS_SETTING_KEYS)})")
+                ok = False
+        if default is None:
+            continue
+        settings = _paths_settings(sub, dataclasses.replace(default, where=f"{res.filename}:{line}"),
+                                   lambda *p, n=name: at("netns", n, *p), error, header)
+        if settings is None:
+            ok = False
+            continue
+        overrides.append((name, settings))
+    if not ok or default is None:
+        return
+    if not default.manages and not any(s.manages for _, s in overrides):
+        error(at(), "[paths] manages no namespace: give a role (client, server or both) in [paths] or in "
+              "a [paths.netns.NAME] table")
+        return
+    res.paths = PathsTable(default, tuple(overrides), where)
+
+
+def _paths_settings(table: dict, base: PathsSettings, at, error, header: str) -> PathsSettings | None:
+    """`base` with the keys `table` sets; the checks that need the merged result (conflicts) too.
+    None when anything is wrong (each problem reported)."""
+    ok = True
+    changes: dict = {}
+    if "role" in table:
+        role = table["role"]
+        if role not in PATHS_ROLES:
+            error(at("role"), f"role: {_show(role) if isinstance(role, str) else _toml_type(role)} is not "
+                  f"a role (client, server, both or none)")
+            ok = False
+        else:
+            changes["role"] = role
+    for key in ("interfaces", "exclude", "backup", "fullmesh"):
+        if key not in table:
+            continue
+        value = table[key]
+        if not isinstance(value, list):
+            error(at(key), f"{key} must be an array of interface names or patterns, not "
+                  f"{_toml_type(value)}")
+            ok = False
+            continue
+        if key == "interfaces" and not value:
+            error(at(key), "interfaces: empty: no interface would be managed (leave it out for every "
+                  "interface)")
+            ok = False
+            continue
+        good = True
+        for i, pattern in enumerate(value):
+            reason = _check_ifname_pattern(pattern)
+            if reason:
+                error(at(key, i), f"{key}: {reason}")
+                good = ok = False
+        if good:
+            changes[key] = tuple(dict.fromkeys(value))
+    for key in ("subflows", "add_addr_accepted"):
+        if key not in table:
+            continue
+        value = table[key]
+        if type(value) is not int:
+            error(at(key), f"{key} must be an integer from 0 to {MPTCP_PM_ADDR_MAX}, not {_toml_type(value)}")
+            ok = False
+        elif value > MPTCP_PM_ADDR_MAX:
+            error(at(key), f"{key}: {value} is above the kernel's maximum of {MPTCP_PM_ADDR_MAX} "
+                  "(MPTCP_PM_ADDR_MAX; `ip mptcp limits set` refuses it)")
+            ok = False
+        elif value < 0:
+            error(at(key), f"{key} must be an integer from 0 to {MPTCP_PM_ADDR_MAX}, not {value}")
+            ok = False
+        else:
+            changes[key] = value
+    if not ok:
+        return None
+    s = dataclasses.replace(base, **changes)
+
+    def line_of(*keys: str) -> int:   # where the conflict shows: the first of `keys` this table sets
+        return next((at(k) for k in keys if k in table), at())
+
+    if s.fullmesh and s.role in ("server", "both"):
+        error(line_of("fullmesh", "role"), f"{header}: fullmesh conflicts with role {_show(s.role)}: the "
+              "kernel refuses an endpoint with both the 'signal' flag (roles server and both) and "
+              "'fullmesh'")
+        ok = False
+    for pattern in s.exclude:
+        if pattern in s.interfaces and s.interfaces != ("*",):
+            error(line_of("exclude", "interfaces"), f"{header}: {_show(pattern)} is both in interfaces "
+                  "and in exclude")
+            ok = False
+        for key in ("backup", "fullmesh"):
+            if pattern in getattr(s, key):
+                error(line_of(key, "exclude"), f"{header}: {_show(pattern)} is in {key} but also in "
+                      "exclude: its interfaces get no endpoint at all")
+                ok = False
+    return s if ok else None
+
+
 # ---------------------------------------------------------------------------------------------------
 # Value checks: each returns why the value is refused, or None.
+
+
+_GLOB = frozenset("*?[")
+
+
+def _check_ifname_pattern(v) -> str | None:
+    """An interface name (what the kernel's dev_valid_name() accepts) or a shell-style pattern of one."""
+    if not isinstance(v, str):
+        return f"must be strings, not {_toml_type(v)}"
+    if not v:
+        return "an empty pattern matches no interface"
+    if v in (".", ".."):
+        return f"{_show(v)} is not an interface name"
+    if not v.isprintable() or any(c.isspace() for c in v):
+        return f"{_show(v)} contains whitespace or a control character: no interface name does"
+    bad = next((c for c in v if c in "/:"), None)
+    if bad:
+        return f"{_show(v)} contains {_show(bad)}: no interface name does"
+    glob = any(c in _GLOB for c in v)
+    if not glob and len(v.encode()) >= IFNAMSIZ:
+        return f"{_show(v)} is longer than {IFNAMSIZ - 1} bytes: no interface name is"
+    if len(v.encode()) > 64:
+        return "longer than 64 bytes"
+    i = v.find("[")
+    while i != -1:
+        j = v.find("]", i + 2 if v[i + 1:i + 2] in ("!", "]") else i + 1)
+        if j == -1:
+            return f"{_show(v)} has a '[' without its ']'"
+        i = v.find("[", j + 1)
+    return None
 
 
 def _check_exe(v) -> str | None:

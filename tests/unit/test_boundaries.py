@@ -12,7 +12,7 @@ PACKAGE = Path(__file__).resolve().parents[2] / "mptcpize_py"
 # top-level module imported -> the only modules allowed to import it (paths relative to mptcpize_py/)
 OWNERS = {
     "bcc": {"program/loader.py"},                  # distro python3-bpfcc: compiler and maps
-    "pyroute2": {"paths.py"},                      # MPTCP path-manager netlink
+    "pyroute2": {"paths/netlink.py"},              # MPTCP path-manager netlink
     "systemd": {"host/systemd.py"},                # python3-systemd: journald, sd_notify
     "psutil": {"host/procfs.py"},
     "subprocess": {"host/systemd.py", "run/spawn.py"},   # systemctl; CMD itself

@@ -50,8 +50,9 @@ def test_every_policy_key_is_documented():
     text = rendered(PAGE5)
     for key in policy.ACTIONS:
         assert f"[[{key}]]" in text
-    for key in policy.RULE_KEYS + policy.NETNS_KEYS:
+    for key in policy.RULE_KEYS + policy.NETNS_KEYS + policy.PATHS_SETTING_KEYS:
         assert re.search(rf"\b{key} =", text), key
+    assert "[paths]" in text and "[paths.netns.NAME]" in text
     for unit_type in policy.UNIT_TYPES_WITH_PROCESSES + policy.UNIT_TYPES_WITHOUT_PROCESSES:
         assert unit_type in text
 
@@ -62,6 +63,7 @@ def test_the_example_in_the_policy_page_is_a_valid_policy():
     example = "\n".join(line[7:] for line in example.splitlines())
     pol = policy.parse_policy_text(example, "10-web.toml")
     assert len(pol.allow) == 3 and len(pol.deny) == 1 and pol.netns.names == ("blue", "red")
+    assert pol.paths.for_netns("blue").role == "client" and pol.paths.for_netns("red").role == "server"
 
 
 def test_installed_with_the_package():
