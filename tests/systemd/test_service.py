@@ -144,6 +144,7 @@ def env():
     (TEST_DIR / "listener.py").write_text(LISTENER)
     runtime = Path("/run/systemd/system")
     (runtime / WEB).write_text(WEB_UNIT)
+    (runtime / EARLY).write_text(EARLY_UNIT)
     alias = runtime / ALIAS
     if not alias.is_symlink():
         alias.symlink_to(WEB)
@@ -336,10 +337,22 @@ def test_hostile_comm_is_one_escaped_line_and_exact_in_its_field(env):
     wait_for(lambda: str(ESC_EXE) not in rule_values(), "the daemon to drop the rule", interval=0.5)
 
 
-# A unit of this Debian that starts before mptcpize-py.service can (DefaultDependencies=no,
-# Before=sysinit.target; installed and enabled in sysinit.target.wants): the guest runs the host's
-# root file system. (systemd-resolved is not installed here.)
-EARLY = "systemd-timesyncd.service"
+# A unit that starts before mptcpize-py.service can, as systemd-timesyncd and systemd-resolved do
+# (DefaultDependencies=no, Before=sysinit.target); a stand-in of our own, since the guest masks
+# timesyncd and resolved is not installed.
+EARLY = "mzu-early.service"
+EARLY_UNIT = """[Unit]
+Description=mptcpize-py test: an early-boot service
+DefaultDependencies=no
+Before=sysinit.target
+
+[Service]
+Type=oneshot
+ExecStart=/bin/true
+
+[Install]
+WantedBy=sysinit.target
+"""
 
 
 def test_an_early_boot_unit_is_refused_and_a_normal_one_still_enables(env):
