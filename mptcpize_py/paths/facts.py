@@ -244,10 +244,7 @@ def _paths_here(rep: PathsReport, policy: Policy | None, owner: dict | None,
     if p.limits is not None:
         rep.changes.append(f"set limits subflows={p.limits.subflows} "
                            f"add_addr_accepted={p.limits.add_addr_accepted}")
-    for w, e in p.covered:
-        rep.notes.append(f"{w.address} ({w.ifname}) has a foreign endpoint (id {e.id}): left as it is")
-    for w in p.no_room:
-        rep.notes.append(f"no endpoint for {w.describe()}: the namespace holds 8 endpoints")
+    rep.notes.extend(p.left_undone())
     for sk in p.skipped:
         rep.notes.append(f"no endpoint for {sk.address} ({sk.ifname}): {sk.reason}")
     for pattern in p.unmatched:

@@ -341,10 +341,7 @@ class PathManager:
         if settings is None or other:
             if record.limits_set is not None and p.limits is None:
                 record.limits_before = record.limits_set = None   # changed by someone else: theirs now
-        for w, e in p.covered:
-            res.problems.append(f"{w.address} ({w.ifname}) has a foreign endpoint (id {e.id}): left as it is")
-        for w in p.no_room:
-            res.problems.append(f"no endpoint for {w.describe()}: the namespace holds 8 endpoints")
+        res.problems.extend(p.left_undone())
         for pattern in p.unmatched:
             res.problems.append(f"interfaces pattern {pattern!r} matches no interface (yet)")
         if note:

@@ -146,6 +146,13 @@ class Plan:
     def changes(self) -> bool:
         return bool(self.remove or self.add or self.limits)
 
+    def left_undone(self) -> list[str]:
+        """One line per wanted endpoint this plan cannot make: a foreign one covers it, or no room."""
+        return ([f"{w.address} ({w.ifname}) has a foreign endpoint (id {e.id}): left as it is"
+                 for w, e in self.covered]
+                + [f"no endpoint for {w.describe()}: the namespace holds {MPTCP_PM_ADDR_MAX} endpoints"
+                   for w in self.no_room])
+
 
 def matches(name: str, patterns: tuple[str, ...]) -> bool:
     return any(fnmatch.fnmatchcase(name, p) for p in patterns)
