@@ -71,11 +71,12 @@ def run_loader(dry_run: bool) -> tuple[dict, list[int]]:
     argv += ["--dry-run"] if dry_run else []
     try:
         # Its stdout is our stderr: bcc's compiler warnings must not land in a `run` command's or a
-        # test's stdout. Nothing to read on stdin.
+        # test's stdout. Nothing to read on stdin. No signal blocked, whatever our mask: SIGTERM and
+        # Ctrl-C end a compile.
         pid = os.posix_spawn(sys.executable, argv, os.environ, file_actions=[
             (os.POSIX_SPAWN_DUP2, child.fileno(), CHILD_FD),
             (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
-            (os.POSIX_SPAWN_DUP2, 2, 1)])
+            (os.POSIX_SPAWN_DUP2, 2, 1)], setsigmask=())
     except OSError as e:
         parent.close()
         raise MptcpizeError(f"cannot start the program loader ({sys.executable}): {e.strerror}") from None

@@ -69,3 +69,17 @@ def test_a_child_killed_by_a_signal_is_an_error(monkeypatch):
 def test_non_root_is_refused_before_any_child():
     with pytest.raises(PermissionDenied):
         rewriter.Rewriter(dry_run=True)
+
+
+def test_the_child_starts_with_no_signal_blocked(monkeypatch):
+    import signal
+    with_child(monkeypatch, """
+blocked = [l.split()[1] for l in open("/proc/self/status") if l.startswith("SigBlk:")][0]
+socket.send_fds(sock, [json.dumps({"blocked": blocked}).encode()], [])
+""")
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT})
+    try:
+        msg, _fds = rewriter.run_loader(dry_run=False)
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+    assert int(msg["blocked"], 16) == 0
