@@ -291,7 +291,7 @@ def event_storm(daemon: DaemonUnderTest, loop: str, procs: int = 8, secs: float 
 
 
 class EventReader:
-    """Reads a loaded loader.Rewriter's ring buffer in a thread, as the daemon's loop does, counting
+    """Reads a loaded rewriter.Rewriter's ring buffer in a thread, as the daemon's loop does, counting
     events. pause() stops reading (the buffer fills, further events are dropped and counted by the
     program): the difference between the two shows what the per-socket event costs."""
 

@@ -8,7 +8,7 @@ stdout after common.JSON_MARK); bench/render.py turns it into docs/BENCHMARKS.md
              alternating runs: a process not selected, and a selected one (counted + event, as an
              upgrade would be, but its socket stays TCP)
   latency    `run true` added latency: seccomp, mptcpize; `mptcpize-py --version` (interpreter start)
-  compile    the BPF program compiled and loaded natively (loader.Rewriter(dry_run=True): the same C source,
+  compile    the BPF program compiled and loaded natively (rewriter.Rewriter(dry_run=True): the same C source,
              attached to the socket() tracepoint, which this kernel allows): a cold BPF start on real
              hardware, without the fmod_ret attach
   dryrun     `daemon --dry-run` (the same daemon, counting instead of upgrading): RSS with 1 and 1,000
@@ -40,18 +40,18 @@ def rss():
     with open("/proc/self/status") as f:
         return {l.split(":")[0]: int(l.split()[1]) for l in f if l.startswith(("VmRSS", "RssAnon", "RssFile"))}
 t0 = time.monotonic()
-from mptcpize_py.program import loader
+from mptcpize_py.program import rewriter
 from mptcpize_py.daemon import service
 rss_python = rss()
 t1 = time.monotonic()
-import bcc
-rss_bcc = rss()
-t_import = time.monotonic()
-rw = loader.Rewriter(all_netns=False, dry_run=True)
+rw = rewriter.Rewriter(all_netns=False, dry_run=True)   # a loader child imports bcc and compiles
 t_loaded = time.monotonic()
 rss_loaded = rss()
 rw.close()
-print(json.dumps({"import_ours_s": t1 - t0, "import_s": t_import - t1, "load_s": t_loaded - t_import,
+import bcc   # what the loader child pays (and lets go of when it exits); this process never needs it
+rss_bcc = rss()
+t_import = time.monotonic()
+print(json.dumps({"import_ours_s": t1 - t0, "import_s": t_import - t_loaded, "load_s": t_loaded - t1,
                   "rss_kb": rss_loaded, "rss_python_kb": rss_python, "rss_bcc_imported_kb": rss_bcc}))
 """
 
@@ -65,18 +65,14 @@ def part_socket(loop: str, n: int, rounds: int) -> dict:
 
 
 class DryToggle:
-    """The dry-run program (loader.Rewriter(dry_run=True)) with its socket() tracepoint detached and
-    re-attached between runs. Rewriter has no detach API (its program lives as long as the process):
-    this benchmark reaches into its bcc object."""
-
-    TP = b"syscalls:sys_enter_socket"
-    FN = b"tracepoint__syscalls__sys_enter_socket"   # bcc's name for TRACEPOINT_PROBE(syscalls, ...)
+    """The dry-run program (rewriter.Rewriter(dry_run=True)) with its socket() tracepoint detached and
+    re-attached between runs (Rewriter.detach_hook / attach_hook)."""
 
     def __init__(self, policy_dir: str):
         from mptcpize_py.daemon import service
-        from mptcpize_py.program import loader
+        from mptcpize_py.program import rewriter
         _policy, resolved = service.load_and_resolve(policy_dir)
-        self.rw = loader.Rewriter(all_netns=False, dry_run=True)
+        self.rw = rewriter.Rewriter(all_netns=False, dry_run=True)
         self.rw.set_selection(*resolved.selection())
         # As the dry-run daemon does where kernel memory cannot tell net.mptcp.enabled: say it for ours.
         self.rw.set_netns_mptcp({os.stat("/proc/self/ns/net").st_ino: True})
@@ -86,7 +82,7 @@ class DryToggle:
     def attach(self) -> None:
         self.reader.resume()
         if not self.attached:
-            self.rw._b.attach_tracepoint(tp=self.TP, fn_name=self.FN)
+            self.rw.attach_hook()
             self.attached = True
 
     def attach_events_paused(self) -> None:
@@ -96,7 +92,7 @@ class DryToggle:
     def detach(self) -> None:
         self.reader.resume()
         if self.attached:
-            self.rw._b.detach_tracepoint(tp=self.TP)
+            self.rw.detach_hook()
             self.attached = False
 
     def close(self) -> None:

@@ -9,7 +9,7 @@ are what the figures compare. Run as root in the guest, via bench/run_all.py:
 Prints progress on stderr and the result as one JSON line on stdout (after common.JSON_MARK).
 
   cold       `run --backend bpf true` with no daemon: interpreter + bcc compile + attach
-  toggle     one loaded program (loader.Rewriter, the daemon's policy of 1,000 rules), its fmod_ret link
+  toggle     one loaded program (rewriter.Rewriter, the daemon's policy of 1,000 rules), its fmod_ret link
              closed and re-made between runs: socket()+close() of a process NOT selected with the
              program attached / not attached; an upgraded socket() / a native IPPROTO_MPTCP one
   daemon     `mptcpize-py daemon`: RSS with 1 rule and with 1,000 rules; with 1,000 rules: socket cost
@@ -32,7 +32,6 @@ from socket_cost import IPPROTO_MPTCP, IPPROTO_TCP, Case
 
 WORK = "/tmp/mzb-vm"
 CG_RUNNER = f"/sys/fs/cgroup/{common.CG_BASE}/runner"   # depth 2, like /system.slice/x.service
-HOOK_FUNC = b"kmod_ret__update_socket_protocol"
 
 
 def move_self_to(cgroup_dir: str) -> None:
@@ -57,30 +56,21 @@ def part_cold(runs: int, latency_rounds: int) -> dict:
 class Toggle:
     """A loaded program whose fmod_ret link can be closed and made again in milliseconds, so that
     "attached" and "not attached" alternate run by run instead of daemon start by daemon start (each a
-    ~40 s compile under TCG). loader.Rewriter has no detach/re-attach API (the link's lifetime is the
-    process's, on purpose): this benchmark reaches into it."""
+    ~40 s compile under TCG): Rewriter.detach_hook / attach_hook."""
 
     def __init__(self, policy_dir: str):
-        import bcc
-
         from mptcpize_py.daemon import service
-        from mptcpize_py.program import loader
+        from mptcpize_py.program import rewriter
         _policy, resolved = service.load_and_resolve(policy_dir)
         t0 = time.monotonic()
-        self.rw = loader.Rewriter(all_netns=False)          # what the daemon loads
+        self.rw = rewriter.Rewriter(all_netns=False)          # what the daemon loads
         self.load_s = time.monotonic() - t0
         self.rw.set_selection(*resolved.selection())
-        self.fn = self.rw._b.load_func(HOOK_FUNC, bcc.BPF.TRACING)   # bcc returns the loaded one
-        self.lib = bcc.lib
         self.reader = common.EventReader(self.rw)       # consumed like the daemon does
 
     def attach(self) -> None:
         self.reader.resume()
-        if self.rw._link_fd < 0:
-            fd = self.lib.bpf_attach_kfunc(self.fn.fd)
-            if fd < 0:
-                raise RuntimeError(f"re-attach failed: {fd}")
-            self.rw._link_fd = fd
+        self.rw.attach_hook()
 
     def attach_events_paused(self) -> None:
         self.attach()
@@ -88,9 +78,7 @@ class Toggle:
 
     def detach(self) -> None:
         self.reader.resume()
-        if self.rw._link_fd >= 0:
-            os.close(self.rw._link_fd)
-            self.rw._link_fd = -1
+        self.rw.detach_hook()
 
     def close(self) -> None:
         self.reader.close()

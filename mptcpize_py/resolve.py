@@ -84,7 +84,7 @@ class Resolved:
         return {k: (r.id, _action(r)) for k, r in self.cgroups.items()}
 
     def selection(self) -> tuple[dict, dict, set[int] | None]:
-        """The arguments of loader.Rewriter.set_selection(): exe map, cgroup map, netns set (None: all)."""
+        """The arguments of rewriter.Rewriter.set_selection(): exe map, cgroup map, netns set (None: all)."""
         return self.exe_map(), self.cgroup_map(), (None if self.all_netns else set(self.netns))
 
     def flags(self) -> int:

@@ -2,7 +2,8 @@
 
 Lifecycle: load + validate the policy (PolicyError -> exit 78), resolve it to kernel keys (a rule that
 resolves to nothing, e.g. a missing executable, is a bad policy at start too), load and attach the
-program (program.loader.Rewriter, fail-open: the link dies with this process), fill the maps, serve
+program (program.rewriter.Rewriter: a throwaway child compiles and attaches it, this process holds
+only its descriptors; fail-open: the link dies with this process), fill the maps, serve
 the control socket, then loop:
 
 - ring-buffer events: the first upgrade of each process is logged at INFO
@@ -111,7 +112,7 @@ class Daemon:
                  resync_interval: float = RESYNC_INTERVAL, *, owner_uid: int = 0,
                  rewriter_factory: Callable[[], ProgramHandle] | None = None, serve: bool = True,
                  dry_run: bool = False):
-        """owner_uid, rewriter_factory (() -> a loader.Rewriter look-alike) and serve=False are for tests
+        """owner_uid, rewriter_factory (() -> a rewriter.Rewriter look-alike) and serve=False are for tests
         that drive the daemon's logic without BPF or a control socket."""
         self.policy_dir = Path(policy_dir)
         self.owner_uid = owner_uid
@@ -148,7 +149,7 @@ class Daemon:
         log.info("policy ok (%s); loading the BPF program", policy.summary())
         t0 = time.monotonic()
         if self.rewriter_factory is None:
-            from mptcpize_py.program.loader import Rewriter
+            from mptcpize_py.program.rewriter import Rewriter
             self.rw = Rewriter(all_netns=False, dry_run=self.dry_run)
         else:
             self.rw = self.rewriter_factory()

@@ -27,15 +27,15 @@ _mount.argtypes = (ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_u
 # arch/x86/entry/syscalls/syscall_64.tbl: only what is called by number (no glibc wrapper, or one
 # that does not do what we need).
 _X86_64 = {"socket": 41, "execve": 59, "setgroups": 116, "setresuid": 117, "setresgid": 119,
-           "setfsuid": 122, "setfsgid": 123, "capset": 126, "seccomp": 317, "bpf": 321,
-           "execveat": 322}
+           "setfsuid": 122, "setfsgid": 123, "capset": 126, "perf_event_open": 298, "seccomp": 317,
+           "bpf": 321, "execveat": 322}
 # Added after the syscall tables were unified (Linux 5.1): the same number everywhere.
 _EVERY_ARCH = {"openat2": 437}
 MACHINE = platform.machine()
 _NUMBERS = _EVERY_ARCH | (_X86_64 if MACHINE == "x86_64" else {})
 
 CLONE_NEWNET = 0x40000000
-PR_SET_NAME, PR_SET_NO_NEW_PRIVS = 15, 38
+PR_SET_PDEATHSIG, PR_SET_NAME, PR_SET_NO_NEW_PRIVS = 1, 15, 38
 
 
 def syscall_number(name: str) -> int:
@@ -84,8 +84,35 @@ def seccomp(op: int, flags: int, arg) -> int:
     return syscall(syscall_number("seccomp"), op, flags, arg)
 
 
+# include/uapi/linux/perf_event.h
+PERF_TYPE_TRACEPOINT, PERF_SAMPLE_RAW, PERF_FLAG_FD_CLOEXEC = 2, 1 << 10, 8
+PERF_EVENT_IOC_ENABLE, PERF_EVENT_IOC_SET_BPF = 0x2400, 0x40042408
+
+
+def attach_to_tracepoint(tp_id: int, prog_fd: int) -> int:
+    """A perf event on tracepoint tp_id (every task; CPU 0's context) running BPF program prog_fd, as
+    bcc attaches a TRACEPOINT_PROBE; returns its fd, whose close detaches the program."""
+    # struct perf_event_attr, its first version (PERF_ATTR_SIZE_VER0, 64 bytes): type, size, config,
+    # sample_period, sample_type, read_format, flags, wakeup_events, bp_type, config1.
+    attr = ctypes.create_string_buffer(struct.pack("<IIQQQQQIIQ", PERF_TYPE_TRACEPOINT, 64, tp_id, 1,
+                                                   PERF_SAMPLE_RAW, 0, 0, 1, 0, 0), 64)
+    fd = syscall(syscall_number("perf_event_open"), attr, -1, 0, -1, PERF_FLAG_FD_CLOEXEC)
+    try:
+        _check(_ioctl(fd, PERF_EVENT_IOC_SET_BPF, prog_fd))
+        _check(_ioctl(fd, PERF_EVENT_IOC_ENABLE, 0))
+    except OSError:
+        os.close(fd)
+        raise
+    return fd
+
+
 def set_no_new_privs() -> None:
     _check(_prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0))
+
+
+def set_parent_death_signal(sig: int) -> None:
+    """The signal this process gets when the thread that created it exits."""
+    _check(_prctl(PR_SET_PDEATHSIG, sig, 0, 0, 0))
 
 
 def set_thread_name(name: bytes) -> None:

@@ -1,11 +1,36 @@
-"""ProgramHandle: what the daemon and `run` call on the loaded BPF program (loader.Rewriter; tests
-use a fake)."""
+"""ProgramHandle: what the daemon and `run` call on the loaded BPF program (program.rewriter.Rewriter;
+tests use a fake), and the reports it gives."""
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Protocol
+from dataclasses import dataclass
+from typing import Protocol
 
-if TYPE_CHECKING:
-    from mptcpize_py.program.loader import ProcStats, UpgradeEvent
+
+@dataclass(frozen=True)
+class UpgradeEvent:
+    """One ring-buffer record (struct mptcpize_event), its fields by name; kind as a name."""
+    pid: int
+    tgid: int
+    uid: int
+    comm: str
+    cgroup_id: int
+    netns: int
+    family: int
+    kind: str
+    rule_id: int
+    start_ns: int   # with tgid, the process: when it started (ns after boot; see ProcStats)
+
+
+@dataclass(frozen=True)
+class ProcStats:
+    """One process's exact count. A process is (tgid, start_ns): start_ns is its leader's
+    start_boottime, ns after boot (host.procfs.is_process compares it with /proc), so a recycled pid
+    is another entry."""
+    tgid: int
+    upgraded: int
+    kind: str
+    rule_id: int
+    start_ns: int
 
 
 class ProgramHandle(Protocol):
@@ -24,11 +49,11 @@ class ProgramHandle(Protocol):
 
     def rule_stats(self) -> dict[tuple[str, int], int]: ...
 
-    def proc_stats(self) -> "list[ProcStats]": ...
+    def proc_stats(self) -> list[ProcStats]: ...
 
     def exe_name(self, tgid: int, start_ns: int) -> str | None: ...
 
-    def open_events(self, callback: "Callable[[UpgradeEvent], None]") -> None: ...
+    def open_events(self, callback: Callable[[UpgradeEvent], None]) -> None: ...
 
     def poll_events(self, timeout_ms: int) -> None: ...
 

@@ -1,4 +1,12 @@
-"""The only bcc importer: compile bpf/mptcpize.bpf.c, attach it, fill its maps, read its reports.
+"""The only bcc importer, and the code of the loader child: compile bpf/mptcpize.bpf.c, load and
+attach it, hand the file descriptors to the parent, exit.
+
+program.rewriter.Rewriter starts this module in a child process (child_main) so that the long-lived
+process (the daemon, `run --backend bpf`) never maps bcc's compiler: LLVM and clang cost ~60 MB on
+import and as much again while compiling, and all of it goes away with the child. The child sends its
+program, map and link (or perf event) descriptors over a Unix socket (SCM_RIGHTS) and exits without
+bcc's cleanup: the attachments then live exactly as long as the parent's descriptors (fail-open when
+the parent dies, as before).
 
 bcc comes from the distribution (python3-bpfcc) and compiles at run time. The program reads kernel
 structs at offsets taken from the running kernel's BTF (btf.STRUCT_FIELDS), so the headers only
@@ -6,23 +14,28 @@ have to satisfy the compiler: the running kernel's (/lib/modules/$(uname -r)/bui
 else any Debian linux-headers tree under /usr/src, merged into the one-directory layout bcc expects
 ($BCC_KERNEL_SOURCE).
 
-Rewriter(dry_run=True) builds the same decision on the socket() syscall tracepoint: it needs no
-trampoline and no hook, counts and reports what would be upgraded, and changes no socket.
+A dry run builds the same decision on the socket() syscall tracepoint: it needs no trampoline and no
+hook, counts and reports what would be upgraded, and changes no socket.
 """
 
 import ctypes
+import json
 import os
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+import socket
+import sys
+import traceback
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
 
 from mptcpize_py import abi
-from mptcpize_py.errors import MptcpizeError, PermissionDenied, Unavailable
-from mptcpize_py.host import mounts
+from mptcpize_py.errors import MptcpizeError, Unavailable
+from mptcpize_py.host import libc, mounts
 from mptcpize_py.locations import MERGED_HEADERS_DIR
-from mptcpize_py.program import btf
+from mptcpize_py.program import btf, layout
 from mptcpize_py.support import HOOK, OK, kernel_support
+
+# The descriptor the parent's end of the socket pair is given as in the child (program/rewriter.py).
+CHILD_FD = 3
 
 
 @dataclass(frozen=True)
@@ -117,197 +130,119 @@ def toolchain_status(compile_test: bool = True) -> ToolchainStatus:
                                  f"{'compiles' if compile_test else 'with headers'} at {where}")
 
 
-@dataclass(frozen=True)
-class UpgradeEvent:
-    pid: int
-    tgid: int
-    uid: int
-    comm: str
-    cgroup_id: int
-    netns: int
-    family: int
-    kind: str
-    rule_id: int
-    start_ns: int   # with tgid, the process: when it started (ns after boot; see ProcStats)
+@dataclass
+class Attached:
+    """What the child hands over: descriptors by name, and what the parent must write into config."""
+    maps: dict[str, int] = field(default_factory=dict)
+    progs: dict[str, int] = field(default_factory=dict)
+    # name -> (fd, kind): "link" (a bpf_link: fmod_ret, raw tracepoints) or "perf_event" (a tracepoint
+    # attached by perf event, the dry run's socket() hook). Closing one detaches its program.
+    links: dict[str, tuple[int, str]] = field(default_factory=dict)
+    hook: str = ""              # the links entry that decides sockets (update_socket_protocol or socket())
+    pernet_addr: int = 0
+    enabled_offset: int = 0
+    detail: str = ""
 
 
-@dataclass(frozen=True)
-class ProcStats:
-    """One process's exact count. A process is (tgid, start_ns): start_ns is its leader's
-    start_boottime, ns after boot (host.procfs.is_process compares it with /proc), so a recycled pid
-    is another entry."""
-    tgid: int
-    upgraded: int
-    kind: str
-    rule_id: int
-    start_ns: int
-
-
-class MapTable(Protocol):
-    """The part of a bcc table the sync uses (tests drive sync_map with a fake of fixed capacity)."""
-
-    def keys(self) -> Iterator[Any]: ...
-
-    def __setitem__(self, key: Any, leaf: Any) -> None: ...
-
-    def __delitem__(self, key: Any) -> None: ...
-
-
-def sync_map(table: MapTable, entries: Iterable[tuple[Any, Any]], ident=bytes) -> None:
-    """Makes `table` hold exactly `entries` [(key, leaf)], whatever it held before (even a half-done
-    sync); ident(key) compares keys (bcc's ctypes keys compare by identity, their bytes by value).
-
-    Stale keys go out first, then the wanted ones are upserted: the map never holds more than
-    max(old, new) entries, so any selection that fits the map can replace any other (upserting first
-    needed old + new at once: E2BIG from a full hash map when a package upgrade gave every selected
-    executable a new inode). A key in both is updated in place, which a full BPF hash map allows
-    (kernel/bpf/hashtab.c, since Linux 4.8, commit a6ed3ea65d98), so it is never absent. A key only
-    in the old selection may stop matching before one only in the new starts: that is the change."""
-    wanted = {ident(key): (key, leaf) for key, leaf in entries}
-    for key in [k for k in table.keys() if ident(k) not in wanted]:
-        del table[key]
-    for key, leaf in wanted.values():
-        table[key] = leaf
-
-
-class Rewriter:
-    """The loaded and attached program (a program.handle.ProgramHandle). Detaches on close() or when
-    this process exits (fail-open)."""
-
-    reads_netns_from_kernel: bool   # False: a dry run told net.mptcp.enabled by set_netns_mptcp()
-
-    def __init__(self, all_netns: bool = True, dry_run: bool = False):
-        if os.geteuid() != 0:
-            raise PermissionDenied("loading the BPF program needs root (CAP_BPF, CAP_PERFMON, "
-                                   "CAP_SYS_ADMIN)", hint="run it as root, e.g. with sudo")
-        self.dry_run = dry_run
-        support = kernel_support()   # the prerequisites `check` and `enable` judge by, too
-        if support.facts is None:
-            raise support.errors["kernel hook"]
-        facts, offsets = support.facts, btf.read_struct_offsets()
-        if not dry_run and support.problems:
-            raise support.errors[support.problems[0].name]
-        # Without the in-kernel guard the dry run asks userspace's netns_mptcp map (set_netns_mptcp).
-        pernet_addr = support.pernet_addr if support.netns_guard.status == OK else 0
-        bcc = _import_bcc()  # after the cheap probes: importing bcc loads libLLVM (slow)
-        headers, where = compile_env()
-        if headers is None:
-            raise Unavailable(f"bcc has nothing to compile against: {where}",
-                              hint=f"apt-get install linux-headers-{os.uname().release} (or any "
-                                   f"linux-headers-*-amd64)")
-        cflags = [f"-I{abi.BPF_DIR}", "-w"] + [f"-D{k}={v}" for k, v in sorted(offsets.items())]
-        if dry_run:
-            cflags.append("-DMPTCPIZE_DRY_RUN")
-            mounts.ensure_tracefs()
+def load_and_attach(dry_run: bool) -> Attached:
+    """Probes the kernel, compiles, loads and attaches; raises MptcpizeError with the user's words."""
+    support = kernel_support()   # the prerequisites `check` and `enable` judge by, too
+    if support.facts is None:
+        raise support.errors["kernel hook"]
+    if not dry_run and support.problems:
+        raise support.errors[support.problems[0].name]
+    offsets = btf.read_struct_offsets()
+    # Without the in-kernel guard the dry run asks userspace's netns_mptcp map (set_netns_mptcp).
+    pernet_addr = support.pernet_addr if support.netns_guard.status == OK else 0
+    bcc = _import_bcc()  # after the cheap probes: importing bcc loads libLLVM (slow)
+    headers, where = compile_env()
+    if headers is None:
+        raise Unavailable(f"bcc has nothing to compile against: {where}",
+                          hint=f"apt-get install linux-headers-{os.uname().release} (or any "
+                               f"linux-headers-*-amd64)")
+    cflags = [f"-I{abi.BPF_DIR}", "-w"] + [f"-D{k}={v}" for k, v in sorted(offsets.items())]
+    if dry_run:
+        cflags.append("-DMPTCPIZE_DRY_RUN")
+        mounts.ensure_tracefs()
+    try:
+        b = bcc.BPF(src_file=str(abi.PROGRAM).encode(), cflags=cflags)
+    except Exception as e:
+        raise Unavailable(f"bcc could not compile {abi.PROGRAM.name} against {where}: {e}") from None
+    out = Attached(pernet_addr=pernet_addr or 0, enabled_offset=support.facts.mptcp_enabled_offset or 0,
+                   detail=f"bcc {getattr(bcc, '__version__', '?')}, headers {where}")
+    # bcc attached the TRACEPOINT_PROBE / RAW_TRACEPOINT_PROBE functions when it loaded the program.
+    for tp, fd in b.raw_tracepoint_fds.items():
+        out.links[f"raw_tp:{tp.decode()}"] = (fd, "link")
+    for tp, fd in b.tracepoint_fds.items():
+        out.links[f"tp:{tp.decode()}"] = (fd, "perf_event")
+    if dry_run:
+        out.hook = "tp:syscalls:sys_enter_socket"
+    else:
         try:
-            self._b = bcc.BPF(src_file=str(abi.PROGRAM).encode(), cflags=cflags)
+            fn = b.load_func(b"kmod_ret__" + HOOK.encode(), bcc.BPF.TRACING)
         except Exception as e:
-            raise Unavailable(f"bcc could not compile {abi.PROGRAM.name} against {where}: {e}") \
-                from None
-        self._bcc = bcc
-        self._pernet_addr, self._enabled_offset = pernet_addr, facts.mptcp_enabled_offset or 0
-        self._set_flags(abi.CFG_ALL_NETNS if all_netns else 0)
-        self._link_fd = -1
-        self.reads_netns_from_kernel = bool(pernet_addr)
-        if dry_run:   # bcc attached the syscall tracepoint when it loaded the program
-            self._events_open = False
-            return
-        try:
-            fn = self._b.load_func(b"kmod_ret__" + HOOK.encode(), bcc.BPF.TRACING)
-        except Exception as e:
-            self._b.cleanup()
             raise Unavailable(f"the kernel refused the fmod_ret program: {e}",
                               hint="see `mptcpize-py check`") from None
         # bcc 0.26 has KMOD_RET but no attach_fmod_ret: attach the TRACING program by fd. The link
-        # lives as long as this fd, i.e. as long as this process (fail-open when it dies).
-        self._link_fd = bcc.lib.bpf_attach_kfunc(fn.fd)
-        if self._link_fd < 0:
-            err = ctypes.get_errno() or -self._link_fd
-            self._b.cleanup()
+        # lives as long as an fd to it, i.e. as long as the parent holds the one we send it.
+        link_fd = bcc.lib.bpf_attach_kfunc(fn.fd)
+        if link_fd < 0:
+            err = ctypes.get_errno() or -link_fd
             raise Unavailable(f"cannot attach fmod_ret to {HOOK}: {os.strerror(err)}",
                               hint="see `mptcpize-py check`")
-        self._events_open = False
+        out.hook = f"fmod_ret:{HOOK}"
+        out.links[out.hook] = (link_fd, "link")
+    if out.hook not in out.links:
+        raise MptcpizeError(f"the program loaded but its hook {out.hook} is not attached")
+    out.progs = {name.decode(): fn.fd for name, fn in b.funcs.items()}
+    for name in layout.maps():
+        fd = bcc.lib.bpf_table_fd(b.module, name.encode())
+        if fd < 0:
+            raise MptcpizeError(f"the compiled program has no map {name!r}")
+        out.maps[name] = fd
+    return out
 
-    # --- selection -------------------------------------------------------------------------------
-    def add_run_root(self, pid: int, run_id: int = 1) -> None:
-        """Selects process `pid` and every process it forks from now on."""
-        t = self._b[b"run_tgids"]
-        t[t.Key(pid)] = t.Leaf(run_id, 0)
 
-    def set_selection(self, exe_rules: dict[tuple[int, int], tuple[int, int]],
-                      cgroup_rules: dict[int, tuple[int, int]], netns: set[int] | None) -> None:
-        """Makes the policy maps equal to the arguments: exe_rules {(kernel dev, ino): (rule_id,
-        action)}, cgroup_rules {cgroup id: (rule_id, action)}, netns = allowed netns inodes, or None
-        for every namespace. sync_map: a key present in both the old and the new selection never stops
-        matching, and any selection that fits the maps can follow any other."""
-        flags = (abi.CFG_ALL_NETNS if netns is None else 0) \
-            | (abi.CFG_HAS_EXE_RULES if exe_rules else 0) \
-            | (abi.CFG_HAS_CGROUP_RULES if cgroup_rules else 0)
-        self._set_flags(self._flags | flags)  # match by the old and the new rules while syncing
-        exe, cg, ns = self._b[b"exe_rules"], self._b[b"cgroup_rules"], self._b[b"netns_allow"]
-        sync_map(exe, [(exe.Key(dev, ino), exe.Leaf(*rule)) for (dev, ino), rule in exe_rules.items()])
-        sync_map(cg, [(cg.Key(cgid), cg.Leaf(*rule)) for cgid, rule in cgroup_rules.items()])
-        sync_map(ns, [(ns.Key(inum), ns.Leaf(1)) for inum in (netns or ())])
-        self._set_flags(flags)
+def _message(att: Attached) -> tuple[dict, list[int]]:
+    fds: list[int] = []
 
-    def set_netns_mptcp(self, enabled: dict[int, bool]) -> None:
-        """net.mptcp.enabled per netns inode, for a dry run on a kernel whose memory we cannot read it
-        from (no mptcp_pernet_id in /proc/kallsyms). Namespaces not listed count as unreadable."""
-        t = self._b[b"netns_mptcp"]
-        sync_map(t, [(t.Key(inum), t.Leaf(1 if on else 0)) for inum, on in enabled.items()])
+    def index(fd: int) -> int:
+        fds.append(fd)
+        return len(fds) - 1
 
-    def _set_flags(self, flags: int) -> None:
-        cfg = self._b[b"config"]
-        cfg[ctypes.c_int(0)] = cfg.Leaf(self._pernet_addr, self._enabled_offset, flags)
-        self._flags = flags
+    msg = {"maps": {n: index(fd) for n, fd in att.maps.items()},
+           "progs": {n: index(fd) for n, fd in att.progs.items()},
+           "links": {n: [index(fd), kind] for n, (fd, kind) in att.links.items()},
+           "hook": att.hook, "pernet_addr": att.pernet_addr, "enabled_offset": att.enabled_offset,
+           "detail": att.detail}
+    return msg, fds
 
-    # --- reports ---------------------------------------------------------------------------------
-    def counters(self) -> dict[str, int]:
-        t = self._b[b"counters"]
-        return {name: sum(t[t.Key(idx)]) for name, idx in abi.COUNTERS.items()}
 
-    def rule_stats(self) -> dict[tuple[str, int], int]:
-        """{(kind, rule id): sockets upgraded} for policy rules (not run trees), exact."""
-        return {(abi.KIND_NAMES.get(k.value >> 32, "?"), k.value & 0xFFFFFFFF): sum(v)
-                for k, v in self._b[b"rule_stats"].items()}
-
-    def proc_stats(self) -> list[ProcStats]:
-        return [ProcStats(k.tgid, v.upgraded, abi.KIND_NAMES.get(v.kind, "?"), v.rule_id, k.start_ns)
-                for k, v in self._b[b"proc_stats"].items()]
-
-    def exe_name(self, tgid: int, start_ns: int) -> str | None:
-        """The file a run-tree process last exec'd, as the kernel saw it (None if unknown)."""
-        t = self._b[b"exe_names"]
+def child_main(argv: list[str]) -> None:
+    """The loader child: `--dry-run` or nothing. One message to the parent on CHILD_FD (SOCK_SEQPACKET),
+    JSON with the descriptors attached, or {"error": ...}; then _exit without bcc's atexit cleanup,
+    which would detach what the parent now holds (it disables the dry run's perf event)."""
+    status = 1
+    try:
+        sock = socket.socket(fileno=CHILD_FD)
+        # The parent may die while we compile (tens of seconds in a slow VM): then die too rather
+        # than attach a program nobody holds. getppid() closes the race with an earlier death.
+        parent = int(argv[0])
+        libc.set_parent_death_signal(9)
+        if os.getppid() != parent:
+            os._exit(1)
+        fds: list[int] = []
         try:
-            return t[t.Key(start_ns=start_ns, tgid=tgid)].path.decode(errors="replace") or None
-        except KeyError:
-            return None
+            msg, fds = _message(load_and_attach("--dry-run" in argv[1:]))
+        except MptcpizeError as e:
+            msg = {"error": {"class": type(e).__name__, "message": e.message, "hint": e.hint,
+                             "exit_code": e.exit_code}}
+        except Exception as e:   # a bug: the parent reports it, the traceback goes to stderr
+            traceback.print_exc()
+            msg = {"error": {"class": "MptcpizeError", "message": f"the program loader failed: {e!r}"}}
+        socket.send_fds(sock, [json.dumps(msg).encode()], fds)
+        status = 0
+    finally:
+        sys.stderr.flush()
+        os._exit(status)
 
-    def open_events(self, callback) -> None:
-        """callback(UpgradeEvent) for every upgrade; call poll_events() to have them delivered."""
-        table = self._b[b"events"]
-
-        def on_event(_ctx, data, _size):
-            ev = table.event(data)
-            callback(UpgradeEvent(ev.pid, ev.tgid, ev.uid, ev.comm.decode(errors="replace"),
-                                  ev.cgroup_id, ev.netns, ev.family,
-                                  abi.KIND_NAMES.get(ev.kind, "?"), ev.rule_id, ev.start_ns))
-
-        table.open_ring_buffer(on_event)
-        self._events_open = True
-
-    def poll_events(self, timeout_ms: int) -> None:
-        if self._events_open:
-            self._b.ring_buffer_poll(timeout_ms)
-
-    def drain_events(self) -> None:
-        if self._events_open:
-            self._b.ring_buffer_consume()
-
-    def close(self) -> None:
-        if getattr(self, "_link_fd", -1) >= 0:
-            os.close(self._link_fd)
-            self._link_fd = -1
-        if getattr(self, "_b", None) is not None:
-            self._b.cleanup()
-            self._b = None

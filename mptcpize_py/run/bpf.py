@@ -18,7 +18,7 @@ class BpfRunBackend(RunBackend):
     handed_off_pid = None   # the link dies with us: nothing outlives CMD's run
 
     def __init__(self):
-        from mptcpize_py.program.loader import Rewriter  # kernel probes and bcc: only for this backend
+        from mptcpize_py.program.rewriter import Rewriter  # BPF maps (libbpf): only for this backend
         self._rewriter: ProgramHandle = Rewriter(all_netns=True)
         # By process, (tgid, start_ns) as the kernel counts them: a pid recycled within the run is
         # another process, with its own row.

@@ -208,3 +208,37 @@ def test_a_recycled_pid_is_another_process(dry):
     finally:
         second.stdin.close()
         wait_exit(second, "the second process to exit")
+
+
+# Libraries of bcc's compiler side (libbcc.so.0 maps LLVM and clang); libbcc_bpf.so.0 is not one.
+COMPILER_LIBS = ("libbcc.so", "libLLVM", "libclang")
+
+
+def test_the_daemon_holds_the_program_not_the_compiler(dry):
+    """A throwaway child compiled and attached the program: the daemon maps none of the compiler's
+    libraries, has no child left, and holds the program's descriptors itself, close-on-exec (none
+    may leak into a command and keep the program attached after the daemon dies). The other tests
+    here show that what it holds still counts and reports."""
+    pid = dry["proc"].pid
+    with open(f"/proc/{pid}/maps") as f:
+        mapped = {line.split()[-1] for line in f if len(line.split()) >= 6}
+    assert not [lib for lib in mapped if any(c in lib for c in COMPILER_LIBS)]
+    children = [c for t in os.listdir(f"/proc/{pid}/task")
+                for c in open(f"/proc/{pid}/task/{t}/children").read().split()]
+    assert children == []
+    held = {}
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+            with open(f"/proc/{pid}/fdinfo/{fd}") as f:
+                flags = int(next(x for x in f if x.startswith("flags:")).split()[1], 8)
+        except (OSError, StopIteration):
+            continue
+        if target in ("anon_inode:bpf-map", "anon_inode:bpf-prog", "anon_inode:bpf_link",
+                      "anon_inode:[perf_event]"):
+            held.setdefault(target, []).append(bool(flags & os.O_CLOEXEC))
+    # The socket() tracepoint (a perf event), the fork/exec/exit raw tracepoints (links), the maps.
+    assert len(held.get("anon_inode:[perf_event]", [])) == 1
+    assert len(held.get("anon_inode:bpf_link", [])) == 3
+    assert len(held.get("anon_inode:bpf-map", [])) >= 10
+    assert all(all(v) for v in held.values()), held

@@ -3,6 +3,10 @@ OS-level entry point, only cli.py prints, renderers import no OS surface. A new 
 place fails here, not in a review."""
 
 import ast
+import json
+import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -11,13 +15,17 @@ PACKAGE = Path(__file__).resolve().parents[2] / "mptcpize_py"
 
 # top-level module imported -> the only modules allowed to import it (paths relative to mptcpize_py/)
 OWNERS = {
-    "bcc": {"program/loader.py"},                  # distro python3-bpfcc: compiler and maps
+    "bcc": {"program/loader.py"},                  # distro python3-bpfcc: the loader child only
+    # The loader child's code: `check` asks the toolchain in-process; the daemon and `run` start it
+    # as a child (program/rewriter.py) and never import it.
+    "mptcpize_py.program.loader": {"support.py"},
     "pyroute2": {"paths/netlink.py"},              # MPTCP path-manager netlink
     "systemd": {"host/systemd.py"},                # python3-systemd: journald, sd_notify
     "psutil": {"host/procfs.py"},
     "subprocess": {"host/systemd.py", "run/spawn.py"},   # systemctl; CMD itself
 }
-LIBC_OWNER = "host/libc.py"                        # the one ctypes.CDLL of the tree
+LIBC_OWNER = "host/libc.py"                        # the one ctypes.CDLL of libc
+LIBBPF_OWNER = "program/maps.py"                   # the one of libbpf (maps, ring buffer)
 PRINTER = "cli.py"
 PURE_RENDERERS = {"report.py", "metrics.py", "status.py", "display.py"}
 OS_MODULES = {"os", "socket", "ctypes", "subprocess", "fcntl", "mptcpize_py.host"}
@@ -55,9 +63,38 @@ def test_each_dependency_has_one_owner(dependency):
         f"{dependency} imported outside its owner {sorted(OWNERS[dependency])}: {sorted(importers - OWNERS[dependency])}"
 
 
-def test_only_host_libc_loads_libc():
+def test_only_the_two_owners_load_a_library():
     loaders = {rel for rel, _, text in modules() if "CDLL(" in text or "ctypes.cdll" in text}
-    assert loaders <= {LIBC_OWNER}, f"ctypes.CDLL outside {LIBC_OWNER}: {sorted(loaders - {LIBC_OWNER})}"
+    assert loaders <= {LIBC_OWNER, LIBBPF_OWNER}, \
+        f"ctypes.CDLL outside {LIBC_OWNER} and {LIBBPF_OWNER}: {sorted(loaders - {LIBC_OWNER, LIBBPF_OWNER})}"
+
+
+def code_strings(tree: ast.Module) -> set[str]:
+    """String constants that are not docstrings."""
+    docs = {id(n.value) for n in ast.walk(tree)
+            if isinstance(n, ast.Expr) and isinstance(n.value, ast.Constant)}
+    return {n.value for n in ast.walk(tree)
+            if isinstance(n, ast.Constant) and isinstance(n.value, str) and id(n) not in docs}
+
+
+@pytest.mark.parametrize("library, owner", [(r"lib(bpf|bcc_bpf|bcc)\.so", LIBBPF_OWNER),
+                                            (r"libc\.so", LIBC_OWNER)])
+def test_each_library_is_named_by_its_owner_only(library, owner):
+    namers = {rel for rel, tree, _ in modules() if any(re.search(library, s) for s in code_strings(tree))}
+    assert namers <= {owner}, f"{library} named outside {owner}: {sorted(namers - {owner})}"
+
+
+def test_the_long_lived_side_imports_no_compiler():
+    """The daemon, `run` and the program handle they hold: importing them (and the cli) loads
+    neither bcc nor the loader child's module."""
+    code = ("import json, sys\n"
+            "import mptcpize_py.cli, mptcpize_py.daemon.service, mptcpize_py.run.bpf\n"
+            "import mptcpize_py.program.rewriter\n"
+            "print(json.dumps(sorted(m for m in sys.modules if m == 'bcc' or m.startswith('bcc.')\n"
+            "                        or m == 'mptcpize_py.program.loader')))")
+    out = subprocess.run([sys.executable, "-P", "-c", code], capture_output=True, text=True, check=True,
+                         env={"PYTHONPATH": str(PACKAGE.parent), "PATH": "/usr/bin:/bin"}).stdout
+    assert json.loads(out) == []
 
 
 def test_only_the_cli_prints():

@@ -16,8 +16,7 @@ from mptcpize_py.daemon import protocol, service
 from mptcpize_py.daemon.service import Daemon
 from mptcpize_py.host import procfs
 from mptcpize_py.policy import PolicyError
-from mptcpize_py.program.handle import ProgramHandle
-from mptcpize_py.program.loader import ProcStats, UpgradeEvent
+from mptcpize_py.program.handle import ProcStats, ProgramHandle, UpgradeEvent
 from mptcpize_py.status import DaemonStatus
 from tests.waiting import wait_for
 
@@ -219,11 +218,11 @@ def test_run_report_one_row_per_process(daemon):
 
 def test_standalone_run_reports_one_row_per_process(monkeypatch):
     """`run -v --backend bpf` with its own program: the same, from the program's map."""
-    from mptcpize_py.program import loader
+    from mptcpize_py.program import rewriter
     from mptcpize_py.run.backend import ProcessReport
     from mptcpize_py.run.bpf import BpfRunBackend
     fake = FakeRewriter()
-    monkeypatch.setattr(loader, "Rewriter", lambda all_netns: fake)
+    monkeypatch.setattr(rewriter, "Rewriter", lambda all_netns: fake)
     backend = BpfRunBackend()
     fake.callback(event(ME, start_ns=OLD_START, kind="run", rule_id=1))   # gone: its comm only
     fake.callback(event(ME, kind="run", rule_id=1))

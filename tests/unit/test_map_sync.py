@@ -1,4 +1,4 @@
-"""loader.sync_map, the one way a policy map changes: against a fake BPF hash map of fixed capacity that
+"""maps.sync_map, the one way a policy map changes: against a fake BPF hash map of fixed capacity that
 refuses a new key when full (E2BIG, as the kernel's htab does) and records every operation."""
 
 import errno
@@ -8,7 +8,7 @@ import random
 import pytest
 
 from mptcpize_py import abi
-from mptcpize_py.program.loader import sync_map
+from mptcpize_py.program.maps import sync_map
 
 
 class FullMap(OSError):

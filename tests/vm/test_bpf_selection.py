@@ -1,4 +1,4 @@
-"""The kernel side's selection for the daemon front-ends, driven through loader.Rewriter directly:
+"""The kernel side's selection for the daemon front-ends, driven through rewriter.Rewriter directly:
 executable identity, cgroup (with ancestors), deny beating allow, and the netns allow set. Processes
 here are NOT under `run`; what they see (SO_PROTOCOL) is the assertion."""
 
@@ -17,7 +17,7 @@ CG_ROOT = "/sys/fs/cgroup"
 
 @pytest.fixture(scope="module")
 def rewriter(bpf_backend):
-    from mptcpize_py.program.loader import Rewriter
+    from mptcpize_py.program.rewriter import Rewriter
     rw = Rewriter(all_netns=True)
     yield rw
     rw.close()
