@@ -309,8 +309,8 @@ def render(meta: dict, native: dict, vm: dict) -> str:
             f"so \"attached\" and \"not attached\" alternate run by run. Its ring buffer is read by a thread, "
             f"as in the daemon ({t.get('events_received', '?'):,} events read for "
             f"{t.get('counters', {}).get('upgraded', 0):,} upgraded sockets: one per process). The loop runs in cgroup "
-            f"`/mzb-bench/runner` (depth 2, like a systemd service), so a not-selected socket() walks "
-            f"three cgroup levels. {t.get('iterations', '?'):,} iterations per run, {t.get('rounds', '?')} "
+            f"`/mzb-bench/runner` (depth 2, like a systemd service), so each verdict the program makes "
+            f"again (at most every 25 jiffies per thread) walks three cgroup levels. {t.get('iterations', '?'):,} iterations per run, {t.get('rounds', '?')} "
             f"rounds.")
         add("")
         add("| case | best ns | median ns | best / native MPTCP (not attached) |")
