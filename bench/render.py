@@ -342,7 +342,7 @@ def render(meta: dict, native: dict, vm: dict) -> str:
         add("")
         add("| case | VM (TCG, fmod_ret) best ns | median | native (dry-run build, tracepoint) best ns | median |")
         add("|---|---|---|---|---|")
-        for lab, kv, kn in (("not selected (1,000-rule policy, cgroup depth 2)", "notsel", "notsel"),
+        for lab, kv, kn in (("not selected (1,000-rule policy; in the VM from cgroup depth 2)", "notsel", "notsel"),
                             ("selected: upgraded (VM) / counted (dry run)", "upgraded", "selected"),
                             ("IPPROTO_MPTCP asked: returns at once", "mptcp", "mptcp")):
             def c(d, k, f):
