@@ -2,6 +2,7 @@
 in alternating rounds, a process's RSS and CPU time. The scripts run as `python bench/NAME.py`, so this
 directory is on sys.path; REPO is added for `mptcpize_py` and `tests.netlab`."""
 
+import ctypes
 import json
 import os
 import platform
@@ -15,6 +16,9 @@ BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
+
+# Every mptcpize-py the benchmarks start runs this checkout, not whatever the venv's install points at.
+os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH")) if p)
 
 PYTHON = sys.executable
 CLI = str(Path(PYTHON).parent / "mptcpize-py")
@@ -261,6 +265,44 @@ class DaemonUnderTest:
         return self.proc.returncode
 
 
+class StandInDaemon:
+    """bench/standin_daemon.py (the real daemon, its BPF program replaced by a stand-in) on a private
+    control socket with an empty policy: what `run`'s fast path talks to, on a kernel that refuses
+    the hook. env is the environment that makes `mptcpize-py run` use it."""
+
+    def __init__(self, work: str):
+        self.policy_dir = os.path.join(work, "standin-policy.d")
+        os.makedirs(self.policy_dir, mode=0o755, exist_ok=True)
+        self.control = os.path.join(work, "standin.control")
+        self.env = dict(os.environ, MPTCPIZE_CONTROL=self.control)
+        self.log = open(os.path.join(work, "standin.log"), "w")
+        self.proc = subprocess.Popen([PYTHON, str(BENCH / "standin_daemon.py"), self.policy_dir,
+                                      self.control], stdin=subprocess.DEVNULL, stdout=self.log,
+                                     stderr=subprocess.STDOUT, env=self.env)
+        from mptcpize_py.daemon import client
+        from mptcpize_py.errors import MptcpizeError
+        deadline = time.monotonic() + 60
+        while True:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"the stand-in daemon exited with {self.proc.returncode}")
+            try:
+                client.request({"cmd": "hello"}, self.control, timeout=10)
+                return
+            except MptcpizeError:
+                if time.monotonic() > deadline:
+                    raise
+            time.sleep(0.1)
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self.log.close()
+
+
 def event_storm(daemon: DaemonUnderTest, loop: str, procs: int = 8, secs: float = 10.0) -> dict:
     """`procs` processes of the selected loop create and close sockets as fast as they can for `secs`
     seconds, each counting its own. Compares with `status --json`: per-process rows and the total
@@ -292,8 +334,7 @@ def event_storm(daemon: DaemonUnderTest, loop: str, procs: int = 8, secs: float 
 
 class EventReader:
     """Reads a loaded rewriter.Rewriter's ring buffer in a thread, as the daemon's loop does, counting
-    events. pause() stops reading (the buffer fills, further events are dropped and counted by the
-    program): the difference between the two shows what the per-socket event costs."""
+    events (one per process, at its first upgrade). pause() stops reading."""
 
     def __init__(self, rw):
         import threading
@@ -325,3 +366,68 @@ class EventReader:
         self._stop.set()
         self._reading.set()
         self._thread.join()
+
+
+# ---------------------------------------------------------------------------------------------------
+# The program's own time per call, as the kernel measures it (BPF_ENABLE_STATS).
+
+class ProgramTime:
+    """Run time of one loaded BPF program per call, from the kernel's own accounting: while an fd
+    from bpf(BPF_ENABLE_STATS, BPF_STATS_RUN_TIME) is open (Linux >= 5.8), every program's entry
+    and exit read sched_clock(), and /proc/self/fdinfo/PROG_FD shows run_time_ns and run_cnt. It
+    excludes the syscall and the hook's entry, which wall-clock socket() loops include, and it is
+    not moved by a neighbour's load the way a wall clock is: the selection work alone, to the ns.
+    The two clock reads themselves add a constant (the `mptcp` case, which returns at the protocol
+    check, shows it). Enabled only while measuring (it costs every BPF program on the machine)."""
+
+    BPF_ENABLE_STATS, BPF_STATS_RUN_TIME = 32, 0
+
+    def __init__(self, prog_fd: int):
+        self.prog_fd = prog_fd
+
+    def __enter__(self) -> "ProgramTime":
+        from mptcpize_py.host import libc
+        attr = (ctypes.c_uint32 * 4)(self.BPF_STATS_RUN_TIME)
+        self._stats_fd = libc.syscall(libc.syscall_number("bpf"), self.BPF_ENABLE_STATS,
+                                      ctypes.byref(attr), ctypes.sizeof(attr))
+        return self
+
+    def __exit__(self, *exc) -> None:
+        os.close(self._stats_fd)
+
+    def _read(self) -> tuple[int, int]:
+        fields = {}
+        with open(f"/proc/self/fdinfo/{self.prog_fd}") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                fields[key.strip()] = value.strip()
+        return int(fields["run_time_ns"]), int(fields["run_cnt"])
+
+    def per_call(self, argv: list[str], before=None) -> dict:
+        """Runs argv (after before()); returns the program's ns per call over that run, and calls."""
+        if before is not None:
+            before()
+        t0, n0 = self._read()
+        subprocess.run(argv, check=True, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+        t1, n1 = self._read()
+        calls = n1 - n0
+        return {"ns_per_call": round((t1 - t0) / calls, 1) if calls else None, "calls": calls}
+
+
+def program_time(prog_fd: int, cases: dict[str, tuple[list[str], object]], rounds: int = 5) -> dict:
+    """{case: {"best_ns", "median_ns", "runs_ns", "calls"}}: the program's time per call for each
+    case {name: (argv, before)}, rounds alternating as in socket_cost.measure."""
+    runs: dict[str, list[float]] = {n: [] for n in cases}
+    calls: dict[str, int] = {n: 0 for n in cases}
+    names = list(cases)
+    with ProgramTime(prog_fd) as pt:
+        for r in range(rounds):
+            for name in (names if r % 2 == 0 else reversed(names)):
+                argv, before = cases[name]
+                got = pt.per_call(argv, before)
+                if got["ns_per_call"] is not None:
+                    runs[name].append(got["ns_per_call"])
+                calls[name] += got["calls"]
+    return {n: {"best_ns": min(v) if v else None,
+                "median_ns": round(statistics.median(v), 1) if v else None,
+                "runs_ns": v, "calls": calls[n]} for n, v in runs.items()}

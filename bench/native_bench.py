@@ -5,9 +5,11 @@ stdout after common.JSON_MARK); bench/render.py turns it into docs/BENCHMARKS.md
   socket     socket()+close(): native TCP, native MPTCP, seccomp `run`, mptcpd's `mptcpize run`
   selection  the program's own cost on real hardware: the dry-run build (same decide() code, on the
              socket() syscall tracepoint) loaded with the 1,000-rule policy, attached / not attached in
-             alternating runs: a process not selected, and a selected one (counted + event, as an
-             upgrade would be, but its socket stays TCP)
-  latency    `run true` added latency: seccomp, mptcpize; `mptcpize-py --version` (interpreter start)
+             alternating runs: a process not selected, and a selected one (counted as an upgrade would
+             be, but its socket stays TCP); then the program's own time per call (BPF_ENABLE_STATS)
+  latency    `run true` added latency: via the daemon (bench/standin_daemon.py: the real daemon with a
+             stand-in for its BPF program, which this kernel refuses), seccomp, mptcpize;
+             `mptcpize-py --version` and `python -c pass` (interpreter start)
   compile    the BPF program compiled and loaded natively (rewriter.Rewriter(dry_run=True): the same C source,
              attached to the socket() tracepoint, which this kernel allows): a cold BPF start on real
              hardware, without the fmod_ret attach
@@ -85,15 +87,15 @@ class DryToggle:
             self.rw.attach_hook()
             self.attached = True
 
-    def attach_events_paused(self) -> None:
-        self.attach()
-        self.reader.pause()
-
     def detach(self) -> None:
         self.reader.resume()
         if self.attached:
             self.rw.detach_hook()
             self.attached = False
+
+    @property
+    def prog_fd(self) -> int:
+        return self.rw.hook_program_fd()
 
     def close(self) -> None:
         self.reader.close()
@@ -113,33 +115,77 @@ def part_selection(work: str, loop: str, selected: str, n: int, rounds: int) -> 
                 "tcp_detached": Case([loop, str(n), "0"], IPPROTO_TCP, before=t.detach),
                 "notsel_attached": Case([loop, str(n), "0"], IPPROTO_TCP, before=t.attach),
                 "selected_attached": Case([selected, str(n), "0"], IPPROTO_TCP, before=t.attach),
-                "selected_events_paused": Case([selected, str(n), "0"], IPPROTO_TCP,
-                                               before=t.attach_events_paused),
                 "mptcp_detached": Case([loop, str(n), str(IPPROTO_MPTCP)], IPPROTO_MPTCP, before=t.detach),
                 "mptcp_attached": Case([loop, str(n), str(IPPROTO_MPTCP)], IPPROTO_MPTCP, before=t.attach),
             }
             res = socket_cost.measure(cases, rounds, progress=progress)
+            progress("the program's own time per call (BPF_ENABLE_STATS)")
+            ptime = common.program_time(t.prog_fd, {
+                "notsel": ([loop, str(n), "0"], t.attach),
+                "selected": ([selected, str(n), "0"], t.attach),
+                "mptcp": ([loop, str(n), str(IPPROTO_MPTCP)], t.attach)})
+            progress("  " + ", ".join(f"{k} {v['best_ns']} ns" for k, v in ptime.items()))
             counters = t.rw.counters()
         finally:
             t.close()
     finally:
         common.remove_bench_cgroups()
-    if counters.get("upgraded", 0) < 2 * n * rounds:   # the selected runs must have been counted
-        raise socket_cost.BenchError(f"dry run counted {counters} for {2 * n * rounds} selected sockets")
+    if counters.get("upgraded", 0) < n * rounds:   # the selected runs must have been counted
+        raise socket_cost.BenchError(f"dry run counted {counters} for {n * rounds} selected sockets")
     return {"iterations": n, "rounds": rounds, "counters": counters, "events_received": t.reader.events,
+            "program_time": ptime,
             "cases": {k: {"best_ns": round(r.best), "median_ns": round(r.median),
                           "runs_ns": [round(x) for x in r.runs]} for k, r in res.items()}}
 
 
-def part_latency(rounds: int) -> dict:
-    progress(f"`run true` latency: true / mptcpize-py --version / run --backend seccomp / mptcpize run, "
-             f"{rounds} rounds")
-    cases = {"true": ["true"], "python_pass": [PYTHON, "-c", "pass"],
-             "python_nosite": [PYTHON, "-S", "-c", "pass"], "cli_version": [CLI, "--version"],
-             "seccomp_run_true": [CLI, "run", "--backend", "seccomp", "true"]}
-    if shutil.which("mptcpize"):
-        cases["mptcpize_run_true"] = ["mptcpize", "run", "true"]
-    return {"rounds": rounds, "cases": common.latencies(cases, rounds)}
+# The fast path's phases, timed inside one `run`-like process: what its imports cost, the hello round
+# trip, and fork + register + exec + wait + run_report.
+FAST_PATH_PHASES = r"""
+import json, sys, time
+t0 = time.perf_counter()
+from mptcpize_py import cli
+from mptcpize_py.run import daemon_fast_path
+from mptcpize_py.run.spawn import run_command
+t1 = time.perf_counter()
+backend = daemon_fast_path("auto")
+t2 = time.perf_counter()
+status, _ = run_command(["true"], backend)
+t3 = time.perf_counter()
+backend.close()
+assert status == 0 and "via the daemon" in backend.name
+print(json.dumps({"imports_ms": (t1 - t0) * 1000, "hello_ms": (t2 - t1) * 1000,
+                  "run_ms": (t3 - t2) * 1000}))
+"""
+
+
+def part_latency(work: str, rounds: int) -> dict:
+    # Installed packages have their bytecode compiled (pip and dpkg do it); this checkout may not.
+    subprocess.run([PYTHON, "-m", "compileall", "-q", str(common.REPO / "mptcpize_py")], check=True)
+    daemon = common.StandInDaemon(work)
+    try:
+        progress(f"`run true` latency: true / python / mptcpize-py --version / run via a stand-in daemon / "
+                 f"run --backend seccomp / mptcpize run, {rounds} rounds")
+        cases = {"true": ["true"], "python_pass": [PYTHON, "-c", "pass"],
+                 "python_nosite": [PYTHON, "-S", "-c", "pass"], "cli_version": [CLI, "--version"],
+                 "run_true_daemon": [CLI, "run", "true"],
+                 "seccomp_run_true": [CLI, "run", "--backend", "seccomp", "true"]}
+        if shutil.which("mptcpize"):
+            cases["mptcpize_run_true"] = ["mptcpize", "run", "true"]
+        out = {"rounds": rounds, "cases": common.latencies(cases, rounds, env=daemon.env)}
+        phases = []
+        for _ in range(rounds):
+            p = subprocess.run([PYTHON, "-c", FAST_PATH_PHASES], env=daemon.env, capture_output=True,
+                               text=True, check=True)
+            phases.append(json.loads(p.stdout))
+        out["fast_path_phases"] = {k: round(min(ph[k] for ph in phases), 2) for k in phases[0]}
+        out["fast_path_phases_median"] = {k: round(sorted(ph[k] for ph in phases)[len(phases) // 2], 2)
+                                          for k in phases[0]}
+        progress("  " + ", ".join(f"{k} {v['best_ms']:.1f} ms" for k, v in out["cases"].items()))
+        progress("  fast path (best): " + ", ".join(f"{k} {v:.1f}" for k, v in
+                                                    out["fast_path_phases"].items()))
+        return out
+    finally:
+        daemon.stop()
 
 
 def part_compile(runs: int) -> dict:
@@ -238,7 +284,7 @@ def main() -> int:
         if "selection" in parts:
             result["selection"] = part_selection(work, loop, selected, args.iterations, args.rounds)
         if "latency" in parts:
-            result["latency"] = part_latency(args.latency_rounds)
+            result["latency"] = part_latency(work, args.latency_rounds)
         if "compile" in parts:
             result["compile"] = part_compile(3)
         if "dryrun" in parts:

@@ -40,8 +40,16 @@ def move_self_to(cgroup_dir: str) -> None:
         f.write(str(os.getpid()))
 
 
+def compile_bytecode() -> None:
+    """Installed packages have their bytecode compiled (pip and dpkg do it); this checkout may not, and
+    compiling every module at every start is what a TCG latency would then mostly measure."""
+    subprocess.run([sys.executable, "-m", "compileall", "-q", os.path.join(common.REPO, "mptcpize_py")],
+                   check=True)
+
+
 def part_cold(runs: int, latency_rounds: int) -> dict:
     env = dict(os.environ, MPTCPIZE_CONTROL=os.path.join(WORK, "no-daemon.control"))
+    compile_bytecode()
     progress(f"reference latencies (true, mptcpize-py --version), {latency_rounds} rounds")
     ref = common.latencies({"true": ["true"], "cli_version": [CLI, "--version"]}, latency_rounds, env=env)
     out = {"reference": ref, "cold_run_true_ms": []}
@@ -72,10 +80,6 @@ class Toggle:
         self.reader.resume()
         self.rw.attach_hook()
 
-    def attach_events_paused(self) -> None:
-        self.attach()
-        self.reader.pause()
-
     def detach(self) -> None:
         self.reader.resume()
         self.rw.detach_hook()
@@ -101,20 +105,24 @@ def part_toggle(policy_dir: str, loop: str, selected: str, n: int, rounds: int) 
             "mptcp_detached": Case([loop, str(n), str(IPPROTO_MPTCP)], IPPROTO_MPTCP, before=t.detach),
             "mptcp_attached": Case([loop, str(n), str(IPPROTO_MPTCP)], IPPROTO_MPTCP, before=t.attach),
             "upgraded": Case([selected, str(n), "0"], IPPROTO_MPTCP, before=t.attach),
-            "upgraded_events_paused": Case([selected, str(n), "0"], IPPROTO_MPTCP,
-                                           before=t.attach_events_paused),
         }
         if shutil.which("mptcpize"):
             cases["mptcpize_detached"] = Case(["mptcpize", "run", loop, str(n), "0"], IPPROTO_MPTCP,
                                               before=t.detach)
         progress(f"socket()+close() x {n}, {len(cases)} cases, {rounds} alternating rounds")
         res = socket_cost.measure(cases, rounds, progress=progress)
+        progress("the program's own time per call (BPF_ENABLE_STATS)")
+        ptime = common.program_time(t.rw.hook_program_fd(), {
+            "notsel": ([loop, str(n), "0"], t.attach),
+            "upgraded": ([selected, str(n), "0"], t.attach),
+            "mptcp": ([loop, str(n), str(IPPROTO_MPTCP)], t.attach)})
+        progress("  " + ", ".join(f"{k} {v['best_ns']} ns" for k, v in ptime.items()))
         t.attach()
         counters = t.rw.counters()
     finally:
         t.close()
     return {"iterations": n, "rounds": rounds, "load_s": round(t.load_s, 1),
-            "events_received": t.reader.events, "counters": counters,
+            "events_received": t.reader.events, "counters": counters, "program_time": ptime,
             "cases": {k: {"best_ns": round(r.best), "median_ns": round(r.median),
                           "runs_ns": [round(x) for x in r.runs]} for k, r in res.items()}}
 
@@ -174,6 +182,7 @@ def part_daemon(out: dict, pdir: str, loop: str, selected: str, n: int, rounds: 
                             "stderr": chk.stderr.strip()}
         if chk.returncode != 0 or "via the daemon" not in chk.stderr or chk.stdout.split()[1] != "262":
             raise RuntimeError(f"run did not use the daemon: {row['run_check']}")
+        compile_bytecode()
         lat = {"true": ["true"], "cli_version": [CLI, "--version"], "run_true_daemon": [CLI, "run", "true"]}
         if shutil.which("mptcpize"):
             lat["mptcpize_run_true"] = ["mptcpize", "run", "true"]

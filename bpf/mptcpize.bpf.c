@@ -37,6 +37,16 @@ static __always_inline u32 read_u32(u64 base, u32 off)
 	return v;
 }
 
+/*
+ * The same reads for objects reached from bpf_get_current_task_btf() (Linux >= 5.11): the verifier
+ * knows each pointer's type from the kernel's BTF, checks the offset against it, and the JIT turns
+ * the load into a plain, fault-safe one (BPF_PROBE_MEM) instead of a bpf_probe_read_kernel() call:
+ * a few ns each instead of ~10, on the path every TCP socket() of the machine takes. A NULL pointer
+ * reads as 0 (the test also tells the verifier a possibly-NULL pointer is not NULL where it loads).
+ */
+#define TASK_PTR(base, off) ((base) ? *(u64 *)((base) + (off)) : 0)
+#define TASK_U32(base, off) ((base) ? *(u32 *)((base) + (off)) : 0)
+
 #define AF_INET_ 2
 #define AF_INET6_ 10
 #define SOCK_STREAM_ 1
@@ -62,6 +72,20 @@ BPF_PERCPU_ARRAY(counters, u64, MPTCPIZE_CNT_MAX);
 BPF_RINGBUF_OUTPUT(events, MPTCPIZE_RINGBUF_PAGES);
 
 /*
+ * Per thread: the verdict of select_task() at its last TCP socket(), reused by its next ones. Most
+ * TCP sockets of a machine come from processes nothing selects, and every one pays for the selection
+ * (run tree, executable identity, the cgroup walk: ~1.2 us of a ~18 us socket()+close() under the test
+ * VM's emulation, where an emulated hash lookup is dear); a verdict that holds costs one task-storage
+ * lookup and the cgroup id. It holds while the thread is in the same cgroup (a cgroup rule matches
+ * by the cgroup and its ancestors), until the thread execs (the executable changes: deleted at
+ * sched_process_exec) and for MPTCPIZE_VERDICT_TTL_JIFFIES at most, so that a policy change, which
+ * userspace makes in the maps, reaches every thread within that time. New threads and processes
+ * start without one (task storage is not inherited at fork). Kernel-internal: userspace never reads it
+ * (struct mptcpize_verdict is in mptcpize.h with the other layouts).
+ */
+BPF_TASK_STORAGE(verdicts, struct mptcpize_verdict);
+
+/*
  * The process a task belongs to, as a key: a pid is recycled once its process is gone, its start
  * is not. The thread-group leader's start_boottime is the process's start (a thread that execs
  * takes over its leader's, fs/exec.c de_thread()); /proc/PID/stat field 22 is the same value in
@@ -70,7 +94,8 @@ BPF_RINGBUF_OUTPUT(events, MPTCPIZE_RINGBUF_PAGES);
 static __always_inline struct mptcpize_proc_key proc_key(u64 task, u32 tgid)
 {
 	struct mptcpize_proc_key key = {};
-	key.start_ns = read_ptr(read_ptr(task, OFF_TASK_GROUP_LEADER), OFF_TASK_START_BOOTTIME);
+	u64 leader = TASK_PTR(task, OFF_TASK_GROUP_LEADER);
+	key.start_ns = TASK_PTR(leader, OFF_TASK_START_BOOTTIME);
 	key.tgid = tgid;
 	return key;
 }
@@ -102,7 +127,7 @@ static __always_inline int netns_mptcp_enabled(u64 net, u32 netns, struct mptcpi
 	}
 	if (bpf_probe_read_kernel(&id, sizeof(id), (void *)cfg->pernet_id_addr))
 		return -1;
-	u64 gen = read_ptr(net, OFF_NET_GEN);
+	u64 gen = TASK_PTR(net, OFF_NET_GEN);
 	if (!gen)
 		return -1;
 	u64 pernet = read_ptr(gen, OFF_NET_GENERIC_PTR + id * sizeof(void *));
@@ -128,12 +153,14 @@ static __always_inline int select_task(u64 task, u32 tgid, u32 flags,
 
 	if (flags & MPTCPIZE_CFG_HAS_EXE_RULES) {
 		struct mptcpize_exe_key key = {};
-		u64 exe = read_ptr(read_ptr(task, OFF_TASK_MM), OFF_MM_EXE_FILE);
-		u64 inode = read_ptr(exe, OFF_FILE_INODE);
+		u64 mm = TASK_PTR(task, OFF_TASK_MM);
+		u64 exe = TASK_PTR(mm, OFF_MM_EXE_FILE);
+		u64 inode = TASK_PTR(exe, OFF_FILE_INODE);
 
 		if (inode) {
-			key.ino = read_ptr(inode, OFF_INODE_INO);
-			key.dev = read_u32(read_ptr(inode, OFF_INODE_SB), OFF_SB_DEV);
+			u64 sb = TASK_PTR(inode, OFF_INODE_SB);
+			key.ino = TASK_PTR(inode, OFF_INODE_INO);
+			key.dev = TASK_U32(sb, OFF_SB_DEV);
 			r = exe_rules.lookup(&key);
 			if (r) {
 				if (r->action == MPTCPIZE_ACTION_DENY)
@@ -167,9 +194,39 @@ static __always_inline int select_task(u64 task, u32 tgid, u32 flags,
 	return denied;
 }
 
+/* select_task() for the current thread, through its cached verdict when that still holds. *vp is
+ * the verdict, or NULL (no memory for one, or a nested call): then decide without, as before. */
+static __always_inline int select_current(u64 task, u32 tgid, u32 flags, u32 *rule_id, u32 *kind,
+					  struct mptcpize_verdict **vp)
+{
+	u64 cgroup_id = bpf_get_current_cgroup_id();
+	u64 now = bpf_jiffies64();
+	struct mptcpize_verdict *v = verdicts.task_storage_get((void *)task, 0,
+							       BPF_LOCAL_STORAGE_GET_F_CREATE);
+
+	*vp = v;
+	if (v && v->expires > now && v->cgroup_id == cgroup_id) {
+		*rule_id = v->rule_id;
+		*kind = v->kind;
+		return v->denied;
+	}
+	int denied = select_task(task, tgid, flags, rule_id, kind);
+	if (v) {
+		v->cgroup_id = cgroup_id;
+		v->expires = now + MPTCPIZE_VERDICT_TTL_JIFFIES;
+		v->start_ns = 0;
+		v->rule_id = *rule_id;
+		v->kind = *kind;
+		v->denied = denied;
+		v->netns_ok = 0;
+	}
+	return denied;
+}
+
 /*
  * The decision, shared by the real hook and the dry run: 1 when this socket() of the current task is
- * (or would be) upgraded. Counts, per-process totals and the event happen here too.
+ * (or would be) upgraded. Counts, per-process totals and the process's first-upgrade event happen
+ * here too.
  */
 static __always_inline int decide(int family, int type, int protocol)
 {
@@ -186,30 +243,44 @@ static __always_inline int decide(int family, int type, int protocol)
 	if (!cfg)
 		return 0;
 
-	u64 pid_tgid = bpf_get_current_pid_tgid();
-	u32 tgid = pid_tgid >> 32;
-	u64 task = bpf_get_current_task();
+	/* The tgid is a load from the task, where bpf_get_current_pid_tgid() would be one more helper
+	 * call on the path every TCP socket() takes. */
+	u64 task = (u64)bpf_get_current_task_btf();
+	u32 tgid = TASK_U32(task, OFF_TASK_TGID);
 	u32 rule_id = 0, kind = MPTCPIZE_KIND_NONE;
+	struct mptcpize_verdict *v = NULL;
 
-	if (select_task(task, tgid, cfg->flags, &rule_id, &kind)) {
+	if (select_current(task, tgid, cfg->flags, &rule_id, &kind, &v)) {
 		count(MPTCPIZE_CNT_DENIED);
 		return 0;
 	}
 	if (kind == MPTCPIZE_KIND_NONE)
 		return 0;
 
-	u64 net = read_ptr(read_ptr(task, OFF_TASK_NSPROXY), OFF_NSPROXY_NET);
+	u64 nsproxy = TASK_PTR(task, OFF_TASK_NSPROXY);
+	u64 net = TASK_PTR(nsproxy, OFF_NSPROXY_NET);
 	if (!net) {
 		count(MPTCPIZE_CNT_NETNS_UNREADABLE);
 		return 0;
 	}
-	u32 netns = read_u32(net, OFF_NET_INUM);
+	u32 netns = TASK_U32(net, OFF_NET_INUM);
 	/* A run tree goes wherever its command goes (as a standalone `run` would); policy rules only
 	 * where the policy's [netns] says. */
-	if (kind != MPTCPIZE_KIND_RUN && !(cfg->flags & MPTCPIZE_CFG_ALL_NETNS)
-	    && !netns_allow.lookup(&netns)) {
-		count(MPTCPIZE_CNT_NETNS_NOT_SELECTED);
-		return 0;
+	if (kind != MPTCPIZE_KIND_RUN && !(cfg->flags & MPTCPIZE_CFG_ALL_NETNS)) {
+		u32 ok;
+		if (v && v->netns_ok && v->netns == netns) {
+			ok = v->netns_ok;
+		} else {
+			ok = netns_allow.lookup(&netns) ? 1 : 2;
+			if (v) {
+				v->netns = netns;
+				v->netns_ok = ok;
+			}
+		}
+		if (ok != 1) {
+			count(MPTCPIZE_CNT_NETNS_NOT_SELECTED);
+			return 0;
+		}
 	}
 	int enabled = netns_mptcp_enabled(net, netns, cfg);
 	if (enabled <= 0) {
@@ -230,20 +301,35 @@ static __always_inline int decide(int family, int type, int protocol)
 				(*per_rule)++;
 		}
 	}
-	struct mptcpize_proc_key pkey = proc_key(task, tgid);
-	struct mptcpize_proc_stats *st = proc_stats.lookup(&pkey);
-	if (st) {
-		__sync_fetch_and_add(&st->upgraded, 1);
+	struct mptcpize_proc_key pkey = {};
+	if (v && v->start_ns) {
+		pkey.start_ns = v->start_ns;
+		pkey.tgid = tgid;
 	} else {
-		struct mptcpize_proc_stats init = { .upgraded = 1, .rule_id = rule_id, .kind = kind };
-		/* A racing thread may have inserted it: then add to its entry. */
-		if (proc_stats.insert(&pkey, &init) != 0) {
-			st = proc_stats.lookup(&pkey);
-			if (st)
-				__sync_fetch_and_add(&st->upgraded, 1);
+		pkey = proc_key(task, tgid);
+		if (v)
+			v->start_ns = pkey.start_ns;
+	}
+	struct mptcpize_proc_stats *st = proc_stats.lookup(&pkey);
+	if (st) {   /* not the process's first upgrade: its count is all there is to do */
+		__sync_fetch_and_add(&st->upgraded, 1);
+		return 1;
+	}
+	struct mptcpize_proc_stats init = { .upgraded = 1, .rule_id = rule_id, .kind = kind };
+	if (proc_stats.insert(&pkey, &init) != 0) {
+		/* Another thread of the process inserted it first: its insert sends the event. */
+		st = proc_stats.lookup(&pkey);
+		if (st) {
+			__sync_fetch_and_add(&st->upgraded, 1);
+			return 1;
 		}
+		/* The map refused the entry (an LRU map short of free nodes): this process has no
+		 * count, so let the event say at least that it was upgraded. */
 	}
 
+	/* The process's first upgrade: the one event it sends. Userspace logs it and learns the
+	 * process's exe and cgroup from it; volume is in the maps above, so a socket storm sends as
+	 * many events as it has processes, not sockets. */
 	struct mptcpize_event *ev = events.ringbuf_reserve(sizeof(struct mptcpize_event));
 	if (!ev) {
 		count(MPTCPIZE_CNT_EVENTS_DROPPED);
@@ -252,7 +338,7 @@ static __always_inline int decide(int family, int type, int protocol)
 	ev->ts_ns = bpf_ktime_get_ns();
 	ev->cgroup_id = bpf_get_current_cgroup_id();
 	ev->start_ns = pkey.start_ns;
-	ev->pid = (u32)pid_tgid;
+	ev->pid = TASK_U32(task, OFF_TASK_PID);
 	ev->tgid = tgid;
 	ev->uid = (u32)bpf_get_current_uid_gid();
 	ev->rule_id = rule_id;
@@ -305,20 +391,23 @@ RAW_TRACEPOINT_PROBE(sched_process_fork)
 	return 0;
 }
 
-/* Remember what a run-tree process executes: short-lived ones are gone before userspace can look. */
+/* Remember what a run-tree process executes: short-lived ones are gone before userspace can look.
+ * And forget the exec'ing thread's selection verdict, made for its previous executable. */
 RAW_TRACEPOINT_PROBE(sched_process_exec)
 {
 	u32 tgid = bpf_get_current_pid_tgid() >> 32;
 	u64 bprm = ctx->args[2];
 	struct mptcpize_exe_name name = {};
 
+	/* Another executable: the thread's selection verdict no longer holds. */
+	verdicts.task_storage_delete(bpf_get_current_task_btf());
 	if (!run_tgids.lookup(&tgid))
 		return 0;
 	u64 filename = read_ptr(bprm, OFF_BPRM_FILENAME);
 	if (!filename || bpf_probe_read_kernel_str(name.path, sizeof(name.path), (void *)filename) <= 0)
 		return 0;
 	/* After de_thread(): current is the leader, with the process's start. */
-	struct mptcpize_proc_key key = proc_key(bpf_get_current_task(), tgid);
+	struct mptcpize_proc_key key = proc_key((u64)bpf_get_current_task_btf(), tgid);
 	exe_names.update(&key, &name);
 	return 0;
 }

@@ -21,6 +21,11 @@
 #define MPTCPIZE_EXE_NAME_LEN 256
 /* Deepest cgroup level looked at for cgroup rules (the root is level 0). */
 #define MPTCPIZE_CGROUP_MAX_DEPTH 16
+/* How long a thread's selection verdict is reused (see verdicts in mptcpize.bpf.c), in jiffies (the
+ * one clock tracing programs may read cheaply: 25 is 100 ms at Debian's HZ=250, 25 ms at HZ=1000):
+ * the longest a policy change (reload, resync, a `register` of a running process) waits to reach a
+ * thread that has already created a TCP socket. An exec or a move to another cgroup counts at once. */
+#define MPTCPIZE_VERDICT_TTL_JIFFIES 25
 
 /* mptcpize_rule.action */
 #define MPTCPIZE_ACTION_ALLOW 1
@@ -93,7 +98,20 @@ struct mptcpize_exe_name {
 	char path[MPTCPIZE_EXE_NAME_LEN];
 };
 
-/* One per upgraded socket. */
+/* One per process, at its first upgraded socket (the proc_stats insert): what the first-upgrade log
+ * line and `run -v` need. pid and family are that socket's thread and address family. */
+/* A thread's cached selection verdict (task storage; see mptcpize.bpf.c). */
+struct mptcpize_verdict {
+	u64 cgroup_id;    /* the thread's cgroup when the verdict was made */
+	u64 expires;      /* bpf_jiffies64() from which it is made again */
+	u64 start_ns;     /* the process's start (proc_key), for a selected thread; 0: not read yet */
+	u32 rule_id;
+	u16 kind;
+	u16 denied;
+	u32 netns;        /* with netns_ok: the [netns] verdict for this namespace (a thread may setns()) */
+	u32 netns_ok;     /* 0 not known, 1 selected, 2 not selected */
+};
+
 struct mptcpize_event {
 	u64 ts_ns;
 	u64 cgroup_id;

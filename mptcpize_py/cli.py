@@ -1,32 +1,45 @@
-"""Command line: argparse, typed errors → one line + exit code. The only module that prints."""
+"""Command line: argparse, typed errors → one line + exit code. The only module that prints.
 
-import argparse
+`run` through a running daemon is the path whose start-up a user waits for on every command: it
+imports only what it uses (no argparse, logging, policy, status or report unless asked for; see
+tests/unit/test_run_imports.py), so the imports that serve other commands stay inside them."""
+
 import sys
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from mptcpize_py import __version__
 from mptcpize_py.errors import EXIT_UNAVAILABLE, MptcpizeError, UsageError
-from mptcpize_py.locations import POLICY_DIR
 
 if TYPE_CHECKING:
+    import argparse
+    from pathlib import Path
+
     from mptcpize_py.status import DaemonStatus
 
 PROG = "mptcpize-py"
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):
-        raise UsageError(message, hint=f"see '{self.prog} --help'")
+def _parser_class() -> "type[argparse.ArgumentParser]":
+    import argparse
+
+    class _Parser(argparse.ArgumentParser):
+        def error(self, message):
+            raise UsageError(message, hint=f"see '{self.prog} --help'")
+
+    return _Parser
 
 
-def _add_policy_dir(parser: argparse.ArgumentParser) -> None:
+def _add_policy_dir(parser: "argparse.ArgumentParser") -> None:
     """One setting for the daemon and for enable/disable, which write where the daemon reads."""
+    from pathlib import Path
+
+    from mptcpize_py.locations import POLICY_DIR
     parser.add_argument("--policy-dir", metavar="DIR", default=POLICY_DIR, type=Path,
                         help=f"policy directory (default {POLICY_DIR})")
 
 
-def _build_parser() -> argparse.ArgumentParser:
+def _build_parser() -> "argparse.ArgumentParser":
+    _Parser = _parser_class()
     p = _Parser(prog=PROG, description="Make unmodified applications use Multipath TCP.")
     p.add_argument("--version", action="version", version=f"{PROG} {__version__}")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
@@ -146,9 +159,18 @@ RUN_USAGE = f"{PROG} run [-v] [--backend auto|bpf|seccomp] [--] CMD [ARGS...]"
 BACKENDS = ("auto", "bpf", "seccomp")
 
 
-def parse_run_args(tokens: list[str]) -> argparse.Namespace:
+class RunArgs:
+    """run's parsed options (argparse is not needed to parse them, nor imported for it)."""
+
+    def __init__(self, verbose: bool = False, help: bool = False, argv: list[str] | None = None,
+                 backend: str = "auto", debug: bool = False):
+        self.verbose, self.help, self.argv, self.backend = verbose, help, argv or [], backend
+        self.debug = debug
+
+
+def parse_run_args(tokens: list[str]) -> RunArgs:
     """run's options end at "--" or at the first word that is not an option: that word is CMD."""
-    args = argparse.Namespace(verbose=False, help=False, argv=[], backend="auto")
+    args = RunArgs()
     it = iter(enumerate(tokens))
     for i, tok in it:
         if tok == "--backend" or tok.startswith("--backend="):
@@ -180,16 +202,19 @@ def parse_run_args(tokens: list[str]) -> argparse.Namespace:
     return args
 
 
-def cmd_run(args) -> int:
-    from mptcpize_py import report
-    from mptcpize_py.run import make_backend
+def cmd_run(args: RunArgs) -> int:
+    from mptcpize_py.run import daemon_fast_path, make_backend
     from mptcpize_py.run.spawn import resolve_command, run_command
     argv = args.argv
     resolve_command(argv[0])  # 127/126 before loading anything
-    backend = make_backend(args.backend)
+    backend = daemon_fast_path(args.backend)
+    if backend is None:
+        _setup_logging(args.debug)   # our own backends log (e.g. seccomp: a setuid CMD)
+        backend = make_backend(args.backend, try_daemon=False)
     try:
         status, reports = run_command(argv, backend)
         if args.verbose:
+            from mptcpize_py import report
             for line in report.run_verbose(backend.name, reports, backend.counters()):
                 _err(line)
             handed_off = backend.handed_off_pid
@@ -277,6 +302,8 @@ def cmd_metrics(args) -> int:
 
 
 def _write_output(path: str, text: str) -> None:
+    from pathlib import Path
+
     from mptcpize_py.host.files import write_atomic
     try:
         write_atomic(path, text)
@@ -317,7 +344,7 @@ def cmd_resync(args) -> int:
     return 0
 
 
-def _paths_policy(policy_dir: Path, required: bool):
+def _paths_policy(policy_dir: "Path", required: bool):
     """The policy for `paths`; None when there is no policy directory and `required` is false."""
     from mptcpize_py.policy import load_policy
     if not required and not policy_dir.exists():
@@ -393,14 +420,15 @@ def main(argv: list[str] | None = None) -> int:
     while i < len(argv) and argv[i] == "--debug":
         i += 1
     debug = i > 0
-    _setup_logging(debug)
     try:
-        parser = _build_parser()
         if i < len(argv) and argv[i] == "run":
             args = parse_run_args(argv[i + 1:])
             if args.help:
-                parser.parse_args(["run", "--help"])  # prints run's help and exits 0
-            return cmd_run(args)
+                _build_parser().parse_args(["run", "--help"])  # prints run's help and exits 0
+            args.debug = debug
+            return cmd_run(args)   # sets up logging itself, only where it is used
+        _setup_logging(debug)
+        parser = _build_parser()
         args = parser.parse_args(argv)
         if args.command is None:
             raise UsageError("no command given", hint=f"see '{PROG} --help'")

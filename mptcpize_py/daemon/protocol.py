@@ -8,8 +8,8 @@ import os
 import socket
 import struct
 import time
-from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from mptcpize_py.locations import CONTROL_SOCKET
 
@@ -39,8 +39,7 @@ BUSY_PREFIX = "busy:"
 _UCRED = struct.Struct("=iII")     # struct ucred { pid_t pid; uid_t uid; gid_t gid; }
 
 
-@dataclass(frozen=True)
-class Ucred:
+class Ucred(NamedTuple):   # not a dataclass: every client imports this module (`run`'s start-up)
     pid: int
     uid: int
     gid: int

@@ -32,6 +32,7 @@ _MAP_MACROS = {
     "BPF_PERCPU_HASH": ("percpu_hash", ("name", "key", "value", "size"), None),
     "BPF_TABLE": (None, ("type", "key", "value", "name", "size"), None),
     "BPF_RINGBUF_OUTPUT": ("ringbuf", ("name", "pages"), None),
+    "BPF_TASK_STORAGE": ("task_storage", ("name", "value"), "int"),   # keyed by a pidfd; no size
 }
 _PERCPU = {"percpu_array", "percpu_hash", "lru_percpu_hash"}
 
@@ -139,7 +140,8 @@ def parse_maps(program: str, structs: dict[str, type], defines: dict[str, int]) 
             out[name] = MapLayout(name, kind, None, None, _number(a["pages"], defines) * mmap.PAGESIZE)
             continue
         key = _ctype(a.get("key") or implied_key, structs)
-        out[name] = MapLayout(name, kind, key, _ctype(a["value"], structs), _number(a["size"], defines))
+        size = _number(a["size"], defines) if "size" in a else 0
+        out[name] = MapLayout(name, kind, key, _ctype(a["value"], structs), size)
     if not out:
         raise LayoutError(f"{abi.PROGRAM.name}: no map declarations found")
     return out

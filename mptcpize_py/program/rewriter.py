@@ -153,6 +153,14 @@ class Rewriter:
         out |= {f"link:{n}": maps.object_id(fd) for n, (fd, kind) in self._links.items() if kind == "link"}
         return out
 
+    def hook_program_fd(self) -> int:
+        """The descriptor of the program on the hook (the fmod_ret program, or the dry run's socket()
+        tracepoint program): benchmarks read its run time (BPF_ENABLE_STATS)."""
+        if self.dry_run:
+            # bcc names a TRACEPOINT_PROBE(a, b) program tracepoint__a__b
+            return self._progs["tracepoint__" + self._hook.split(":", 1)[1].replace(":", "__")]
+        return self._progs[HOOK_PROGRAM]
+
     def detach_hook(self) -> None:
         """Detaches the program from the hook alone (the fmod_ret link, or the dry run's socket()
         tracepoint): benchmarks compare attached and not without a new compile."""
@@ -169,8 +177,7 @@ class Rewriter:
             tp = self._hook.split(":", 1)[1]   # "tp:syscalls:sys_enter_socket"
             with open(f"{mounts.TRACEFS}/events/{tp.replace(':', '/')}/id") as f:
                 tp_id = int(f.read())
-            prog = "tracepoint__" + tp.replace(":", "__")   # bcc's name for TRACEPOINT_PROBE(...)
-            fd, kind = libc.attach_to_tracepoint(tp_id, self._progs[prog]), "perf_event"
+            fd, kind = libc.attach_to_tracepoint(tp_id, self.hook_program_fd()), "perf_event"
         else:
             fd, kind = maps.attach_tracing(self._progs[HOOK_PROGRAM]), "link"
         self._fds.append(fd)

@@ -1,14 +1,17 @@
 """The BPF backends of `run`: our own program (BpfRunBackend), or the running daemon's
-(DaemonRunBackend, the fast path)."""
+(DaemonRunBackend, the fast path). The fast path imports this module and the control socket's
+client only: what BpfRunBackend needs (the loader, /proc, a thread) is imported when it is made."""
 
 import os
-import threading
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 from mptcpize_py.errors import MptcpizeError
-from mptcpize_py.host import procfs
-from mptcpize_py.program.handle import ProgramHandle
 from mptcpize_py.run.backend import ProcessReport, RunBackend
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    from mptcpize_py.program.handle import ProgramHandle
 
 
 class BpfRunBackend(RunBackend):
@@ -18,6 +21,8 @@ class BpfRunBackend(RunBackend):
     handed_off_pid = None   # the link dies with us: nothing outlives CMD's run
 
     def __init__(self):
+        import threading
+
         from mptcpize_py.program.rewriter import Rewriter  # BPF maps (libbpf): only for this backend
         self._rewriter: ProgramHandle = Rewriter(all_netns=True)
         # By process, (tgid, start_ns) as the kernel counts them: a pid recycled within the run is
@@ -38,6 +43,7 @@ class BpfRunBackend(RunBackend):
     def _on_event(self, ev) -> None:
         # Name the executable at the first upgrade, while the process most likely still exists;
         # finish() falls back to what the kernel saw at exec, then to the command name.
+        from mptcpize_py.host import procfs
         key = (ev.tgid, ev.start_ns)
         if key not in self._exe:
             self._exe[key] = procfs.exe_of_process(ev.tgid, ev.start_ns)
@@ -78,7 +84,7 @@ class DaemonRunBackend(RunBackend):
     name = "bpf"
     handed_off_pid = None   # the daemon keeps serving the tree: no process of ours to report
 
-    def __init__(self, path: Path, hello: dict):
+    def __init__(self, path: "Path", hello: dict):
         self.path = path
         self.daemon_pid = hello.get("pid")
         self.name = f"bpf (via the daemon, pid {self.daemon_pid})"

@@ -6,6 +6,7 @@ hook works (there net.mptcp.enabled is read from kernel memory instead of usersp
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 
@@ -13,6 +14,7 @@ import pytest
 
 from mptcpize_py.host.mounts import find_cgroup2_mount, read_mounts
 from tests.conftest import is_root, mptcpize, start_daemon
+from tests.progs.driven import Driven
 from tests.progs.samepid import NS_LAST_PID, popen_at
 from tests.waiting import scaled, wait_exit, wait_for
 
@@ -61,7 +63,8 @@ exe = "{bins['denied']}"
     proc = None
     try:
         proc = start_daemon(policy_dir, control, log, log_path, "--dry-run")
-        yield {"bins": bins, "env": environ, "log": log_path, "cgroup": cgroup, "proc": proc}
+        yield {"bins": bins, "env": environ, "log": log_path, "cgroup": cgroup, "proc": proc,
+               "policy_dir": policy_dir}
     finally:
         if proc is not None:
             proc.terminate()
@@ -242,3 +245,86 @@ def test_the_daemon_holds_the_program_not_the_compiler(dry):
     assert len(held.get("anon_inode:bpf_link", [])) == 3
     assert len(held.get("anon_inode:bpf-map", [])) >= 10
     assert all(all(v) for v in held.values()), held
+
+
+def counted(dry, pid) -> int:
+    row = rows_by_pid(status(dry)).get(pid)
+    return row["upgraded"] if row else 0
+
+
+def test_a_socket_flood_drops_no_event(dry):
+    """One event per process, at its first upgrade (not per socket): 4 processes x 50,000 sockets
+    lose none, each process is logged once, and the counts stay exact."""
+    before = status(dry)["totals"]
+    procs = [Driven(dry["cgroup"]) for _ in range(4)]
+    try:
+        for p in procs:
+            p.ask(50000)
+        assert [p.answer() for p in procs] == ["6"] * 4
+        rows = wait_rows(dry, [p.pid for p in procs])
+        assert [rows[p.pid]["upgraded"] for p in procs] == [50000] * 4
+        after = status(dry)["totals"]
+        assert after["upgraded"] - before["upgraded"] == 200000
+        assert after["events_dropped"] == before["events_dropped"]
+        log = dry["log"].read_text()
+        assert [log.count(f"would upgrade pid={p.pid} ") for p in procs] == [1] * 4
+    finally:
+        for p in procs:
+            p.close()
+
+
+def test_a_running_process_moved_into_a_selected_cgroup_counts_at_once(dry):
+    # The kernel keeps each thread's last selection verdict: a move to another cgroup must not wait
+    # for it to expire.
+    p = Driven()
+    try:
+        assert p.sockets(3) == "6"
+        p.move_to(dry["cgroup"])
+        p.sockets(1)
+        assert wait_rows(dry, [p.pid])[p.pid]["upgraded"] == 1
+    finally:
+        p.close()
+
+
+def test_an_exec_is_judged_afresh(dry):
+    # Not selected as python; its exec of the selected executable counts from that program's first
+    # socket (the verdict made for python is dropped at exec).
+    p = Driven()
+    try:
+        assert p.sockets(3) == "6"
+        assert p.exec(dry["bins"]["selected"], "4", "wait") == "6"
+        row = wait_rows(dry, [p.pid])[p.pid]
+        assert (row["upgraded"], row["kind"], row["exe"]) == (1, "exe", dry["bins"]["selected"])
+    finally:
+        p.close()
+
+
+def test_a_policy_change_reaches_a_running_process(dry):
+    """A rule added while a process runs selects its next sockets, though it made sockets (and got a
+    verdict) before: the verdict is made again within MPTCPIZE_VERDICT_TTL_JIFFIES."""
+    late = os.path.join(CG_ROOT, "mzdry-late")
+    os.makedirs(late, exist_ok=True)
+    extra = dry["policy_dir"] / "20-late.toml"
+    p = Driven(late)
+    try:
+        assert p.sockets(3) == "6"
+        assert counted(dry, p.pid) == 0
+        extra.write_text('[[allow]]\ncgroup = "/mzdry-late"\n')
+        extra.chmod(0o644)
+        dry["proc"].send_signal(signal.SIGHUP)
+        wait_for(lambda: any(r["value"] == "/mzdry-late" and r["target"]
+                             for r in status(dry)["policy"]["rules"]),
+                 "the daemon to load the new rule", details=lambda: status(dry)["policy"])
+        # Each probe makes one more socket: the first ones may still meet the old verdict.
+        wait_for(lambda: p.sockets(1) and counted(dry, p.pid) > 0,
+                 "the running process's sockets to be counted", interval=0.02)
+    finally:
+        p.close()
+        extra.unlink(missing_ok=True)
+        dry["proc"].send_signal(signal.SIGHUP)
+        wait_for(lambda: not any(r["value"] == "/mzdry-late" for r in status(dry)["policy"]["rules"]),
+                 "the daemon to drop the rule again")
+        try:
+            os.rmdir(late)
+        except OSError:
+            pass

@@ -13,6 +13,7 @@ import time
 import pytest
 
 from tests.conftest import CLI, PROGS, cli_env, mptcpize, start_daemon
+from tests.progs.driven import Driven
 from tests.waiting import scaled, wait_exit, wait_for
 
 pytestmark = pytest.mark.vm
@@ -158,6 +159,73 @@ def test_status_counts_exactly_the_sockets_made(env):
     assert row()["upgraded"] == 500
     assert _rule_count(env, f"allow cgroup=/{CG_ALLOW}") == rule_before + 500   # per-rule, exact
     assert status(env)["events_dropped"] == 0
+
+
+def test_a_socket_flood_drops_no_event(env):
+    """One event per process, at its first upgrade: 4 processes x 20,000 upgraded sockets lose no
+    event, each process is logged once, and the counts are exact (the kernel's)."""
+    before = status(env)["totals"]
+    procs = [Driven(env.cgroup) for _ in range(4)]
+    try:
+        for p in procs:
+            p.ask(20000)
+        assert [p.answer() for p in procs] == ["262"] * 4
+        eventually(lambda: all(f"upgraded pid={p.pid} " in env.log_path.read_text() for p in procs),
+                   True, "the daemon to log each process's first upgrade")
+        rows = {r["pid"]: r["upgraded"] for r in status(env)["processes"]}
+        assert [rows.get(p.pid) for p in procs] == [20000] * 4
+        after = status(env)["totals"]
+        assert after["upgraded"] - before["upgraded"] == 80000
+        assert after["events_dropped"] == before["events_dropped"]
+        log = env.log_path.read_text()
+        assert [log.count(f"upgraded pid={p.pid} ") for p in procs] == [1] * 4
+    finally:
+        for p in procs:
+            p.close(scaled(60))
+
+
+def test_a_running_process_follows_its_cgroup_and_its_exec(env):
+    """The kernel reuses each thread's selection verdict, but not across a move to another cgroup or
+    an exec: both count from the next socket()."""
+    p = Driven()
+    try:
+        assert p.sockets(3) == "6"                       # python, outside the allowed cgroup
+        p.move_to(env.cgroup)
+        assert p.sockets(1) == "262"
+    finally:
+        p.close(scaled(60))
+    p = Driven()
+    try:
+        assert p.sockets(3) == "6"
+        assert p.exec(env.bins["selected"], "4", "wait") == "262"   # the exec'd program's first socket
+    finally:
+        p.close(scaled(60))
+
+
+def test_a_policy_change_reaches_a_running_process(env):
+    """A rule added while a process runs selects its next sockets within the verdict's lifetime
+    (MPTCPIZE_VERDICT_TTL_JIFFIES), though it made sockets before; removed, it stops again."""
+    late = os.path.join(CG_ROOT, "mzd-late")
+    os.makedirs(late, exist_ok=True)
+    extra = env.policy_dir / "20-late.toml"
+    p = Driven(late)
+    try:
+        assert p.sockets(3) == "6"
+        write_policy(extra, '[[allow]]\ncgroup = "/mzd-late"\n')
+        env.proc.send_signal(signal.SIGHUP)
+        eventually(lambda: p.sockets(1), "262", "the added rule to reach the running process")
+        extra.unlink()
+        env.proc.send_signal(signal.SIGHUP)
+        eventually(lambda: p.sockets(1), "6", "the removed rule to leave the running process")
+    finally:
+        p.close(scaled(60))
+        if extra.exists():
+            extra.unlink()
+            env.proc.send_signal(signal.SIGHUP)
+        # The next tests expect the base policy back (a reload is asynchronous).
+        eventually(lambda: any(r["value"] == "/mzd-late" for r in status(env)["policy"]["rules"]),
+                   False, "the daemon to drop the added rule")
+        os.rmdir(late)
 
 
 def test_status_text(env):
