@@ -172,16 +172,19 @@ def ordering_cycle(name: str, policy_dir: Path = DEFAULT_POLICY_DIR, exe: str | 
     if name == SERVICE:
         raise UsageError(f"{SERVICE} is the daemon itself: it cannot wait for itself",
                          hint="enable the services whose sockets should become MPTCP")
-    daemon = systemd.show_units([SERVICE], ("LoadState", "After"), exe=exe)[SERVICE]
+    # A person waits for enable: systemctl's own limit, not the daemon loop's 2 s (measured: more than
+    # 2 s under qemu TCG while the daemon had just started).
+    limit = systemd.SYSTEMCTL_TIMEOUT
+    daemon = systemd.show_units([SERVICE], ("LoadState", "After"), timeout=limit, exe=exe)[SERVICE]
     if isinstance(daemon, systemd.UnitNameError):
         raise MptcpizeError(f"cannot ask systemd how {SERVICE} is ordered: {daemon}")
     after = (daemon.get("After", "").split() if daemon.get("LoadState") == "loaded"
              else list(SERVICE_DEFAULT_AFTER))
-    path = systemd.ordering_path(name, {SERVICE, *after}, exe=exe)
+    path = systemd.ordering_path(name, {SERVICE, *after}, timeout=limit, exe=exe)
     if path is None:
         return
     chain = " is before ".join(path) + ("" if path[-1] == SERVICE else f", which {SERVICE} starts after")
-    start = systemd.show_units([name], ("ExecStart",), exe=exe)[name]
+    start = systemd.show_units([name], ("ExecStart",), timeout=limit, exe=exe)[name]
     found = re.search(r"path=(\S+)", start.get("ExecStart", "")) if isinstance(start, dict) else None
     program = found.group(1) if found else "/path/to/its/program"
     raise MptcpizeError(
@@ -418,7 +421,7 @@ def enable(unit: str, now: bool = False, policy_dir: Path = DEFAULT_POLICY_DIR) 
         out.lines.append(f"{name} is already enabled: nothing changed")
     if systemd.unit_properties(SERVICE, "LoadState").get("LoadState") != "loaded":
         out.warnings.append(f"{SERVICE} is not installed: {name} stays TCP until it is "
-                            "(make install-units)")
+                            "(the Debian package installs it; else make install-units)")
     out.warnings.extend(policy_warnings(name, tree))
     if now:
         proc = systemd.systemctl("restart", "--", name, timeout=RESTART_TIMEOUT)

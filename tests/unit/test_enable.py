@@ -529,3 +529,20 @@ def test_enable_of_an_ordinary_service_still_writes(enable_in, systemctl):
     out = enable.enable("nginx.service")
     assert out.lines[0].startswith("enabled nginx.service: wrote ")
     assert dropin.read_text() == enable.dropin_text("nginx.service", EXE)
+
+
+def test_enable_waits_for_systemd_as_long_as_systemctl_does(systemctl, monkeypatch):
+    """A person runs enable: its questions to systemd get systemctl's own limit, not the daemon loop's
+    2 s, which a busy machine (qemu TCG, the daemon just started) exceeded."""
+    from mptcpize_py.host import systemd
+    limits = []
+    real = systemd.systemctl
+
+    def recording(*args, timeout=systemd.SYSTEMCTL_TIMEOUT, **kw):
+        limits.append(timeout)
+        return real(*args, timeout=timeout, **kw)
+
+    monkeypatch.setattr(systemd, "systemctl", recording)
+    with pytest.raises(MptcpizeError):
+        enable.ordering_cycle("systemd-timesyncd.service")   # every question: graph, chain, ExecStart
+    assert len(limits) >= 3 and min(limits) >= systemd.SYSTEMCTL_TIMEOUT, limits
