@@ -40,9 +40,10 @@ bench: setup
 # systemd integration in the 6.12 VM with the host's systemd as PID 1 (scripts/vm-systemd.sh): the
 # Debian package that `make deb` builds, installed in the VM's throwaway /usr, /etc and /var, and its
 # hardened mptcpize-py.service (READY, watchdog, each capability), enable/disable with a real service,
-# apt remove and purge. Nothing there runs this checkout's code but pytest and its fixtures.
+# apt remove and purge. Nothing there runs this checkout's code but pytest and its fixtures. The
+# timeout is a safety net (the package's life cycle adds installs and two daemon starts under TCG).
 test-systemd:
-	deb=$$(bash scripts/deb.sh) && bash scripts/vm-systemd.sh --timeout 1200 -- \
+	deb=$$(bash scripts/deb.sh) && bash scripts/vm-systemd.sh --timeout 2400 -- \
 		env MPTCPIZE_REQUIRE_BPF=1 MPTCPIZE_DEB="$$deb" $(PYTEST) tests/systemd
 
 # The Debian package, built with debian/ (debhelper, dh-python) from this working tree in a copy under
