@@ -4,7 +4,7 @@ VENV ?= /opt/mptcpize-py/venv
 PY := $(VENV)/bin/python
 PYTEST := $(PY) -m pytest -q -p no:cacheprovider
 
-.PHONY: setup demo demo-vm test lint test-native test-vm test-systemd install-units bench
+.PHONY: setup demo demo-vm test lint test-native test-vm test-systemd install-units bench deb
 
 setup:
 	bash scripts/setup.sh
@@ -38,17 +38,32 @@ bench: setup
 	$(PY) bench/run_all.py
 
 # systemd integration in the 6.12 VM with the host's systemd as PID 1 (scripts/vm-systemd.sh): the
-# hardened mptcpize-py.service (READY, watchdog, each capability), enable/disable with a real service.
+# Debian package that `make deb` builds, installed in the VM's throwaway /usr, /etc and /var, and its
+# hardened mptcpize-py.service (READY, watchdog, each capability), enable/disable with a real service,
+# apt remove and purge. Nothing there runs this checkout's code but pytest and its fixtures. The
+# timeout is a safety net (the package's life cycle adds installs and two daemon starts under TCG).
 test-systemd:
-	bash scripts/vm-systemd.sh --timeout 900 -- env MPTCPIZE_REQUIRE_BPF=1 $(PYTEST) tests/systemd
+	deb=$$(bash scripts/deb.sh) && bash scripts/vm-systemd.sh --timeout 2400 -- \
+		env MPTCPIZE_REQUIRE_BPF=1 MPTCPIZE_DEB="$$deb" $(PYTEST) tests/systemd
 
-# The daemon's unit, with ExecStart pointing at $(VENV), and its (empty) policy directory; then
-# `systemctl daemon-reload` when systemd runs. DESTDIR= for packaging. Start it with
-# `systemctl enable --now mptcpize-py`.
+# The Debian package, built with debian/ (debhelper, dh-python) from this working tree in a copy under
+# build/, checked by lintian (errors fail): build/mptcpize-py_VERSION_all.deb (its path is the last
+# line of output). Installs missing build tools with apt.
+deb:
+	bash scripts/deb.sh
+
+# Without the Debian package: the daemon's unit and the metrics service and timer, with ExecStart=
+# pointing at $(VENV) instead of /usr/bin, and the (empty) policy directory; then `systemctl
+# daemon-reload` when systemd runs. DESTDIR= to stage them elsewhere. Start the daemon with
+# `systemctl enable --now mptcpize-py`. (The VENV's checkout must not be under /home or /root: the
+# unit has ProtectHome=yes.)
+UNITS := mptcpize-py.service mptcpize-py-metrics.service mptcpize-py-metrics.timer
 install-units:
 	install -d -m 0755 $(DESTDIR)/etc/systemd/system $(DESTDIR)/etc/mptcpize-py/policy.d
-	sed 's|/opt/mptcpize-py/venv/bin/mptcpize-py|$(VENV)/bin/mptcpize-py|' systemd/mptcpize-py.service \
-		> $(DESTDIR)/etc/systemd/system/.mptcpize-py.service.tmp
-	chmod 0644 $(DESTDIR)/etc/systemd/system/.mptcpize-py.service.tmp
-	mv -f $(DESTDIR)/etc/systemd/system/.mptcpize-py.service.tmp $(DESTDIR)/etc/systemd/system/mptcpize-py.service
+	for u in $(UNITS); do \
+		sed 's|/usr/bin/mptcpize-py|$(VENV)/bin/mptcpize-py|' systemd/$$u \
+			> $(DESTDIR)/etc/systemd/system/.$$u.tmp && \
+		chmod 0644 $(DESTDIR)/etc/systemd/system/.$$u.tmp && \
+		mv -f $(DESTDIR)/etc/systemd/system/.$$u.tmp $(DESTDIR)/etc/systemd/system/$$u || exit 1; \
+	done
 	if [ -z "$(DESTDIR)" ] && [ -d /run/systemd/system ]; then systemctl daemon-reload; fi

@@ -421,7 +421,7 @@ def enable(unit: str, now: bool = False, policy_dir: Path = DEFAULT_POLICY_DIR) 
         out.lines.append(f"{name} is already enabled: nothing changed")
     if systemd.unit_properties(SERVICE, "LoadState").get("LoadState") != "loaded":
         out.warnings.append(f"{SERVICE} is not installed: {name} stays TCP until it is "
-                            "(make install-units)")
+                            "(the Debian package installs it; else make install-units)")
     out.warnings.extend(policy_warnings(name, tree))
     if now:
         proc = systemd.systemctl("restart", "--", name, timeout=RESTART_TIMEOUT)

@@ -25,3 +25,8 @@ VM_MODPROBE_BLACKLIST=${VM_MODPROBE_BLACKLIST:-kvm,kvm_amd,kvm_intel,iTCO_wdt,iT
 # Loaded in the guest before the command (modules in Debian's 6.12, built in on the host kernel), so
 # tests do not depend on on-demand request_module(): veth pairs, netem, TCP/MPTCP sock_diag (`ss -M`).
 VM_MODULES=${VM_MODULES:-veth sch_netem inet_diag tcp_diag mptcp_diag}
+
+# `make deb` (scripts/deb.sh): what building the Debian package needs. debian/control's Build-Depends
+# is the authority (dpkg-checkbuilddeps checks it); this list is what setup.sh and deb.sh install.
+DEB_BUILD_PACKAGES=${DEB_BUILD_PACKAGES:-dpkg-dev debhelper dh-python pybuild-plugin-pyproject python3-all python3-setuptools python3-pytest bash-completion lintian}
+DEB_OUT=${DEB_OUT:-build}            # where `make deb` puts the .deb (relative: to the checkout)

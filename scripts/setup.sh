@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Installs everything mptcpize-py needs on a fresh Debian 12 machine: distro bcc, iproute2, iperf3,
-# the VM tier (qemu, a bookworm-backports 6.12 kernel + headers, virtme-ng) and a venv.
+# the VM tier (qemu, a bookworm-backports 6.12 kernel + headers, virtme-ng), what building the Debian
+# package needs (`make deb`) and what it depends on (the systemd tier installs it in the VM, which has
+# no network: its dependencies must be on this machine), and a venv.
 # Idempotent: each step checks what is already there. Run as root.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -11,7 +13,7 @@ log() { printf 'setup: %s\n' "$*" >&2; }
 need_apt=()
 for pkg in python3-bpfcc bpfcc-tools python3-venv python3-pip iperf3 iproute2 kmod qemu-system-x86 \
            busybox-static libc6-dev gcc bpftool mptcpd mptcpd-plugins mptcpize iputils-ping python3-systemd \
-           udev groff-base; do
+           udev groff-base python3-pyroute2 python3-psutil $DEB_BUILD_PACKAGES; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'ok installed' || need_apt+=("$pkg")
 done
 

@@ -42,7 +42,8 @@ CMD's status. systemctl, daemon-reload and journalctl work as on a booted system
   --verbose, -v   show the guest console (kernel and systemd) on stderr
 
 Guest: the host's root filesystem, read-only over 9p, with throwaway tmpfs overlays on /etc /usr
-/var /root /home /opt /srv and the repo, an empty /tmp; PATH starts with $VENV/bin; modules
+/var /root /home /opt /srv and the repo (so \`apt install ./PACKAGE.deb\` installs for this run
+only), an empty /tmp; PATH starts with $VENV/bin; modules
 ($VM_MODULES) loaded. CMD's environment: HOME=/root,
 MPTCPIZE_THROWAWAY_SYSTEMD=1, stdin empty; the host's is not passed in: use \`env VAR=value CMD\`.
 Exit status: CMD's (127 not found); 124 timeout; 125 the script or the VM failed before CMD
@@ -89,6 +90,10 @@ pid1_main() {
 
     # The host's fstab and its enabled services are not this VM's business.
     : > /etc/fstab
+    # The host image's policy-rc.d (exit 101: "no service starts during docker build") would keep
+    # maintainer scripts from starting and stopping units (deb-systemd-invoke asks it): a booted
+    # Debian machine has none, and the package tests install, upgrade and remove as on one.
+    rm -f /usr/sbin/policy-rc.d
     local u
     for u in console-getty.service systemd-firstboot.service systemd-timesyncd.service \
              systemd-pstore.service apt-daily.timer apt-daily-upgrade.timer dpkg-db-backup.timer \
@@ -209,11 +214,11 @@ done
 [[ $timeout_s =~ ^[1-9][0-9]*$ ]] || die "--timeout: '$timeout_s' is not a positive number of seconds"
 [[ $REPO =~ ^[A-Za-z0-9._/+@-]+$ ]] || die "repo path '$REPO' has characters the VM cannot pass" \
     "clone the repo to a plain path such as /work/mptcpize-py"
-# The guest gets a fresh /tmp, and the hardened unit PrivateTmp=: a checkout under /tmp (which the
-# venv's editable install points at) would be invisible to both.
+# The guest gets a fresh /tmp (and vng's tmpfs on /var/tmp): a checkout there, its venv's editable
+# install and the Debian package `make deb` built in it would be invisible to the tests.
 case $REPO/ in
     /tmp/*|/var/tmp/*) die "the systemd tier cannot run from a checkout in /tmp or /var/tmp ($REPO)" \
-        "PrivateTmp= in mptcpize-py.service hides /tmp and /var/tmp from the daemon: clone the repo to a path such as /work/mptcpize-py";;
+        "the guest's /tmp is a fresh tmpfs: clone the repo to a path such as /work/mptcpize-py or /root/mptcpize-py";;
 esac
 
 take_vm_lock vm-systemd.sh   # one VM at a time on the shared cores

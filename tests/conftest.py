@@ -20,9 +20,6 @@ PYTHON = sys.executable
 CHECKOUT_PYTHON = (PYTHON, "-P")
 # The CLI of the checkout these tests live in; run it with env=cli_env(...).
 CLI = (*CHECKOUT_PYTHON, "-m", "mptcpize_py")
-# The console script of the interpreter's install: only for what systemd itself starts (a unit's
-# ExecStart=), in the systemd tier. Tests run CLI.
-INSTALLED_MPTCPIZE = str(Path(PYTHON).parent / "mptcpize-py")
 
 
 def cli_env(env: Mapping[str, str] | None = None) -> dict[str, str]:

@@ -1,17 +1,34 @@
 """The systemd tier: tests that need systemd as PID 1 and change /etc and systemd's state. They run only
 inside scripts/vm-systemd.sh (a throwaway VM whose runner unit sets MPTCPIZE_THROWAWAY_SYSTEMD=1), never
-on a developer's machine, where they would install units and restart services for real."""
+on a developer's machine, where they would install units and restart services for real.
+
+They test what users install: the Debian package `make deb` built from this checkout
+(MPTCPIZE_DEB, default build/mptcpize-py_VERSION_all.deb), installed once per session with apt in the
+VM's throwaway /usr, /etc and /var. systemd runs /usr/bin/mptcpize-py from its units under
+/lib/systemd/system, and the tests run that same command (installed.mptcpize()), never the checkout's
+code, so the units' ProtectHome=/ProtectSystem= apply as they do for users. test_package.py (install,
+remove, purge) runs last: it uninstalls the package."""
 
 import os
+import subprocess
+from pathlib import Path
 
 import pytest
 
+from mptcpize_py import __version__
 from mptcpize_py.support import kernel_support
+from tests.conftest import REPO
+from tests.systemd import installed
+from tests.waiting import scaled
 
 THROWAWAY = os.environ.get("MPTCPIZE_THROWAWAY_SYSTEMD") == "1"
+LAST = "test_package.py"
 
 
 def pytest_collection_modifyitems(config, items):
+    # The package's life cycle ends with apt purge: every other test needs it installed.
+    items.sort(key=lambda item: "/tests/systemd/" in str(item.fspath)
+               and Path(str(item.fspath)).name == LAST)
     if THROWAWAY:
         return
     skip = pytest.mark.skip(reason="changes /etc and systemd's state: runs only in scripts/vm-systemd.sh "
@@ -36,3 +53,43 @@ def systemd_and_bpf():
         if os.environ.get("MPTCPIZE_REQUIRE_BPF") == "1":
             pytest.fail(reason)
         pytest.skip(reason)
+
+
+def deb_path() -> Path:
+    given = os.environ.get("MPTCPIZE_DEB")
+    deb = Path(given) if given else REPO / "build" / f"mptcpize-py_{__version__}_all.deb"
+    if not deb.is_file():
+        pytest.fail(f"no Debian package at {deb}: run `make deb` first (make test-systemd does)")
+    return deb
+
+
+class Package:
+    """The installed package, and what installing it did."""
+    deb: Path
+    install_output: str
+    units_after_install: dict[str, dict[str, str]]   # unit -> UnitFileState, ActiveState
+
+
+@pytest.fixture(scope="session")
+def etc_before_install() -> dict:
+    """/etc as it was before the package was installed (taken before the session installs it)."""
+    return installed.etc_listing()
+
+
+@pytest.fixture(scope="session")
+def package(systemd_and_bpf, etc_before_install) -> Package:
+    p = Package()
+    p.deb = deb_path()
+    if installed.dpkg_status() is not None:
+        pytest.fail(f"mptcpize-py is already installed here ({installed.dpkg_status()}): the tier needs "
+                    "a machine without it")
+    # As a user does (README "Install"), minus the Recommends (kernel headers): the VM has no network,
+    # and bcc here compiles against the VM kernel's own headers.
+    proc = subprocess.run(["apt-get", "install", "-y", "--no-install-recommends", f"./{p.deb.name}"],
+                          cwd=p.deb.parent, capture_output=True, text=True, timeout=scaled(300),
+                          env=installed.user_env(DEBIAN_FRONTEND="noninteractive"))
+    if proc.returncode != 0:
+        pytest.fail(f"apt-get install ./{p.deb.name} failed ({proc.returncode}): {proc.stderr}{proc.stdout}")
+    p.install_output = proc.stdout + proc.stderr
+    p.units_after_install = {u: installed.show(u, "UnitFileState", "ActiveState") for u in installed.UNITS}
+    return p

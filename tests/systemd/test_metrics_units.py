@@ -2,7 +2,8 @@
 running: the service, with only its bounding set of capabilities, writes the textfile that
 node_exporter would read, and what it counts includes an MPTCP listener of an unprivileged, sandboxed
 service (other uid: reading its /proc/PID/fd needs CAP_DAC_READ_SEARCH and CAP_SYS_PTRACE; its
-network namespace is entered with CAP_SYS_ADMIN). The timer refreshes the file.
+network namespace is entered with CAP_SYS_ADMIN). The timer refreshes the file. The units and the
+command are the Debian package's (conftest.py).
 
 Run by `make test-systemd` (scripts/vm-systemd.sh)."""
 
@@ -14,10 +15,10 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.conftest import INSTALLED_MPTCPIZE, REPO, mptcpize
+from tests.systemd.installed import mptcpize
 from tests.waiting import scaled, wait_for
 
-pytestmark = pytest.mark.usefixtures("systemd_and_bpf")
+pytestmark = pytest.mark.usefixtures("package")
 
 DAEMON = "mptcpize-py.service"
 METRICS = "mptcpize-py-metrics.service"
@@ -66,16 +67,11 @@ def samples(text: str) -> dict:
 
 @pytest.fixture(scope="module")
 def units():
-    # Installed as `make install-units` installs the daemon's unit: systemd runs the installed command.
-    for name in (METRICS, TIMER):
-        text = (REPO / "systemd" / name).read_text()
-        Path("/etc/systemd/system", name).write_text(
-            text.replace("/opt/mptcpize-py/venv/bin/mptcpize-py", INSTALLED_MPTCPIZE))
+    # The package installed the units (not enabled); the textfile directory is node_exporter's.
     TEXTFILE_DIR.mkdir(parents=True, exist_ok=True)
     TEST_DIR.mkdir(exist_ok=True)
     (TEST_DIR / "listener.py").write_text(LISTENER)
     Path(f"/run/systemd/system/{WEB}").write_text(WEB_UNIT)
-    run("make", "-s", "-C", str(REPO), "install-units")
     run("systemctl", "daemon-reload")
     run("systemctl", "start", DAEMON)
     proc = mptcpize("enable", "--now", WEB)   # the listener's first socket is already upgraded

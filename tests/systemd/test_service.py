@@ -2,6 +2,8 @@
 `mptcpize-py enable --now`: what the service's listening socket is (SO_PROTOCOL, as the service itself
 reads it, and `ss -M`), across restarts and after `disable`; that /etc comes back byte for byte; that
 READY, STATUS=, reload and the watchdog work; and what fails without each capability of the unit.
+The unit and the command are the Debian package's (installed by conftest.py's `package` fixture):
+systemd runs /usr/bin/mptcpize-py, and so do these tests.
 
 Run by `make test-systemd` (scripts/vm-systemd.sh). One daemon start for the module (bcc compiles for
 ~30 s under TCG); the tests run in file order and share it."""
@@ -16,10 +18,11 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, mptcpize
+from tests.conftest import REPO
+from tests.systemd.installed import UNIT_DIR, mptcpize
 from tests.waiting import scaled, wait_for
 
-pytestmark = pytest.mark.usefixtures("systemd_and_bpf")
+pytestmark = pytest.mark.usefixtures("package")
 
 SERVICE = "mptcpize-py.service"
 WEB = "mzu-web.service"
@@ -128,8 +131,8 @@ class Env:
 
 
 def nocap_unit(cap: str) -> str:
-    """The shipped unit with `cap` taken out of its bounding set."""
-    text = (REPO / "systemd" / SERVICE).read_text()
+    """The installed unit with `cap` taken out of its bounding set."""
+    text = (UNIT_DIR / SERVICE).read_text()
     line = next(ln for ln in text.splitlines() if ln.startswith("CapabilityBoundingSet="))
     assert line == "CapabilityBoundingSet=" + " ".join(CAPS), "update CAPS: the unit changed"
     return text.replace(line, "CapabilityBoundingSet=" + " ".join(c for c in CAPS if c != cap))
@@ -137,8 +140,8 @@ def nocap_unit(cap: str) -> str:
 
 @pytest.fixture(scope="module")
 def env():
-    """Units in /run/systemd/system (so /etc holds only what install-units and enable write), then
-    `make install-units`, whose daemon-reload (~8 s under TCG) loads them all, then the daemon."""
+    """Units in /run/systemd/system (so /etc holds only what enable writes), a daemon-reload (~8 s
+    under TCG) to load them, then the package's daemon."""
     e = Env()
     TEST_DIR.mkdir(exist_ok=True)
     (TEST_DIR / "listener.py").write_text(LISTENER)
@@ -150,7 +153,7 @@ def env():
         alias.symlink_to(WEB)
     for cap in CAPS:
         (runtime / f"mzu-no-{cap.lower()}.service").write_text(nocap_unit(cap))
-    run("make", "-s", "-C", str(REPO), "install-units")
+    run("systemctl", "daemon-reload")
     e.was_active = show(SERVICE, "ActiveState")["ActiveState"] == "active"
     t0 = time.monotonic()
     proc = run("systemctl", "start", SERVICE, check=False)
@@ -176,6 +179,11 @@ def test_daemon_ready_under_the_hardened_unit(env):
     assert int(fields["CapEff"], 16) == sum(1 << CAP_BITS[c] for c in CAPS), fields["CapEff"]
     assert int(fields["CapBnd"], 16) == sum(1 << CAP_BITS[c] for c in CAPS), fields["CapBnd"]
     assert fields["NoNewPrivs"].strip() == "1" and fields["Seccomp"].strip() == "2"
+    # The package's code: Debian's python3 running /usr/bin/mptcpize-py, nothing from the checkout.
+    cmdline = Path(f"/proc/{props['MainPID']}/cmdline").read_bytes().split(b"\0")[:-1]
+    assert cmdline == [b"/usr/bin/python3", b"/usr/bin/mptcpize-py", b"daemon"], cmdline
+    environ = Path(f"/proc/{props['MainPID']}/environ").read_bytes().split(b"\0")
+    assert not [v for v in environ if v.startswith(b"PYTHON") or str(REPO).encode() in v], environ
     st = mptcpize("status")
     assert st.returncode == 0 and "backend: bpf" in st.stdout, st.stderr
     if not env.was_active:
