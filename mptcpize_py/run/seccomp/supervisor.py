@@ -129,6 +129,9 @@ class Supervisor:
         finally:
             if netns_fd >= 0:
                 os.close(netns_fd)
+        tgid = creds.tgid
+        # Read while the caller still waits in socket(): once it has its fd it may exit at once.
+        first_exe = (procfs.exe(tgid) or "?") if tgid not in self.upgraded else None
         try:
             self.listener.send_fd(n.id, fd, cloexec=bool(n.args[1] & socket.SOCK_CLOEXEC))
         except OSError as e:
@@ -140,10 +143,9 @@ class Supervisor:
         finally:
             os.close(fd)
         self.counters["upgraded"] += 1
-        tgid = creds.tgid
-        if tgid not in self.upgraded:
+        if first_exe is not None:
             self.upgraded[tgid] = 0
-            self.exe[tgid] = procfs.exe(tgid) or "?"
+            self.exe[tgid] = first_exe
             log.info("upgraded pid=%d exe=%s rule=run", tgid, escaped(self.exe[tgid]))
         self.upgraded[tgid] += 1
 
