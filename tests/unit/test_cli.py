@@ -148,6 +148,7 @@ def into_closed_pipe(*args, env=None) -> subprocess.CompletedProcess:
     ("--version",), ("--help",), ("status", "--help"),   # argparse prints, then exits
     ("daemon", "--example-policy"),                      # buffered, flushed at exit
     ("metrics",),                                        # no daemon: one line
+    ("check",),
     ("paths",),
 ])
 def test_a_reader_that_goes_away_ends_it_quietly_by_sigpipe(tmp_path, args):
