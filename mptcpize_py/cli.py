@@ -38,17 +38,48 @@ def _add_policy_dir(parser: "argparse.ArgumentParser") -> None:
                         help=f"policy directory (default {POLICY_DIR})")
 
 
+def _command(sub, name: str, help: str, description: str,
+             examples: "list[tuple[str, str]]") -> "argparse.ArgumentParser":
+    """A subcommand whose --help says what it does and shows how it is used: the description as
+    paragraphs (wrapped here: the raw formatter keeps the examples' layout), then "examples:", one
+    `mptcpize-py ...` line each with what it does. Every subcommand also takes --debug."""
+    import argparse
+    import textwrap
+    text = "\n\n".join(textwrap.fill(par, HELP_WIDTH) for par in description.split("\n\n"))
+    # What each does in a column beside the commands when it fits, else below each command.
+    width = max(len(cmd) for cmd, _ in examples)
+    beside = all(len(f"  {PROG} {cmd:<{width}}   # {what}") <= HELP_WIDTH for cmd, what in examples)
+    lines = ["examples:"]
+    for cmd, what in examples:
+        lines += ([f"  {PROG} {cmd:<{width}}   # {what}"] if beside else
+                  [f"  {PROG} {cmd}", f"      # {what}"])
+    p = sub.add_parser(name, help=help, description=text, epilog="\n".join(lines),
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    # SUPPRESS: absent here, the value given before the command (or False) stays.
+    p.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                   help="show tracebacks (as --debug before the command)")
+    return p
+
+
+HELP_WIDTH = 78   # argparse's own, in an 80-column terminal
+
+
 def _build_parser() -> "argparse.ArgumentParser":
     _Parser = _parser_class()
-    p = _Parser(prog=PROG, description="Make unmodified applications use Multipath TCP.")
+    p = _Parser(prog=PROG, description="Make unmodified applications use Multipath TCP.",
+                epilog=f"'{PROG} COMMAND --help' describes each command, with examples.")
     p.add_argument("--version", action="version", version=f"{PROG} {__version__}")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
-    r = sub.add_parser("run", help="run CMD with its and its descendants' TCP sockets upgraded to MPTCP",
-                       description="Run CMD; CMD and all its descendants get MPTCP instead of TCP "
-                                   "sockets. Exit status is CMD's (127 not found, 126 not executable, "
-                                   "128+N killed by signal N).")
+    r = _command(sub, "run", "run CMD with its and its descendants' TCP sockets upgraded to MPTCP",
+                 "Run CMD; CMD and all its descendants get MPTCP instead of TCP sockets. Exit status "
+                 "is CMD's (127 not found, 126 not executable, 128+N killed by signal N).\n\n"
+                 "run's options end at '--' or at CMD, the first word that is not an option.",
+                 [("run iperf3 -s", "iperf3 and every process it starts get MPTCP sockets"),
+                  ("run -v -- curl -sO https://example.org/big.iso",
+                   "then say which processes were upgraded"),
+                  ("run --backend seccomp iperf3 -c server", "no BPF needed (nor root)")])
     # run's own options are parsed by parse_run_args (argparse cannot stop at CMD's first word);
     # these declarations only feed --help.
     r.add_argument("-v", "--verbose", action="store_true",
@@ -58,13 +89,26 @@ def _build_parser() -> "argparse.ArgumentParser":
                         "notification supervisor (Linux >= 5.14); auto: bpf, else seccomp")
     r.add_argument("argv", nargs="*", metavar="CMD [ARGS...]")
 
-    c = sub.add_parser("check", help="report what this host can do; exit 0 if run can upgrade, 69 if not")
+    c = _command(sub, "check", "report what this host can do; exit 0 if run can upgrade, 69 if not",
+                 "Report what this host can do: one line per prerequisite (the kernel hook, BPF "
+                 "trampolines, the network namespace guard, bcc, net.mptcp.enabled, seccomp user "
+                 "notification), with a hint for each that fails; the MPTCP path management of each "
+                 "network namespace; and which backend run will use. Exit 0 if run can upgrade "
+                 "sockets here, 69 if not.",
+                 [("check", "the table, with hints"),
+                  ("check --json | jq '.checks[] | select(.status == \"fail\")'",
+                   "only what fails, machine-readable")])
     c.add_argument("--json", action="store_true", help="machine-readable output")
 
-    d = sub.add_parser("daemon", help="system-wide: upgrade the processes an allowlist policy selects",
-                       description="Load the policy of DIR (every *.toml file), attach the BPF program "
-                                   "and keep its maps in sync: SIGHUP or a change in DIR reloads, "
-                                   "SIGTERM detaches. Exit 78 on a bad policy.")
+    d = _command(sub, "daemon", "system-wide: upgrade the processes an allowlist policy selects",
+                 "Load the policy of DIR (every *.toml file), attach the BPF program and keep its maps "
+                 "in sync: SIGHUP or a change in DIR reloads, SIGTERM detaches. Exit 78 on a bad "
+                 "policy. Usually started by systemd (mptcpize-py.service); see "
+                 "mptcpize-py-policy(5) for the policy format.",
+                 [("daemon --example-policy > /etc/mptcpize-py/policy.d/10-site.toml",
+                   "start from the commented example"),
+                  ("daemon --check", "validate and resolve the policy, load nothing"),
+                  ("daemon --dry-run", "report what would be upgraded, change no socket")])
     _add_policy_dir(d)
     d.add_argument("--check", action="store_true",
                    help="validate and resolve the policy without loading BPF; exit 0 or 78")
@@ -74,28 +118,49 @@ def _build_parser() -> "argparse.ArgumentParser":
                    help="evaluate the policy at every socket() (syscall tracepoint, no hook or "
                         "trampoline needed) and report what would be upgraded; change nothing")
 
-    rs = sub.add_parser("resync", help="make the daemon re-resolve its policy now (used by the "
-                                       "ExecStartPre= of units enabled with `enable`)",
-                        description="Ask the daemon to re-resolve its policy now and answer once its "
-                                    "maps hold the result. With --unit, exit 0 only when UNIT's current "
-                                    "cgroup is selected (1: UNIT not in the policy or not running; "
-                                    "3: no daemon).")
+    rs = _command(sub, "resync", "make the daemon re-resolve its policy now (used by the "
+                                 "ExecStartPre= of units enabled with `enable`)",
+                  "Ask the daemon to re-resolve its policy now and answer once its maps hold the "
+                  "result. With --unit, exit 0 only when UNIT's current cgroup is selected (1: UNIT "
+                  "not in the policy or not running; 3: no daemon).",
+                  [("resync", "after changing something the policy selects by"),
+                   ("resync --unit nginx.service", "what a drop-in written by enable runs")])
     rs.add_argument("--unit", metavar="UNIT", default=None, help="a unit named by an allow rule")
 
     # --- enable / disable (enable.py) ---
-    for verb, text in (("enable", "make UNIT's TCP sockets MPTCP from its first one: a drop-in and a "
-                                  "policy record, both ours (exit 69: BPF path unusable, nothing "
-                                  "written)"),
-                       ("disable", "remove exactly what enable wrote: /etc is as it was before")):
-        e = sub.add_parser(verb, help=text, description=text[0].upper() + text[1:] + ".")
-        e.add_argument("unit", metavar="UNIT", help="a service, e.g. nginx.service or foo@bar.service")
+    names = ("UNIT is a service; without a type suffix it is read as systemctl reads it: nginx is "
+             "nginx.service.")
+    for verb, text, more, examples in (
+            ("enable", "make UNIT's TCP sockets MPTCP from its first one: a drop-in and a policy "
+                       "record, both ours (exit 69: BPF path unusable, nothing written)",
+             "The drop-in (/etc/systemd/system/UNIT.d/mptcpize-py.conf) makes UNIT want the daemon "
+             "and wait at each start until the daemon selects its new cgroup; the policy record "
+             "(unit-UNIT.toml in the policy directory) selects it. UNIT's unit file is never "
+             "touched.",
+             [("enable nginx", "from nginx.service's next start"),
+              ("enable --now getty@tty1.service", "and restart it now")]),
+            ("disable", "remove exactly what enable wrote: /etc is as it was before",
+             "Files at these paths that enable did not write are never removed.",
+             [("disable nginx", "its running processes keep their MPTCP sockets"),
+              ("disable --now nginx", "and restart it now, with plain TCP")])):
+        e = _command(sub, verb, text, f"{text[0].upper() + text[1:]}.\n\n{more} {names}", examples)
+        e.add_argument("unit", metavar="UNIT", help="a service, e.g. nginx, nginx.service or "
+                                                    "foo@bar.service")
         _add_policy_dir(e)
         e.add_argument("--now", action="store_true",
                        help="also restart UNIT now" if verb == "enable" else
                             "also restart UNIT now if it runs (its new sockets are plain TCP)")
     # --- end enable / disable ---
 
-    s = sub.add_parser("status", help="ask the running daemon what it upgraded (exit 3: no daemon)")
+    s = _command(sub, "status", "ask the running daemon what it upgraded (exit 3: no daemon)",
+                 "Ask the running daemon what it does: its policy and what each rule selects, the "
+                 "processes whose sockets it upgraded, with counters, and the units enabled with "
+                 "enable. With --connections, the MPTCP connections themselves, read from the "
+                 "kernel. Exit 3 when no daemon runs (except with --connections).",
+                 [("status", "what the daemon upgraded"),
+                  ("status --json", "the same, machine-readable"),
+                  ("status --connections", "subflows, fallback and bytes per connection"),
+                  ("status --connections --netns blue", "only network namespace blue")])
     s.add_argument("--json", action="store_true", help="machine-readable output")
     s.add_argument("--connections", action="store_true",
                    help="the MPTCP connections of the upgraded processes (subflows, fallback, bytes), "
@@ -104,14 +169,17 @@ def _build_parser() -> "argparse.ArgumentParser":
     s.add_argument("--netns", metavar="NAME", default=None,
                    help="with --connections: only network namespace NAME (/run/netns/NAME)")
 
-    pa = sub.add_parser("paths", help="MPTCP endpoints per network namespace: who manages them, which are "
-                                      "mptcpize-py's, what the policy's [paths] table would change",
-                        description="Show, per network namespace (the caller's, then every "
-                                    "/run/netns one as root), who manages MPTCP endpoints, each "
-                                    "endpoint (own: added by mptcpize-py; foreign: never touched), "
-                                    "the limits, and what the [paths] table of the policy would "
-                                    "change. --apply changes it (the daemon does this by itself "
-                                    "when it runs). Exit 78 on a bad policy.")
+    pa = _command(sub, "paths", "MPTCP endpoints per network namespace: who manages them, which are "
+                                "mptcpize-py's, what the policy's [paths] table would change",
+                  "Show, per network namespace (the caller's, then every /run/netns one as root), "
+                  "who manages MPTCP endpoints, each endpoint (own: added by mptcpize-py; foreign: "
+                  "never touched), the limits, and what the [paths] table of the policy would "
+                  "change. --apply changes it (the daemon does this by itself when it runs). Exit 78 "
+                  "on a bad policy.",
+                  [("paths", "what is there, and what the policy would change"),
+                   ("paths --netns blue --json", "one namespace, machine-readable"),
+                   ("paths --apply", "set endpoints and limits once, without the daemon"),
+                   ("paths --apply --follow", "and keep them in sync until stopped")])
     pa.add_argument("--netns", metavar="NAME", default=None,
                     help="only network namespace NAME (/run/netns/NAME)")
     pa.add_argument("--json", action="store_true", help="machine-readable output")
@@ -125,11 +193,14 @@ def _build_parser() -> "argparse.ArgumentParser":
                          "SIGINT, then remove the endpoints it added; SIGHUP or a change in the "
                          "policy directory reloads")
 
-    m = sub.add_parser("metrics", help="Prometheus text-format metrics (stdout, or a file for "
-                                       "node_exporter's textfile collector)",
-                       description="Print the daemon's upgrade counters and the MPTCP connections of "
-                                   "the upgraded processes in the Prometheus text format. With no "
-                                   "daemon, only mptcpize_daemon_up 0.")
+    m = _command(sub, "metrics", "Prometheus text-format metrics (stdout, or a file for "
+                                 "node_exporter's textfile collector)",
+                 "Print the daemon's upgrade counters and the MPTCP connections of the upgraded "
+                 "processes in the Prometheus text format. With no daemon, only "
+                 "mptcpize_daemon_up 0.",
+                 [("metrics", "print them"),
+                  ("metrics --output /var/lib/prometheus/node-exporter/mptcpize.prom",
+                   "for node_exporter's textfile collector")])
     m.add_argument("--output", metavar="FILE", default=None,
                    help="replace FILE atomically (mode 0644) instead of printing, e.g. "
                         "/var/lib/prometheus/node-exporter/mptcpize.prom")
@@ -188,6 +259,8 @@ def parse_run_args(tokens: list[str]) -> RunArgs:
             break
         if tok in ("-v", "--verbose"):
             args.verbose = True
+        elif tok == "--debug":
+            args.debug = True
         elif tok in ("-h", "--help"):
             args.help = True
             return args
@@ -415,7 +488,41 @@ def _setup_logging(debug: bool) -> None:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     _never_fail_on_encoding()
-    # Global options come first; after "run" everything belongs to run or to CMD.
+    try:
+        try:
+            return _main(argv)
+        finally:
+            # What is still buffered (argparse's --help, daemon --example-policy) fails here, while
+            # BrokenPipeError is caught, rather than in the interpreter's last flush.
+            if sys.stdout is not None:
+                sys.stdout.flush()
+    except BrokenPipeError:
+        return _reader_went_away()
+
+
+def _reader_went_away() -> int:
+    """A reader of our output went away (`mptcpize-py status | head -1`): end as ip and systemctl do,
+    killed by SIGPIPE, silently. Python ignores SIGPIPE, so the write raised BrokenPipeError instead;
+    not SIG_DFL from the start, which would kill the daemon for a peer closing a socket (Python's
+    "Note on SIGPIPE"). As that note does, the streams go to /dev/null first, so that nothing buffered
+    is written (and fails) again."""
+    import os
+    import signal
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            os.dup2(devnull, stream.fileno())
+        except (AttributeError, ValueError, OSError):
+            pass
+    signal.signal(signal.SIGPIPE, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGPIPE})
+    os.kill(os.getpid(), signal.SIGPIPE)
+    return 128 + signal.SIGPIPE   # (not reached)
+
+
+def _main(argv: list[str]) -> int:
+    # Global options come first; after "run" everything belongs to run or to CMD. --debug is also
+    # accepted after the command (argparse, or parse_run_args for run).
     i = 0
     while i < len(argv) and argv[i] == "--debug":
         i += 1
@@ -425,11 +532,12 @@ def main(argv: list[str] | None = None) -> int:
             args = parse_run_args(argv[i + 1:])
             if args.help:
                 _build_parser().parse_args(["run", "--help"])  # prints run's help and exits 0
-            args.debug = debug
+            debug = args.debug = debug or args.debug
             return cmd_run(args)   # sets up logging itself, only where it is used
-        _setup_logging(debug)
         parser = _build_parser()
         args = parser.parse_args(argv)
+        debug = args.debug
+        _setup_logging(debug)
         if args.command is None:
             raise UsageError("no command given", hint=f"see '{PROG} --help'")
         return {"run": cmd_run, "check": cmd_check, "daemon": cmd_daemon,

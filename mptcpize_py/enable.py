@@ -23,9 +23,10 @@ the policy directory, their parents), is refused too: we never write or remove t
 Writes are atomic (temporary file in the same directory, fsync, rename) and skipped when the content
 is already right, so a second `enable` changes nothing, not even an mtime.
 
-Unit names are hostile input: they are checked against systemd's grammar (policy.check_unit_name, the
-one copy of it) before they reach a path or an argv; systemctl is run with argv lists, "--" before
-the name, a fixed PATH and a timeout.
+A name without a unit type suffix is a service, as systemctl reads it (`enable nginx` is
+nginx.service); files and messages always use the full name. Unit names are hostile input: they are
+checked against systemd's grammar (policy.check_unit_name, the one copy of it) before they reach a
+path or an argv; systemctl is run with argv lists, "--" before the name, a fixed PATH and a timeout.
 
 Only services: a drop-in with ExecStartPre only means something for a .service, and the listening
 sockets of a .socket unit are created by PID 1 itself, outside the unit's cgroup.
@@ -85,10 +86,13 @@ def check_service_name(unit) -> str | None:
 
 
 def validate_service_name(unit) -> str:
-    problem = check_service_name(unit)
+    """The service that `unit`, as given on the command line, names; raises when it names none. As
+    systemctl reads it: without a unit type suffix it is a service (nginx: nginx.service)."""
+    name = systemd.with_type_suffix(unit) if isinstance(unit, str) and unit else unit
+    problem = check_service_name(name)
     if problem:
-        raise UsageError(problem, hint="give a service such as nginx.service or getty@tty1.service")
-    return unit
+        raise UsageError(problem, hint="give a service such as nginx, nginx.service or getty@tty1.service")
+    return name
 
 
 def policy_file_name(unit: str) -> str:
@@ -386,7 +390,7 @@ def _require_root() -> None:
 
 def enable(unit: str, now: bool = False, policy_dir: Path = DEFAULT_POLICY_DIR) -> Outcome:
     tree = Tree(policy_path=Path(policy_dir))
-    validate_service_name(unit)
+    unit = validate_service_name(unit)
     _require_root()
     # Cheap refusals first (an unknown unit is the likely typo); the kernel probe loads a program.
     running = systemd.booted()
@@ -471,7 +475,7 @@ def policy_warnings(name: str, tree: Tree = REAL, owner_uid: int = 0) -> list[st
 
 def disable(unit: str, now: bool = False, policy_dir: Path = DEFAULT_POLICY_DIR) -> Outcome:
     tree = Tree(policy_path=Path(policy_dir))
-    validate_service_name(unit)
+    unit = validate_service_name(unit)
     _require_root()
     name = unit
     running = systemd.booted()

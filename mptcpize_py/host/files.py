@@ -1,12 +1,15 @@
 """Files: atomic replacement, durable removal, opening without /proc magic links, symlinked directories,
-dev_t encoding."""
+dev_t encoding, descriptor 2 captured into a file."""
 
 import ctypes
 import errno
 import os
 import stat
 import struct
+import sys
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from mptcpize_py.host import libc
@@ -99,3 +102,43 @@ def write_atomic(path: str | Path, text: str, mode: int = 0o644) -> None:
 def remove_durably(path: Path) -> None:
     os.unlink(path)
     fsync_dir(path.parent)
+
+
+class Captured:
+    """What stderr_captured() kept: the text written to descriptor 2 inside it (first CAPTURE_MAX
+    bytes), set when the block ends."""
+
+    def __init__(self) -> None:
+        self.text = ""
+
+
+CAPTURE_MAX = 1 << 20
+
+
+def _flush_stderr() -> None:
+    if sys.stderr is not None:
+        sys.stderr.flush()
+
+
+@contextmanager
+def stderr_captured() -> Iterator[Captured]:
+    """Descriptor 2 goes to a temporary file for the block, for writers that bypass sys.stderr: bcc's
+    C++ compiler (clang prints warnings and errors to fd 2), a child process that inherits it. A file,
+    not a pipe: nothing reads it while the block runs, so a pipe's buffer could fill and block the
+    writer. Descriptor 2 is back as it was when the block ends, however it ends."""
+    _flush_stderr()   # what Python buffered before the block is not ours to keep
+    saved = os.dup(2)
+    captured = Captured()
+    try:
+        with tempfile.TemporaryFile() as tmp:
+            os.dup2(tmp.fileno(), 2)
+            try:
+                yield captured
+            finally:
+                _flush_stderr()
+                os.dup2(saved, 2)
+                tmp.seek(0)
+                captured.text = tmp.read(CAPTURE_MAX).decode("utf-8", errors="replace")
+    finally:
+        os.close(saved)
+

@@ -158,6 +158,16 @@ def unit_name_is_valid(name: str, *, instance: bool = True) -> bool:
     return instance and 0 < at < len(stem) - 1
 
 
+def with_type_suffix(name: str, suffix: str = "service") -> str:
+    """A unit named on the command line as systemctl reads it (unit_name_mangle_with_suffix() in
+    src/basic/unit-name.c, v252 and today): a name whose last '.' is not followed by a unit type gets
+    ".service" (nginx -> nginx.service, foo@ -> foo@.service, a.conf -> a.conf.service); any other
+    name is left as it is. Unlike systemctl we never escape characters into a name: the caller
+    validates the result and refuses what is not a unit name."""
+    dot = name.rfind(".")
+    return name if dot >= 0 and name[dot + 1:] in UNIT_TYPES else f"{name}.{suffix}"
+
+
 def cg_unescape(name: str) -> str:
     """systemd's cg_unescape(): drops the '_' that cg_escape() put in front."""
     return name[1:] if name.startswith("_") else name

@@ -565,6 +565,11 @@ def check_unit_name(v) -> str | None:
     suffix = v[dot + 1:] if dot > 0 else ""
     if suffix in UNIT_TYPES_WITHOUT_PROCESSES:
         return f"{_show(v)} is a .{suffix} unit, which runs no processes: name the unit it starts"
+    if dot < 0 and "@" not in v:
+        # The command line reads "nginx" as nginx.service (as systemctl does); a policy file, like a
+        # unit file's Wants=, names a unit in full, so what it selects never depends on a default.
+        return (f"{_show(v)} has no unit type suffix: write {_show(v + '.service')} (a policy names "
+                "units in full, as unit files do; only the command line reads a bare name as a service)")
     if suffix not in UNIT_TYPES_WITH_PROCESSES:
         return (f"{_show(v)} has no valid unit type suffix (e.g. nginx.service; one of "
                 f"{', '.join('.' + t for t in UNIT_TYPES_WITH_PROCESSES)})")

@@ -21,6 +21,7 @@ hook, counts and reports what would be upgraded, and changes no socket.
 import ctypes
 import json
 import os
+import re
 import socket
 import sys
 import traceback
@@ -29,13 +30,15 @@ from pathlib import Path
 
 from mptcpize_py import abi
 from mptcpize_py.errors import MptcpizeError, Unavailable
-from mptcpize_py.host import libc, mounts
+from mptcpize_py.host import files, libc, mounts
 from mptcpize_py.locations import MERGED_HEADERS_DIR
 from mptcpize_py.program import btf, layout
 from mptcpize_py.support import HOOK, OK, kernel_support
 
 # The descriptor the parent's end of the socket pair is given as in the child (program/rewriter.py).
 CHILD_FD = 3
+# What `check` compiles to learn whether bcc can compile at all.
+COMPILE_PROBE = b"int mptcpize_compile_probe(void *ctx) { return 0; }"
 
 
 @dataclass(frozen=True)
@@ -111,6 +114,41 @@ def _import_bcc():
                                "or a venv made with --system-site-packages") from None
 
 
+class CompileFailed(Exception):
+    """bcc could not compile: the compiler's error lines (or bcc's own words when it printed none)."""
+
+    def __init__(self, errors: list[str], output: str = ""):
+        super().__init__("; ".join(errors))
+        self.errors = errors
+        self.output = output   # everything the compiler (and bcc's loader) wrote
+
+
+MAX_ERRORS_SHOWN = 5
+
+
+def compiler_errors(text: str) -> list[str]:
+    """The diagnostics that made a compile fail: clang's "FILE:LINE:COL: error: ..." (and "fatal
+    error:") lines, not its warnings, notes or include chains."""
+    errors = [line.strip() for line in text.splitlines() if re.search(r"\b(fatal )?error: ", line)]
+    if len(errors) > MAX_ERRORS_SHOWN:
+        errors = errors[:MAX_ERRORS_SHOWN] + [f"and {len(errors) - MAX_ERRORS_SHOWN} more errors"]
+    return errors
+
+
+def compile_program(bcc, **kwargs):
+    """bcc.BPF(**kwargs) with the compiler kept quiet: clang writes its diagnostics to descriptor 2
+    from C++ (~25 lines of warnings about the kernel headers for the smallest program), which would
+    land before `check`'s table and in the daemon's journal. Kept in a file instead, and dropped when
+    the compile works; when it fails, its error lines are raised (CompileFailed), since bcc's own
+    exception says only "Failed to compile BPF module"."""
+    with files.stderr_captured() as captured:
+        try:
+            return bcc.BPF(**kwargs)
+        except Exception as e:  # bcc raises plain Exception on compile failure
+            failure = str(e)
+    raise CompileFailed(compiler_errors(captured.text) or [failure], captured.text)
+
+
 def toolchain_status(compile_test: bool = True) -> ToolchainStatus:
     try:
         bcc = _import_bcc()
@@ -122,8 +160,8 @@ def toolchain_status(compile_test: bool = True) -> ToolchainStatus:
                                f"apt-get install linux-headers-{os.uname().release}")
     if compile_test:
         try:
-            bcc.BPF(text="int mptcpize_compile_probe(void *ctx) { return 0; }").cleanup()
-        except Exception as e:  # bcc raises plain Exception on compile failure
+            compile_program(bcc, text=COMPILE_PROBE).cleanup()
+        except CompileFailed as e:
             return ToolchainStatus(False, f"bcc cannot compile against {headers}: {e}",
                                    f"reinstall linux-headers-{os.uname().release}")
     return ToolchainStatus(True, f"bcc {getattr(bcc, '__version__', '?')} "
@@ -165,9 +203,11 @@ def load_and_attach(dry_run: bool) -> Attached:
         cflags.append("-DMPTCPIZE_DRY_RUN")
         mounts.ensure_tracefs()
     try:
-        b = bcc.BPF(src_file=str(abi.PROGRAM).encode(), cflags=cflags)
-    except Exception as e:
-        raise Unavailable(f"bcc could not compile {abi.PROGRAM.name} against {where}: {e}") from None
+        b = compile_program(bcc, src_file=str(abi.PROGRAM).encode(), cflags=cflags)
+    except CompileFailed as e:
+        err = Unavailable(f"bcc could not compile {abi.PROGRAM.name} against {where}: {e}")
+        err.compiler_output = e.output   # child_main writes it out in full (the journal's record)
+        raise err from None
     out = Attached(pernet_addr=pernet_addr or 0, enabled_offset=support.facts.mptcp_enabled_offset or 0,
                    detail=f"bcc {getattr(bcc, '__version__', '?')}, headers {where}")
     # bcc attached the TRACEPOINT_PROBE / RAW_TRACEPOINT_PROBE functions when it loaded the program.
@@ -235,6 +275,9 @@ def child_main(argv: list[str]) -> None:
         try:
             msg, fds = _message(load_and_attach("--dry-run" in argv[1:]))
         except MptcpizeError as e:
+            # A failed compile: the whole diagnostic (include chains, notes, a verifier log) on our
+            # stderr, which is the parent's (the daemon's journal); the message has its error lines.
+            sys.stderr.write(getattr(e, "compiler_output", ""))
             msg = {"error": {"class": type(e).__name__, "message": e.message, "hint": e.hint,
                              "exit_code": e.exit_code}}
         except Exception as e:   # a bug: the parent reports it, the traceback goes to stderr

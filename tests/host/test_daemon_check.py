@@ -45,6 +45,9 @@ def assert_bad(proc, *needles):
                                                          "does not exist"]),
     ("[[allow]]\nunit = 'nginx.service; rm -rf /'\n", ["10.toml:2: unit:", "not a valid unit name"]),
     ("[[allow]]\nunit = '$(reboot).service'\n", ["10.toml:2: unit:", "not a valid unit name"]),
+    # The command line reads `nginx` as nginx.service; a policy names units in full, and says so.
+    ("[[allow]]\nunit = 'nginx'\n", ["10.toml:2: unit: 'nginx' has no unit type suffix: write "
+                                       "'nginx.service'", "only the command line reads a bare name"]),
 ])
 def test_bad_policy_one_line_each(tmp_path, text, needles):
     assert_bad(check(policy(tmp_path, text)), *needles)

@@ -5,6 +5,7 @@ hook works (there net.mptcp.enabled is read from kernel memory instead of usersp
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -13,7 +14,7 @@ import sys
 import pytest
 
 from mptcpize_py.host.mounts import find_cgroup2_mount, read_mounts
-from tests.conftest import is_root, mptcpize, start_daemon
+from tests.conftest import CLI, cli_env, is_root, mptcpize, start_daemon
 from tests.progs.driven import Driven
 from tests.progs.samepid import NS_LAST_PID, popen_at
 from tests.waiting import scaled, wait_exit, wait_for
@@ -328,3 +329,30 @@ def test_a_policy_change_reaches_a_running_process(dry):
             os.rmdir(late)
         except OSError:
             pass
+
+
+def test_the_daemon_log_has_no_compiler_output(dry):
+    """The loader child compiles with clang's output kept out of the daemon's stderr (the journal,
+    under systemd): only a failed compile writes it."""
+    log = dry["log"].read_text()
+    assert "warnings generated" not in log and "In file included from" not in log, log
+    assert not re.search(r"^\S+:\d+:\d+: (warning|note): ", log, re.M), log
+
+
+def test_status_into_a_pipe_whose_reader_went_away_ends_quietly(dry):
+    """`mptcpize-py status | head -1`: killed by SIGPIPE like ip and systemctl, no traceback. The
+    reader is gone before status writes (as head is once it has its line), so the write must fail."""
+    r, w = os.pipe()
+    os.close(r)
+    try:
+        proc = subprocess.run([*CLI, "status"], stdout=w, stderr=subprocess.PIPE, text=True,
+                              env=cli_env(dry["env"]), timeout=scaled(60))
+    finally:
+        os.close(w)
+    assert (proc.returncode, proc.stderr) == (-signal.SIGPIPE, "")
+    # And with head itself: whether status is still writing when head exits depends on timing;
+    # either way nothing but head's line appears.
+    shell = subprocess.run(["bash", "-c", 'set -o pipefail; "$@" status | head -1', "sh", *CLI],
+                           capture_output=True, text=True, env=cli_env(dry["env"]), timeout=scaled(60))
+    assert shell.returncode in (0, 128 + signal.SIGPIPE) and shell.stderr == "", shell.stderr
+    assert len(shell.stdout.splitlines()) == 1

@@ -52,8 +52,9 @@ def one_error(proc, code: int, needle: str) -> None:
 
 @pytest.mark.parametrize("verb", ["enable", "disable"])
 @pytest.mark.parametrize("name, needle", [
-    ("nginx", "no valid unit type suffix"),
     ("foo@.service", "is a template"),
+    ("foo@", "'foo@.service' is a template"),     # read as systemctl reads it, then refused
+    ("../../etc/passwd", "'/' is not allowed"),
     ("nginx.socket", "not a service"),
     ("../../etc/passwd.service", "'/' is not allowed"),
     ("--help.service\n", r"'\n' is not allowed"),
@@ -106,6 +107,26 @@ def test_disable_without_anything_enabled_changes_nothing():
     proc = mptcpize("disable", "mzu-never-enabled.service")
     assert proc.returncode == 0, proc.stderr
     assert "is not enabled: nothing changed" in proc.stdout
+    assert etc_snapshot() == before
+
+
+def test_a_name_without_suffix_is_a_service_as_in_systemctl(tmp_path):
+    """`disable mzu-hb-web` is `disable mzu-hb-web.service`: it removes the files enable wrote under
+    the full name, and says so with the full name (no systemd here: nothing to reload)."""
+    if systemd.booted():
+        pytest.skip("systemd is PID 1 here: disable would reload it")
+    unit = "mzu-hb-web.service"
+    before = etc_snapshot()
+    tree = enable.Tree(policy_path=tmp_path / "policy.d")
+    written = enable.write_files(unit, "/usr/bin/mptcpize-py", tree)
+    assert tree.dropin(unit) in written
+    try:
+        proc = mptcpize("disable", "mzu-hb-web", "--policy-dir", str(tmp_path / "policy.d"))
+        assert proc.returncode == 0, proc.stderr
+        assert proc.stdout.startswith(f"disabled {unit}: removed {tree.dropin(unit)}"), proc.stdout
+        assert not tree.dropin(unit).exists() and not tree.policy(unit).exists()
+    finally:
+        enable.remove_files(unit, tree)
     assert etc_snapshot() == before
 
 

@@ -178,3 +178,67 @@ def test_the_hook_detaches_and_attaches_again():
         assert rw.counters()["upgraded"] == 2
     finally:
         rw.close()
+
+
+# --- the compiler's output: kept out of stderr, except the errors of a failed compile --------------
+
+def toolchain_or_skip():
+    from mptcpize_py.program import loader
+    status = loader.toolchain_status(compile_test=False)
+    if not status.ok:
+        pytest.skip(f"bcc cannot compile here: {status.detail}")
+    return loader
+
+
+def test_a_failed_compile_reports_the_compiler_errors(capfd):
+    loader = toolchain_or_skip()
+    bcc = loader._import_bcc()
+    with pytest.raises(loader.CompileFailed) as e:
+        loader.compile_program(bcc, text=b"int probe(void *ctx) { return mzb_undeclared; }")
+    assert len(e.value.errors) == 1, e.value.errors
+    assert "error: use of undeclared identifier 'mzb_undeclared'" in e.value.errors[0]
+    assert "warning:" in e.value.output          # kept whole, for whoever reports it in full
+    assert capfd.readouterr().err == ""          # nothing reached our stderr meanwhile
+
+
+BROKEN_LOADER = """
+import json, os, socket, sys
+from pathlib import Path
+from mptcpize_py import abi
+from mptcpize_py.program import loader
+abi.PROGRAM = Path(sys.argv[1])              # a copy of the program with an error in it
+parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+me = os.getpid()
+pid = os.fork()
+if pid == 0:
+    os.dup2(child.fileno(), loader.CHILD_FD)
+    loader.child_main([str(me), "--dry-run"])
+child.close()
+msg = parent.recv(1 << 20)
+os.waitpid(pid, 0)
+print(msg.decode())
+"""
+
+
+def test_the_loader_child_reports_a_failed_compile_in_its_message_and_in_full(tmp_path):
+    """What the daemon's journal then holds: one error naming the compiler's error line (the
+    message the parent raises), and the compiler's whole output on the child's stderr."""
+    toolchain_or_skip()
+    from mptcpize_py import abi
+    broken = tmp_path / "mptcpize.bpf.c"
+    broken.write_text(abi.PROGRAM.read_text() + "\nstatic int mzb_broken(void) { return mzb_nope; }\n")
+    proc = subprocess.run([*CHECKOUT_PYTHON, "-c", BROKEN_LOADER, str(broken)], capture_output=True,
+                          text=True, env=cli_env(), timeout=scaled(300))
+    assert proc.returncode == 0, proc.stderr
+    error = json.loads(proc.stdout)["error"]
+    assert error["message"].startswith("bcc could not compile mptcpize.bpf.c against "), error
+    assert "error: use of undeclared identifier 'mzb_nope'" in error["message"], error
+    assert "error: use of undeclared identifier 'mzb_nope'" in proc.stderr
+    assert "1 error generated." in proc.stderr
+
+
+def test_a_working_compile_leaves_stderr_alone(capfd):
+    loader = toolchain_or_skip()
+    status = loader.toolchain_status(compile_test=True)   # the smallest program: clang warns here
+    assert status.ok, status.detail
+    assert capfd.readouterr().err == ""

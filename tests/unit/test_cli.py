@@ -1,12 +1,13 @@
 """Bad input through the real CLI: one clear line each and the documented exit code."""
 
 import os
+import signal
 import subprocess
 import textwrap
 
 import pytest
 
-from tests.conftest import CHECKOUT_PYTHON, REPO, cli_env, mptcpize
+from tests.conftest import CHECKOUT_PYTHON, CLI, REPO, cli_env, mptcpize
 from tests.waiting import scaled
 
 CHECKOUT_INIT = str(REPO / "mptcpize_py" / "__init__.py")
@@ -111,3 +112,79 @@ def as_nobody() -> dict:
 def test_run_bpf_backend_as_non_root_is_refused(as_nobody):
     proc = mptcpize("run", "--backend", "bpf", "true", **as_nobody)
     assert_one_error(proc, 77, "needs root")
+
+
+# --- --debug after the command ---------------------------------------------------------------------
+
+@pytest.mark.parametrize("args", [("status", "--debug"), ("--debug", "status")])
+def test_debug_before_or_after_the_command_means_the_same(tmp_path, args):
+    proc = mptcpize(*args, env={**os.environ, "MPTCPIZE_CONTROL": str(tmp_path / "no-daemon")})
+    assert proc.returncode == 3, proc.stderr
+    assert "Traceback" in proc.stderr                     # what --debug adds
+    assert error_lines(proc) == [f"mptcpize-py: error: no daemon is running (cannot connect to "
+                                 f"{tmp_path / 'no-daemon'})"]
+
+
+def test_run_takes_debug_before_cmd():
+    proc = mptcpize("run", "--debug", "--backend", "seccomp", "--", "sh", "-c", "exit 7")
+    assert proc.returncode == 7, proc.stderr
+
+
+# --- output into a pipe whose reader has gone (`mptcpize-py ... | head -1`) --------------------------
+
+def into_closed_pipe(*args, env=None) -> subprocess.CompletedProcess:
+    """The CLI with its standard output a pipe whose reader has already gone, as `| head -1` is once
+    head has its line: every write fails with EPIPE."""
+    r, w = os.pipe()
+    os.close(r)
+    try:
+        return subprocess.run([*CLI, *args], stdout=w, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
+                              env=cli_env(env), timeout=scaled(120))
+    finally:
+        os.close(w)
+
+
+@pytest.mark.parametrize("args", [
+    ("--version",), ("--help",), ("status", "--help"),   # argparse prints, then exits
+    ("daemon", "--example-policy"),                      # buffered, flushed at exit
+    ("metrics",),                                        # no daemon: one line
+    ("check",),
+    ("paths",),
+])
+def test_a_reader_that_goes_away_ends_it_quietly_by_sigpipe(tmp_path, args):
+    """As ip and systemctl: killed by SIGPIPE, nothing on stderr (before: a BrokenPipeError traceback,
+    or "Exception ignored ... BrokenPipeError" and exit 120)."""
+    proc = into_closed_pipe(*args, env={**os.environ, "MPTCPIZE_CONTROL": str(tmp_path / "no-daemon")})
+    assert (proc.returncode, proc.stderr.decode()) == (-signal.SIGPIPE, "")
+
+
+def test_errors_into_a_closed_pipe_end_quietly_too(tmp_path):
+    """`mptcpize-py status 2>&1 | head -0`: the error message itself meets the closed pipe."""
+    r, w = os.pipe()
+    os.close(r)
+    try:
+        proc = subprocess.run([*CLI, "status"], stdout=w, stderr=w, timeout=scaled(120),
+                              env=cli_env({**os.environ, "MPTCPIZE_CONTROL": str(tmp_path / "none")}))
+    finally:
+        os.close(w)
+    assert proc.returncode == -signal.SIGPIPE
+
+
+# --- every command's --help: what it does, and examples ---------------------------------------------
+
+def subcommand_names() -> list[str]:
+    from mptcpize_py import cli
+    sub = next(a for a in cli._build_parser()._actions if a.dest == "command")
+    return list(sub.choices)
+
+
+@pytest.mark.parametrize("command", subcommand_names())
+def test_every_command_help_has_a_description_and_examples(command):
+    proc = mptcpize(command, "--help", env={**os.environ, "COLUMNS": "80"})
+    assert proc.returncode == 0 and proc.stderr == "", proc.stderr
+    usage, description = proc.stdout.split("\n\n")[:2]
+    assert usage.startswith(f"usage: mptcpize-py {command} ")
+    assert not description.startswith(("positional arguments:", "options:")) and len(description) > 40
+    examples = proc.stdout.split("\nexamples:\n", 1)[1].splitlines()
+    assert any(line.startswith(f"  mptcpize-py {command}") for line in examples), proc.stdout
+    assert max(map(len, proc.stdout.splitlines())) <= 80, proc.stdout

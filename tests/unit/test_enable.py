@@ -64,7 +64,6 @@ def test_good_service_names(unit):
 
 @pytest.mark.parametrize("unit, needle", [
     ("", "empty"),
-    ("nginx", "no valid unit type suffix"),
     ("foo@.service", "template"),
     ("@bar.service", "starts with '@'"),
     ("nginx.socket", "not a service"),
@@ -82,6 +81,20 @@ def test_bad_service_names(unit, needle):
     assert problem and needle in problem
     with pytest.raises(UsageError):
         enable.validate_service_name(unit)
+
+
+@pytest.mark.parametrize("given, unit", [
+    ("nginx", "nginx.service"), ("nginx.service", "nginx.service"), ("getty@tty1", "getty@tty1.service"),
+    ("a.conf", "a.conf.service"),   # systemctl too: ".conf" is no unit type
+])
+def test_a_name_without_unit_type_is_a_service(given, unit):
+    """As systemctl reads a name (unit_name_mangle_with_suffix)."""
+    assert enable.validate_service_name(given) == unit
+
+
+def test_a_template_without_unit_type_is_still_refused():
+    with pytest.raises(UsageError, match="'foo@.service' is a template"):
+        enable.validate_service_name("foo@")
 
 
 @pytest.mark.parametrize("unit", ["nginx.service", "foo@bar.service", r"foo\x2dbar.service"])
@@ -529,6 +542,16 @@ def test_enable_of_an_ordinary_service_still_writes(enable_in, systemctl):
     out = enable.enable("nginx.service")
     assert out.lines[0].startswith("enabled nginx.service: wrote ")
     assert dropin.read_text() == enable.dropin_text("nginx.service", EXE)
+
+
+def test_enable_of_a_short_name_writes_under_the_full_name(enable_in, systemctl):
+    dropin = enable_in / "etc/systemd/system/nginx.service.d/mptcpize-py.conf"
+    systemctl.graph(**{"nginx.service": {**GRAPH["nginx.service"], "DropInPaths": str(dropin)}})
+    out = enable.enable("nginx")
+    assert out.unit == "nginx.service" and out.lines[0].startswith("enabled nginx.service: wrote ")
+    assert dropin.read_text() == enable.dropin_text("nginx.service", EXE)
+    assert (enable_in / "etc/mptcpize-py/policy.d/unit-nginx.service.toml").exists()
+    assert not any(" nginx" in r and "nginx.service" not in r for r in systemctl.runs())
 
 
 def test_enable_waits_for_systemd_as_long_as_systemctl_does(systemctl, monkeypatch):

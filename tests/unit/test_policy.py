@@ -179,8 +179,8 @@ def test_netns_all():
      "p.toml:2: cgroup: '" + "/a" * 17 + "' is 17 levels deep; the kernel side looks at most 16"),
     # unit.
     ('[[allow]]\nunit = "nginx"\n',
-     "p.toml:2: unit: 'nginx' has no valid unit type suffix (e.g. nginx.service; one of .service, .socket, "
-     ".mount, .swap, .scope, .slice)"),
+     "p.toml:2: unit: 'nginx' has no unit type suffix: write 'nginx.service' (a policy names units in "
+     "full, as unit files do; only the command line reads a bare name as a service)"),
     ('[[allow]]\nunit = "nginx.servce"\n',
      "p.toml:2: unit: 'nginx.servce' has no valid unit type suffix (e.g. nginx.service; one of .service, "
      ".socket, .mount, .swap, .scope, .slice)"),
