@@ -3,8 +3,8 @@ systemd/mptcpize-py-paths.conf the unit's sandbox refuses path management, and t
 runs on; with it the daemon sets up the endpoints of a /run/netns namespace, follows an address that
 appears, and removes its endpoints when it stops.
 
-Run by `make test-systemd` (scripts/vm-systemd.sh). The daemon runs this checkout (a runtime drop-in
-sets PYTHONPATH): the venv's editable install may point at another one."""
+Run by `make test-systemd` (scripts/vm-systemd.sh), against the installed Debian package: its unit, its
+/usr/bin/mptcpize-py and the drop-in it ships in /usr/share/mptcpize-py."""
 
 import json
 import shutil
@@ -13,17 +13,17 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, mptcpize
+from tests.systemd.installed import mptcpize
 from tests.waiting import scaled, wait_for
 
-pytestmark = pytest.mark.usefixtures("systemd_and_bpf")
+pytestmark = pytest.mark.usefixtures("package")
 
 SERVICE = "mptcpize-py.service"
 NS = "mzu-paths"
 POLICY = Path("/etc/mptcpize-py/policy.d/50-mzu-paths.toml")
 DROPINS = Path("/run/systemd/system/mptcpize-py.service.d")
-CODE = DROPINS / "10-mzu-code.conf"
-PATHS = DROPINS / "20-paths.conf"
+PATHS = DROPINS / "paths.conf"
+SHIPPED_DROPIN = Path("/usr/share/mptcpize-py/paths.conf")   # the package's copy of systemd/mptcpize-py-paths.conf
 
 
 def run(*argv, check=True, timeout=180) -> subprocess.CompletedProcess:
@@ -64,17 +64,15 @@ def lab():
     run("ip", "-n", NS, "addr", "add", "10.246.1.1/24", "dev", "mzp0")
     for dev in ("lo", "mzp0", "mzp1"):
         run("ip", "-n", NS, "link", "set", dev, "up")
-    run("make", "-s", "-C", str(REPO), "install-units")
     POLICY.write_text(f'[netns]\nnames = ["{NS}"]\n\n[paths]\nrole = "none"\n\n'
                       f'[paths.netns.{NS}]\nrole = "client"\nsubflows = 2\nadd_addr_accepted = 2\n')
     POLICY.chmod(0o644)
     DROPINS.mkdir(parents=True, exist_ok=True)
-    CODE.write_text(f"[Service]\nEnvironment=PYTHONPATH={REPO}\n")
     try:
         yield
     finally:
         run("systemctl", "stop", SERVICE, check=False)
-        for f in (CODE, PATHS, POLICY):
+        for f in (PATHS, POLICY):
             f.unlink(missing_ok=True)
         run("systemctl", "daemon-reload", check=False)
         run("ip", "netns", "del", NS, check=False)
@@ -92,7 +90,7 @@ def test_without_the_dropin_the_sandbox_refuses_and_the_daemon_says_why(lab):
 
 
 def test_with_the_dropin_endpoints_follow_the_addresses(lab):
-    shutil.copyfile(REPO / "systemd" / "mptcpize-py-paths.conf", PATHS)
+    shutil.copyfile(SHIPPED_DROPIN, PATHS)
     cursor = restart()
     wait_for(lambda: endpoints() == {"10.246.1.1": {"dev": "mzp0", "flags": ["subflow"]}},
              "the daemon's endpoint", interval=0.5, details=lambda: (endpoints(), journal_after(cursor)))

@@ -150,3 +150,14 @@ def test_purge_reads_enables_markers():
     assert f"CREATED={enable.CREATED_MARKER}" in text
     assert enable.DROPIN_NAME == "mptcpize-py.conf" and "/*.d/mptcpize-py.conf" in text
     assert enable.policy_file_name("x.service") == "unit-x.service.toml" and "/unit-*.toml" in text
+
+
+def test_every_module_is_in_a_packaged_package():
+    """What setuptools packages (pyproject's find rule) covers every directory of Python code under
+    mptcpize_py/: a package left out installs fine and fails only at import, on the user's machine."""
+    from setuptools import find_packages
+    find = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]
+    packaged = set(find_packages(where=str(REPO), include=find["include"]))
+    code_dirs = {".".join(p.parent.relative_to(REPO).parts) for p in (REPO / "mptcpize_py").rglob("*.py")
+                 if "bpf" not in p.relative_to(REPO).parts}
+    assert code_dirs and code_dirs <= packaged, sorted(code_dirs - packaged)

@@ -1,0 +1,1 @@
+"""The daemon: service loop, records, control socket (server, protocol, client)."""

@@ -1,0 +1,1 @@
+"""Socket diagnostics: the sock_diag codec, MPTCP_INFO, the connection view."""
