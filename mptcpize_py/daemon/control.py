@@ -60,7 +60,7 @@ from mptcpize_py.daemon.protocol import (
     short_reason,
 )
 from mptcpize_py.errors import MptcpizeError
-from mptcpize_py.host.procfs import parse_stat_ppid, parse_status_field
+from mptcpize_py.host import procfs
 
 MAX_CONNECTIONS = 64   # threads, each blocked in recv() or waiting for the handler lock
 PID_MAX = 1 << 22                  # PID_MAX_LIMIT on 64-bit
@@ -72,7 +72,7 @@ log = logging.getLogger("mptcpize_py.control")
 # Registration check
 
 
-def check_registrant(pid, peer: Ucred, proc: str = "/proc") -> None:
+def check_registrant(pid, peer: Ucred) -> None:
     """Refuses (MptcpizeError) unless `pid` is a process whose parent is the peer.
 
     `run` registers the child it forked, before letting it exec: the child cannot have been reaped
@@ -81,15 +81,12 @@ def check_registrant(pid, peer: Ucred, proc: str = "/proc") -> None:
     if type(pid) is not int or not 0 < pid <= PID_MAX:
         raise MptcpizeError(f"register: pid must be an integer in 1..{PID_MAX}, not {pid!r}")
     try:
-        with open(f"{proc}/{pid}/stat", encoding="utf-8", errors="replace") as f:
-            ppid = parse_stat_ppid(f.read())
-        with open(f"{proc}/{pid}/status", encoding="utf-8", errors="replace") as f:
-            tgid = parse_status_field(f.read(), "Tgid")
-    except FileNotFoundError:
+        ppid, tgid = procfs.parent_and_tgid(pid)
+    except ProcessLookupError:
         raise MptcpizeError(f"register: no process {pid}") from None
-    except (OSError, ValueError, IndexError) as e:
-        raise MptcpizeError(f"register: cannot read {proc}/{pid}: {short_reason(e)}") from None
-    if tgid is not None and tgid != str(pid):
+    except OSError as e:
+        raise MptcpizeError(f"register: cannot read process {pid}: {short_reason(e)}") from None
+    if tgid is not None and tgid != pid:
         raise MptcpizeError(f"register: {pid} is a thread of process {tgid}, not a process")
     if ppid != peer.pid:
         raise MptcpizeError(f"register: process {pid} is not a child of the caller (pid {peer.pid}); "

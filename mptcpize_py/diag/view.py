@@ -114,7 +114,7 @@ def connection_view(status: DaemonStatus | None, netns: str | None = None,
         chain, p = [], pid
         while p and p not in ancestry and p not in rows_by_pid and len(chain) < 4096:
             chain.append(p)
-            p = procfs.parent_pid(p, proc)
+            p = procfs.parent_pid(p)
         result = (p if p in rows_by_pid else ancestry.get(p)) if p else None
         for q in chain:
             ancestry[q] = result

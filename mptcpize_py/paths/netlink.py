@@ -4,6 +4,10 @@ per call and closed, except the event socket, which stays in the namespace it wa
 
 pyroute2 is imported inside the functions: `check` and `paths` load this module on hosts where
 importing pyroute2 may fail, and say so instead of dying at import.
+
+Attributes are read with msg.get_attr("NLA_NAME") (and get_nested for nested ones), which answer the
+same from pyroute2 0.7.2 (Debian 12's python3-pyroute2) to 0.9: 0.7's msg.get("NLA_NAME") gives None
+(tests/host/test_netlink_versions.py runs both against `ip`).
 """
 
 import errno
@@ -101,8 +105,8 @@ def read_endpoints_and_limits() -> tuple[tuple[KernelEndpoint, ...], Limits]:
         out.append(KernelEndpoint(id=attr("ID") or 0, address=str(attr("ADDR4") or attr("ADDR6")),
                                   ifindex=_ifindex(attr("IF_IDX")), flags=attr("FLAGS") or 0,
                                   port=attr("PORT") or 0))
-    return tuple(out), Limits(limits.get("MPTCP_PM_ATTR_SUBFLOWS") or 0,
-                              limits.get("MPTCP_PM_ATTR_RCV_ADD_ADDRS") or 0)
+    return tuple(out), Limits(limits.get_attr("MPTCP_PM_ATTR_SUBFLOWS") or 0,
+                              limits.get_attr("MPTCP_PM_ATTR_RCV_ADD_ADDRS") or 0)
 
 
 def read_view() -> KernelView:
@@ -110,21 +114,21 @@ def read_view() -> KernelView:
     pyroute2, NetlinkError = _pyroute2()
     try:
         with pyroute2.IPRoute() as ipr:
-            links = tuple(Link(lk["index"], lk.get("IFLA_IFNAME") or f"if{lk['index']}", lk["flags"])
+            links = tuple(Link(lk["index"], lk.get_attr("IFLA_IFNAME") or f"if{lk['index']}", lk["flags"])
                           for lk in ipr.get_links())
-            addrs = tuple(Addr(a["family"], a.get("IFA_LOCAL") or a.get("IFA_ADDRESS"), a["prefixlen"],
-                               a["index"], a.get("IFA_FLAGS") or a["flags"], a["scope"])
+            addrs = tuple(Addr(a["family"], a.get_attr("IFA_LOCAL") or a.get_attr("IFA_ADDRESS"),
+                               a["prefixlen"], a["index"], a.get_attr("IFA_FLAGS") or a["flags"], a["scope"])
                           for a in ipr.get_addr() if a["family"] in (socket.AF_INET, socket.AF_INET6))
             routes = []
             for family in (socket.AF_INET, socket.AF_INET6):
                 for r in ipr.get_routes(family=family):
-                    hops = r.get("RTA_MULTIPATH")
+                    hops = r.get_attr("RTA_MULTIPATH")
                     if hops:
                         oifs = tuple((h["oif"], h["flags"]) for h in hops)
                     else:
-                        oifs = ((r.get("RTA_OIF"), r["flags"]),) if r.get("RTA_OIF") else ()
-                    routes.append(Route(r["family"], r.get("RTA_TABLE") or r["table"], r["type"],
-                                        r.get("RTA_DST"), r["dst_len"], oifs))
+                        oifs = ((r.get_attr("RTA_OIF"), r["flags"]),) if r.get_attr("RTA_OIF") else ()
+                    routes.append(Route(r["family"], r.get_attr("RTA_TABLE") or r["table"], r["type"],
+                                        r.get_attr("RTA_DST"), r["dst_len"], oifs))
     except (NetlinkError, OSError) as e:
         raise MptcpizeError(f"cannot read links, addresses and routes: {e}") from None
     endpoints, limits = read_endpoints_and_limits()

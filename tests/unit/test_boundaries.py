@@ -7,6 +7,7 @@ import json
 import re
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -61,6 +62,17 @@ def test_each_dependency_has_one_owner(dependency):
                  if any(n == dependency or n.startswith(dependency + ".") for n in imported(tree))}
     assert importers <= OWNERS[dependency], \
         f"{dependency} imported outside its owner {sorted(OWNERS[dependency])}: {sorted(importers - OWNERS[dependency])}"
+
+
+def test_each_declared_dependency_is_used_by_its_owner():
+    """What pyproject.toml declares (and the Debian package depends on) is imported by its owner."""
+    declared = tomllib.loads((PACKAGE.parent / "pyproject.toml").read_text())["project"]["dependencies"]
+    names = {re.match(r"[A-Za-z0-9_.-]+", d).group(0).lower() for d in declared}
+    assert names == {"psutil", "pyroute2"}
+    trees = {rel: tree for rel, tree, _ in modules()}
+    for name in names:
+        for owner in OWNERS[name]:
+            assert name in imported(trees[owner]), f"{name} is declared, but its owner {owner} never imports it"
 
 
 def test_only_the_two_owners_load_a_library():

@@ -176,12 +176,6 @@ def test_line_reader_deadline_holds_against_a_trickle():
 # register: the pid must be the caller's child process
 
 
-@pytest.mark.parametrize("comm", ["sleep", "a b", "x) S 1 (y", "))", "(", "with\nnewline"])
-def test_parse_stat_ppid_with_hostile_comm(comm):
-    text = f"4242 ({comm}) S 777 4242 4242 0 -1 4194560 101 0 0 0 0 0 0 0 20 0 1 0 9 0 0\n"
-    assert procfs.parse_stat_ppid(text) == 777
-
-
 def test_parse_status_field():
     text = "Name:\tsleep\nUmask:\t0022\nState:\tS (sleeping)\nTgid:\t4242\nNgid:\t0\nPid:\t4243\nPPid:\t7\n"
     assert procfs.parse_status_field(text, "Tgid") == "4242"
@@ -189,25 +183,50 @@ def test_parse_status_field():
     assert procfs.parse_status_field(text, "Missing") is None
 
 
-def fake_proc(tmp_path: Path, pid: int, ppid: int, tgid: int | None = None) -> str:
-    d = tmp_path / "proc" / str(pid)
-    d.mkdir(parents=True)
-    (d / "stat").write_text(f"{pid} (x) S {ppid} {pid} {pid} 0 -1 0 0 0 0 0\n")
-    (d / "status").write_text(f"Name:\tx\nTgid:\t{tgid or pid}\nPid:\t{pid}\nPPid:\t{ppid}\n")
-    return str(tmp_path / "proc")
+# A child that names itself (comm, as /proc/PID/stat shows it between parentheses), then waits.
+NAMED_CHILD = ("import sys; open('/proc/self/comm', 'w').write(sys.argv[1]); print('ready', flush=True); "
+               "sys.stdin.read()")
 
 
-def test_check_registrant_fake_proc(tmp_path):
-    proc = fake_proc(tmp_path, 500, 400)
-    control.check_registrant(500, Ucred(400, 0, 0), proc=proc)
-    with pytest.raises(MptcpizeError, match=r"process 500 is not a child of the caller \(pid 401\); its "
-                                            r"parent is 400"):
-        control.check_registrant(500, Ucred(401, 0, 0), proc=proc)
-    proc = fake_proc(tmp_path / "t", 501, 400, tgid=499)
-    with pytest.raises(MptcpizeError, match="501 is a thread of process 499"):
-        control.check_registrant(501, Ucred(400, 0, 0), proc=proc)
-    with pytest.raises(MptcpizeError, match="no process 502"):
-        control.check_registrant(502, Ucred(400, 0, 0), proc=proc)
+@pytest.mark.parametrize("comm", ["sleep", "a b", "x) S 1 (y", "))", "(", "with\nnewline"])
+def test_check_registrant_child_with_hostile_comm(comm):
+    child = subprocess.Popen([sys.executable, "-c", NAMED_CHILD, comm], stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout.readline() == "ready\n"
+        with open(f"/proc/{child.pid}/comm") as f:
+            assert f.read() == comm + "\n"
+        control.check_registrant(child.pid, Ucred(os.getpid(), 0, 0))
+        with pytest.raises(MptcpizeError, match=rf"process {child.pid} is not a child of the caller "
+                                                rf"\(pid {os.getpid() + 1}\); its parent is {os.getpid()}$"):
+            control.check_registrant(child.pid, Ucred(os.getpid() + 1, 0, 0))
+    finally:
+        child.stdin.close()
+        child.wait()
+
+
+def test_check_registrant_refuses_a_thread_and_a_gone_process():
+    started, done = threading.Event(), threading.Event()
+    tid = []
+
+    def body():
+        tid.append(threading.get_native_id())
+        started.set()
+        done.wait()
+
+    t = threading.Thread(target=body)
+    t.start()
+    try:
+        assert started.wait(scaled(30))
+        with pytest.raises(MptcpizeError, match=f"{tid[0]} is a thread of process {os.getpid()}, not a process"):
+            control.check_registrant(tid[0], Ucred(os.getppid(), 0, 0))
+    finally:
+        done.set()
+        t.join()
+    gone = subprocess.Popen(["true"])
+    gone.wait()   # reaped: its pid names no process (until the kernel hands it out again, pids apart)
+    with pytest.raises(MptcpizeError, match=f"register: no process {gone.pid}$"):
+        control.check_registrant(gone.pid, Ucred(os.getpid(), 0, 0))
 
 
 @pytest.mark.parametrize("pid", [True, False, "12", 1.0, None, 0, -1, (1 << 22) + 1, [1]])
