@@ -34,6 +34,14 @@ def test_one_version():
     assert m.group(1) == pyproject == __version__
 
 
+def test_every_python_directory_is_packaged():
+    # setuptools installs only the packages listed: a directory left out is missing from the wheel and
+    # the .deb (ModuleNotFoundError at the installed command's first import of it).
+    listed = set(tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    code = {".".join(p.parent.relative_to(REPO).parts) for p in (REPO / "mptcpize_py").rglob("*.py")}
+    assert code <= listed, sorted(code - listed)
+
+
 def test_depends_only_on_debian_packages_of_what_the_code_imports():
     control = (DEBIAN / "control").read_text()
     binary = control.split("\nPackage: mptcpize-py\n", 1)[1]
