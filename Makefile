@@ -52,12 +52,12 @@ test-systemd:
 deb:
 	bash scripts/deb.sh
 
-# Without the Debian package: the daemon's unit and the metrics service and timer, with ExecStart=
+# Without the Debian package: the daemon's unit (it writes its Prometheus textfile itself), with ExecStart=
 # pointing at $(VENV) instead of /usr/bin, and the (empty) policy directory; then `systemctl
 # daemon-reload` when systemd runs. DESTDIR= to stage them elsewhere. Start the daemon with
 # `systemctl enable --now mptcpize-py`. (The VENV's checkout must not be under /home or /root: the
 # unit has ProtectHome=yes.)
-UNITS := mptcpize-py.service mptcpize-py-metrics.service mptcpize-py-metrics.timer
+UNITS := mptcpize-py.service
 install-units:
 	install -d -m 0755 $(DESTDIR)/etc/systemd/system $(DESTDIR)/etc/mptcpize-py/policy.d
 	for u in $(UNITS); do \

@@ -65,6 +65,7 @@ HELP_WIDTH = 78   # argparse's own, in an 80-column terminal
 
 
 def _build_parser() -> "argparse.ArgumentParser":
+    from pathlib import Path
     _Parser = _parser_class()
     p = _Parser(prog=PROG, description="Make unmodified applications use Multipath TCP.",
                 epilog=f"'{PROG} COMMAND --help' describes each command, with examples.")
@@ -117,6 +118,12 @@ def _build_parser() -> "argparse.ArgumentParser":
     d.add_argument("--dry-run", action="store_true",
                    help="evaluate the policy at every socket() (syscall tracepoint, no hook or "
                         "trampoline needed) and report what would be upgraded; change nothing")
+    from mptcpize_py.locations import TEXTFILE_DIR
+    d.add_argument("--metrics-dir", metavar="DIR", default=TEXTFILE_DIR, type=Path,
+                   help="keep DIR/mptcpize.prom, the Prometheus metrics, for node_exporter's textfile "
+                        f"collector: every 15 s and on change (default {TEXTFILE_DIR}; nothing is "
+                        "written while DIR does not exist)")
+    d.add_argument("--no-metrics", action="store_true", help="write no metrics file")
 
     rs = _command(sub, "resync", "make the daemon re-resolve its policy now (used by the "
                                  "ExecStartPre= of units enabled with `enable`)",
@@ -326,7 +333,8 @@ def cmd_daemon(args) -> int:
         return 0
     logging.getLogger().setLevel(logging.DEBUG if logging.getLogger().level == logging.DEBUG
                                  else logging.INFO)
-    return service.run_daemon(policy_dir, dry_run=args.dry_run)
+    return service.run_daemon(policy_dir, dry_run=args.dry_run,
+                              metrics_dir=None if args.no_metrics else args.metrics_dir)
 
 
 def _daemon_status() -> "DaemonStatus":

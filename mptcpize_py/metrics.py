@@ -1,27 +1,26 @@
 """Prometheus text exposition format (version 0.0.4) for node_exporter's textfile collector.
 
 `render()` is pure: the daemon's status (status.DaemonStatus) and the connection view (diag.view) in,
-text out. `metrics --output` replaces the file the way the textfile collector needs
-(host.files.write_atomic): it reads every `*.prom` file of its directory at each scrape, so a
-half-written file never carries that name.
+text out. The daemon writes it (without the connection view, which its sandbox cannot read) to its
+textfile (daemon/textfile.py); `metrics [--output FILE]` prints it, with the connection view, on demand.
+Files are replaced the way the textfile collector needs (host.files.write_atomic): it reads every
+`*.prom` file of its directory at each scrape, so a half-written file never carries that name.
 
 Label values come from executable paths, unit names, cgroup paths and rule names, all of which other
 users choose: they are escaped per the format (backslash, double quote, line feed) after any byte that is
 not UTF-8 is spelled `\\xNN`, so no value can end a label, a line or the file's encoding.
 
-Counter semantics: the host-wide total and the per-rule counts are the kernel's exact counters. The
-per-unit sums (and the per-rule count of `run` trees) come from the kernel's per-process table, which
-forgets the oldest processes when full (an LRU of 16384 entries); such a sum can then go down, which
-Prometheus reads as a counter reset.
-"""
+Counter semantics: every `_total` only grows while the daemon runs (a restart starts them again, which
+Prometheus reads as a counter reset). The host-wide total is the kernel's exact counter. The per-rule
+and per-unit sums are the daemon's (status.rule_upgrades, unit_upgrades; daemon/tally.py): per rule
+identity across reloads, and keeping the counts of processes the kernel's per-process LRU forgot.
 
-from collections import defaultdict
-from pathlib import Path
+Label values are stable across edits of the policy: a rule is `file` (its policy file's base name) and
+`rule` (its `name`, else what it matches, `exe=/usr/bin/iperf3`), not its line or position.
+"""
 
 from mptcpize_py.display import utf8_text
 from mptcpize_py.status import DaemonStatus
-
-DEFAULT_TEXTFILE = Path("/var/lib/prometheus/node-exporter/mptcpize.prom")
 
 
 def escape_label(value: object) -> str:
@@ -61,6 +60,10 @@ def render(status: DaemonStatus | None, view: dict | None = None) -> str:
              [({}, 1 if status is not None else 0)])
     if status is None:
         return w.text()
+    if status.version is not None:
+        w.family("mptcpize_build_info", "gauge",
+                 "Always 1; the running daemon's mptcpize-py version as a label.",
+                 [({"version": status.version}, 1)])
     w.family("mptcpize_dry_run", "gauge",
              "1 when the daemon runs with --dry-run: its counts are sockets that would have been upgraded.",
              [({}, 1 if status.dry_run else 0)])
@@ -73,16 +76,14 @@ def render(status: DaemonStatus | None, view: dict | None = None) -> str:
              [({"reason": k}, v) for k, v in sorted(totals.items())
               if k not in ("upgraded", "events_dropped")])
     w.family("mptcpize_upgrades_total", "counter",
-             "Sockets upgraded, per allow rule of the policy (exact kernel counter); rule=\"run\": "
-             "processes of `mptcpize-py run` trees served by the daemon.",
-             [({"rule": k}, v) for k, v in sorted(_per_rule(status).items())])
-    per_unit: dict[str, int] = defaultdict(int)
-    for r in rows:
-        if r.unit:
-            per_unit[r.unit] += r.upgraded
+             "Sockets upgraded, per allow rule: file (policy file) and rule (its name, else KIND=VALUE), "
+             "summed across reloads; rule=\"run\" without file: `mptcpize-py run` trees served by "
+             "the daemon.",
+             [(_rule_labels(c.file, c.rule), c.upgraded) for c in status.rule_upgrades])
     w.family("mptcpize_unit_upgrades_total", "counter",
-             "Sockets upgraded, per systemd unit (sum over the processes the daemon tracks).",
-             [({"unit": k}, v) for k, v in sorted(per_unit.items())])
+             "Sockets upgraded, per systemd unit, including processes that exited or that the kernel's "
+             "per-process table forgot.",
+             [({"unit": k}, v) for k, v in sorted(status.unit_upgrades.items())])
     alive = sum(1 for r in rows if r.alive)
     w.family("mptcpize_upgraded_processes", "gauge",
              "Processes with upgraded sockets that the daemon tracks, alive or exited.",
@@ -90,29 +91,18 @@ def render(status: DaemonStatus | None, view: dict | None = None) -> str:
     w.family("mptcpize_events_dropped_total", "counter",
              "Upgrade events the kernel could not hand to the daemon (ring buffer full).",
              [({}, status.events_dropped)])
+    w.family("mptcpize_policy_reloads_total", "counter",
+             "Policy reloads (SIGHUP, a change in the policy directory), by result: failure keeps "
+             "the last good policy.",
+             [({"result": "success"}, status.policy.reloads),
+              ({"result": "failure"}, status.policy.failed_reloads)])
     if view is not None:
         _connection_families(w, view)
     return w.text()
 
 
-def _per_rule(status: DaemonStatus) -> dict[str, int]:
-    """{rule description: sockets upgraded}: the kernel's exact per-rule counters
-    (status.policy.rules[i].upgraded) for allow rules; run trees have no rule, they are summed from
-    their processes' rows. A policy without rules (e.g. its directory is gone) leaves only rows,
-    summed by the rule they were upgraded under."""
-    rules, rows = status.policy.rules, status.processes
-    out: dict[str, int] = defaultdict(int)
-    if rules:
-        for r in rules:
-            if r.action == "allow":
-                out[r.description] += r.upgraded
-        for row in rows:
-            if row.kind == "run":
-                out["run"] += row.upgraded
-    else:
-        for row in rows:
-            out[row.rule] += row.upgraded
-    return dict(out)
+def _rule_labels(file: str | None, rule: str) -> dict[str, object]:
+    return {"rule": rule} if file is None else {"file": file, "rule": rule}
 
 
 def _connection_families(w: _Writer, view: dict) -> None:

@@ -8,7 +8,7 @@ does not know are ignored: a newer daemon may add some.
 """
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from mptcpize_py.errors import MptcpizeError
@@ -130,6 +130,23 @@ class PathsStatus:
 
 
 @dataclass(frozen=True)
+class RuleCount:
+    """Sockets upgraded under one rule identity (policy.Rule.series) since the daemon started, summed
+    over every policy it ran (a reload renumbers rule ids; the identity stays): never decreases."""
+    file: str | None        # the policy file's base name; None for `run` trees served by the daemon
+    rule: str               # the rule's name, else `KIND=VALUE`; "run" for run trees
+    upgraded: int
+
+    def to_json_dict(self) -> dict[str, Any]:
+        return {"file": self.file, "rule": self.rule, "upgraded": self.upgraded}
+
+    @classmethod
+    def from_json_dict(cls, d: object, where: str = "rule_upgrades") -> "RuleCount":
+        f = _Fields(d, where)
+        return cls(file=f.opt_text("file"), rule=f.text("rule"), upgraded=f.integer("upgraded"))
+
+
+@dataclass(frozen=True)
 class DaemonStatus:
     backend: str            # "bpf" | "dry-run"
     dry_run: bool
@@ -140,12 +157,19 @@ class DaemonStatus:
     processes: tuple[ProcessRow, ...]
     events_dropped: int
     paths: tuple[PathsStatus, ...] = ()   # empty: no [paths] table
+    version: str | None = None            # the daemon's mptcpize-py version (None: an older daemon)
+    # Monotonic sums for metrics counters (the kernel's per-rule counters are by rule id, which a
+    # reload renumbers; its per-process table is an LRU that forgets): kept by the daemon.
+    rule_upgrades: tuple[RuleCount, ...] = ()
+    unit_upgrades: dict[str, int] = field(default_factory=dict)   # unit -> sockets upgraded
 
     def to_json_dict(self) -> dict[str, Any]:
         return {"backend": self.backend, "dry_run": self.dry_run, "pid": self.pid,
                 "uptime_s": self.uptime_s, "policy": self.policy.to_json_dict(),
                 "totals": dict(self.totals), "processes": [p.to_json_dict() for p in self.processes],
-                "events_dropped": self.events_dropped, "paths": [p.to_json_dict() for p in self.paths]}
+                "events_dropped": self.events_dropped, "paths": [p.to_json_dict() for p in self.paths],
+                "version": self.version, "rule_upgrades": [r.to_json_dict() for r in self.rule_upgrades],
+                "unit_upgrades": dict(self.unit_upgrades)}
 
     @classmethod
     def from_json_dict(cls, d: object) -> "DaemonStatus":
@@ -155,7 +179,11 @@ class DaemonStatus:
                    uptime_s=f.number("uptime_s"), policy=f.obj("policy", PolicyStatus.from_json_dict),
                    totals=f.counters("totals"), processes=f.array("processes", ProcessRow.from_json_dict),
                    events_dropped=f.integer("events_dropped"),
-                   paths=f.array("paths", PathsStatus.from_json_dict) if "paths" in f.d else ())
+                   paths=f.array("paths", PathsStatus.from_json_dict) if "paths" in f.d else (),
+                   version=f.opt_text("version") if "version" in f.d else None,
+                   rule_upgrades=(f.array("rule_upgrades", RuleCount.from_json_dict)
+                                  if "rule_upgrades" in f.d else ()),
+                   unit_upgrades=f.counters("unit_upgrades") if "unit_upgrades" in f.d else {})
 
 
 # ---------------------------------------------------------------------------------------------------

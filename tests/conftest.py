@@ -71,6 +71,8 @@ def start_daemon(policy_dir, control_path, log_file, log_path, *extra_args, envi
     from mptcpize_py.daemon import client
     from mptcpize_py.errors import MptcpizeError
     env = cli_env(dict(environ or os.environ, MPTCPIZE_CONTROL=str(control_path)))
+    if not {"--metrics-dir", "--no-metrics"} & set(extra_args):
+        extra_args = (*extra_args, "--no-metrics")   # never the host's node_exporter directory
     proc = subprocess.Popen([*CLI, "daemon", *extra_args, "--policy-dir", str(policy_dir)],
                             stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT, env=env)
 

@@ -40,9 +40,11 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from mptcpize_py import abi
+from mptcpize_py import __version__, abi, metrics
 from mptcpize_py.daemon import client, control
 from mptcpize_py.daemon.records import ProcRecord, alive, learn
+from mptcpize_py.daemon.tally import ProcessTally, RuleTally, Seen
+from mptcpize_py.daemon.textfile import TextFile
 from mptcpize_py.display import escaped
 from mptcpize_py.errors import MptcpizeError
 from mptcpize_py.host import procfs, systemd
@@ -57,7 +59,7 @@ from mptcpize_py.policy import (
 )
 from mptcpize_py.program.handle import ProgramHandle
 from mptcpize_py.resolve import Resolved, resolve_policy
-from mptcpize_py.status import DaemonStatus, PolicyStatus, ProcessRow, RuleStatus
+from mptcpize_py.status import DaemonStatus, PolicyStatus, ProcessRow, RuleCount, RuleStatus
 
 RESYNC_INTERVAL = 2.0
 POLL_MS = 200
@@ -111,9 +113,10 @@ class Daemon:
     def __init__(self, policy_dir: Path = DEFAULT_POLICY_DIR, path: Path | None = None,
                  resync_interval: float = RESYNC_INTERVAL, *, owner_uid: int = 0,
                  rewriter_factory: Callable[[], ProgramHandle] | None = None, serve: bool = True,
-                 dry_run: bool = False):
+                 dry_run: bool = False, metrics_dir: Path | None = None):
         """owner_uid, rewriter_factory (() -> a rewriter.Rewriter look-alike) and serve=False are for tests
-        that drive the daemon's logic without BPF or a control socket."""
+        that drive the daemon's logic without BPF or a control socket. metrics_dir: where to keep
+        the textfile collector's mptcpize.prom (None: nowhere)."""
         self.policy_dir = Path(policy_dir)
         self.owner_uid = owner_uid
         self.rewriter_factory = rewriter_factory
@@ -141,6 +144,10 @@ class Daemon:
         self._next_run_id = 1
         self._runs: dict[int, int] = {}      # run id -> registered pid
         self.paths = PathManager(self.path.parent)   # [paths]: endpoints, beside the control socket
+        self.textfile = TextFile(metrics_dir)
+        self._tally_lock = threading.Lock()   # the tallies: status() runs in the control thread too
+        self._rule_tally = RuleTally()
+        self._proc_tally = ProcessTally()
 
     # --- lifecycle -------------------------------------------------------------------------------
     def start(self) -> None:
@@ -156,6 +163,7 @@ class Daemon:
         try:
             self.rw.set_selection(*resolved.selection())
             self.policy, self.resolved = policy, resolved
+            self._switch_rule_tally(policy)
             self._refresh_netns_mptcp()
             self.rw.open_events(self._on_event)
             if self.serve:
@@ -170,6 +178,7 @@ class Daemon:
                  " as a DRY RUN (syscalls:sys_enter_socket tracepoint: reports what would be "
                  "upgraded, changes no socket)" if self.dry_run else "", policy.summary(), self.path)
         self._log_resolution(resolved)
+        self.write_metrics(time.monotonic())
         self.notifier.ready(self.status_line())
 
     def status_line(self) -> str:
@@ -228,6 +237,12 @@ class Daemon:
                     self.notifier.status(self.status_line())
             except Exception:  # a bug or an odd filesystem must not stop the upgrades: log, go on
                 log.exception("policy sync failed; keeping the current selection")
+            now = time.monotonic()
+            if self.textfile.due(now):
+                try:
+                    self.write_metrics(now)
+                except Exception:   # neither may a metrics bug
+                    log.exception("metrics: writing the textfile failed")
             # The watchdog vouches for this loop: events read, policy kept in sync.
             if wd and time.monotonic() >= next_ping:
                 self.notifier.watchdog()
@@ -235,6 +250,11 @@ class Daemon:
         self.notifier.stopping()
         self.rw.drain_events()
         log.info("stopping: detaching the program (new sockets are plain TCP)")
+        # A stopped daemon says so, rather than leaving its last counts to look current.
+        self.textfile.write(time.monotonic(), lambda: metrics.render(None))
+
+    def write_metrics(self, now: float) -> None:
+        self.textfile.write(now, lambda: metrics.render(self.status()))
 
     # --- policy ----------------------------------------------------------------------------------
     def reload(self, why: str) -> bool:
@@ -254,6 +274,7 @@ class Daemon:
                 policy, resolved = load_and_resolve(self.policy_dir, self.owner_uid)
         except PolicyError as e:
             self.failed_reloads += 1
+            self.textfile.changed()
             for line in e.errors:
                 log.error("reload (%s) refused: %s", why, line)
             log.error("reload refused: keeping the last good policy (%s)", self.policy.summary())
@@ -261,11 +282,24 @@ class Daemon:
         self.rw.set_selection(*resolved.selection())
         with self._lock:
             self.policy, self.resolved = policy, resolved
+        self._switch_rule_tally(policy)
         self.reloads += 1
+        self.textfile.changed()
         log.info("reloaded (%s): %s", why, policy.summary())
         self._log_resolution(resolved)
         self._apply_paths(policy)
         return True
+
+    def _rule_stats_by_id(self) -> dict[int, int]:
+        per_rule: dict[int, int] = {}
+        for (_kind, rule_id), n in self.rw.rule_stats().items():
+            per_rule[rule_id] = per_rule.get(rule_id, 0) + n
+        return per_rule
+
+    def _switch_rule_tally(self, policy: Policy) -> None:
+        """The new policy's rule ids count from here (ids follow the rules' order: a reload renumbers)."""
+        with self._tally_lock:
+            self._rule_tally.switch({r.id: r.series for r in policy.allow}, self._rule_stats_by_id())
 
     def _apply_paths(self, policy: Policy) -> None:
         """The [paths] table: netlink only, so it works whatever the program could attach to."""
@@ -366,10 +400,13 @@ class Daemon:
         where = f"unit={escaped(rec.unit)}" if rec.unit else f"cgroup={escaped(rec.cgroup or '?')}"
         fields = systemd.fields(pid=ev.tgid, exe=rec.exe, comm=ev.comm, rule=rec.rule,
                                 rule_id=ev.rule_id, kind=ev.kind, unit=rec.unit, cgroup=rec.cgroup,
-                                netns=ev.netns)
+                                netns=ev.netns, about_pid=ev.tgid,
+                                message_id=(systemd.MESSAGE_ID_WOULD_UPGRADE if self.dry_run
+                                            else systemd.MESSAGE_ID_UPGRADED))
         log.info("%s pid=%d exe=%s rule=%s %s", self.verb, ev.tgid,
                  escaped(rec.exe) if rec.exe else f"?({escaped(ev.comm)})", escaped(rec.rule), where,
                  extra=fields)
+        self.textfile.changed()
 
     def _prune(self) -> None:
         """Forgets records of dead processes when there are many: those the kernel's LRU forgot
@@ -460,11 +497,19 @@ class Daemon:
         with self._lock:
             policy, resolved, procs = self.policy, self.resolved, dict(self._procs)
         counters = self.rw.counters()
-        per_rule: dict[int, int] = {}
-        for (_kind, rule_id), n in self.rw.rule_stats().items():
-            per_rule[rule_id] = per_rule.get(rule_id, 0) + n
         rows = []
-        for st in sorted(self.rw.proc_stats(), key=lambda s: (s.tgid, s.start_ns)):
+        with self._tally_lock:   # one reading of the kernel's tables for the rows and the tallies
+            per_rule = self._rule_stats_by_id()
+            stats = sorted(self.rw.proc_stats(), key=lambda s: (s.tgid, s.start_ns))
+            by_series = self._rule_tally.counts(per_rule)
+            per_unit, run = self._proc_tally.observe(
+                ((s.tgid, s.start_ns), Seen(procs[(s.tgid, s.start_ns)].unit
+                                            if (s.tgid, s.start_ns) in procs else None,
+                                            s.kind == "run", s.upgraded)) for s in stats)
+        rule_upgrades = [RuleCount(f, r, n) for (f, r), n in sorted(by_series.items())]
+        if run or any(s.kind == "run" for s in stats):
+            rule_upgrades.append(RuleCount(None, "run", run))
+        for st in stats:
             rec = procs.get((st.tgid, st.start_ns))
             rows.append(ProcessRow(
                 pid=st.tgid,
@@ -500,6 +545,9 @@ class Daemon:
             processes=tuple(rows),
             events_dropped=counters.get("events_dropped", 0),
             paths=tuple(self.paths.statuses()),
+            version=__version__,
+            rule_upgrades=tuple(rule_upgrades),
+            unit_upgrades=per_unit,
         )
 
     def status_request(self, _req=None, _peer=None) -> dict:
@@ -512,9 +560,10 @@ def check(policy_dir: Path) -> tuple[Policy, Resolved]:
     return load_and_resolve(Path(policy_dir))
 
 
-def run_daemon(policy_dir: Path = DEFAULT_POLICY_DIR, dry_run: bool = False) -> int:
+def run_daemon(policy_dir: Path = DEFAULT_POLICY_DIR, dry_run: bool = False,
+               metrics_dir: Path | None = None) -> int:
     systemd.use_journal_if_under_systemd()
-    d = Daemon(policy_dir, dry_run=dry_run)
+    d = Daemon(policy_dir, dry_run=dry_run, metrics_dir=metrics_dir)
     d.install_signals()
     d.start()
     try:

@@ -76,17 +76,19 @@ def fsync_dir(d: Path) -> None:
         os.close(fd)
 
 
-def write_atomic(path: str | Path, text: str, mode: int = 0o644) -> None:
+def write_atomic(path: str | Path, text: str, mode: int = 0o644, durable: bool = True) -> None:
     """Replaces `path` with `text` at once: a hidden temporary file in the same directory (neither
     systemd, the policy loader nor a textfile collector reads it half-written), fsync, rename over
-    `path`, fsync the directory. Raises OSError."""
+    `path`, fsync the directory. durable=False skips both fsyncs (a file rewritten every few seconds
+    whose loss in a crash costs nothing, e.g. the metrics). Raises OSError."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         try:
             os.fchmod(fd, mode)  # mkstemp makes 0600; the umask must not narrow what readers need
             os.write(fd, text.encode())
-            os.fsync(fd)
+            if durable:
+                os.fsync(fd)
         finally:
             os.close(fd)
         os.replace(tmp, path)
@@ -96,7 +98,8 @@ def write_atomic(path: str | Path, text: str, mode: int = 0o644) -> None:
         except OSError:
             pass
         raise
-    fsync_dir(path.parent)
+    if durable:
+        fsync_dir(path.parent)
 
 
 def remove_durably(path: Path) -> None:

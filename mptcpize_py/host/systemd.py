@@ -14,6 +14,7 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 
 from mptcpize_py.errors import MptcpizeError, Unavailable
 
@@ -432,18 +433,41 @@ def use_journal_if_under_systemd() -> bool:
     root = logging.getLogger()
     for h in list(root.handlers):
         root.removeHandler(h)
-    handler = journal.JournalHandler(SYSLOG_IDENTIFIER=IDENTIFIER)
-    handler.setFormatter(logging.Formatter("%(message)s"))
-    root.addHandler(handler)
+    root.addHandler(journal_handler())
     return True
 
 
-def fields(**values) -> dict:
+def journal_handler(sender: Callable[..., None] | None = None) -> logging.Handler:
+    """python-systemd's handler: a record's upper-case `extra=` keys become journald fields.
+    `sender` replaces journal.send (tests read what would be sent)."""
+    _, journal = _systemd()
+    if journal is None:
+        raise RuntimeError("python3-systemd is not importable")
+    kw = {"sender_function": sender} if sender is not None else {}
+    handler = journal.JournalHandler(SYSLOG_IDENTIFIER=IDENTIFIER, **kw)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    return handler
+
+
+# MESSAGE_ID= of the daemon's first-upgrade record of a process, and of its dry-run twin: generated
+# once (uuid4), never to change, since `journalctl MESSAGE_ID=…` queries and alerts name them.
+MESSAGE_ID_UPGRADED = "39e237fede894f41a4c1d1b9f9400edc"
+MESSAGE_ID_WOULD_UPGRADE = "0cb857eea7b74d349683fc4de366db10"
+
+
+def fields(*, about_pid: int | None = None, message_id: str | None = None, **values) -> dict:
     """`extra=` for a log call: journald fields MPTCPIZE_<NAME>=value (None values left out), exact:
     a name holding bytes that are not UTF-8 (os.readlink()'s lone surrogates) goes as its bytes, which
     journald keeps and python-systemd sends (a str with a surrogate, it refuses: the record is lost).
-    The stderr formatter ignores them."""
-    return {f"MPTCPIZE_{k.upper()}": _field_value(v) for k, v in values.items() if v is not None}
+    about_pid: the record is about that process: OBJECT_PID=, from which journald (for a root sender)
+    adds the process's OBJECT_SYSTEMD_UNIT=, OBJECT_EXE=, OBJECT_COMM=… (`journalctl
+    OBJECT_SYSTEMD_UNIT=nginx.service`). The stderr formatter ignores them all."""
+    out: dict = {f"MPTCPIZE_{k.upper()}": _field_value(v) for k, v in values.items() if v is not None}
+    if about_pid is not None:
+        out["OBJECT_PID"] = str(about_pid)
+    if message_id is not None:
+        out["MESSAGE_ID"] = message_id
+    return out
 
 
 def _field_value(v) -> str | bytes:

@@ -36,6 +36,13 @@ class Rule:
         label = f' "{self.name}"' if self.name else ""
         return f"{self.action} {self.kind}={self.value}{label} ({Path(self.source_file).name}:{self.line})"
 
+    @property
+    def series(self) -> tuple[str, str]:
+        """(file, rule): the rule's identity in metrics, which editing other lines does not change
+        (its description holds its line, its id its position in the policy): the policy file's base
+        name and the rule's own `name`, else what it matches (`exe=/usr/bin/iperf3`)."""
+        return Path(self.source_file).name, self.name or f"{self.kind}={self.value}"
+
 
 @dataclass(frozen=True)
 class NetnsSelection:

@@ -8,6 +8,7 @@ import os
 import re
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 
@@ -63,9 +64,11 @@ exe = "{bins['denied']}"
     log = open(log_path, "w")
     proc = None
     try:
-        proc = start_daemon(policy_dir, control, log, log_path, "--dry-run")
+        metrics_dir = base / "textfile"
+        metrics_dir.mkdir()
+        proc = start_daemon(policy_dir, control, log, log_path, "--dry-run", "--metrics-dir", str(metrics_dir))
         yield {"bins": bins, "env": environ, "log": log_path, "cgroup": cgroup, "proc": proc,
-               "policy_dir": policy_dir}
+               "policy_dir": policy_dir, "prom": metrics_dir / "mptcpize.prom"}
     finally:
         if proc is not None:
             proc.terminate()
@@ -356,3 +359,39 @@ def test_status_into_a_pipe_whose_reader_went_away_ends_quietly(dry):
                            capture_output=True, text=True, env=cli_env(dry["env"]), timeout=scaled(60))
     assert shell.returncode in (0, 128 + signal.SIGPIPE) and shell.stderr == "", shell.stderr
     assert len(shell.stdout.splitlines()) == 1
+
+
+def prom_samples(dry) -> dict:
+    from prometheus_client.parser import text_string_to_metric_families
+    return {(f.name, frozenset(s.labels.items())): s.value
+            for f in text_string_to_metric_families(dry["prom"].read_text()) for s in f.samples}
+
+
+def test_the_daemon_keeps_its_metrics_file_under_stable_labels(dry):
+    """The daemon's own textfile: what `status` counts for the selected exe's rule, under labels that an
+    edit of the policy (a line added above the rule: a reload, new line numbers) does not change."""
+    from mptcpize_py import __version__
+    series = ("mptcpize_upgrades", frozenset({("file", "10-dry.toml"),
+                                              ("rule", f"exe={dry['bins']['selected']}")}))
+    pid, _ = run_probe(dry["bins"]["selected"])
+    wait_rows(dry, [pid])
+
+    def counted(at_least: float) -> dict | None:
+        s = prom_samples(dry) if dry["prom"].exists() else {}
+        return s if s.get(series, 0) >= at_least else None
+
+    s = wait_for(lambda: counted(1), "the metrics file to count the selected exe's rule", interval=0.2,
+                 details=lambda: dry["prom"].read_text() if dry["prom"].exists() else "no file")
+    assert s[("mptcpize_build_info", frozenset({("version", __version__)}))] == 1
+    assert s[("mptcpize_dry_run", frozenset())] == 1
+    assert stat.S_IMODE(os.stat(dry["prom"]).st_mode) == 0o644
+    before, reloads = s[series], s[("mptcpize_policy_reloads", frozenset({("result", "success")}))]
+    policy = dry["policy_dir"] / "10-dry.toml"
+    policy.write_text("# a comment: every rule moves down a line\n" + policy.read_text())
+    wait_for(lambda: (prom_samples(dry).get(("mptcpize_policy_reloads",
+                                              frozenset({("result", "success")}))) or 0) > reloads,
+             "the daemon to reload the edited policy", interval=0.2)
+    pid, _ = run_probe(dry["bins"]["selected"])
+    wait_rows(dry, [pid])
+    wait_for(lambda: counted(before + 1), "the same series to count one more socket", interval=0.2,
+             details=lambda: dry["prom"].read_text())

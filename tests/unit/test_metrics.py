@@ -10,6 +10,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from mptcpize_py import metrics
 from mptcpize_py.host import files
+from mptcpize_py.status import RuleCount
 from tests.conftest import mptcpize
 from tests.unit.status_builder import counters, daemon_status, policy, process, rule
 
@@ -57,12 +58,16 @@ def test_render_parses_and_counts_match_the_status():
     assert value(fams, "mptcpize_dry_run") == 0
     assert value(fams, "mptcpize_upgraded_sockets") == 507          # the parser drops _total
     assert value(fams, "mptcpize_not_upgraded", reason="denied") == 3
-    # Per rule: the exact counters (not the 503 its tracked processes add up to); deny rules upgrade
-    # nothing and are left out; run trees are one series.
+    # Per rule: the exact counters (not the 503 its tracked processes add up to), labelled by file and
+    # the rule's name, else what it matches (no line: editing other lines keeps the series); deny
+    # rules upgrade nothing and are left out; run trees are one series, without a file.
     assert fams["mptcpize_upgrades"] == {
-        frozenset({("rule", 'allow exe=/usr/bin/iperf3 "perf" (10-a.toml:2)')}): 600,
-        frozenset({("rule", f"allow exe={HOSTILE_EXE} (10-a.toml:5)".replace("\udcff", "\\xff"))}): 4,
+        frozenset({("file", "10-a.toml"), ("rule", "perf")}): 600,
+        frozenset({("file", "10-a.toml"), ("rule", f"exe={HOSTILE_EXE}".replace("\udcff", "\\xff"))}): 4,
         frozenset({("rule", "run")}): 2}
+    assert value(fams, "mptcpize_build_info", version="0.1.0") == 1
+    assert value(fams, "mptcpize_policy_reloads", result="success") == 0
+    assert value(fams, "mptcpize_policy_reloads", result="failure") == 0
     assert value(fams, "mptcpize_unit_upgrades", unit="iperf3.service") == 500
     assert value(fams, "mptcpize_events_dropped") == 2
     assert value(fams, "mptcpize_upgraded_processes", alive="true") == 3
@@ -87,7 +92,7 @@ def test_hostile_label_values_round_trip():
     fams = parse(text)
     rules = {dict(k)["rule"] for k in fams["mptcpize_upgrades"]}
     # The non-UTF-8 byte comes back as the text \xff; everything else exactly.
-    assert f"allow exe={HOSTILE_EXE} (10-a.toml:5)".replace("\udcff", "\\xff") in rules
+    assert f"exe={HOSTILE_EXE}".replace("\udcff", "\\xff") in rules
     units = {dict(k)["unit"] for k in fams["mptcpize_unit_upgrades"]}
     assert units == {"iperf3.service", HOSTILE_UNIT}
 
@@ -100,11 +105,24 @@ def test_escape_label(raw, escaped):
     assert metrics.escape_label(raw) == escaped
 
 
-def test_per_rule_without_rules_sums_the_rows():
-    # A policy directory that is gone: no rules, only the processes upgraded under the last ones.
-    fams = parse(metrics.render(dataclasses.replace(STATUS, policy=policy())))
-    assert value(fams, "mptcpize_upgrades", rule='allow exe=/usr/bin/iperf3 "perf" (10-a.toml:2)') == 503
-    assert sum(fams["mptcpize_upgrades"].values()) == sum(p.upgraded for p in STATUS.processes)
+def test_the_daemons_sums_not_the_rows():
+    # The per-rule and per-unit counters are the daemon's monotonic sums (rules of earlier policies,
+    # processes the kernel's LRU forgot), not what the rows still add up to.
+    st = dataclasses.replace(STATUS, policy=policy(reloads=4, failed_reloads=2),
+                             rule_upgrades=(RuleCount("10-a.toml", "perf", 900), RuleCount(None, "run", 7)),
+                             unit_upgrades={"iperf3.service": 800, "gone.service": 5})
+    fams = parse(metrics.render(st))
+    assert fams["mptcpize_upgrades"] == {frozenset({("file", "10-a.toml"), ("rule", "perf")}): 900,
+                                         frozenset({("rule", "run")}): 7}
+    assert fams["mptcpize_unit_upgrades"] == {frozenset({("unit", "iperf3.service")}): 800,
+                                              frozenset({("unit", "gone.service")}): 5}
+    assert value(fams, "mptcpize_policy_reloads", result="success") == 4
+    assert value(fams, "mptcpize_policy_reloads", result="failure") == 2
+
+
+def test_an_older_daemon_has_no_build_info():
+    fams = parse(metrics.render(dataclasses.replace(STATUS, version=None)))
+    assert "mptcpize_build_info" not in fams and value(fams, "mptcpize_daemon_up") == 1
 
 
 def test_no_daemon_only_says_so():

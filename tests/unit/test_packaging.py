@@ -17,7 +17,7 @@ from mptcpize_py import __version__, enable
 from tests.conftest import REPO
 
 DEBIAN = REPO / "debian"
-UNITS = ("mptcpize-py.service", "mptcpize-py-metrics.service", "mptcpize-py-metrics.timer")
+UNITS = ("mptcpize-py.service",)
 SERVICES = [u for u in UNITS if u.endswith(".service")]
 
 

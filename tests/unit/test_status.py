@@ -44,13 +44,24 @@ def test_wire_keys():
     # The control protocol and `status --json`: these names are an interface.
     d = STATUS.to_json_dict()
     assert list(d) == ["backend", "dry_run", "pid", "uptime_s", "policy", "totals", "processes",
-                       "events_dropped", "paths"]
+                       "events_dropped", "paths", "version", "rule_upgrades", "unit_upgrades"]
     assert list(d["policy"]) == ["dir", "summary", "files", "rules", "pending", "problems", "reloads",
                                  "failed_reloads"]
     assert list(d["policy"]["rules"][0]) == ["id", "description", "action", "kind", "value", "target",
                                              "upgraded"]
     assert list(d["processes"][0]) == ["pid", "start_ns", "exe", "rule", "rule_id", "kind", "unit",
                                        "cgroup", "upgraded", "alive"]
+    assert list(d["rule_upgrades"][0]) == ["file", "rule", "upgraded"]
+
+
+def test_an_older_daemons_answer_still_parses():
+    # A daemon of the previous version (still running during a package upgrade) sends none of the
+    # metrics sums: the client parses it, with empty sums.
+    d = wire(STATUS)
+    for key in ("version", "rule_upgrades", "unit_upgrades"):
+        del d[key]
+    st = DaemonStatus.from_json_dict(d)
+    assert st.version is None and st.rule_upgrades == () and st.unit_upgrades == {}
 
 
 def test_unknown_keys_are_ignored():
