@@ -1,7 +1,11 @@
+import atexit
+import functools
 import os
 import shutil
+import stat
 import subprocess
 import sys
+import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -22,10 +26,32 @@ CHECKOUT_PYTHON = (PYTHON, "-P")
 CLI = (*CHECKOUT_PYTHON, "-m", "mptcpize_py")
 
 
-def cli_env(env: Mapping[str, str] | None = None) -> dict[str, str]:
-    """env (default os.environ) with REPO first on PYTHONPATH, so that CLI imports this checkout."""
+def _others_can_enter(path: Path) -> bool:
+    return all(os.stat(d).st_mode & stat.S_IXOTH for d in (*reversed(path.parents), path))
+
+
+@functools.cache
+def code_any_user_can_import() -> Path:
+    """A directory holding this checkout's mptcpize_py that any user can import from, for tests that run
+    the CLI as another user: REPO itself, or, when others cannot enter it (a clone under /root, mode
+    0700, where users clone), a copy of the package in a world-readable temporary directory, removed at
+    exit."""
+    if _others_can_enter(REPO):
+        return REPO
+    d = Path(tempfile.mkdtemp(prefix="mptcpize-code-"))
+    atexit.register(shutil.rmtree, d, ignore_errors=True)
+    shutil.copytree(REPO / "mptcpize_py", d / "mptcpize_py", ignore=shutil.ignore_patterns("__pycache__"))
+    for p in (d, *d.rglob("*")):
+        os.chmod(p, 0o755 if p.is_dir() else 0o644)
+    return d
+
+
+def cli_env(env: Mapping[str, str] | None = None, any_user: bool = False) -> dict[str, str]:
+    """env (default os.environ) with REPO first on PYTHONPATH, so that CLI imports this checkout.
+    any_user: for a CLI run as another user (code_any_user_can_import())."""
     out = dict(os.environ if env is None else env)
-    out["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), out.get("PYTHONPATH")) if p)
+    code = code_any_user_can_import() if any_user else REPO
+    out["PYTHONPATH"] = os.pathsep.join(p for p in (str(code), out.get("PYTHONPATH")) if p)
     return out
 
 

@@ -509,7 +509,8 @@ print("served")
 
 def as_nobody(path: Path) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-c", CLIENT, str(path)], user=NOBODY, group=NOBODY,
-                          extra_groups=[], capture_output=True, text=True, timeout=scaled(30))
+                          extra_groups=[], capture_output=True, text=True, timeout=scaled(30),
+                          env=cli_env(any_user=True), cwd="/")
 
 
 @pytest.fixture

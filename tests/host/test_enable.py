@@ -138,7 +138,7 @@ def test_non_root_gets_77(verb):
     before = etc_snapshot()
     proc = subprocess.run([setpriv, "--reuid=65534", "--regid=65534", "--clear-groups", *CLI, verb,
                            "nginx.service"], capture_output=True, text=True, timeout=scaled(120), cwd="/",
-                          env=cli_env())
+                          env=cli_env(any_user=True))
     one_error(proc, 77, "need root")
     assert etc_snapshot() == before
 

@@ -40,6 +40,10 @@ def namespace():
     subprocess.run(["ip", "netns", "del", NS], capture_output=True)
     ip("netns", "add", NS)
     try:
+        # No duplicate address detection: a link-local address would otherwise be read "tentative" by
+        # one reader and not by the next, a few ms later.
+        subprocess.run(["ip", "netns", "exec", NS, "sysctl", "-qw", "net.ipv6.conf.all.accept_dad=0",
+                        "net.ipv6.conf.default.accept_dad=0"], check=True, timeout=scaled(30))
         ip("-n", NS, "link", "add", "mzn0", "type", "veth", "peer", "name", "mzn1")
         for dev in ("lo", "mzn0", "mzn1"):
             ip("-n", NS, "link", "set", dev, "up")

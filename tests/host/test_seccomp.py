@@ -450,7 +450,7 @@ def test_unprivileged_run_setuid_program_runs_unprivileged_and_is_named(setuid_b
     # without its setuid privilege, and the run says so. Sockets are still upgraded.
     r = subprocess.run([*NOBODY, *CLI, "run", "--backend", "seccomp", "sh", "-c",
                         f"{setuid_binary}; {PYTHON} -c '{SO_PROTOCOL_PY}'"],
-                       capture_output=True, text=True, timeout=scaled(30), env=cli_env())
+                       capture_output=True, text=True, timeout=scaled(30), env=cli_env(any_user=True))
     assert r.returncode == 0, r.stderr
     assert r.stdout.split() == ["65534", "65534", "262"]
     assert setuid_binary in r.stderr and "setuid" in r.stderr

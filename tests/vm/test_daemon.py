@@ -235,7 +235,8 @@ def test_status_text(env):
     assert "socket(s) upgraded" in proc.stdout
     # Not root: refused (the socket is 0600 under a 0700 directory; the daemon checks SO_PEERCRED too).
     proc = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
-                           *CLI, "status"], env=env.environ, capture_output=True, text=True,
+                           *CLI, "status"], env=cli_env(env.environ, any_user=True), cwd="/",
+                          capture_output=True, text=True,
                           timeout=scaled(60))
     assert proc.returncode == 77, proc.stderr
     assert "permission denied" in proc.stderr
