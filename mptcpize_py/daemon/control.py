@@ -60,7 +60,7 @@ from mptcpize_py.daemon.protocol import (
     short_reason,
 )
 from mptcpize_py.errors import MptcpizeError
-from mptcpize_py.host import procfs
+from mptcpize_py.host import procfs, systemd
 
 MAX_CONNECTIONS = 64   # threads, each blocked in recv() or waiting for the handler lock
 PID_MAX = 1 << 22                  # PID_MAX_LIMIT on 64-bit
@@ -323,7 +323,8 @@ class ControlServer:
             return
         if cred.uid not in self.allowed_uids:
             log.warning("control socket: refused pid=%d uid=%d gid=%d: permission denied (only uid %s)",
-                        cred.pid, cred.uid, cred.gid, ",".join(map(str, sorted(self.allowed_uids))))
+                        cred.pid, cred.uid, cred.gid, ",".join(map(str, sorted(self.allowed_uids))),
+                        extra=systemd.fields(about_pid=cred.pid))
             self._send_and_close(conn, {"error": PERMISSION_DENIED, "exit_code": 77})
             return
         with self._conns_lock:
@@ -332,7 +333,8 @@ class ControlServer:
             threading.Thread(target=self._serve, args=(conn, cred), name=f"mptcpize-control-{cred.pid}",
                              daemon=True).start()
         except RuntimeError as e:   # no thread to be had: drop this one, keep serving
-            log.warning("control socket: pid=%d: cannot start a thread: %s", cred.pid, e)
+            log.warning("control socket: pid=%d: cannot start a thread: %s", cred.pid, e,
+                        extra=systemd.fields(about_pid=cred.pid))
             self._release(conn)
 
     def _release(self, conn: socket.socket) -> None:
@@ -366,7 +368,8 @@ class ControlServer:
                                     budget)
                     break
                 except TooLarge as e:
-                    log.warning("control socket: pid=%d: %s", cred.pid, e)
+                    log.warning("control socket: pid=%d: %s", cred.pid, e,
+                                extra=systemd.fields(about_pid=cred.pid))
                     self._reply(conn, {"error": str(e)}, budget)
                     break
                 finally:
