@@ -226,14 +226,21 @@ def test_metrics_match_status(env, traffic):
     def samples(name, label=None):
         return {(s.labels.get(label) if label else None): s.value for s in fams[name].samples}
 
+    def rule_series(name):
+        return {(s.labels.get("file"), s.labels["rule"]): s.value for s in fams[name].samples}
+
     assert samples("mptcpize_daemon_up") == {None: 1}
     assert samples("mptcpize_upgraded_sockets") == {None: status["totals"]["upgraded"]}
     assert samples("mptcpize_events_dropped") == {None: status["events_dropped"]}
     # Per rule: the kernel's exact per-rule counters that status reports with each rule; here they
     # also equal what the rule's processes add up to (none was forgotten).
     per_rule = {r["description"]: r["upgraded"] for r in status["policy"]["rules"]}
-    assert samples("mptcpize_upgrades", "rule") == per_rule
     assert per_rule[RULE] == sum(r["upgraded"] for r in status["processes"] if r["rule"] == RULE) >= 3
+    # The series is named by the rule's file and name (stable across edits), not its description with a
+    # line number; with no reload yet, it counts what the kernel counted for the rule.
+    assert rule_series("mptcpize_upgrades") == {("10-conn.toml", "connections test"): per_rule[RULE]}
+    assert {(r["file"], r["rule"]): r["upgraded"] for r in status["rule_upgrades"]} == \
+        {("10-conn.toml", "connections test"): per_rule[RULE]}
     for ns in (env.lab.cli, env.lab.srv):
         conns = [c for c in view["connections"] if c["netns"] == ns and c["state"] != "LISTEN"]
         assert samples("mptcpize_mptcp_connections", "netns")[ns] == len(conns)
