@@ -16,6 +16,7 @@ from mptcpize_py.host import libc
 
 _AT_FDCWD = -100
 _RESOLVE_NO_MAGICLINKS = 0x02
+_RESOLVE_NO_SYMLINKS = 0x04
 
 
 def mkdev(major: int, minor: int) -> int:
@@ -39,19 +40,102 @@ def parse_fdinfo(text: str) -> dict[str, str]:
     return out
 
 
-def open_no_magiclinks(path: str) -> int:
-    """open(path, O_PATH) following ordinary symlinks but no /proc magic links: a policy (or a symlink
-    in it) naming /proc/self/exe or /proc/PID/fd/N would otherwise resolve to whatever that process
-    runs, the daemon itself included. openat2(RESOLVE_NO_MAGICLINKS); plain open() before Linux 5.6."""
-    how = ctypes.create_string_buffer(struct.pack("=QQQ", os.O_PATH | os.O_CLOEXEC, 0,
-                                                  _RESOLVE_NO_MAGICLINKS), 24)
+def _openat2(path: str | Path, flags: int, resolve: int) -> int | None:
+    """openat2(AT_FDCWD, path, {flags, resolve}); None where the kernel has no openat2 (before Linux
+    5.6) or a seccomp filter refuses it. Other failures raise OSError."""
+    how = ctypes.create_string_buffer(struct.pack("=QQQ", flags, 0, resolve), 24)
     try:
         return libc.syscall(libc.syscall_number("openat2"), _AT_FDCWD, ctypes.c_char_p(os.fsencode(path)),
                             how, 24)
     except OSError as e:
-        if e.errno not in (errno.ENOSYS, errno.EPERM):   # no openat2, or a seccomp filter refusing it
-            raise OSError(e.errno, e.strerror, path) from None
-    return os.open(path, os.O_PATH | os.O_CLOEXEC)
+        if e.errno in (errno.ENOSYS, errno.EPERM):
+            return None
+        raise OSError(e.errno, e.strerror, str(path)) from None
+
+
+def open_no_magiclinks(path: str) -> int:
+    """open(path, O_PATH) following ordinary symlinks but no /proc magic links: a policy (or a symlink
+    in it) naming /proc/self/exe or /proc/PID/fd/N would otherwise resolve to whatever that process
+    runs, the daemon itself included. openat2(RESOLVE_NO_MAGICLINKS); plain open() before Linux 5.6."""
+    fd = _openat2(path, os.O_PATH | os.O_CLOEXEC, _RESOLVE_NO_MAGICLINKS)
+    return fd if fd is not None else os.open(path, os.O_PATH | os.O_CLOEXEC)
+
+
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def open_dir_no_symlinks(path: Path) -> int:
+    """A descriptor of the directory `path` (absolute), reached without following any symbolic link:
+    ELOOP when one is on the way. For a directory that someone else may swap for a link (its parent is
+    theirs), so that what we check and write through the descriptor is the directory named.
+    openat2(RESOLVE_NO_SYMLINKS); a walk with O_NOFOLLOW where there is no openat2."""
+    fd = _openat2(path, _DIR_FLAGS, _RESOLVE_NO_SYMLINKS)
+    return fd if fd is not None else open_dir_no_symlinks_walk(path)
+
+
+def open_dir_no_symlinks_walk(path: Path) -> int:
+    """open_dir_no_symlinks() one component at a time: openat(O_NOFOLLOW) of each, relative to the
+    last (ELOOP or ENOTDIR at a symbolic link)."""
+    path = Path(path)
+    if not path.is_absolute():
+        raise OSError(errno.EINVAL, "not an absolute path", str(path))
+    fd = os.open("/", _DIR_FLAGS)
+    try:
+        for part in path.parts[1:]:
+            try:
+                nxt = os.open(part, _DIR_FLAGS, dir_fd=fd)
+            except OSError as e:
+                raise OSError(e.errno, e.strerror, str(path)) from None
+            os.close(fd)
+            fd = nxt
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def write_atomic_at(dir_fd: int, name: str, text: str, mode: int = 0o644) -> None:
+    """write_atomic() inside the directory open as `dir_fd` (open_dir_no_symlinks()), without fsync:
+    the temporary file is created with O_EXCL|O_NOFOLLOW and renamed over `name` in that same
+    directory, so no path is resolved again. Raises OSError."""
+    fd = -1
+    for _ in range(100):
+        tmp = f".{name}.{os.urandom(6).hex()}.tmp"
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
+                         dir_fd=dir_fd)
+            break
+        except FileExistsError:
+            continue
+    else:
+        raise FileExistsError(errno.EEXIST, "no free temporary name", name)
+    try:
+        try:
+            os.fchmod(fd, mode)  # created 0600; the umask must not narrow what readers need
+            data = text.encode()
+            while data:
+                data = data[os.write(fd, data):]
+        finally:
+            os.close(fd)
+        os.replace(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+    except BaseException:
+        try:
+            os.unlink(tmp, dir_fd=dir_fd)
+        except OSError:
+            pass
+        raise
+
+
+def others_may_write(st: os.stat_result, owner_uid: int) -> str | None:
+    """Why a file or directory with this stat may be written by others than `owner_uid` (and root,
+    who may anyway), or None: another owner, group- or world-writable."""
+    if st.st_uid != owner_uid:
+        return f"owned by uid {st.st_uid}, not uid {owner_uid}"
+    if st.st_mode & stat.S_IWOTH:
+        return "world-writable (chmod o-w)"
+    if st.st_mode & stat.S_IWGRP:
+        return "group-writable (chmod g-w)"
+    return None
 
 
 def first_symlink(path: Path, base: Path) -> Path | None:

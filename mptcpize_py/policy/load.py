@@ -16,6 +16,7 @@ import stat
 from collections.abc import Iterator
 from pathlib import Path
 
+from mptcpize_py.host.files import others_may_write
 from mptcpize_py.policy.model import DEFAULT_POLICY_DIR, Policy, PolicyError, PolicyFile
 from mptcpize_py.policy.validate import policy_from_files
 
@@ -44,7 +45,7 @@ def read_policy_files(directory: Path, owner_uid: int) -> Iterator[PolicyFile]:
         raise PolicyError([f"{directory}: cannot open policy directory: {e.strerror}"]) from None
     try:
         # Checked on the open descriptor, so the directory we list is the one we checked.
-        problem = _unsafe(os.fstat(dfd), owner_uid)
+        problem = others_may_write(os.fstat(dfd), owner_uid)
         if problem:
             raise PolicyError([f"{directory}: refused: {problem}"], hint=_OWNERSHIP_HINT)
         names = sorted(n for n in os.listdir(dfd) if n.endswith(".toml") and not n.startswith("."))
@@ -73,17 +74,6 @@ class _FileRefused(Exception):
     pass
 
 
-def _unsafe(st: os.stat_result, owner_uid: int) -> str | None:
-    """Why a file or directory with this stat may not hold policy, or None."""
-    if st.st_uid != owner_uid:
-        return f"owned by uid {st.st_uid}, not uid {owner_uid}"
-    if st.st_mode & stat.S_IWOTH:
-        return "world-writable (chmod o-w)"
-    if st.st_mode & stat.S_IWGRP:
-        return "group-writable (chmod g-w)"
-    return None
-
-
 def _read_policy_file(dfd: int, name: str, label: str, owner_uid: int) -> tuple[str, int]:
     """(text, size in bytes) of one policy file; _FileRefused says why not."""
     # lstat first so that we never open a device or FIFO; then open without following links and check
@@ -107,7 +97,7 @@ def _read_policy_file(dfd: int, name: str, label: str, owner_uid: int) -> tuple[
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             raise _FileRefused(f"{label}: refused: not a regular file")
-        problem = _unsafe(st, owner_uid)
+        problem = others_may_write(st, owner_uid)
         if problem:
             raise _FileRefused(f"{label}: refused: {problem}")
         too_big = _FileRefused(f"{label}: refused: larger than {MAX_FILE_BYTES} bytes")

@@ -9,13 +9,13 @@ import pytest
 
 from mptcpize_py import abi, policy
 from mptcpize_py.errors import EXIT_BAD_POLICY, MptcpizeError
+from mptcpize_py.host.files import others_may_write as _unsafe
 from mptcpize_py.policy import (
     NetnsSelection,
     PolicyError,
     load_policy,
     parse_policy_text,
 )
-from mptcpize_py.policy.load import _unsafe
 
 ME = os.getuid()
 ONE_LINE = re.compile(r"^[^\n]+:\d+: [^\n]+$")  # file:line: reason
