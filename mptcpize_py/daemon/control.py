@@ -3,9 +3,11 @@
 A Unix stream socket at /run/mptcpize-py/control (directory 0700, socket 0600, both root's). Every
 connection's peer is checked with SO_PEERCRED before a byte is read: only `allowed_uids` (root) are
 served; anyone else gets one line `{"error": "permission denied"}`, the connection is closed and the
-refusal logged. The file modes already keep other users out (connect() fails with EACCES, which the
-client maps to exit 77 too); the credential check is what holds when they do not, e.g. for a process
-with CAP_DAC_OVERRIDE but not uid 0.
+refusal logged (rate-limited: REFUSALS_LOGGED lines per REFUSAL_WINDOW, then one summary line per uid,
+"N more refused from uid U", so a refused process connecting in a loop cannot flood the journal and
+push the upgrade records out of journald's own rate limit). The file modes already keep other users
+out (connect() fails with EACCES, which the client maps to exit 77 too); the credential check is what
+holds when they do not, e.g. for a process with CAP_DAC_OVERRIDE but not uid 0.
 
 The wire format is protocol.py's; client.py is the other end. A request may not exceed 64 KiB;
 malformed JSON gets an error line and the connection is closed (framing cannot be trusted after it). A
@@ -14,18 +16,29 @@ connection may carry several requests.
 Bursts and slow peers: a burst of clients (at boot, every enabled unit's ExecStartPre asks for a
 `resync`) must be served, not refused, since a refused unit starts with plain TCP. The listen queue is
 as deep as the kernel allows (SOMAXCONN; the kernel caps it at net.core.somaxconn, 4096 by default).
-At most `max_connections` connections are served at once; while all are taken the accept thread stops
-accepting, so later clients wait in the kernel's queue, first come first served, each until its own
-time limit (client.py retries when that queue itself is full). No slot is held for long: a connection
-gets `timeout` seconds in total to send its requests (idle time counts: idle peers and slow writers
-are cut off) and as long again in total to take its answers (slow readers); only the time its
-handlers take is not counted.
+A connection gets `timeout` seconds in total to send its requests (idle time counts: idle peers and
+slow writers are cut off) and as long again in total to take its answers (slow readers); only the time
+its handlers take is not counted.
 
-Threads, not a selectable object: the daemon's main loop blocks in bcc's ring_buffer_poll(), whose epoll
-descriptor bcc does not expose, so the socket could not join that loop without a second poll loop
-anyway. The server runs an accept thread and one short-lived thread per connection (at most
-`max_connections`); handlers are called one at a time under one lock, so the daemon's handlers need
-no locking among themselves, only against its main loop (e.g. read a snapshot it swaps atomically).
+Idle connections hold nothing but a descriptor (issue 23: 500 half-open connections from root used to
+hold every thread for their whole budget, and `status` timed out at 10 s). One I/O thread accepts,
+checks the peer and waits, in one selector, for each connection's next request line; only a
+connection with a whole request gets one of `max_connections` serving threads, which dispatches it,
+writes the answer and gives the connection back. At most `max_open` connections are open (MAX_OPEN,
+at most half of RLIMIT_NOFILE); when that many are, the one that has waited longest for a request is
+cut off to admit the next (idle peers are cut off anyway), and only when every open connection has a
+request being served does accepting stop, so that later clients wait in the kernel's queue, first come
+first served, each until its own time limit (client.py retries when that queue itself is full).
+The bound: a new client never waits for an idle connection to end, only for the I/O thread to read the
+connections queued before it and for the handlers ahead of it (measured on the 2-core build machine,
+dry-run daemon: the first `status` after 500 idle root connections took 23 ms, after 2,000: 63 ms;
+14.1 s before); an idle connection is cut off after `timeout` (2 s) at the latest.
+
+Threads, not a selectable object in the main loop: the daemon's main loop blocks in bcc's
+ring_buffer_poll(), whose epoll descriptor bcc does not expose, so the socket could not join that loop
+without a second poll loop anyway. Handlers are called one at a time under one lock, so the daemon's
+handlers need no locking among themselves, only against its main loop (e.g. read a snapshot it swaps
+atomically).
 
 One daemon at a time: start() holds an exclusive flock on CONTROL.lock for the server's life. With the
 lock held, a leftover socket file is a dead daemon's: it is replaced (after a connect() that must be
@@ -36,11 +49,13 @@ import errno
 import fcntl
 import logging
 import os
+import resource
 import selectors
 import socket
 import stat
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,7 +77,11 @@ from mptcpize_py.daemon.protocol import (
 from mptcpize_py.errors import MptcpizeError
 from mptcpize_py.host import procfs, systemd
 
-MAX_CONNECTIONS = 64   # threads, each blocked in recv() or waiting for the handler lock
+MAX_CONNECTIONS = 64   # serving threads, each in a handler (or waiting for its lock) or writing an answer
+MAX_OPEN = 1024        # connections open at once, most of them waiting for a request (no thread)
+REFUSAL_WINDOW = 60.0  # seconds: the refused-peer warnings of one window are...
+REFUSALS_LOGGED = 5    # ...this many one by one, then one summary line per uid
+REFUSAL_UIDS_NAMED = 8   # uids a summary names; the others are summed in one more line
 PID_MAX = 1 << 22                  # PID_MAX_LIMIT on 64-bit
 
 log = logging.getLogger("mptcpize_py.control")
@@ -109,7 +128,8 @@ class ControlServer:
     def __init__(self, handlers: Mapping[str, Handler], path: Path | str = DEFAULT_PATH, *,
                  allowed_uids=frozenset({0}), timeout: float = TIMEOUT, max_request: int = MAX_REQUEST,
                  max_connections: int = MAX_CONNECTIONS, socket_mode: int = 0o600,
-                 dir_mode: int | None = 0o700):
+                 dir_mode: int | None = 0o700, max_open: int = MAX_OPEN,
+                 refusal_window: float = REFUSAL_WINDOW):
         self.path = Path(path)
         self.handlers = dict(handlers)
         self.allowed_uids = frozenset(allowed_uids)
@@ -126,9 +146,16 @@ class ControlServer:
         self._wake_r = self._wake_w = -1
         self._stopping = threading.Event()
         self._handler_lock = threading.Lock()
-        self._conns: set[socket.socket] = set()
-        self._conns_lock = threading.Lock()
-        self._slot_freed = threading.Condition(self._conns_lock)
+        self._conns: set[socket.socket] = set()   # every admitted connection still open
+        self._conns_lock = threading.Lock()       # _conns, _returned, _queue, _workers
+        # At most half the descriptors we may open: the program's maps and the journal need some.
+        soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+        self._max_open = max(max_connections, min(max_open, soft // 2))
+        self._parked: dict[socket.socket, _Conn] = {}   # waiting for a request (I/O thread), oldest first
+        self._returned: list[_Conn] = []      # answered, back to waiting (serving thread -> I/O thread)
+        self._queue: deque[_Conn] = deque()   # a request is there, every serving thread is busy
+        self._workers = 0
+        self._refusals = _RefusalLog(refusal_window)
         self.replaced_stale = False   # start() found a dead daemon's socket and replaced it
 
     # --- lifecycle ------------------------------------------------------------------------------
@@ -148,14 +175,12 @@ class ControlServer:
             self._release_lock()
             raise
         self._wake_r, self._wake_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
-        self._thread = threading.Thread(target=self._accept_loop, name="mptcpize-control", daemon=True)
+        self._thread = threading.Thread(target=self._io_loop, name="mptcpize-control", daemon=True)
         self._thread.start()
         return self
 
     def close(self) -> None:
         self._stopping.set()
-        with self._slot_freed:
-            self._slot_freed.notify_all()   # an accept thread waiting for a free slot
         if self._wake_w >= 0:
             try:
                 os.write(self._wake_w, b"x")
@@ -164,6 +189,10 @@ class ControlServer:
         if self._thread is not None:
             self._thread.join(5)
             self._thread = None
+        with self._conns_lock:
+            returned, self._returned = self._returned, []
+        for c in returned:   # given back by a serving thread after the I/O thread ended
+            self._release(c.sock)
         with self._conns_lock:
             for conn in self._conns:
                 try:
@@ -284,37 +313,76 @@ class ControlServer:
         self._listen = sock
 
     # --- serving ------------------------------------------------------------------------------
-    def _accept_loop(self) -> None:
+    def _io_loop(self) -> None:
+        """The I/O thread: accepts, checks peers, and holds every connection that waits for a request
+        (non-blocking, in one selector) until a whole request line is there; then a serving thread
+        takes it. Also cuts off connections whose read budget is spent, and says the refusal summary."""
+        listen = self._listen
+        assert listen is not None   # start() binds before starting this thread
         sel = selectors.DefaultSelector()
-        sel.register(self._listen, selectors.EVENT_READ)
-        sel.register(self._wake_r, selectors.EVENT_READ)
+        sel.register(self._wake_r, selectors.EVENT_READ, None)
+        listening = False
         try:
-            while self._wait_for_slot():
-                for key, _ in sel.select():
-                    if key.fileobj == self._wake_r:
-                        return
-                try:
-                    conn, _ = self._listen.accept()
-                except (BlockingIOError, InterruptedError):
-                    continue
-                except OSError as e:
-                    log.warning("control socket: accept failed: %s", e.strerror)
-                    time.sleep(0.05)  # e.g. EMFILE: do not spin
-                    continue
-                self._admit(conn)
+            while not self._stopping.is_set():
+                self._take_returned(sel)
+                with self._conns_lock:
+                    room = len(self._conns) < self._max_open or bool(self._parked)
+                if room != listening:   # every connection open has a thread: the kernel queues the next
+                    if room:
+                        sel.register(listen, selectors.EVENT_READ, "listen")
+                    else:
+                        sel.unregister(listen)
+                    listening = room
+                for key, _ in sel.select(self._next_timeout()):
+                    if key.data is None:
+                        try:
+                            os.read(self._wake_r, 4096)
+                        except BlockingIOError:
+                            pass
+                    elif key.data == "listen":
+                        self._accept_some(sel, listen)
+                    elif key.fileobj in self._parked:
+                        self._pull(sel, key.data)
+                now = time.monotonic()
+                self._expire(sel, now)
+                self._refusals.flush(now)
         finally:
+            for c in list(self._parked.values()):
+                self._release(c.sock)
+            self._parked.clear()
             sel.close()
 
-    def _wait_for_slot(self) -> bool:
-        """Waits until fewer than max_connections are open; False once the server is stopping. Not
-        accepting meanwhile is what makes clients wait in the kernel's queue, in order."""
-        with self._slot_freed:
-            self._slot_freed.wait_for(lambda: self._stopping.is_set()
-                                      or len(self._conns) < self.max_connections)
-            return not self._stopping.is_set()
+    def _next_timeout(self) -> float | None:
+        """Seconds until the next parked connection's budget ends or the refusal summary is due."""
+        times = [c.waiting_since + c.budget.read for c in self._parked.values()]
+        due = self._refusals.due()
+        if due is not None:
+            times.append(due)
+        return max(min(times) - time.monotonic(), 0.0) if times else None
 
-    def _admit(self, conn: socket.socket) -> None:
-        conn.setblocking(True)
+    def _accept_some(self, sel: selectors.BaseSelector, listen: socket.socket) -> None:
+        for _ in range(self.max_connections):   # then look at the parked connections again
+            with self._conns_lock:
+                full = len(self._conns) >= self._max_open
+            if full:
+                if not self._parked:
+                    return
+                # The connection that has waited longest for a request makes room (cut off as its
+                # budget would cut it off later): idle peers never keep a new client out.
+                oldest = self._unpark(sel, next(iter(self._parked)))
+                self._release(oldest.sock)
+            try:
+                conn, _ = listen.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as e:
+                log.warning("control socket: accept failed: %s", e.strerror)
+                time.sleep(0.05)  # e.g. EMFILE: do not spin
+                return
+            self._admit(sel, conn)
+
+    def _admit(self, sel: selectors.BaseSelector, conn: socket.socket) -> None:
+        conn.setblocking(False)
         try:
             cred = peer_cred(conn)
         except (OSError, ValueError) as e:
@@ -322,58 +390,120 @@ class ControlServer:
             conn.close()
             return
         if cred.uid not in self.allowed_uids:
-            log.warning("control socket: refused pid=%d uid=%d gid=%d: permission denied (only uid %s)",
-                        cred.pid, cred.uid, cred.gid, ",".join(map(str, sorted(self.allowed_uids))),
-                        extra=systemd.fields(about_pid=cred.pid))
+            if self._refusals.count(cred.uid, time.monotonic()):
+                log.warning("control socket: refused pid=%d uid=%d gid=%d: permission denied (only uid %s)",
+                            cred.pid, cred.uid, cred.gid, ",".join(map(str, sorted(self.allowed_uids))),
+                            extra=systemd.fields(about_pid=cred.pid))
             self._send_and_close(conn, {"error": PERMISSION_DENIED, "exit_code": 77})
             return
         with self._conns_lock:
-            self._conns.add(conn)   # a slot is free: only this thread adds, after _wait_for_slot()
+            self._conns.add(conn)
+        c = _Conn(conn, cred, LineReader(conn, self.max_request),
+                  # The peer's time budgets for the whole connection (see the module's docstring).
+                  _Budget(read=self.timeout, write=max(self.timeout, 1.0)), time.monotonic())
+        self._park(sel, c)
+        self._pull(sel, c)   # a client's request is usually there already
+
+    def _park(self, sel: selectors.BaseSelector, c: "_Conn") -> None:
+        c.sock.setblocking(False)
+        c.waiting_since = time.monotonic()
+        self._parked[c.sock] = c
+        sel.register(c.sock, selectors.EVENT_READ, c)
+
+    def _unpark(self, sel: selectors.BaseSelector, sock: socket.socket) -> "_Conn":
+        c = self._parked.pop(sock)
+        sel.unregister(sock)
+        c.budget.read -= time.monotonic() - c.waiting_since
+        return c
+
+    def _pull(self, sel: selectors.BaseSelector, c: "_Conn") -> None:
         try:
-            threading.Thread(target=self._serve, args=(conn, cred), name=f"mptcpize-control-{cred.pid}",
+            more = c.reader.pull()
+        except OSError:
+            more = False
+        if c.reader.has_line:
+            self._hand_over(self._unpark(sel, c.sock))
+        elif not more:   # EOF (a partial request is dropped) or an error
+            self._release(self._unpark(sel, c.sock).sock)
+
+    def _expire(self, sel: selectors.BaseSelector, now: float) -> None:
+        for c in [c for c in self._parked.values() if now >= c.waiting_since + c.budget.read]:
+            self._unpark(sel, c.sock)
+            if c.reader.buffered:   # idle: just closed; half a request: an error
+                try:
+                    c.sock.send(encode({"error": f"request not complete within {self.timeout:g} s"}))
+                except OSError:
+                    pass
+            self._release(c.sock)
+
+    def _take_returned(self, sel: selectors.BaseSelector) -> None:
+        with self._conns_lock:
+            returned, self._returned = self._returned, []
+        for c in returned:
+            self._park(sel, c)
+            self._pull(sel, c)   # the next request may be there already
+
+    def _hand_over(self, c: "_Conn") -> None:
+        """A request is there: a serving thread takes the connection, now or when one is free."""
+        with self._conns_lock:
+            if self._workers >= self.max_connections:
+                self._queue.append(c)
+                return
+            self._workers += 1
+        try:
+            threading.Thread(target=self._work, args=(c,), name=f"mptcpize-control-{c.cred.pid}",
                              daemon=True).start()
         except RuntimeError as e:   # no thread to be had: drop this one, keep serving
-            log.warning("control socket: pid=%d: cannot start a thread: %s", cred.pid, e,
-                        extra=systemd.fields(about_pid=cred.pid))
-            self._release(conn)
+            with self._conns_lock:
+                self._workers -= 1
+            log.warning("control socket: pid=%d: cannot start a thread: %s", c.cred.pid, e,
+                        extra=systemd.fields(about_pid=c.cred.pid))
+            self._release(c.sock)
+
+    def _work(self, c: "_Conn | None") -> None:
+        while c is not None:
+            self._serve(c)
+            with self._conns_lock:
+                c = self._queue.popleft() if self._queue else None
+                if c is None:
+                    self._workers -= 1
 
     def _release(self, conn: socket.socket) -> None:
-        with self._slot_freed:
+        with self._conns_lock:
             self._conns.discard(conn)
-            self._slot_freed.notify()
         conn.close()
 
     def _send_and_close(self, conn: socket.socket, obj: dict) -> None:
         try:
-            conn.settimeout(0.2)
-            conn.sendall(encode(obj))
+            conn.send(encode(obj))   # a few bytes into an empty buffer: never waits (non-blocking)
             conn.shutdown(socket.SHUT_WR)
         except OSError:
             pass
         finally:
             conn.close()
 
-    def _serve(self, conn: socket.socket, cred: Ucred) -> None:
-        reader = LineReader(conn, self.max_request)
-        # The peer's time budgets for the whole connection (see the module's docstring).
-        budget = _Budget(read=self.timeout, write=max(self.timeout, 1.0))
+    def _serve(self, c: "_Conn") -> None:
+        """Answers the requests the connection holds, then gives it back to the I/O thread to wait
+        for the next one (a serving thread never waits for a peer's request)."""
+        conn, budget = c.sock, c.budget
+        conn.setblocking(True)
         try:
             while not self._stopping.is_set():
-                start = time.monotonic()
+                if not c.reader.has_line:
+                    with self._conns_lock:
+                        self._returned.append(c)
+                    try:
+                        os.write(self._wake_w, b"x")
+                    except OSError:
+                        pass   # closing: close() shuts every connection down
+                    return
                 try:
-                    line = reader.readline(start + budget.read)
-                except TimeoutError:
-                    if reader.buffered:  # idle: just closed; half a request: an error
-                        self._reply(conn, {"error": f"request not complete within {self.timeout:g} s"},
-                                    budget)
-                    break
+                    line = c.reader.readline(time.monotonic())   # buffered: never waits
                 except TooLarge as e:
-                    log.warning("control socket: pid=%d: %s", cred.pid, e,
-                                extra=systemd.fields(about_pid=cred.pid))
+                    log.warning("control socket: pid=%d: %s", c.cred.pid, e,
+                                extra=systemd.fields(about_pid=c.cred.pid))
                     self._reply(conn, {"error": str(e)}, budget)
                     break
-                finally:
-                    budget.read -= time.monotonic() - start
                 if line is None:
                     break
                 try:
@@ -381,12 +511,11 @@ class ControlServer:
                 except RequestError as e:
                     self._reply(conn, {"error": str(e)}, budget)
                     break
-                if not self._reply(conn, self._dispatch(req, cred), budget):
+                if not self._reply(conn, self._dispatch(req, c.cred), budget):
                     break
         except OSError:
             pass  # the client went away
-        finally:
-            self._release(conn)
+        self._release(conn)
 
     def _dispatch(self, req: dict, cred: Ucred) -> dict:
         cmd = req["cmd"]
@@ -430,3 +559,61 @@ class _Budget:
     """Seconds a connection may still spend waiting for its peer: to read requests, to write answers."""
     read: float
     write: float
+
+
+@dataclass
+class _Conn:
+    """An admitted connection: its peer, what it sent so far, its budgets."""
+    sock: socket.socket
+    cred: Ucred
+    reader: LineReader
+    budget: _Budget
+    waiting_since: float   # time.monotonic() when it began waiting for its next request
+
+
+class _RefusalLog:
+    """Rate limit of the refused-peer warnings (a refused process may connect thousands of times a
+    second, and journald's own rate limit would then drop the upgrade records too): in each `window`
+    the first REFUSALS_LOGGED refusals are logged one by one, the others counted per uid and summed up
+    when the window ends ("N more refused from uid U"). At most REFUSALS_LOGGED + REFUSAL_UIDS_NAMED + 1
+    lines per window, however many peers and uids. Used by the I/O thread only."""
+
+    def __init__(self, window: float):
+        self.window = window
+        self._end: float | None = None   # the current window's end
+        self._logged = 0
+        self._more: dict[int, int] = {}  # uid -> refusals not logged one by one
+        self._more_others = 0            # of uids beyond REFUSAL_UIDS_NAMED
+        self._other_uids: set[int] = set()
+
+    def count(self, uid: int, now: float) -> bool:
+        """Counts a refusal; True when it is to be logged one by one."""
+        self.flush(now)
+        if self._end is None:
+            self._end = now + self.window
+        if self._logged < REFUSALS_LOGGED:
+            self._logged += 1
+            return True
+        if uid in self._more or len(self._more) < REFUSAL_UIDS_NAMED:
+            self._more[uid] = self._more.get(uid, 0) + 1
+        else:
+            self._more_others += 1
+            if len(self._other_uids) < 65536:
+                self._other_uids.add(uid)
+        return False
+
+    def due(self) -> float | None:
+        """When flush() has a summary to say (time.monotonic()), or None."""
+        return self._end if self._more else None
+
+    def flush(self, now: float) -> None:
+        if self._end is None or now < self._end:
+            return
+        for uid, n in self._more.items():
+            log.warning("control socket: %d more refused from uid %d in the last %g s (not logged one "
+                        "by one)", n, uid, self.window)
+        if self._more_others:
+            log.warning("control socket: %d more refused from %d other uids in the last %g s",
+                        self._more_others, len(self._other_uids), self.window)
+        self._end, self._logged, self._more_others = None, 0, 0
+        self._more, self._other_uids = {}, set()

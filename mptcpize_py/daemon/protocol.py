@@ -101,6 +101,22 @@ class LineReader:
     def buffered(self) -> bool:
         return bool(self._buf)
 
+    @property
+    def has_line(self) -> bool:
+        """readline() would answer without reading: a whole line is buffered, or too many bytes."""
+        return self._buf.find(b"\n", self._scanned) >= 0 or len(self._buf) > self._limit
+
+    def pull(self) -> bool:
+        """Reads what a non-blocking socket holds now, without waiting; False at EOF."""
+        try:
+            chunk = self._sock.recv(65536)
+        except (BlockingIOError, InterruptedError):
+            return True
+        if not chunk:
+            return False
+        self._buf += chunk
+        return True
+
     def readline(self, deadline: float) -> bytes | None:
         """The next line without '\\n'; None at EOF (a partial last line is dropped).
 

@@ -5,6 +5,7 @@ sockets and a second daemon."""
 import json
 import logging
 import os
+import re
 import select
 import shutil
 import socket
@@ -182,25 +183,38 @@ def admitted_connection(path: Path) -> socket.socket:
     return s
 
 
-def test_a_connection_beyond_the_slots_waits_for_one(sock_path):
-    # Both slots are held for an hour; a third connection waits in the accept queue (it is not told
-    # "busy") and is served as soon as a slot is released.
-    with control.ControlServer(stub_handlers(), sock_path, allowed_uids={os.geteuid()},
-                               max_connections=2, timeout=3600):
-        held = [admitted_connection(sock_path) for _ in range(2)]
+def test_a_connection_beyond_the_limit_waits_for_one(sock_path):
+    # Both connections the server may hold are in a handler that does not return until released: a
+    # third connection waits in the accept queue (it is not told "busy") and is served as soon as one
+    # of them is done. (Idle connections hold no thread: test_500_idle_connections_hold_no_slot.)
+    handlers, release = stub_handlers(), threading.Event()
+    handlers["block"] = lambda req, peer: {"released": release.wait(scaled(60))}
+    with control.ControlServer(handlers, sock_path, allowed_uids={os.geteuid()},
+                               max_connections=2, max_open=2, timeout=3600):
+        held = []
         try:
+            for _ in range(2):
+                s = socket.socket(socket.AF_UNIX)
+                held.append(s)
+                s.settimeout(scaled(10))
+                s.connect(str(sock_path))
+                s.sendall(b'{"cmd":"block"}\n')
             with socket.socket(socket.AF_UNIX) as waiting:
                 waiting.settimeout(scaled(10))
                 waiting.connect(str(sock_path))          # queued: connect() returns at once
                 waiting.sendall(b'{"cmd":"status"}\n')
-                # Nothing comes back while the slots are held (an earlier server said "busy" at once;
+                # Nothing comes back while both are held (an earlier server said "busy" at once;
                 # this short look only lets that show).
                 readable, _, _ = select.select([waiting], [], [], 0.5)
                 assert not readable, f"answered while every slot was held: {waiting.recv(200)!r}"
-                held.pop().close()
+                release.set()
                 with waiting.makefile("rb") as answer:
                     assert json.loads(answer.readline())["backend"] == "stub"
+            for s in held:
+                with s.makefile("rb") as answer:
+                    assert json.loads(answer.readline()) == {"released": True}
         finally:
+            release.set()
             for s in held:
                 s.close()
 
@@ -676,3 +690,100 @@ def test_close_returns_promptly_with_clients_connected(sock_path):
             wait_for(lambda: not closer.is_alive(), "close() to return with an idle client connected")
             assert reader.read(10) == b""  # shut down by close()
     assert threading.active_count() < 50
+
+
+# ---------------------------------------------------------------------------------------------------
+# Hardening (issue 23): floods of refused peers, idle connections
+
+REFUSED_FLOOD = """
+import socket, sys
+for _ in range(int(sys.argv[2])):
+    with socket.socket(socket.AF_UNIX) as s:
+        s.connect(sys.argv[1])
+        s.makefile("rb").read()      # the refusal, then EOF
+"""
+
+
+@needs_root
+def test_a_flood_of_refused_peers_is_logged_with_a_summary(open_dir, caplog):
+    # Issue 23 item 10: 2,000 connections of a refused peer gave 2,000 warning lines in 0.2 s, which
+    # under journald's rate limit can push real upgrade records out. Now, per rate-limit window (1 s
+    # here), a few lines one by one, then a summary per uid ("N more refused from uid U") when the window
+    # ends. Every refusal is counted in one or the other.
+    path = open_dir / "run" / "control"
+    caplog.set_level(logging.WARNING, logger="mptcpize_py.control")
+    n = 2000
+    summary = re.compile(rf"control socket: (\d+) more refused from uid {NOBODY} in the last 1 s "
+                         r"\(not logged one by one\)")
+
+    def refusals() -> list[str]:
+        return [r.getMessage() for r in caplog.records if "refused" in r.getMessage()]
+
+    def accounted() -> int:
+        return sum(int(m[1]) if (m := summary.fullmatch(line)) else 1 for line in refusals())
+
+    with control.ControlServer(stub_handlers(), path, socket_mode=0o666, dir_mode=0o755,
+                               refusal_window=1.0):
+        started = time.monotonic()
+        subprocess.run([sys.executable, "-c", REFUSED_FLOOD, str(path), str(n)], user=NOBODY,
+                       group=NOBODY, extra_groups=[], check=True, timeout=scaled(120), cwd="/")
+        windows = int(time.monotonic() - started) + 2   # the windows the flood can have touched
+        wait_for(lambda: accounted() == n, f"all {n} refusals to be logged or summed up",
+                 details=lambda: (accounted(), refusals()[-3:]))
+        assert client.request({"cmd": "status"}, path)["peer_uid"] == 0     # root still served
+    lines = refusals()
+    one_by_one = [m for m in lines if m.startswith("control socket: refused pid=") and f"uid={NOBODY}" in m]
+    summaries = [m for m in lines if summary.fullmatch(m)]
+    assert len(one_by_one) + len(summaries) == len(lines), lines
+    assert 1 <= len(summaries) <= windows and len(one_by_one) <= control.REFUSALS_LOGGED * windows, \
+        (windows, lines)
+
+
+def idle_connections(path: Path, n: int) -> list[socket.socket]:
+    """n connections that send nothing (half-open from the server's point of view)."""
+    out = []
+    try:
+        for _ in range(n):
+            s = socket.socket(socket.AF_UNIX)
+            out.append(s)
+            s.connect(str(path))
+    except BaseException:
+        for s in out:
+            s.close()
+        raise
+    return out
+
+
+def test_500_idle_connections_hold_no_slot(sock_path):
+    # Issue 23 item 11: idle connections used to hold one of the max_connections slots each, for the
+    # connection's whole budget (here an hour): the 65th client waited for the first of them to end.
+    # An idle connection now waits for its request without a slot, so `status` is answered.
+    with control.ControlServer(stub_handlers(), sock_path, allowed_uids={os.geteuid()}, timeout=3600):
+        idle = idle_connections(sock_path, 500)
+        try:
+            assert client.request({"cmd": "status"}, sock_path, timeout=scaled(10))["backend"] == "stub"
+            # and an idle connection is still served when its request comes
+            idle[0].sendall(b'{"cmd":"status"}\n')
+            idle[0].settimeout(scaled(10))
+            with idle[0].makefile("rb") as answer:
+                assert json.loads(answer.readline())["backend"] == "stub"
+        finally:
+            for s in idle:
+                s.close()
+
+
+def test_500_idle_root_connections_do_not_make_status_time_out(dry_daemon):
+    # Issue 23 item 11, as reported: 500 half-open connections from root to the real daemon, then
+    # `mptcpize-py status` (its own limit: 10 s) exits 0, twice.
+    control_path, _, _ = dry_daemon
+    env = cli_env(dict(os.environ, MPTCPIZE_CONTROL=str(control_path)))
+    idle = idle_connections(control_path, 500)
+    try:
+        for _ in range(2):
+            r = subprocess.run([*CLI, "status"], env=env, capture_output=True, text=True,
+                               timeout=scaled(60))
+            assert r.returncode == 0, r.stderr
+            assert r.stdout.startswith("DRY RUN:")
+    finally:
+        for s in idle:
+            s.close()
