@@ -772,6 +772,27 @@ def test_500_idle_connections_hold_no_slot(sock_path):
                 s.close()
 
 
+def test_when_every_open_connection_is_idle_the_longest_waiting_makes_room(sock_path):
+    # max_open connections, all idle for an hour's budget: the next client is still served, and the
+    # connection that had waited longest is the one cut off (EOF), the others stay open.
+    with control.ControlServer(stub_handlers(), sock_path, allowed_uids={os.geteuid()}, timeout=3600,
+                               max_connections=2, max_open=4):
+        idle = []
+        try:
+            idle = idle_connections(sock_path, 4)   # accepted in this order: the queue is FIFO
+            assert client.request({"cmd": "status"}, sock_path, timeout=scaled(10))["backend"] == "stub"
+            idle[0].settimeout(scaled(10))
+            assert idle[0].recv(1) == b""   # the oldest was cut off for the status client
+            for s in idle[1:]:
+                s.sendall(b'{"cmd":"status"}\n')
+                s.settimeout(scaled(10))
+                with s.makefile("rb") as answer:
+                    assert json.loads(answer.readline())["backend"] == "stub"
+        finally:
+            for s in idle:
+                s.close()
+
+
 def test_500_idle_root_connections_do_not_make_status_time_out(dry_daemon):
     # Issue 23 item 11, as reported: 500 half-open connections from root to the real daemon, then
     # `mptcpize-py status` (its own limit: 10 s) exits 0, twice.
