@@ -76,7 +76,14 @@ def read(directory: Path) -> tuple[dict | None, dict[str, NetnsRecord]]:
     """(owner, records) as last written; ({}, {}) when there is no record or it cannot be read."""
     try:
         data = json.loads((Path(directory) / STATE_FILE).read_text())
-        records = {k: NetnsRecord.from_json(v) for k, v in data.get("netns", {}).items()}
+        netns = data.get("netns", {})
+        records = {k: NetnsRecord.from_json(v) for k, v in netns.items()}
+        unproven = sum(len(v["endpoints"]) for v in netns.values()) - \
+            sum(len(r.endpoints) for r in records.values())
+        if unproven:
+            log.warning("paths: %d endpoint(s) in %s recorded without flags and interface (by an older "
+                        "mptcpize-py) are taken for foreign, and left as they are: `ip mptcp endpoint "
+                        "delete` removes them", unproven, Path(directory) / STATE_FILE)
         return data.get("owner"), records
     except (FileNotFoundError, PermissionError):   # none yet; not root (the directory is 0700)
         return None, {}

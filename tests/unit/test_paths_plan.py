@@ -231,3 +231,16 @@ def test_paths_text_and_status_text():
         "    note: x"]
     from mptcpize_py.status import DaemonStatus
     assert DaemonStatus.from_json_dict(st.to_json_dict()) == st
+
+
+def test_a_record_without_flags_and_interface_proves_nothing(tmp_path, caplog):
+    """paths.json of version 1 kept (id, address) only: not enough to call an endpoint ours."""
+    from mptcpize_py.paths import state
+    (tmp_path / state.STATE_FILE).write_text(
+        '{"version": 1, "owner": null, "netns": {"cookie:1": {"name": "blue", "endpoints": '
+        '[{"id": 1, "address": "10.0.0.5"}], "limits_before": null, "limits_set": null}}}')
+    _, records = state.read(tmp_path)
+    assert records["cookie:1"].endpoints == set()
+    assert "1 endpoint(s) in" in caplog.text and "taken for foreign" in caplog.text
+    rec = state.NetnsRecord("blue", {(1, "10.0.0.5", SUBFLOW, 2)})
+    assert state.NetnsRecord.from_json(rec.to_json()) == rec
