@@ -350,3 +350,88 @@ def test_more_than_1024_namespaces_are_watched(many_namespaces, policy_dir, tmp_
             proc.kill()
             proc.wait()
         log.close()
+
+
+# ---------------------------------------------------------------------------------------------------
+# 4, the premise: no netlink message announces endpoint changes (why the manager re-checks on a timer)
+
+NETLINK_GENERIC, GENL_ID_CTRL, CTRL_CMD_GETFAMILY = 16, 0x10, 3
+CTRL_ATTR_FAMILY_NAME, CTRL_ATTR_MCAST_GROUPS, CTRL_ATTR_MCAST_GRP_NAME, CTRL_ATTR_MCAST_GRP_ID = 2, 7, 1, 2
+SOL_NETLINK, NETLINK_ADD_MEMBERSHIP = 270, 1
+
+
+def _attrs(data: bytes) -> list[tuple[int, bytes]]:
+    import struct
+    out, i = [], 0
+    while i + 4 <= len(data):
+        length, kind = struct.unpack_from("=HH", data, i)
+        out.append((kind & 0x3FFF, data[i + 4:i + length]))
+        i += (length + 3) & ~3
+    return out
+
+
+def mptcp_pm_groups() -> dict[str, int]:
+    """{group name: id} of the mptcp_pm generic netlink family (CTRL_CMD_GETFAMILY)."""
+    import struct
+    name = b"mptcp_pm\0"
+    attr = struct.pack("=HH", 4 + len(name), CTRL_ATTR_FAMILY_NAME) + name + b"\0" * (-len(name) % 4)
+    msg = struct.pack("=BBH", CTRL_CMD_GETFAMILY, 1, 0) + attr
+    with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_GENERIC) as s:
+        s.send(struct.pack("=IHHII", 16 + len(msg), GENL_ID_CTRL, 1, 1, 0) + msg)   # NLM_F_REQUEST
+        reply = s.recv(65536)
+    groups = {}
+    for kind, value in _attrs(reply[16 + 4:]):
+        if kind == CTRL_ATTR_MCAST_GROUPS:
+            for _, group in _attrs(value):
+                g = dict(_attrs(group))
+                groups[g[CTRL_ATTR_MCAST_GRP_NAME].rstrip(b"\0").decode()] = \
+                    int.from_bytes(g[CTRL_ATTR_MCAST_GRP_ID][:4], "little")
+    return groups
+
+
+def test_the_kernel_announces_no_endpoint_change_on_any_mptcp_pm_group():
+    """Endpoint add/change/delete/flush and limits are silent on both of mptcp_pm's multicast groups
+    (mptcp_pm_cmds, mptcp_pm_events), while a connection is announced there: if a kernel starts to
+    announce endpoint changes, this fails, and the manager can listen instead of re-checking."""
+    import select
+
+    from mptcpize_py.host.netns import in_netns
+    ns = "hp-g"
+    ip("netns", "del", ns, check=False)
+    ip("netns", "add", ns)
+    try:
+        ip("-n", ns, "link", "set", "lo", "up")
+        ip("-n", ns, "addr", "add", "10.237.99.1/24", "dev", "lo")
+
+        def probe() -> tuple[dict[str, int], int, int]:
+            groups = mptcp_pm_groups()
+            with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_NONBLOCK,
+                               NETLINK_GENERIC) as mon:
+                mon.bind((0, 0))
+                for gid in groups.values():
+                    mon.setsockopt(SOL_NETLINK, NETLINK_ADD_MEMBERSHIP, gid)
+
+                def received() -> int:
+                    n = 0
+                    while select.select([mon], [], [], 1.0)[0]:
+                        mon.recv(65536)
+                        n += 1
+                    return n
+                for cmd in ("endpoint add 10.237.99.1 subflow", "endpoint change id 1 backup",
+                            "endpoint flush", "endpoint add 10.237.99.1 signal", "endpoint delete id 1",
+                            "limits set subflows 3 add_addr_accepted 1"):
+                    subprocess.run(["ip", "mptcp", *cmd.split()], check=True, capture_output=True)
+                silent = received()
+                with socket.socket(socket.AF_INET, socket.SOCK_STREAM, 262) as ls, \
+                        socket.socket(socket.AF_INET, socket.SOCK_STREAM, 262) as c:
+                    ls.bind(("10.237.99.1", 0))
+                    ls.listen()
+                    c.connect(ls.getsockname())
+                    events = received()
+            return groups, silent, events
+        groups, silent, events = in_netns(f"/run/netns/{ns}", probe)
+    finally:
+        ip("netns", "del", ns, check=False)
+    assert set(groups) == {"mptcp_pm_cmds", "mptcp_pm_events"}, groups
+    assert events > 0            # the groups were joined: a connection is announced (MPTCP_EVENT_*)
+    assert silent == 0           # endpoints and limits changed six times: not a message
