@@ -48,9 +48,10 @@ SETTLE = 0.05
 # 6.2; net/mptcp/pm_netlink.c mptcp_nl_mcast_send()); its "mptcp_pm_cmds" group (since 5.7) is
 # registered but nothing is ever sent on it; MPTCP_PM_CMD_ADD_ADDR/DEL_ADDR/FLUSH_ADDRS change
 # endpoints silently (checked on 6.18: neither group delivers anything for `ip mptcp endpoint
-# add/delete/flush`). Listening to the events group would also cost a message per connection and
-# subflow, and makes the kernel believe a userspace path manager listens (mptcp_userspace_pm_active(),
-# 6.4+). So: a slow timer. Only namespaces where we have endpoints are read, and only their endpoint
+# add/delete/flush`; tests/host/test_paths_hostile.py checks it). Listening to the events group would
+# also cost a message per connection and subflow, and tells the kernel that a userspace path manager
+# listens (mptcp_userspace_pm_active(), 5.19+, consulted for connections under the userspace path
+# manager). So: a slow timer. Only namespaces where we have endpoints are read, and only their endpoint
 # list (one generic netlink dump): a flush of ours is noticed within this many seconds.
 RECHECK_INTERVAL = 10.0
 
