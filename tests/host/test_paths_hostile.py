@@ -261,6 +261,8 @@ def test_an_admins_endpoints_after_a_flush_are_never_taken_for_ours(lab, policy_
 def test_a_flush_of_our_endpoints_is_noticed_without_any_other_event(lab, policy_dir, follows):
     f = follows(policy_dir(POLICY))
     wait_for(lambda: {A0, A1} <= set(endpoints()), "our endpoints", details=f.text)
+    # The log lines come just after the endpoints: count from after them.
+    wait_for(lambda: f.text().count("added endpoint") == 2, "the two log lines", details=f.text)
     before = len(f.text().splitlines())
     ip("-n", NS, "mptcp", "endpoint", "flush")
     assert endpoints() == {}
