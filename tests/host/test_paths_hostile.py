@@ -270,8 +270,10 @@ def test_a_flush_of_our_endpoints_is_noticed_without_any_other_event(lab, policy
     # is RECHECK_INTERVAL, 10 s; the bound here is generous).
     wait_for(lambda: {A0, A1} <= set(endpoints()), "our endpoints to come back after the flush",
              timeout=60, details=f.text)
+    # Re-added by the re-check; or by the 2 s rescan, when an mptcpd or NetworkManager process started
+    # or stopped meanwhile somewhere on this shared machine (another tier's test): never by an event.
     readded = [line for line in f.text().splitlines()[before:] if "added endpoint" in line]
-    assert len(readded) == 2 and all(line.endswith("(re-check)") for line in readded), f.text()
+    assert len(readded) == 2 and all(line.endswith(("(re-check)", "(rescan)")) for line in readded), f.text()
     assert f.stop() == 0, f.text()
     assert endpoints() == {}
 
