@@ -176,7 +176,7 @@ def path_management(netns_dir: str = NETNS_DIR) -> list[NetnsPaths]:
 class PathsEndpoint:
     id: int
     address: str
-    dev: str | None
+    dev: str | None    # plan.ifname_text(): exact (JSON), escaped in text
     flags: list[str]
     own: bool          # added by mptcpize-py (paths.json records it); else foreign, never touched
 
@@ -210,11 +210,14 @@ def _paths_here(rep: PathsReport, policy: Policy | None, owner: dict | None,
         return rep
     inum = os.stat("/proc/thread-self/ns/net").st_ino
     record = records.get(state.netns_key(netlink.netns_cookie(), inum))
+    # What a look now can prove ours: those recorded that the kernel lists exactly so (the manager's
+    # next pass forgets the others for good).
     own = frozenset(record.endpoints) if record else frozenset()
     view = netlink.read_view()
     rep.subflows, rep.add_addr_accepted = view.limits.subflows, view.limits.add_addr_accepted
-    rep.endpoints = [PathsEndpoint(e.id, e.address, view.ifname(e.ifindex), list(plan.flag_names(e.flags)),
-                                   plan.is_own(e, own)) for e in view.endpoints]
+    rep.endpoints = [PathsEndpoint(e.id, e.address, plan.ifname_text(view.ifname(e.ifindex)),
+                                   list(plan.flag_names(e.flags)), plan.is_own(e, own))
+                     for e in view.endpoints]
     other, note = others.other_manager(inum, procs, rep.path_manager)
     alive = state.owner_alive(owner)
     settings = None
@@ -237,7 +240,7 @@ def _paths_here(rep: PathsReport, policy: Policy | None, owner: dict | None,
     p = plan.plan(view, manage, own, record.limits_set if record else None,
                   record.limits_before if record else None)
     for e in p.remove:
-        rep.changes.append(f"remove endpoint {e.address} id {e.id} dev {view.ifname(e.ifindex) or '-'} "
+        rep.changes.append(f"remove endpoint {e.address} id {e.id} dev {view.ifname_text(e.ifindex)} "
                            f"{' '.join(plan.flag_names(e.flags))}")
     for w in p.add:
         rep.changes.append(f"add endpoint {w.describe()}")
@@ -246,7 +249,7 @@ def _paths_here(rep: PathsReport, policy: Policy | None, owner: dict | None,
                            f"add_addr_accepted={p.limits.add_addr_accepted}")
     rep.notes.extend(p.left_undone())
     for sk in p.skipped:
-        rep.notes.append(f"no endpoint for {sk.address} ({sk.ifname}): {sk.reason}")
+        rep.notes.append(f"no endpoint for {sk.address} ({plan.ifname_text(sk.ifname)}): {sk.reason}")
     for pattern in p.unmatched:
         rep.notes.append(f"interfaces pattern {pattern!r} matches no interface")
     if settings is None and policy.paths is not None:

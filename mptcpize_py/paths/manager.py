@@ -6,7 +6,12 @@ with their addresses by rtnetlink events (not by polling), by the daemon or by `
 - an event thread waits on one rtnetlink socket per managed namespace (links, addresses, routes): a
   message makes it read that namespace again and apply the difference (settle time: SETTLE s, so a
   burst is one pass). Every RESCAN_INTERVAL s it also looks for namespaces that appeared or went
-  (/run/netns) and for mptcpd or NetworkManager starting or stopping (their processes).
+  (/run/netns) and for mptcpd or NetworkManager starting or stopping (their processes). It waits
+  with poll/epoll (selectors), not select(): `[netns] all = true` may mean more than FD_SETSIZE
+  (1,024) sockets.
+- every RECHECK_INTERVAL s it reads the endpoints of each namespace where it has some: no netlink
+  event says that endpoints changed (see RECHECK_INTERVAL), so a flush of ours (`ip mptcp endpoint
+  flush`) is noticed this way, and ours are added again.
 - close(release=True) at stop: ours removed, the limits we set given back (if nobody changed them
   since), the lock released. close(release=False) (`paths --apply` without --follow) leaves them,
   recorded as ours for the next manager.
@@ -19,7 +24,8 @@ change.
 import errno
 import logging
 import os
-import select
+import resource
+import selectors
 import threading
 import time
 from dataclasses import dataclass, field
@@ -36,6 +42,18 @@ from mptcpize_py.status import PathsStatus
 
 RESCAN_INTERVAL = 2.0
 SETTLE = 0.05
+# Endpoint changes are announced by no netlink message, in any kernel up to 6.18 at least: the
+# "mptcp_pm" generic netlink family multicasts only on its "mptcp_pm_events" group, and only
+# connection events (MPTCP_EVENT_CREATED ... SUB_PRIORITY since 5.12, LISTENER_CREATED/CLOSED since
+# 6.2; net/mptcp/pm_netlink.c mptcp_nl_mcast_send()); its "mptcp_pm_cmds" group (since 5.7) is
+# registered but nothing is ever sent on it; MPTCP_PM_CMD_ADD_ADDR/DEL_ADDR/FLUSH_ADDRS change
+# endpoints silently (checked on 6.18: neither group delivers anything for `ip mptcp endpoint
+# add/delete/flush`; tests/host/test_paths_hostile.py checks it). Listening to the events group would
+# also cost a message per connection and subflow, and tells the kernel that a userspace path manager
+# listens (mptcp_userspace_pm_active(), 5.19+, consulted for connections under the userspace path
+# manager). So: a slow timer. Only namespaces where we have endpoints are read, and only their endpoint
+# list (one generic netlink dump): a flush of ours is noticed within this many seconds.
+RECHECK_INTERVAL = 10.0
 
 log = logging.getLogger("mptcpize_py.paths")
 
@@ -91,6 +109,8 @@ class PathManager:
         self._procs: list = []
         self._warned: dict[str, str] = {}       # namespace -> the problem last logged for it
         self.results: list[PassResult] = []     # of the last apply()
+        if follow:
+            _raise_nofile_limit()
 
     # --- the daemon's hooks ------------------------------------------------------------------------
     def apply(self, policy: Policy | None, clean: bool = False) -> None:
@@ -269,13 +289,21 @@ class PathManager:
         if not ns.settings.manages and record.empty:   # role none, nothing of ours there: not even a look
             ns.status = PathsStatus(ns.name, ns.settings.role, "nobody (role none)", (), None)
             return res
+        failed = None
         try:
             in_netns(ns.path, lambda: self._pass_here(ns, record, res, why))
         except MptcpizeError as e:
-            res.problems.append(e.message)
+            failed = e.message
         except Exception as e:  # a bug or an odd namespace: the daemon's upgrades must go on
-            log.exception("paths: netns %s: pass failed", escaped(ns.name))
-            res.problems.append(f"pass failed: {e!r}")
+            failed = f"pass failed: {e!r}"
+            if failed not in ns.problems:   # the traceback once, not at every event
+                log.exception("paths: netns %s: pass failed", escaped(ns.name))
+        if failed is not None:
+            res.problems.append(failed)
+            # status says so, beside what the last good pass left (not that list as if all were well)
+            old = ns.status or PathsStatus(ns.name, ns.settings.role, "mptcpize-py", (), None)
+            ns.status = PathsStatus(old.netns, ns.settings.role, old.managed_by, old.endpoints, old.limits,
+                                    (failed,))
         self.state.save()
         problems = tuple(res.problems)
         if problems != ns.problems:
@@ -298,7 +326,10 @@ class PathManager:
             ns.other = other.line() if other else None
         res.other = ns.other
         view = netlink.read_view()
-        ours = []   # (id, address, ifindex, flags) after this pass
+        # Ours are those we added that were there, exactly so, at every look since: one that is
+        # missing or different now was removed or changed by someone else, and is forgotten.
+        record.endpoints = plan.still_ours(view, record.endpoints)
+        ours: list[plan.KernelEndpoint] = []   # added by this pass
         p = plan.plan(view, None if other else settings, frozenset(record.endpoints),
                       record.limits_set, record.limits_before)
         for e in p.remove:
@@ -307,21 +338,21 @@ class PathManager:
             except OSError as err:
                 res.problems.append(f"cannot remove endpoint {e.address} id {e.id}: {err.strerror}")
                 continue
-            record.endpoints.discard((e.id, e.address))
+            record.endpoints.discard(e.key)
             self._change(ns, res, f"removed endpoint {e.address} id {e.id} dev "
-                         f"{view.ifname(e.ifindex) or '-'} {' '.join(plan.flag_names(e.flags))} ({why})")
+                         f"{view.ifname_text(e.ifindex)} {' '.join(plan.flag_names(e.flags))} ({why})")
         for w in p.add:
             try:
-                ep_id = netlink.add_endpoint(w.address, w.ifindex, w.flags)
+                added = netlink.add_endpoint(w.address, w.ifindex, w.flags)
             except OSError as err:
                 what = ("no room: the namespace holds 8 endpoints" if err.errno == errno.ERANGE
                         else err.strerror)
                 res.problems.append(f"cannot add endpoint {w.describe()}: {what}")
                 continue
-            record.endpoints.add((ep_id, w.address))
-            ours.append((ep_id, w.address, w.ifindex, w.flags))
-            self._change(ns, res, f"added endpoint {w.address} id {ep_id} dev {w.ifname} "
-                         f"{' '.join(plan.flag_names(w.flags))} ({why})")
+            record.endpoints.add(added.key)
+            ours.append(added)
+            self._change(ns, res, f"added endpoint {w.address} id {added.id} dev "
+                         f"{plan.ifname_text(w.ifname)} {' '.join(plan.flag_names(w.flags))} ({why})")
         if p.limits is not None:
             try:
                 netlink.set_limits(p.limits)
@@ -350,38 +381,74 @@ class PathManager:
         ns.status = PathsStatus(
             netns=ns.name, role=ns.settings.role,
             managed_by=ns.other or ("mptcpize-py" if settings else "nobody (role none)"),
-            endpoints=tuple(f"{a} id {i} dev {view.ifname(ix) or '-'} {' '.join(plan.flag_names(f))}"
-                            for i, a, ix, f in sorted([(e.id, e.address, e.ifindex, e.flags)
-                                                       for e in p.keep] + ours)),
+            endpoints=tuple(f"{e.address} id {e.id} dev {view.ifname_text(e.ifindex)} "
+                            f"{' '.join(plan.flag_names(e.flags))}"
+                            for e in sorted([*p.keep, *ours], key=lambda e: (e.id, e.address))),
             limits=f"subflows={limits.subflows} add_addr_accepted={limits.add_addr_accepted}",
             problems=tuple(res.problems))
 
     @staticmethod
     def _change(ns: _Netns, res: PassResult, text: str) -> None:
+        """`text` carries interface names as plan.ifname_text() gives them: escaped for the log here,
+        by the renderer for `paths --apply`'s output."""
         res.changes.append(text)
-        log.info("paths: netns %s: %s", escaped(ns.name), text)
+        log.info("paths: netns %s: %s", escaped(ns.name), escaped(text))
 
     # --- the event thread -----------------------------------------------------------------------------
     def _loop(self) -> None:
         next_rescan = time.monotonic() + RESCAN_INTERVAL
+        next_recheck = time.monotonic() + RECHECK_INTERVAL
         while not self._stop:
             with self._lock:
                 socks = {ns.sock.fileno(): ns.name for ns in self._watch.values() if ns.sock is not None}
-            try:
-                ready, _, _ = select.select([self._wake_r, *socks], [], [],
-                                            max(0.0, next_rescan - time.monotonic()))
-            except (OSError, ValueError):   # a socket closed by a rescan meanwhile
-                ready = []
+            timeout = max(0.0, min(next_rescan, next_recheck) - time.monotonic())
+            ready = self._wait([self._wake_r, *socks], timeout)
             if self._stop:
                 break
+            now = time.monotonic()
             try:
-                self._handle(ready, socks, time.monotonic() >= next_rescan)
+                self._handle(ready, socks, now >= next_rescan, now >= next_recheck)
             except Exception:  # a bug or an odd namespace must not end the thread: log, go on
                 log.exception("paths: pass failed")
-            if time.monotonic() >= next_rescan:
+            if now >= next_rescan:
                 next_rescan = time.monotonic() + RESCAN_INTERVAL
+            if now >= next_recheck:
+                next_recheck = time.monotonic() + RECHECK_INTERVAL
 
-    def _handle(self, ready: list[int], socks: dict[int, str], rescan: bool) -> None:
+    @staticmethod
+    def _wait(fds: list[int], timeout: float) -> list[int]:
+        """The descriptors of `fds` ready to read within `timeout` s. poll/epoll: any number of them
+        (select() refuses descriptors >= FD_SETSIZE, 1,024)."""
+        with selectors.DefaultSelector() as sel:
+            for fd in fds:
+                try:
+                    sel.register(fd, selectors.EVENT_READ)
+                except (OSError, ValueError):   # closed by a rescan meanwhile: its namespace is gone
+                    continue
+            try:
+                return [key.fd for key, _ in sel.select(timeout)]
+            except OSError:
+                time.sleep(min(timeout, 0.1))   # never spin
+                return []
+
+    def _changed_outside(self) -> set[str]:
+        """The namespaces where an endpoint of ours is no longer listed exactly as we added it."""
+        out = set()
+        for ns in list(self._watch.values()):
+            record = self.state.records.get(ns.key)
+            if not ns.settings.manages or ns.other is not None or record is None or not record.endpoints:
+                continue
+            try:
+                listed = {e.key for e in in_netns(ns.path, netlink.read_endpoints_and_limits)[0]}
+            except MptcpizeError:
+                continue   # the pass this namespace gets at its next event says why
+            if not record.endpoints <= listed:
+                log.info("paths: netns %s: endpoints of mptcpize-py removed or changed by someone else "
+                         "(re-check)", escaped(ns.name))
+                out.add(ns.name)
+        return out
+
+    def _handle(self, ready: list[int], socks: dict[int, str], rescan: bool, recheck: bool = False) -> None:
         if self._wake_r in ready:
             try:
                 os.read(self._wake_r, 512)
@@ -403,10 +470,24 @@ class PathManager:
                     self._procs = procs
                     dirty = set(self._watch)
             events = {socks[fd] for fd in ready if fd in socks}
-            for name in sorted(dirty):
+            rechecked = self._changed_outside() - dirty if recheck else set()
+            for name in sorted(dirty | rechecked):
                 ns = self._watch.get(name)
                 if ns is not None:
-                    self._pass(ns, "address change" if name in events else "rescan")
+                    self._pass(ns, "address change" if name in events else
+                               "re-check" if name in rechecked else "rescan")
+
+
+def _raise_nofile_limit() -> None:
+    """The soft RLIMIT_NOFILE up to the hard one: one event socket per managed namespace may mean
+    more than 1,024 descriptors, systemd's soft limit for services (kept low for select()'s sake;
+    systemd.exec(5), LimitNOFILE=, asks programs that do not use select() to raise it themselves)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and (hard == resource.RLIM_INFINITY or soft < hard):
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (OSError, ValueError) as e:
+            log.warning("paths: cannot raise the open files limit from %d: %s", soft, e)
 
 
 def _inum(path: str | None) -> int | None:

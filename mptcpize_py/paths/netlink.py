@@ -90,6 +90,13 @@ def _ifindex(value) -> int | None:
     return value or None
 
 
+def _endpoint(ep) -> KernelEndpoint:
+    def attr(name):
+        return ep.get_nested("MPTCP_PM_ATTR_ADDR", f"MPTCP_PM_ADDR_ATTR_{name}")
+    return KernelEndpoint(id=attr("ID") or 0, address=str(attr("ADDR4") or attr("ADDR6")),
+                          ifindex=_ifindex(attr("IF_IDX")), flags=attr("FLAGS") or 0, port=attr("PORT") or 0)
+
+
 def read_endpoints_and_limits() -> tuple[tuple[KernelEndpoint, ...], Limits]:
     pyroute2, NetlinkError = _pyroute2()
     try:
@@ -98,15 +105,16 @@ def read_endpoints_and_limits() -> tuple[tuple[KernelEndpoint, ...], Limits]:
             eps = m.endpoint("show")
     except (NetlinkError, OSError) as e:
         raise MptcpizeError(f"cannot read MPTCP path manager: {e}") from None
-    out = []
-    for ep in eps:
-        def attr(name, ep=ep):
-            return ep.get_nested("MPTCP_PM_ATTR_ADDR", f"MPTCP_PM_ADDR_ATTR_{name}")
-        out.append(KernelEndpoint(id=attr("ID") or 0, address=str(attr("ADDR4") or attr("ADDR6")),
-                                  ifindex=_ifindex(attr("IF_IDX")), flags=attr("FLAGS") or 0,
-                                  port=attr("PORT") or 0))
-    return tuple(out), Limits(limits.get_attr("MPTCP_PM_ATTR_SUBFLOWS") or 0,
-                              limits.get_attr("MPTCP_PM_ATTR_RCV_ADD_ADDRS") or 0)
+    return tuple(_endpoint(ep) for ep in eps), Limits(limits.get_attr("MPTCP_PM_ATTR_SUBFLOWS") or 0,
+                                                      limits.get_attr("MPTCP_PM_ATTR_RCV_ADD_ADDRS") or 0)
+
+
+def _ifname(raw: str | bytes | None, index: int) -> bytes:
+    """IFLA_IFNAME as the kernel's bytes: pyroute2 gives a str when they are UTF-8 and the bytes when
+    they are not (a name such as b"u\xff" is legal: the kernel refuses only '/', ':', whitespace)."""
+    if isinstance(raw, bytes | bytearray):
+        return bytes(raw)
+    return raw.encode() if raw else f"if{index}".encode()
 
 
 def read_view() -> KernelView:
@@ -114,7 +122,7 @@ def read_view() -> KernelView:
     pyroute2, NetlinkError = _pyroute2()
     try:
         with pyroute2.IPRoute() as ipr:
-            links = tuple(Link(lk["index"], lk.get_attr("IFLA_IFNAME") or f"if{lk['index']}", lk["flags"])
+            links = tuple(Link(lk["index"], _ifname(lk.get_attr("IFLA_IFNAME"), lk["index"]), lk["flags"])
                           for lk in ipr.get_links())
             addrs = tuple(Addr(a["family"], a.get_attr("IFA_LOCAL") or a.get_attr("IFA_ADDRESS"),
                                a["prefixlen"], a["index"], a.get_attr("IFA_FLAGS") or a["flags"], a["scope"])
@@ -135,9 +143,9 @@ def read_view() -> KernelView:
     return KernelView(links, addrs, tuple(routes), endpoints, limits)
 
 
-def add_endpoint(address: str, ifindex: int, flags: int) -> int:
-    """Adds an endpoint; returns the id the kernel gave it. Raises OSError (errno EEXIST: the address
-    has one; ERANGE: the namespace holds MPTCP_PM_ADDR_MAX)."""
+def add_endpoint(address: str, ifindex: int, flags: int) -> KernelEndpoint:
+    """Adds an endpoint; returns it as the kernel then lists it (with the id it gave it). Raises OSError
+    (errno EEXIST: the address has one; ERANGE: the namespace holds MPTCP_PM_ADDR_MAX)."""
     pyroute2, NetlinkError = _pyroute2()
     family = "addr6" if ":" in address else "addr4"
     with pyroute2.MPTCP() as m:
@@ -146,9 +154,9 @@ def add_endpoint(address: str, ifindex: int, flags: int) -> int:
         except NetlinkError as e:
             raise OSError(e.code, f"{address}: {errno.errorcode.get(e.code, e.code)}") from None
         for ep in m.endpoint("show"):
-            got = ep.get_nested("MPTCP_PM_ATTR_ADDR", f"MPTCP_PM_ADDR_ATTR_{family.upper()}")
-            if str(got) == address:
-                return ep.get_nested("MPTCP_PM_ATTR_ADDR", "MPTCP_PM_ADDR_ATTR_ID") or 0
+            got = _endpoint(ep)
+            if got.address == address:
+                return got
     raise OSError(errno.ENOENT, f"{address}: added, then not listed")
 
 

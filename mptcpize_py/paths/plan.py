@@ -13,9 +13,17 @@ skips, so that the two behave alike where either could run:
   *default* route through the interface; here a connected route is enough, because a second path
   on a server or router (a direct link, a storage network) rarely carries the default route.
 
-Ownership: an endpoint is ours when its id and address are those of an endpoint we added (state.py
-records them). Everything else is foreign and is never changed or removed; an address a foreign
-endpoint already covers gets no endpoint of ours (the kernel refuses a second one for an address).
+Ownership: an endpoint is ours only when it is exactly one we added, id, address, flags and interface
+(state.py records them), and we have seen it there at every look since (the manager forgets an
+endpoint of ours the first time it is missing or different: after `ip mptcp endpoint flush` the
+kernel hands the same ids out again, to whoever adds next). Everything else is foreign and is never
+changed or removed; an address a foreign endpoint already covers gets no endpoint of ours (the kernel
+refuses a second one for an address).
+
+Interface names are bytes, as the kernel keeps them (IFNAMSIZ bytes, any but '/', ':', whitespace and
+NUL; not necessarily UTF-8); policy patterns are matched against them as UTF-8. Text carries a name as
+ifname_text() gives it (an undecodable byte as a PEP 383 lone surrogate): exact in JSON, and every
+line a person reads shows it through display.escaped().
 """
 
 import fnmatch
@@ -48,10 +56,16 @@ def flag_names(flags: int) -> tuple[str, ...]:
     return tuple(name for bit, name in FLAG_NAMES.items() if flags & bit)
 
 
+def ifname_text(name: bytes | None) -> str | None:
+    """An interface name as text: exact (undecodable bytes become lone surrogates, PEP 383); shown to a
+    person only through display.escaped()."""
+    return None if name is None else name.decode("utf-8", "surrogateescape")
+
+
 @dataclass(frozen=True)
 class Link:
     index: int
-    name: str
+    name: bytes          # as the kernel has it: not necessarily UTF-8
     flags: int           # IFF_*
 
     @property
@@ -87,6 +101,15 @@ class KernelEndpoint:
     flags: int
     port: int = 0
 
+    @property
+    def key(self) -> "OwnKey":
+        return (self.id, self.address, self.flags, self.ifindex or 0)
+
+
+# What makes an endpoint ours: (id, address, flags, ifindex) exactly as the kernel listed it after we
+# added it.
+OwnKey = tuple[int, str, int, int]
+
 
 @dataclass(frozen=True)
 class Limits:
@@ -106,9 +129,13 @@ class KernelView:
     def link(self, index: int | None) -> Link | None:
         return next((lk for lk in self.links if lk.index == index), None)
 
-    def ifname(self, index: int | None) -> str | None:
+    def ifname(self, index: int | None) -> bytes | None:
         lk = self.link(index)
-        return lk.name if lk else (None if not index else f"if{index}")
+        return lk.name if lk else (None if not index else f"if{index}".encode())
+
+    def ifname_text(self, index: int | None) -> str:
+        """The name as text (ifname_text()), "-" for none."""
+        return ifname_text(self.ifname(index)) or "-"
 
 
 @dataclass(frozen=True)
@@ -116,17 +143,17 @@ class Wanted:
     """An endpoint the settings want: this address, bound to its interface, with these flags."""
     address: str
     ifindex: int
-    ifname: str
+    ifname: bytes
     flags: int
 
     def describe(self) -> str:
-        return f"{self.address} dev {self.ifname} {' '.join(flag_names(self.flags))}"
+        return f"{self.address} dev {ifname_text(self.ifname)} {' '.join(flag_names(self.flags))}"
 
 
 @dataclass(frozen=True)
 class Skipped:
     address: str
-    ifname: str
+    ifname: bytes
     reason: str
 
 
@@ -148,14 +175,14 @@ class Plan:
 
     def left_undone(self) -> list[str]:
         """One line per wanted endpoint this plan cannot make: a foreign one covers it, or no room."""
-        return ([f"{w.address} ({w.ifname}) has a foreign endpoint (id {e.id}): left as it is"
+        return ([f"{w.address} ({ifname_text(w.ifname)}) has a foreign endpoint (id {e.id}): left as it is"
                  for w, e in self.covered]
                 + [f"no endpoint for {w.describe()}: the namespace holds {MPTCP_PM_ADDR_MAX} endpoints"
                    for w in self.no_room])
 
 
-def matches(name: str, patterns: tuple[str, ...]) -> bool:
-    return any(fnmatch.fnmatchcase(name, p) for p in patterns)
+def matches(name: bytes, patterns: tuple[str, ...]) -> bool:
+    return any(fnmatch.fnmatchcase(name, p.encode("utf-8", "surrogateescape")) for p in patterns)
 
 
 def has_usable_route(ifindex: int, family: int, routes: tuple[Route, ...]) -> bool:
@@ -199,7 +226,7 @@ def skip_reason(addr: Addr, link: Link | None, routes: tuple[Route, ...]) -> str
     return None
 
 
-def endpoint_flags(settings: PathsSettings, ifname: str) -> int:
+def endpoint_flags(settings: PathsSettings, ifname: bytes) -> int:
     flags = {"client": SUBFLOW, "server": SIGNAL, "both": SIGNAL | SUBFLOW}[settings.role]
     if matches(ifname, settings.backup):
         flags |= BACKUP
@@ -212,9 +239,9 @@ def wanted_endpoints(view: KernelView, settings: PathsSettings) -> tuple[list[Wa
                                                                            list[str]]:
     """(wanted, skipped, include patterns that match no interface), in interface then address order."""
     wanted, skipped = [], []
-    for addr in sorted(view.addrs, key=lambda a: (view.ifname(a.ifindex) or "", a.family, a.address)):
+    for addr in sorted(view.addrs, key=lambda a: (view.ifname(a.ifindex) or b"", a.family, a.address)):
         link = view.link(addr.ifindex)
-        name = link.name if link else f"if{addr.ifindex}"
+        name = link.name if link else f"if{addr.ifindex}".encode()
         if link is None or not matches(name, settings.interfaces) or matches(name, settings.exclude):
             continue
         why = skip_reason(addr, link, view.routes)
@@ -222,16 +249,23 @@ def wanted_endpoints(view: KernelView, settings: PathsSettings) -> tuple[list[Wa
             skipped.append(Skipped(addr.address, name, why))
             continue
         wanted.append(Wanted(addr.address, addr.ifindex, name, endpoint_flags(settings, name)))
-    unmatched = [p for p in settings.interfaces if not any(fnmatch.fnmatchcase(lk.name, p)
-                                                           for lk in view.links)]
+    unmatched = [p for p in settings.interfaces if not any(matches(lk.name, (p,)) for lk in view.links)]
     return wanted, skipped, unmatched
 
 
-def is_own(ep: KernelEndpoint, own: frozenset[tuple[int, str]]) -> bool:
-    return (ep.id, ep.address) in own
+def is_own(ep: KernelEndpoint, own: frozenset[OwnKey]) -> bool:
+    return ep.key in own
 
 
-def plan(view: KernelView, settings: PathsSettings | None, own: frozenset[tuple[int, str]],
+def still_ours(view: KernelView, own: frozenset[OwnKey] | set[OwnKey]) -> set[OwnKey]:
+    """The endpoints of `own` that the kernel still lists exactly as we added them. One missing or
+    different was removed or changed by someone else: forgotten, never ours again (an endpoint added
+    later with the same id, address, flags and interface is someone else's)."""
+    listed = {e.key for e in view.endpoints}
+    return {k for k in own if k in listed}
+
+
+def plan(view: KernelView, settings: PathsSettings | None, own: frozenset[OwnKey],
          limits_set: Limits | None = None, limits_before: Limits | None = None) -> Plan:
     """The changes that make `view` what `settings` want. settings None: we manage nothing here
     (no table, role none, or another manager): remove ours, and give back the limits we set

@@ -6,6 +6,10 @@ tell our endpoints from foreign ones.
 One manager at a time: whoever changes endpoints (the daemon, `paths --apply`) holds paths.lock
 (flock) meanwhile, and names itself in the record (`owner`).
 
+An endpoint is recorded as the kernel listed it after we added it: id, address, flags and interface
+index. Ownership needs all four (plan.py); a record of version 1 (id and address only) proves nothing,
+and its endpoints are taken for foreign.
+
 A namespace is keyed by its cookie (SO_NETNS_COOKIE, never reused while the machine runs); its inode
 number, which the kernel hands out again once a namespace is gone, only where there is no cookie.
 """
@@ -22,11 +26,11 @@ from pathlib import Path
 from mptcpize_py.errors import MptcpizeError
 from mptcpize_py.host import procfs
 from mptcpize_py.host.files import write_atomic
-from mptcpize_py.paths.plan import Limits
+from mptcpize_py.paths.plan import Limits, OwnKey
 
 STATE_FILE = "paths.json"
 LOCK_FILE = "paths.lock"
-VERSION = 1
+VERSION = 2
 
 log = logging.getLogger("mptcpize_py.paths")
 
@@ -34,19 +38,21 @@ log = logging.getLogger("mptcpize_py.paths")
 @dataclass
 class NetnsRecord:
     name: str
-    endpoints: set[tuple[int, str]] = field(default_factory=set)   # (id, address) we added
+    endpoints: set[OwnKey] = field(default_factory=set)   # (id, address, flags, ifindex) we added
     limits_before: Limits | None = None   # the limits we found, given back when we stop
     limits_set: Limits | None = None      # the limits we set
 
     def to_json(self) -> dict:
         return {"name": self.name,
-                "endpoints": [{"id": i, "address": a} for i, a in sorted(self.endpoints)],
+                "endpoints": [{"id": i, "address": a, "flags": f, "ifindex": x}
+                              for i, a, f, x in sorted(self.endpoints)],
                 "limits_before": _limits_json(self.limits_before),
                 "limits_set": _limits_json(self.limits_set)}
 
     @classmethod
     def from_json(cls, d: dict) -> "NetnsRecord":
-        return cls(str(d["name"]), {(int(e["id"]), str(e["address"])) for e in d["endpoints"]},
+        return cls(str(d["name"]), {(int(e["id"]), str(e["address"]), int(e["flags"]), int(e["ifindex"]))
+                                    for e in d["endpoints"] if "flags" in e and "ifindex" in e},
                    _limits(d.get("limits_before")), _limits(d.get("limits_set")))
 
     @property
@@ -70,7 +76,14 @@ def read(directory: Path) -> tuple[dict | None, dict[str, NetnsRecord]]:
     """(owner, records) as last written; ({}, {}) when there is no record or it cannot be read."""
     try:
         data = json.loads((Path(directory) / STATE_FILE).read_text())
-        records = {k: NetnsRecord.from_json(v) for k, v in data.get("netns", {}).items()}
+        netns = data.get("netns", {})
+        records = {k: NetnsRecord.from_json(v) for k, v in netns.items()}
+        unproven = sum(len(v["endpoints"]) for v in netns.values()) - \
+            sum(len(r.endpoints) for r in records.values())
+        if unproven:
+            log.warning("paths: %d endpoint(s) in %s recorded without flags and interface (by an older "
+                        "mptcpize-py) are taken for foreign, and left as they are: `ip mptcp endpoint "
+                        "delete` removes them", unproven, Path(directory) / STATE_FILE)
         return data.get("owner"), records
     except (FileNotFoundError, PermissionError):   # none yet; not root (the directory is 0700)
         return None, {}

@@ -33,6 +33,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from mptcpize_py import abi
+from mptcpize_py.display import escaped
 from mptcpize_py.policy.model import (
     HOST_NETNS_NAME,
     NetnsSelection,
@@ -188,8 +189,8 @@ def _paths_selection_errors(res: "_FileResult", netns: NetnsSelection) -> list[s
     for name, line in res.paths_netns_lines.items():
         if name == HOST_NETNS_NAME or netns.mode == "all" or name in netns.names:
             continue
-        out.append(f"{res.filename}:{line}: [paths.netns.{name}]: the policy does not select namespace "
-                   f"{_show(name)} (add it to [netns] names)")
+        out.append(f"{res.filename}:{line}: [paths.netns.{escaped(name)}]: the policy does not select "
+                   f"namespace {_show(name)} (add it to [netns] names)")
     return out
 
 
@@ -358,13 +359,13 @@ def _parse_paths(res: _FileResult, table: dict, at, error) -> None:
     overrides = []
     for name, sub in per_ns.items():
         line = at("netns", name)
-        res.paths_netns_lines[name] = line
-        header = f"[paths.netns.{name}]"
+        header = f"[paths.netns.{escaped(name)}]"   # a hostile name shown on one line, escaped
         reason = _check_netns_name(name)
         if reason:
             error(line, f"{header}: {reason}")
             ok = False
             continue
+        res.paths_netns_lines[name] = line
         if not isinstance(sub, dict):
             error(line, f"paths.netns.{name} must be a table: {header} with role = ...")
             ok = False

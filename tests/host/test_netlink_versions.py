@@ -26,7 +26,8 @@ import dataclasses, importlib.metadata, json
 from mptcpize_py.paths import netlink
 view = netlink.read_view()
 print(json.dumps({"pyroute2": importlib.metadata.version("pyroute2"),
-                  "view": dataclasses.asdict(view)}))
+                  "view": dataclasses.asdict(view)},
+                 default=lambda name: name.decode("utf-8", "surrogateescape")))   # interface names: bytes
 """
 
 

@@ -32,8 +32,8 @@ from mptcpize_py.status import PathsStatus
 from tests.unit.status_builder import daemon_status
 
 UP = IFF_UP | IFF_RUNNING
-LINKS = (Link(1, "lo", IFF_LOOPBACK | UP), Link(2, "eth0", UP), Link(3, "wwan0", UP), Link(4, "eth1", IFF_UP),
-         Link(5, "docker0", UP))
+LINKS = (Link(1, b"lo", IFF_LOOPBACK | UP), Link(2, b"eth0", UP), Link(3, b"wwan0", UP), Link(4, b"eth1", IFF_UP),
+         Link(5, b"docker0", UP))
 ROUTES = (Route(AF_INET, 254, 1, "10.0.0.0", 24, ((2, 0),)), Route(AF_INET, 254, 1, None, 0, ((3, 0),)),
           Route(AF_INET, 254, 1, "10.9.0.0", 24, ((4, RTNH_F_LINKDOWN),)),
           Route(AF_INET, 254, 1, "172.17.0.0", 16, ((5, 0),)),
@@ -62,8 +62,8 @@ def view(endpoints=(), limits=DEFAULT_LIMITS):
 def test_what_gets_an_endpoint_and_why_the_rest_does_not():
     wanted, skipped, unmatched = plan.wanted_endpoints(view(), PathsSettings(role="client"))
     assert [(w.address, w.ifname, w.flags) for w in wanted] == [
-        ("172.17.0.1", "docker0", SUBFLOW), ("10.0.0.5", "eth0", SUBFLOW), ("2001:db8::5", "eth0", SUBFLOW),
-        ("100.64.1.2", "wwan0", SUBFLOW)]   # interface, then family, then address order
+        ("172.17.0.1", b"docker0", SUBFLOW), ("10.0.0.5", b"eth0", SUBFLOW), ("2001:db8::5", b"eth0", SUBFLOW),
+        ("100.64.1.2", b"wwan0", SUBFLOW)]   # interface, then family, then address order
     assert {(s.address, s.reason) for s in skipped} == {
         ("127.0.0.1", "loopback interface"),
         ("10.9.0.1", "interface has no carrier"),
@@ -99,7 +99,7 @@ def test_the_plan_touches_only_ours():
            KernelEndpoint(3, "10.0.0.99", 2, SUBFLOW),            # ours, address gone
            KernelEndpoint(4, "100.64.1.2", None, SIGNAL),         # foreign, covers an address we want
            KernelEndpoint(5, "192.0.2.1", None, SIGNAL)]          # foreign, nothing to do with us
-    own = frozenset({(1, "10.0.0.5"), (2, "2001:db8::5"), (3, "10.0.0.99")})
+    own = frozenset(e.key for e in eps[:3])
     p = plan.plan(view(eps), s, own)
     assert [e.id for e in p.keep] == [1]
     assert [e.id for e in p.remove] == [2, 3]
@@ -112,6 +112,38 @@ def test_the_plan_touches_only_ours():
     assert [e.id for e in p.remove] == [1, 2, 3] and p.add == [] and p.limits == Limits(2, 0)
     p = plan.plan(view(eps, Limits(3, 2)), None, own, limits_set=Limits(4, 2), limits_before=Limits(2, 0))
     assert p.limits is None
+
+
+def test_interface_names_are_bytes_not_always_utf8():
+    """A name the kernel accepts need not be UTF-8 (pyroute2 then gives bytes): it is planned for like
+    any other, sorted among the others, matched by patterns, and shown as PEP 383 text."""
+    links = (*LINKS, Link(6, b"u\xff", UP), Link(7, b"e\xe2\x80\xaegp", UP))
+    routes = (*ROUTES, Route(AF_INET, 254, 1, "10.6.0.0", 24, ((6, 0),)),
+              Route(AF_INET, 254, 1, "10.7.0.0", 24, ((7, 0),)))
+    v = KernelView(links, (*ADDRS, addr("10.6.0.1", 6), addr("10.7.0.1", 7)), routes, (), DEFAULT_LIMITS)
+    wanted, _, unmatched = plan.wanted_endpoints(v, PathsSettings(role="client", interfaces=("u*", "e*"),
+                                                                  backup=("u?",)))
+    assert [(w.address, w.ifname, w.flags) for w in wanted] == [
+        ("10.0.0.5", b"eth0", SUBFLOW), ("2001:db8::5", b"eth0", SUBFLOW),
+        ("10.7.0.1", b"e\xe2\x80\xaegp", SUBFLOW), ("10.6.0.1", b"u\xff", SUBFLOW | BACKUP)]   # byte order
+    assert unmatched == []
+    assert wanted[-1].describe() == "10.6.0.1 dev u\udcff subflow backup"
+    assert v.ifname_text(6) == "u\udcff" and v.ifname_text(None) == "-"
+
+
+def test_ours_only_while_seen_exactly_as_we_added_them():
+    """After `ip mptcp endpoint flush` the kernel hands our ids out again: an endpoint with our id and
+    address but other flags or interface is someone else's, and once missing, ours is forgotten."""
+    ours = KernelEndpoint(1, "10.0.0.5", 2, SUBFLOW)
+    theirs = KernelEndpoint(1, "10.0.0.5", 2, SIGNAL | BACKUP)
+    other_dev = KernelEndpoint(1, "10.0.0.5", 3, SUBFLOW)
+    own = {ours.key}
+    assert plan.still_ours(view([ours]), own) == own
+    assert plan.still_ours(view([theirs]), own) == set()
+    assert plan.still_ours(view([other_dev]), own) == set()
+    assert plan.still_ours(view([]), own) == set()
+    p = plan.plan(view([theirs]), PathsSettings(role="client", interfaces=("eth0",)), frozenset(own))
+    assert p.remove == [] and [(w.address, e) for w, e in p.covered] == [("10.0.0.5", theirs)]
 
 
 def test_no_more_than_the_kernel_holds():
@@ -199,3 +231,16 @@ def test_paths_text_and_status_text():
         "    note: x"]
     from mptcpize_py.status import DaemonStatus
     assert DaemonStatus.from_json_dict(st.to_json_dict()) == st
+
+
+def test_a_record_without_flags_and_interface_proves_nothing(tmp_path, caplog):
+    """paths.json of version 1 kept (id, address) only: not enough to call an endpoint ours."""
+    from mptcpize_py.paths import state
+    (tmp_path / state.STATE_FILE).write_text(
+        '{"version": 1, "owner": null, "netns": {"cookie:1": {"name": "blue", "endpoints": '
+        '[{"id": 1, "address": "10.0.0.5"}], "limits_before": null, "limits_set": null}}}')
+    _, records = state.read(tmp_path)
+    assert records["cookie:1"].endpoints == set()
+    assert "1 endpoint(s) in" in caplog.text and "taken for foreign" in caplog.text
+    rec = state.NetnsRecord("blue", {(1, "10.0.0.5", SUBFLOW, 2)})
+    assert state.NetnsRecord.from_json(rec.to_json()) == rec
