@@ -10,6 +10,7 @@ import socket
 import stat
 import threading
 import time
+from collections.abc import Callable
 from typing import NamedTuple
 
 from mptcpize_py.abi import IPPROTO_MPTCP
@@ -62,11 +63,11 @@ class _Summary(NamedTuple):
 class Supervisor:
     """Answers the notifications of one listener until every task using the filter is gone.
 
-    track=True (`run`): keeps per process (pid, start time: a recycled pid is another process) what
-    report() gives `run -v`. Only live processes are kept in full: exited ones become a row (the
-    first REPORT_ROWS processes) or add to a per-executable summary, so memory stays bounded however
-    many processes come and go, and the totals stay exact. track=False (the detached supervisor,
-    whose report nobody reads): nothing per process."""
+    track=True (`run`): keeps per process (pid plus its pidfd's inode, or its start time: a recycled
+    pid is another process) what report() gives `run -v`. Only live processes are kept in full:
+    exited ones become a row (the first REPORT_ROWS processes) or add to a per-executable summary, so
+    memory stays bounded however many processes come and go, and the totals stay exact.
+    track=False (the detached supervisor, whose report nobody reads): nothing per process."""
 
     REPORT_ROWS = 1000       # processes with a row of their own in report()
     SUMMARY_EXES = 64        # executables summarized by name; the rest are summed under OTHERS
@@ -92,6 +93,8 @@ class Supervisor:
         self._warned_lock = threading.Lock()
         self._checkers: list[_ExecChecker] = []
         self.foreign_proc = foreign_proc()
+        self._process_id: Callable[[int], int] = \
+            _pidfs_inode if _pidfs_inodes_differ() else _start_ticks
         self._home_netns_fd = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
         self._home_netns = os.fstat(self._home_netns_fd)
         self._home = read_creds("thread-self")
@@ -194,7 +197,7 @@ class Supervisor:
         # Read while the caller still waits in socket(): once it has its fd it may exit at once.
         key, first_exe = None, None
         if self.track:
-            key = (tgid, _start_ticks(tgid))
+            key = (tgid, self._process_id(tgid))
             if key not in self._live:
                 first_exe = procfs.exe(tgid) or "?"
         try:
@@ -222,7 +225,7 @@ class Supervisor:
 
     def _prune(self) -> None:
         """Retires the processes that exited (their pid is gone or another process's now)."""
-        for key in [k for k in self._live if _start_ticks(k[0]) != k[1]]:
+        for key in [k for k in self._live if self._process_id(k[0]) != k[1]]:
             self._retire(key, self._live.pop(key))
         self._prune_at = max(self.PRUNE_MIN, 2 * len(self._live))
 
@@ -362,10 +365,38 @@ def _read_small(path: str) -> bytes | None:
         os.close(fd)
 
 
+def _pidfs_inodes_differ() -> bool:
+    """Whether pidfds carry an inode number of their own (pidfs, Linux 6.9: one per struct pid, a
+    64-bit counter never reused); before, every pidfd is the same anonymous inode."""
+    others = [p for p in (os.getppid(), 1) if p not in (0, os.getpid())]
+    try:
+        fds = [os.pidfd_open(p) for p in (os.getpid(), *others[:1])]
+    except OSError:
+        return False
+    try:
+        return len(fds) == 2 and os.fstat(fds[0]).st_ino != os.fstat(fds[1]).st_ino
+    finally:
+        for fd in fds:
+            os.close(fd)
+
+
+def _pidfs_inode(pid: int) -> int:
+    """Who process `pid` is, exactly: its pidfd's inode number (0 if gone). A pid used again is
+    another struct pid, with another number, however soon."""
+    try:
+        fd = os.pidfd_open(pid)
+    except OSError:
+        return 0
+    try:
+        return os.fstat(fd).st_ino
+    finally:
+        os.close(fd)
+
+
 def _start_ticks(pid: int) -> int:
     """When process `pid` started (/proc/PID/stat field 22, clock ticks after boot; 0 if gone): with
-    the pid, who it is. Bytes and no decoding: it runs once per upgraded socket (procfs.starttime()
-    costs twice as much)."""
+    the pid, who it is, where pidfds cannot tell (Linux < 6.9), except for two processes given the
+    same pid within one tick. Bytes and no decoding: it runs once per upgraded socket."""
     data = _read_small(f"/proc/{pid}/stat")
     try:
         return int(data[data.rindex(b")") + 2:].split(b" ", 20)[19]) if data else 0
