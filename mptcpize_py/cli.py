@@ -295,7 +295,8 @@ def cmd_run(args: RunArgs) -> int:
         status, reports = run_command(argv, backend)
         if args.verbose:
             from mptcpize_py import report
-            for line in report.run_verbose(backend.name, reports, backend.counters()):
+            for line in report.run_verbose(backend.name, reports, backend.counters(),
+                                           backend.summarized()):
                 _err(line)
             handed_off = backend.handed_off_pid
             if handed_off:

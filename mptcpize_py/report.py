@@ -36,11 +36,18 @@ def check_json(report) -> str:
     }, indent=2)
 
 
-def run_verbose(backend_name: str, reports, counters: dict[str, int] | None) -> list[str]:
+def run_verbose(backend_name: str, reports, counters: dict[str, int] | None,
+                summarized=()) -> list[str]:
+    """reports: one per process; summarized: processes without a row, by executable (ProcessSummary)."""
+    sockets = sum(r.upgraded for r in reports) + sum(s.upgraded for s in summarized)
+    processes = len(reports) + sum(s.processes for s in summarized)
     lines = [f"mptcpize-py: backend {backend_name}: "
-             f"{sum(r.upgraded for r in reports)} socket(s) upgraded in {len(reports)} process(es)"]
+             f"{sockets} socket(s) upgraded in {processes} process(es)"]
     for r in reports:
         lines.append(f"mptcpize-py: pid={r.pid} exe={escaped(r.exe)} upgraded={r.upgraded}")
+    for s in summarized:
+        lines.append(f"mptcpize-py: {s.processes} more process(es): exe={escaped(s.exe)} "
+                     f"upgraded={s.upgraded}")
     if counters:
         skipped = {k: v for k, v in counters.items() if k != "upgraded" and v}
         if skipped:

@@ -11,6 +11,14 @@ class ProcessReport(NamedTuple):
     upgraded: int
 
 
+class ProcessSummary(NamedTuple):
+    """Processes that got upgraded sockets but no row of their own (beyond a backend's row limit),
+    by executable."""
+    exe: str
+    processes: int
+    upgraded: int
+
+
 class RunBackend(Protocol):
     """A way to upgrade the sockets of CMD's process tree. Every backend provides all of it."""
 
@@ -24,6 +32,9 @@ class RunBackend(Protocol):
 
     def finish(self) -> list[ProcessReport]:
         """After CMD exited: one report per process that got upgraded sockets."""
+
+    def summarized(self) -> list[ProcessSummary]:
+        """After finish(): the processes its list left out (beyond a row limit), by executable."""
 
     def counters(self) -> dict[str, int] | None:
         """Sockets upgraded and not upgraded, by reason; None when the backend cannot count this run's

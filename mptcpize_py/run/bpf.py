@@ -6,7 +6,7 @@ import os
 from typing import TYPE_CHECKING
 
 from mptcpize_py.errors import MptcpizeError
-from mptcpize_py.run.backend import ProcessReport, RunBackend
+from mptcpize_py.run.backend import ProcessReport, ProcessSummary, RunBackend
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -66,6 +66,9 @@ class BpfRunBackend(RunBackend):
         return [ProcessReport(s.tgid, self._exe_of(s.tgid, s.start_ns), s.upgraded)
                 for s in sorted(self._rewriter.proc_stats(), key=lambda s: (s.tgid, s.start_ns))]
 
+    def summarized(self) -> list[ProcessSummary]:
+        return []   # every process has its row
+
     def counters(self) -> dict[str, int]:
         return self._rewriter.counters()
 
@@ -110,6 +113,9 @@ class DaemonRunBackend(RunBackend):
         from mptcpize_py.daemon import client
         resp = client.request({"cmd": "run_report", "run_id": self.run_id}, self.path, timeout=10)
         return [ProcessReport(r["pid"], r.get("exe") or "?", r["upgraded"]) for r in resp["processes"]]
+
+    def summarized(self) -> list[ProcessSummary]:
+        return []   # every process has its row
 
     def counters(self) -> None:
         return None   # the daemon's counters cover every process it upgrades, not this run only

@@ -31,6 +31,9 @@ class NoUpgradeBackend(RunBackend):
     def finish(self):
         return []
 
+    def summarized(self):
+        return []
+
     def counters(self):
         return None
 

@@ -9,12 +9,15 @@ import socket
 import threading
 
 from mptcpize_py.host import libc, procfs
-from mptcpize_py.run.backend import ProcessReport, RunBackend
+from mptcpize_py.run.backend import ProcessReport, ProcessSummary, RunBackend
 from mptcpize_py.run.seccomp.filter import FilterInstaller
 from mptcpize_py.run.seccomp.notify import Listener, recv_listener, send_listener
 from mptcpize_py.run.seccomp.probe import probe
-from mptcpize_py.run.seccomp.supervisor import Supervisor
+from mptcpize_py.run.seccomp.supervisor import Supervisor, foreign_proc
 
+log = logging.getLogger(__name__)
+HINT = logging.ERROR - 1   # a level of its own, so that the hint reads `mptcpize-py: hint: ...`
+logging.addLevelName(HINT, "hint")
 # The detached supervisor's comm, what `pgrep -x`, ps and top show: the kernel keeps 15 bytes of it,
 # so a longer name would match no exact search.
 DETACHED_NAME = "mptcpize-sup"
@@ -27,9 +30,19 @@ class SeccompRunBackend(RunBackend):
 
     # After CMD exits, how long to wait for its remaining descendants before handing them over.
     LINGER_S = 0.2
+    # How long stopping the supervisor thread may take before `run` goes on without it (it never
+    # blocks for long by design: see Supervisor._exec; this is the bound if it ever does).
+    STOP_WAIT_S = 5.0
 
     def __init__(self):
         probe()
+        # Checked here, before CMD starts, to say it once; the Supervisor refuses on its own too.
+        why = foreign_proc()
+        if why is not None:
+            log.error("cannot upgrade sockets: %s: the sockets of CMD's tree stay plain TCP", why)
+            log.log(HINT, "give mptcpize-py a /proc of its own pid namespace "
+                          "(e.g. `unshare -pf --mount-proc`), or run it outside that namespace")
+        self._summarized: list[ProcessSummary] = []
         # The kernel lets a task install a filter without no_new_privs only with CAP_SYS_ADMIN. We
         # avoid no_new_privs when we can: it would make every setuid/setgid/file-capability program
         # in the tree (sudo, ping, su) run without its privilege, an EPERM the program would not get
@@ -86,14 +99,16 @@ class SeccompRunBackend(RunBackend):
             # Descendants outlive CMD (a daemon, `cmd &`). If the listener closed now, their next TCP
             # socket() would fail with ENOSYS (kernel/seccomp.c: no listener): keep answering for them
             # from a detached process until the last one exits.
-            self._stop_thread()
-            if not sup.hung_up.is_set():
+            if self._stop_thread() and not sup.hung_up.is_set():
                 self._handed_off = _hand_off(sup)
-        self._stop_thread()
-        if sup is None:
-            return []
-        return sorted((ProcessReport(tgid, sup.exe.get(tgid, "?"), count)
-                       for tgid, count in sup.upgraded.items()), key=lambda r: r.pid)
+        if not self._stop_thread() or sup is None:
+            return []   # a wedged supervisor's tallies are being written: report none
+        rows, self._summarized = sup.report()
+        log.debug("seccomp supervisor: %d live process(es) tracked at most", sup.peak_live)
+        return rows
+
+    def summarized(self) -> list[ProcessSummary]:
+        return self._summarized
 
     def counters(self) -> dict[str, int]:
         return dict(self._supervisor.counters) if self._supervisor else {}
@@ -102,13 +117,20 @@ class SeccompRunBackend(RunBackend):
     def handed_off_pid(self) -> int | None:
         return self._handed_off
 
-    def _stop_thread(self) -> None:
+    def _stop_thread(self) -> bool:
+        """Stops the supervisor thread; False if it did not stop within STOP_WAIT_S (then `run`
+        ends without it: the listener closes with us, as after SIGKILL)."""
         if self._thread.is_alive():
             os.write(self._stop_w, b"x")
-            self._thread.join()
+            self._thread.join(self.STOP_WAIT_S)
+            if self._thread.is_alive():
+                log.warning("the seccomp supervisor did not stop: leaving it behind")
+                return False
+        return True
 
     def close(self) -> None:
-        self._stop_thread()
+        if not self._stop_thread():
+            return   # it still uses the listener and its fds: process exit releases them
         if self._supervisor is not None:
             self._supervisor.close()
             os.close(self._supervisor.listener.fd)
@@ -161,7 +183,7 @@ def _hand_off(sup: Supervisor) -> int | None:
                 libc.set_thread_name(DETACHED_NAME.encode())
             except OSError:
                 pass
-            fresh = Supervisor(sup.listener)
+            fresh = Supervisor(sup.listener, track=False)   # no report to give: keep nothing
             never_r, _never_w = os.pipe()
             fresh.serve(never_r)
         finally:
