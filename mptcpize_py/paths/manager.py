@@ -22,6 +22,7 @@ import os
 import select
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,7 +32,8 @@ from mptcpize_py.host.netns import HOST_NETNS, NETNS_DIR, in_netns, netns_names,
 from mptcpize_py.paths import netlink, others, plan
 from mptcpize_py.paths.state import NetnsRecord, PathsState, netns_key
 from mptcpize_py.paths.state import read as read_state
-from mptcpize_py.policy import HOST_NETNS_NAME, PathsSettings, Policy
+from mptcpize_py.policy import HOST_NETNS_NAME, PathsSettings, Policy, PolicyError
+from mptcpize_py.policysync import PolicyWatch, ReloadSignals
 from mptcpize_py.status import PathsStatus
 
 RESCAN_INTERVAL = 2.0
@@ -416,35 +418,20 @@ def _inum(path: str | None) -> int | None:
         return None
 
 
-def follow(manager: PathManager, policy_dir: Path, load) -> None:
+def follow(manager: PathManager, policy_dir: Path, load: Callable[[], Policy | None]) -> None:
     """`paths --apply --follow`: the manager kept in sync until SIGTERM or SIGINT; SIGHUP, or a
     change in the policy directory (checked every RESCAN_INTERVAL s, as the daemon does), reloads
     (`load()` -> Policy; a policy that does not validate keeps the last good one)."""
-    import signal
-
-    from mptcpize_py.daemon.service import dir_fingerprint
-    from mptcpize_py.policy import PolicyError
-    flags = {"stop": False, "reload": False}
-
-    def on_term(_sig, _frm):
-        flags["stop"] = True
-
-    def on_hup(_sig, _frm):
-        flags["reload"] = True
-
-    signal.signal(signal.SIGTERM, on_term)
-    signal.signal(signal.SIGINT, on_term)
-    signal.signal(signal.SIGHUP, on_hup)
-    fingerprint = dir_fingerprint(policy_dir)
-    next_check = time.monotonic() + RESCAN_INTERVAL
-    while not flags["stop"]:
+    signals = ReloadSignals()
+    signals.install()
+    watch = PolicyWatch(policy_dir, RESCAN_INTERVAL)
+    while not signals.stop:
         time.sleep(0.1)   # signals interrupt it; the handlers only set flags
-        if not flags["reload"] and time.monotonic() < next_check:
+        if not watch.due() and not signals.reload:
             continue
-        next_check = time.monotonic() + RESCAN_INTERVAL
-        now = dir_fingerprint(policy_dir)
-        if flags["reload"] or now != fingerprint:
-            flags["reload"], fingerprint = False, now
+        if signals.reload or watch.changed():
+            signals.reload = False
+            watch.mark()
             try:
                 manager.apply(load())
                 log.info("paths: reloaded")
