@@ -50,8 +50,9 @@ from pathlib import Path
 
 from mptcpize_py.errors import MptcpizeError, PermissionDenied, Unavailable, UsageError
 from mptcpize_py.host import files, systemd
-from mptcpize_py.policy import DEFAULT_POLICY_DIR, NAME_MAX, check_unit_name
-from mptcpize_py.support import kernel_support
+from mptcpize_py.policy import DEFAULT_POLICY_DIR
+from mptcpize_py.policy.names import check_service_name, policy_file_name
+from mptcpize_py.program.support import kernel_support
 
 SERVICE = "mptcpize-py.service"
 # What systemd orders SERVICE after when it is not loaded (not installed yet): systemd/mptcpize-py.service
@@ -59,7 +60,6 @@ SERVICE = "mptcpize-py.service"
 # "Default Dependencies"). When it is loaded, systemd's own After= list of it is used.
 SERVICE_DEFAULT_AFTER = ("sysinit.target", "basic.target")
 DROPIN_NAME = "mptcpize-py.conf"
-POLICY_PREFIX, POLICY_SUFFIX = "unit-", ".toml"
 MARKER = "# Managed by mptcpize-py enable/disable"
 CREATED_MARKER = ".created-by-mptcpize-py-enable"
 RESTART_TIMEOUT = 300.0
@@ -72,19 +72,6 @@ _EXEC_PATH_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWX
 # Names and paths (pure)
 
 
-def check_service_name(unit) -> str | None:
-    """Why `unit` cannot be enabled, or None: systemd's grammar (instances included), a .service."""
-    problem = check_unit_name(unit)
-    if problem:
-        return problem
-    if not unit.endswith(".service"):
-        return (f"{unit!r} is not a service: enable works on .service units (the sockets of a .socket "
-                f"unit are created by systemd itself; enable the service it activates)")
-    if len(unit) + len(".d") > NAME_MAX or len(policy_file_name(unit)) > NAME_MAX:
-        return f"{unit!r} is too long for a drop-in directory or policy file name ({NAME_MAX} bytes)"
-    return None
-
-
 def validate_service_name(unit) -> str:
     """The service that `unit`, as given on the command line, names; raises when it names none. As
     systemctl reads it: without a unit type suffix it is a service (nginx: nginx.service)."""
@@ -93,22 +80,6 @@ def validate_service_name(unit) -> str:
     if problem:
         raise UsageError(problem, hint="give a service such as nginx, nginx.service or getty@tty1.service")
     return name
-
-
-def policy_file_name(unit: str) -> str:
-    """unit-UNIT.toml. A valid unit name is a safe file name as it is (letters, digits, ':-_.\\@'; no
-    '/', never '.' or '..'; the prefix keeps it from being hidden), so no escaping is needed and the
-    name maps back to the unit (enabled_unit_of_file)."""
-    return f"{POLICY_PREFIX}{unit}{POLICY_SUFFIX}"
-
-
-def enabled_unit_of_file(path: str) -> str | None:
-    """The unit whose policy record `path` is (unit-UNIT.toml), or None for any other file."""
-    name = os.path.basename(path)
-    if not (name.startswith(POLICY_PREFIX) and name.endswith(POLICY_SUFFIX)):
-        return None
-    unit = name[len(POLICY_PREFIX):-len(POLICY_SUFFIX)]
-    return unit if check_service_name(unit) is None else None
 
 
 @dataclass(frozen=True)

@@ -33,7 +33,7 @@ from mptcpize_py.errors import MptcpizeError, Unavailable
 from mptcpize_py.host import files, libc, mounts
 from mptcpize_py.locations import MERGED_HEADERS_DIR
 from mptcpize_py.program import btf, layout
-from mptcpize_py.support import HOOK, OK, kernel_support
+from mptcpize_py.program.support import HOOK, OK, kernel_support
 
 # The descriptor the parent's end of the socket pair is given as in the child (program/rewriter.py).
 CHILD_FD = 3

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from mptcpize_py import __version__
-from mptcpize_py.support import kernel_support
+from mptcpize_py.program.support import kernel_support
 from tests.conftest import REPO
 from tests.systemd import installed
 from tests.waiting import scaled
