@@ -14,6 +14,7 @@ if TYPE_CHECKING:
     import argparse
     from pathlib import Path
 
+    from mptcpize_py.run.backend import RunBackend
     from mptcpize_py.status import DaemonStatus
 
 PROG = "mptcpize-py"
@@ -287,7 +288,7 @@ def cmd_run(args: RunArgs) -> int:
     from mptcpize_py.run.spawn import resolve_command, run_command
     argv = args.argv
     resolve_command(argv[0])  # 127/126 before loading anything
-    backend = daemon_fast_path(args.backend)
+    backend: RunBackend | None = daemon_fast_path(args.backend)
     if backend is None:
         _setup_logging(args.debug)   # our own backends log (e.g. seccomp: a setuid CMD)
         backend = make_backend(args.backend, try_daemon=False)
@@ -537,11 +538,11 @@ def _main(argv: list[str]) -> int:
     debug = i > 0
     try:
         if i < len(argv) and argv[i] == "run":
-            args = parse_run_args(argv[i + 1:])
-            if args.help:
+            run_args = parse_run_args(argv[i + 1:])
+            if run_args.help:
                 _build_parser().parse_args(["run", "--help"])  # prints run's help and exits 0
-            debug = args.debug = debug or args.debug
-            return cmd_run(args)   # sets up logging itself, only where it is used
+            debug = run_args.debug = debug or run_args.debug
+            return cmd_run(run_args)   # sets up logging itself, only where it is used
         parser = _build_parser()
         args = parser.parse_args(argv)
         debug = args.debug

@@ -300,10 +300,10 @@ def _write_files(unit: str, exe: str, tree: Tree) -> _Transaction:
         tx.write(tree.dropin(unit), dropin_text(unit, exe))
     except OSError as e:
         tx.rollback()
-        path = e.filename or "/etc"
+        where = e.filename or "/etc"
         if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-            raise PermissionDenied(f"cannot write {path}: {e.strerror}", hint="run it as root") from None
-        raise MptcpizeError(f"cannot write {path}: {e.strerror}") from None
+            raise PermissionDenied(f"cannot write {where}: {e.strerror}", hint="run it as root") from None
+        raise MptcpizeError(f"cannot write {where}: {e.strerror}") from None
     except BaseException:
         tx.rollback()
         raise

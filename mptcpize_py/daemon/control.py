@@ -44,6 +44,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 from mptcpize_py.daemon.protocol import (
     DEFAULT_PATH,
@@ -286,7 +287,7 @@ class ControlServer:
     # --- serving ------------------------------------------------------------------------------
     def _accept_loop(self) -> None:
         sel = selectors.DefaultSelector()
-        sel.register(self._listen, selectors.EVENT_READ)
+        sel.register(cast(socket.socket, self._listen), selectors.EVENT_READ)   # bound by start()
         sel.register(self._wake_r, selectors.EVENT_READ)
         try:
             while self._wait_for_slot():
@@ -294,7 +295,7 @@ class ControlServer:
                     if key.fileobj == self._wake_r:
                         return
                 try:
-                    conn, _ = self._listen.accept()
+                    conn, _ = cast(socket.socket, self._listen).accept()
                 except (BlockingIOError, InterruptedError):
                     continue
                 except OSError as e:

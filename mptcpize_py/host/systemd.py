@@ -374,8 +374,10 @@ def ordering_path(unit: str, targets, *, timeout: float = 2.0, exe: str | None =
 
     def chain(last: str) -> list[str]:
         out = [last]
-        while came_from[out[-1]] is not None:
-            out.append(came_from[out[-1]])
+        prev = came_from[last]
+        while prev is not None:
+            out.append(prev)
+            prev = came_from[prev]
         return out[::-1]
 
     if unit in targets:

@@ -20,11 +20,13 @@ import errno
 import logging
 import os
 import select
+import socket
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import cast
 
 from mptcpize_py.display import escaped
 from mptcpize_py.errors import MptcpizeError
@@ -32,7 +34,7 @@ from mptcpize_py.host.netns import HOST_NETNS, NETNS_DIR, in_netns, netns_names,
 from mptcpize_py.paths import netlink, others, plan
 from mptcpize_py.paths.state import NetnsRecord, PathsState, netns_key
 from mptcpize_py.paths.state import read as read_state
-from mptcpize_py.policy import HOST_NETNS_NAME, PathsSettings, Policy, PolicyError
+from mptcpize_py.policy import HOST_NETNS_NAME, PathsSettings, PathsTable, Policy, PolicyError
 from mptcpize_py.policysync import PolicyWatch, ReloadSignals
 from mptcpize_py.status import PathsStatus
 
@@ -59,7 +61,7 @@ class _Netns:
     inum: int
     cookie: int | None
     settings: PathsSettings
-    sock: object = None              # netlink event socket, when managed
+    sock: socket.socket | None = None   # netlink event socket, when managed
     other: str | None = None         # the other manager's line, when standing back
     problems: tuple[str, ...] = ()
     status: PathsStatus | None = None
@@ -155,10 +157,10 @@ class PathManager:
             return [ns.status for ns in self._watch.values() if ns.status is not None]
 
     # --- namespaces --------------------------------------------------------------------------------
-    def _wanted_namespaces(self) -> dict[str, str | None]:
+    def _wanted_namespaces(self, policy: Policy) -> dict[str, str | None]:
         """{name: path} of the namespaces the policy selects (host: path None)."""
         out: dict[str, str | None] = {HOST_NETNS_NAME: None}
-        sel = self._policy.netns
+        sel = policy.netns
         if sel.mode == "host":
             return out
         present = set(netns_names(self.netns_dir).values())
@@ -170,7 +172,7 @@ class PathManager:
     def _rescan(self) -> bool:
         """Brings the watched set in line with the policy and /run/netns; True when it changed."""
         changed = False
-        wanted = self._wanted_namespaces() if self._policy is not None else {}
+        wanted = self._wanted_namespaces(self._policy) if self._policy is not None else {}
         for name in list(self._watch):
             ns = self._watch[name]
             now = _inum(wanted[name]) if name in wanted else _inum(ns.path)
@@ -185,7 +187,8 @@ class PathManager:
                 self.state.save()
             changed = True
         for name, path in wanted.items():
-            settings = self._policy.paths.for_netns(name)
+            # wanted is {} without a policy with a [paths] table
+            settings = cast(PathsTable, cast(Policy, self._policy).paths).for_netns(name)
             if name in self._watch:
                 self._watch[name].settings = settings
                 continue
@@ -300,7 +303,7 @@ class PathManager:
             ns.other = other.line() if other else None
         res.other = ns.other
         view = netlink.read_view()
-        ours = []   # (id, address, ifindex, flags) after this pass
+        ours: list[tuple[int, str, int | None, int]] = []   # (id, address, ifindex, flags) after this pass
         p = plan.plan(view, None if other else settings, frozenset(record.endpoints),
                       record.limits_set, record.limits_before)
         for e in p.remove:

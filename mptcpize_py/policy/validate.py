@@ -143,7 +143,12 @@ class _FileResult:
 
 def _build(parsed: list[_FileResult]) -> Policy:
     """Combines per-file results: ids in file then line order, one [netns], map limits, all errors."""
-    allow, deny, errors, netns_at, paths_at, paths_res = [], [], [], None, None, None
+    allow: list[Rule] = []
+    deny: list[Rule] = []
+    errors: list[str] = []
+    netns_at: str | None = None
+    paths_at: str | None = None
+    paths_res: _FileResult | None = None
     netns = NetnsSelection()
     counts = {"exe": 0, "cgroup": 0}
     next_id = FIRST_RULE_ID

@@ -67,7 +67,7 @@ def kernel_support() -> KernelSupport:
         facts, hook = None, Check("kernel hook", FAIL, e.message, e.hint)
         errors["kernel hook"] = e
 
-    if hook.status != OK:
+    if hook.status != OK or facts is None or facts.update_socket_protocol_id is None:   # hook OK implies both
         tramp = Check("bpf trampoline", FAIL, "not tried: no hook to attach to",
                       "see 'kernel hook' above")
         errors["bpf trampoline"] = errors["kernel hook"]

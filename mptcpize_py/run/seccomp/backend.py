@@ -28,7 +28,7 @@ class SeccompRunBackend(RunBackend):
     # After CMD exits, how long to wait for its remaining descendants before handing them over.
     LINGER_S = 0.2
 
-    def __init__(self):
+    def __init__(self) -> None:
         probe()
         # The kernel lets a task install a filter without no_new_privs only with CAP_SYS_ADMIN. We
         # avoid no_new_privs when we can: it would make every setuid/setgid/file-capability program

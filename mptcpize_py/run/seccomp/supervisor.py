@@ -208,10 +208,10 @@ class Supervisor:
         name = _read_cstring(tid, ptr) if ptr else b""
         if not name:
             return f"/proc/{tid}/fd/{dirfd}" if flags & AT_EMPTY_PATH and dirfd >= 0 else None
-        name = os.fsdecode(name)
-        if name.startswith("/"):
-            return f"/proc/{tid}/root{name}"
-        return f"/proc/{tid}/{'cwd' if dirfd == AT_FDCWD else f'fd/{dirfd}'}/{name}"
+        path = os.fsdecode(name)
+        if path.startswith("/"):
+            return f"/proc/{tid}/root{path}"
+        return f"/proc/{tid}/{'cwd' if dirfd == AT_FDCWD else f'fd/{dirfd}'}/{path}"
 
     def close(self) -> None:
         if self._ctx is not None:
