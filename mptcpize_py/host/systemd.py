@@ -39,6 +39,10 @@ INIT_SCOPE = "init.scope"
 UNIT_TYPES = ("service", "mount", "swap", "socket", "target", "device", "automount", "timer", "path",
               "slice", "scope")
 UNIT_NAME_MAX = 256
+UNIT_NAME_CHARS = _UNIT_VALID_CHARS | {"@"}   # "@" only between a template's prefix and its instance
+# Which of UNIT_TYPES run processes (src/basic/unit-def.c): only those have a cgroup a rule can select.
+UNIT_TYPES_WITH_PROCESSES = ("service", "socket", "mount", "swap", "scope", "slice")
+UNIT_TYPES_WITHOUT_PROCESSES = ("target", "timer", "path", "device", "automount")
 
 IDENTIFIER = "mptcpize-py"
 
@@ -402,8 +406,6 @@ def ordering_path(unit: str, targets, *, timeout: float = 2.0, exe: str | None =
 
 
 # --- journald and sd_notify ------------------------------------------------------------------------
-
-IDENTIFIER = "mptcpize-py"
 
 
 def _systemd():

@@ -33,6 +33,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from mptcpize_py import abi
+from mptcpize_py.host import systemd
+from mptcpize_py.host.systemd import UNIT_NAME_CHARS, UNIT_TYPES_WITH_PROCESSES, UNIT_TYPES_WITHOUT_PROCESSES
 from mptcpize_py.policy.model import (
     HOST_NETNS_NAME,
     NetnsSelection,
@@ -73,12 +75,9 @@ PATHS_KEYS = PATHS_SETTING_KEYS + ("netns",)
 MPTCP_PM_ADDR_MAX = 8
 IFNAMSIZ = 16   # include/uapi/linux/if.h: names are at most 15 bytes
 
-# systemd src/basic/unit-name.c: VALID_CHARS ("@" only in the prefix/instance part), UNIT_NAME_MAX 256
-# including the NUL, and the unit types of src/basic/unit-def.c.
-UNIT_NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789:-_.\\@")
-UNIT_NAME_MAX = 255
-UNIT_TYPES_WITH_PROCESSES = ("service", "socket", "mount", "swap", "scope", "slice")
-UNIT_TYPES_WITHOUT_PROCESSES = ("target", "timer", "path", "device", "automount")
+# The unit-name grammar is host/systemd.py's (systemd's own); the policy adds its messages and refuses
+# templates and unit types that run no processes. systemd's UNIT_NAME_MAX counts the NUL.
+UNIT_NAME_LEN_MAX = systemd.UNIT_NAME_MAX - 1
 
 # Parsing is pure Python and the daemon does it in its main loop at every reload: its cost is bounded
 # by a linear scan before tomllib sees a file (figures measured on the 2-core build machine):
@@ -564,8 +563,8 @@ def check_unit_name(v) -> str | None:
     if bad is not None:
         return (f"{_show(v)} is not a valid unit name: {_show(bad)} is not allowed (letters, digits and "
                 r"':-_.\@' only)")
-    if len(v) > UNIT_NAME_MAX:
-        return f"unit names are at most {UNIT_NAME_MAX} characters"
+    if len(v) > UNIT_NAME_LEN_MAX:
+        return f"unit names are at most {UNIT_NAME_LEN_MAX} characters"
     dot = v.rfind(".")
     suffix = v[dot + 1:] if dot > 0 else ""
     if suffix in UNIT_TYPES_WITHOUT_PROCESSES:
