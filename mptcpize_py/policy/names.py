@@ -3,7 +3,8 @@
 
 import os
 
-from mptcpize_py.policy.validate import NAME_MAX, check_unit_name
+from mptcpize_py.policy.validate import check_unit_name
+from mptcpize_py.policy.values import NAME_MAX
 
 POLICY_PREFIX, POLICY_SUFFIX = "unit-", ".toml"
 
