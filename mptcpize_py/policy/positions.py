@@ -1,10 +1,52 @@
-"""Where things are in a TOML text: tomllib returns values without positions, so we scan the (already
-valid) text once more, just enough to know where each table, key and array element starts. Scanning
-token by token (strings, arrays, inline tables) keeps a "[[allow]]" inside a multi-line string from
-being taken for a header. Pure."""
+"""TOML text scanning, the one home of it (pure):
+- before tomllib: a linear count of a text's tokens and its longest dotted key (validate.py's budget
+  guard bounds what a hostile policy file costs; see the figures there);
+- after tomllib: where each table, key and array element starts (tomllib gives no positions). That
+  scan goes token by token (strings, arrays, inline tables), so a "[[allow]]" inside a multi-line
+  string is not taken for a header; it relies on the text being valid."""
 
 import bisect
+import operator
+import re
 import tomllib
+
+# The budget scan's tokens: strings (whose dots are not separators), comments, and runs of key parts
+# joined by dots (chains: a key, a header, or a value such as 1.5 or true); '[' and '{' are counted
+# apart. Linear: at any position at most one alternative of a repeat can match, so a failed repeat is
+# not retried another way, and an unterminated string takes the rest of its line (or file) instead of
+# failing after a long scan.
+# (No possessive quantifiers: Python 3.11.2's, Debian's, miss matches with alternations inside them.)
+_KEY_PART = r"""(?:[A-Za-z0-9_-]+|"(?:[^"\\\n]|\\[^\n])*"|'[^'\n]*')"""
+_KEY_PART_RE = re.compile(_KEY_PART)
+_count_dots = operator.methodcaller("count", ".")
+_TOML_SCAN = re.compile(
+    r'"""(?:[^"\\]|\\[\s\S]|\\\Z|"(?!""))*(?:"""|\Z)'   # a multi-line basic string
+    r"|'''(?:[^']|'(?!''))*(?:'''|\Z)"                 # a multi-line literal string
+    rf"|(?P<chain>{_KEY_PART}(?:[ \t]*\.[ \t]*{_KEY_PART})*)"
+    r"|\#[^\n]*"                                      # a comment
+    r"""|["'][^\n]*""")                                # an unterminated string
+
+
+def scan_chains(text: str) -> list[str]:
+    """One entry per token of the budget scan: a chain's text, or "" for a string or comment."""
+    return _TOML_SCAN.findall(text)
+
+
+def count_tokens(text: str, chains: list[str]) -> int:
+    """The text's tokens as the budget counts them: `chains` (scan_chains(text)), '[' and '{'."""
+    return len(chains) + text.count("[") + text.count("{")
+
+
+def long_dotted_key(text: str, chains: list[str], max_parts: int) -> tuple[int, str] | None:
+    """(line, chain) of the first dotted key (or header, or value) of more than `max_parts` parts;
+    `chains`: scan_chains(text)."""
+    if max(map(_count_dots, chains), default=0) < max_parts:
+        return None   # the usual case, without a Python step per token
+    for m in _TOML_SCAN.finditer(text):
+        chain = m.group("chain")
+        if chain and chain.count(".") >= max_parts and len(_KEY_PART_RE.findall(chain)) > max_parts:
+            return text.count("\n", 0, m.start()) + 1, chain
+    return None
 
 
 def toml_error_line(message: str, text: str) -> tuple[int, str]:

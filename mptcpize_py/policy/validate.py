@@ -25,9 +25,7 @@ Rules of the format (docs/mptcpize-py-policy.5 follows this module):
 """
 
 import dataclasses
-import operator
 import posixpath
-import re
 import tomllib
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -44,7 +42,13 @@ from mptcpize_py.policy.model import (
     Rule,
 )
 from mptcpize_py.policy.paths_table import parse_paths, paths_selection_errors
-from mptcpize_py.policy.positions import toml_error_line, toml_lines
+from mptcpize_py.policy.positions import (
+    count_tokens,
+    long_dotted_key,
+    scan_chains,
+    toml_error_line,
+    toml_lines,
+)
 from mptcpize_py.policy.values import NAME_MAX, check_netns_name, show, toml_type
 
 # bpf/mptcpize.h does not reserve rule ids; we keep 0..15 free for non-policy selections (0 = none, run
@@ -81,23 +85,6 @@ MAX_TOKENS = 100_000   # in all files together
 # Problems reported at most: each is a log line at every refused reload (a file of 100,000 unknown keys
 # would otherwise log 100,000 lines each time).
 MAX_PROBLEMS = 100
-
-# The scan's tokens: strings (whose dots are not separators), comments, and runs of key parts joined by
-# dots (chains: a key, a header, or a value such as 1.5 or true); '[' and '{' are counted apart.
-# Linear: at any position at most one alternative of a repeat can match, so a failed repeat is not
-# retried another way, and an unterminated string takes the rest of its line (or file) instead of
-# failing after a long scan.
-# (No possessive quantifiers: Python 3.11.2's, Debian's, miss matches with alternations inside them.)
-_KEY_PART = r"""(?:[A-Za-z0-9_-]+|"(?:[^"\\\n]|\\[^\n])*"|'[^'\n]*')"""
-_KEY_PART_RE = re.compile(_KEY_PART)
-_count_dots = operator.methodcaller("count", ".")
-_TOML_SCAN = re.compile(
-    r'"""(?:[^"\\]|\\[\s\S]|\\\Z|"(?!""))*(?:"""|\Z)'   # a multi-line basic string
-    r"|'''(?:[^']|'(?!''))*(?:'''|\Z)"                 # a multi-line literal string
-    rf"|(?P<chain>{_KEY_PART}(?:[ \t]*\.[ \t]*{_KEY_PART})*)"
-    r"|\#[^\n]*"                                      # a comment
-    r"""|["'][^\n]*""")                                # an unterminated string
-
 
 def parse_policy_text(text: str, filename: str) -> Policy:
     """Validates one file's text as a whole policy; `filename` labels errors and rules."""
@@ -181,14 +168,14 @@ def _parse_file(text: str, filename: str, tokens: _Tokens) -> _FileResult:
     def error(line: int, reason: str):
         res.errors.append((line, f"{filename}:{line}: {reason}"))
 
-    chains = _TOML_SCAN.findall(text)
-    before, tokens.seen = tokens.seen, tokens.seen + len(chains) + text.count("[") + text.count("{")
+    chains = scan_chains(text)
+    before, tokens.seen = tokens.seen, tokens.seen + count_tokens(text, chains)
     if tokens.seen > MAX_TOKENS:
         if before <= MAX_TOKENS:   # files after this one are not parsed either
             res.errors.append((0, f"{filename}: refused: the policy files together hold more than "
                                   f"{MAX_TOKENS} keys, values and comments (this file passes the limit)"))
         return res
-    long_key = _long_dotted_key(text, chains)
+    long_key = long_dotted_key(text, chains, MAX_KEY_PARTS)
     if long_key is not None:
         line, chain = long_key
         error(line, f"a dotted key of more than {MAX_KEY_PARTS} parts ({show(chain)}); policy keys have "
@@ -242,18 +229,6 @@ def _parse_file(text: str, filename: str, tokens: _Tokens) -> _FileResult:
                   " [paths] tables")
     res.rules.sort(key=lambda r: r[0])
     return res
-
-
-def _long_dotted_key(text: str, chains: list[str]) -> tuple[int, str] | None:
-    """(line, chain) of the first dotted key (or header, or value) of more than MAX_KEY_PARTS parts;
-    `chains`: what _TOML_SCAN.findall() found in `text`."""
-    if max(map(_count_dots, chains), default=0) < MAX_KEY_PARTS:
-        return None   # the usual case, without a Python step per token
-    for m in _TOML_SCAN.finditer(text):
-        chain = m.group("chain")
-        if chain and chain.count(".") >= MAX_KEY_PARTS and len(_KEY_PART_RE.findall(chain)) > MAX_KEY_PARTS:
-            return text.count("\n", 0, m.start()) + 1, chain
-    return None
 
 
 def _parse_rule(res: _FileResult, action: str, table: dict, at, error) -> None:
