@@ -1,43 +1,5 @@
-"""`mptcpize-py enable UNIT` / `disable UNIT`: per-service MPTCP through a drop-in and a policy record.
-
-mptcpd's `mptcpize enable` rewrites the vendor unit file in place (and loses its Environment= lines,
-mptcpd issue #209). We never touch a unit file: `enable` writes two files that are ours alone,
-
-- /etc/systemd/system/UNIT.d/mptcpize-py.conf, the drop-in: `Wants=`/`After=mptcpize-py.service`
-  and `ExecStartPre=-+…/mptcpize-py resync --unit %n`. ExecStartPre runs in the unit's fresh cgroup
-  before ExecStart; `resync --unit` answers once the daemon's maps hold that cgroup, so the main
-  process's first socket() is already covered (no race with the daemon's 2 s poll). "+" runs it as
-  root outside the unit's sandbox (the control socket is root-only); "-" keeps the unit starting, with
-  plain TCP, when the daemon is down: MPTCP is an optimisation, it must not cost availability.
-- /etc/mptcpize-py/policy.d/unit-UNIT.toml, the policy record: one `[[allow]] unit = 'UNIT'`.
-
-and `disable` removes exactly these, plus the directories `enable` created, once empty: after
-enable + disable, /etc is byte for byte what it was. A directory `enable` creates gets a hidden marker
-file (CREATED_MARKER: systemd reads only *.conf in a drop-in directory, the policy loader only
-non-hidden *.toml), which is how `disable` knows, even after other units were enabled and disabled in
-between, that the directory is ours to remove.
-
-Each file starts with MARKER. A file at our path without it is someone else's: we refuse to overwrite
-or remove it. A symbolic link at our path, or at a directory we write into or remove from (UNIT.d,
-the policy directory, their parents), is refused too: we never write or remove through a link.
-Writes are atomic (temporary file in the same directory, fsync, rename) and skipped when the content
-is already right, so a second `enable` changes nothing, not even an mtime.
-
-A name without a unit type suffix is a service, as systemctl reads it (`enable nginx` is
-nginx.service); files and messages always use the full name. Unit names are hostile input: they are
-checked against systemd's grammar (policy.check_unit_name, the one copy of it) before they reach a
-path or an argv; systemctl is run with argv lists, "--" before the name, a fixed PATH and a timeout.
-
-Only services: a drop-in with ExecStartPre only means something for a .service, and the listening
-sockets of a .socket unit are created by PID 1 itself, outside the unit's cgroup.
-
-Never a unit that starts before the daemon can: the drop-in orders the unit After=mptcpize-py.service,
-and mptcpize-py.service (DefaultDependencies=yes) starts after sysinit.target and basic.target. A unit
-ordered before one of those (systemd-timesyncd.service is Before=sysinit.target) would close an
-ordering cycle, which systemd breaks at boot by deleting a start job: the unit's or the daemon's.
-enable follows the unit's Before= chain in the running manager (ordering_cycle()) and refuses such a
-unit before writing anything.
-"""
+"""`mptcpize-py enable UNIT` / `disable UNIT`: per-service MPTCP through a drop-in and a policy record
+that are ours alone; `disable` is the exact inverse. Design notes: docs/ARCHITECTURE.md ("enable")."""
 
 import errno
 import os

@@ -1,24 +1,6 @@
 """Policy -> the integer keys the kernel program matches: exe identities, cgroup ids, netns inums.
-
-resolve_policy() never raises for one rule: it returns a complete Resolved that says per rule what
-could not be resolved (`file:line: reason`), and the daemon decides what is fatal. The keys:
-
-- exe -> (dev, ino) of the inode exec() puts into mm->exe_file: i_ino from /proc/self/fdinfo and the
-  superblock's s_dev from the fd's mount in mountinfo, not stat()'s st_dev, which overlayfs (layers on
-  different filesystems) and btrfs report differently. The path is opened O_PATH, following symlinks
-  but no /proc magic links; a package upgrade makes a new inode, so the daemon re-resolves.
-- cgroup -> the cgroup id (its directory's inode on the cgroup v2 mount: /sys/fs/cgroup, or
-  /sys/fs/cgroup/unified on hybrid hosts). A cgroup that does not exist yet is `pending`.
-- unit -> a cgroup path: systemd's answer when PID 1 is systemd (ControlGroup=, or Slice=), else its
-  default naming rules (host.systemd). One `systemctl show` answers for all unit rules at once (not
-  one process per rule: the daemon re-resolves every 2 s). A unit that restarts gets a new cgroup id.
-- netns -> st_ino of /run/netns/NAME (nsfs), or of the daemon's own namespace for "host" (not
-  /proc/1/ns/net, which needs ptrace access to PID 1). A missing name is `pending`.
-
-Policy values are hostile: exe paths are only opened O_PATH and must be regular executable files;
-cgroup paths are normalised, must stay under the cgroup2 mount after realpath() and be directories of
-that very filesystem.
-"""
+resolve_policy() never raises for one rule; what cannot be resolved is said per rule. Design notes:
+docs/ARCHITECTURE.md ("resolve")."""
 
 import errno
 import os

@@ -1,28 +1,6 @@
-"""Policy text -> rules: the format's grammar and every value check. Pure.
-
-Rules of the format (docs/mptcpize-py-policy.5 follows this module):
-
-- `[[allow]]` / `[[deny]]` tables with exactly one selector (`exe`, `cgroup` or `unit`) and an optional
-  `name`. Unknown keys are errors. `deny` beats `allow` (the kernel side applies it).
-- At most one `[netns]` table across all files: the choice is global, and "which file wins" rules would
-  be surprising. Without it: the host's namespace only. `names = [...]` adds /run/netns/NAME namespaces
-  to the host's; `all = true` selects every namespace. Both at once is an error.
-- Template units (`foo@.service`) are refused: a template runs no processes. Instances (`foo@bar.service`)
-  are fine; to cover every instance, select their slice with `cgroup = "/system.slice/system-foo.slice"`.
-- Unit types that never own processes (target, timer, path, device, automount) are refused: the rule
-  could never match, which is always a mistake.
-- Rules and [netns] names beyond the kernel maps' sizes (bpf/mptcpize.h, via abi.py) are refused with
-  file:line instead of half-filling a map: a policy that validates fits, so it can always be synced.
-- At most one `[paths]` table across all files (the same reasons as [netns]): opt-in MPTCP endpoint
-  management. Its keys apply to every namespace the policy selects; `[paths.netns.NAME]` ("host" or a
-  [netns] name) overrides them for one namespace. Checked here: the role, interface patterns (what a
-  Linux interface name can be, plus `*?[]`), flags the kernel refuses together (fullmesh with the
-  signal flag of roles server/both), a pattern both included and excluded, limits above the kernel's
-  maximum (MPTCP_PM_ADDR_MAX), a namespace the policy does not select, a table that manages nothing.
-- Problems are reported as `file:line: reason` (or `file: reason` for a problem with the file as a whole:
-  permissions, size, symlink). All problems of all files are collected into one PolicyError; a policy is
-  returned complete or not at all.
-"""
+"""Policy text -> rules: the format's grammar and every value check, all problems as `file:line:
+reason` in one PolicyError. Pure. docs/mptcpize-py-policy.5 follows this module; design notes:
+docs/ARCHITECTURE.md ("the policy format")."""
 
 import dataclasses
 import posixpath
