@@ -66,14 +66,19 @@ HELP_WIDTH = 78   # argparse's own, in an 80-column terminal
 
 
 def _build_parser() -> "argparse.ArgumentParser":
-    from pathlib import Path
     _Parser = _parser_class()
     p = _Parser(prog=PROG, description="Make unmodified applications use Multipath TCP.",
                 epilog=f"'{PROG} COMMAND --help' describes each command, with examples.")
     p.add_argument("--version", action="version", version=f"{PROG} {__version__}")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    for add in (_add_run, _add_check, _add_daemon, _add_resync, _add_enable_disable, _add_status, _add_paths,
+                _add_metrics):
+        add(sub)
+    return p
 
+
+def _add_run(sub) -> None:
     r = _command(sub, "run", "run CMD with its and its descendants' TCP sockets upgraded to MPTCP",
                  "Run CMD; CMD and all its descendants get MPTCP instead of TCP sockets. Exit status "
                  "is CMD's (127 not found, 126 not executable, 128+N killed by signal N).\n\n"
@@ -91,6 +96,8 @@ def _build_parser() -> "argparse.ArgumentParser":
                         "notification supervisor (Linux >= 5.14); auto: bpf, else seccomp")
     r.add_argument("argv", nargs="*", metavar="CMD [ARGS...]")
 
+
+def _add_check(sub) -> None:
     c = _command(sub, "check", "report what this host can do; exit 0 if run can upgrade, 69 if not",
                  "Report what this host can do: one line per prerequisite (the kernel hook, BPF "
                  "trampolines, the network namespace guard, bcc, net.mptcp.enabled, seccomp user "
@@ -101,6 +108,10 @@ def _build_parser() -> "argparse.ArgumentParser":
                   ("check --json | jq '.checks[] | select(.status == \"fail\")'",
                    "only what fails, machine-readable")])
     c.add_argument("--json", action="store_true", help="machine-readable output")
+
+
+def _add_daemon(sub) -> None:
+    from pathlib import Path
 
     d = _command(sub, "daemon", "system-wide: upgrade the processes an allowlist policy selects",
                  "Load the policy of DIR (every *.toml file), attach the BPF program and keep its maps "
@@ -126,6 +137,8 @@ def _build_parser() -> "argparse.ArgumentParser":
                         "written while DIR does not exist)")
     d.add_argument("--no-metrics", action="store_true", help="write no metrics file")
 
+
+def _add_resync(sub) -> None:
     rs = _command(sub, "resync", "make the daemon re-resolve its policy now (used by the "
                                  "ExecStartPre= of units enabled with `enable`)",
                   "Ask the daemon to re-resolve its policy now and answer once its maps hold the "
@@ -135,6 +148,8 @@ def _build_parser() -> "argparse.ArgumentParser":
                    ("resync --unit nginx.service", "what a drop-in written by enable runs")])
     rs.add_argument("--unit", metavar="UNIT", default=None, help="a unit named by an allow rule")
 
+
+def _add_enable_disable(sub) -> None:
     # --- enable / disable (enable.py) ---
     names = ("UNIT is a service; without a type suffix it is read as systemctl reads it: nginx is "
              "nginx.service.")
@@ -158,8 +173,9 @@ def _build_parser() -> "argparse.ArgumentParser":
         e.add_argument("--now", action="store_true",
                        help="also restart UNIT now" if verb == "enable" else
                             "also restart UNIT now if it runs (its new sockets are plain TCP)")
-    # --- end enable / disable ---
 
+
+def _add_status(sub) -> None:
     s = _command(sub, "status", "ask the running daemon what it upgraded (exit 3: no daemon)",
                  "Ask the running daemon what it does: its policy and what each rule selects, the "
                  "processes whose sockets it upgraded, with counters, and the units enabled with "
@@ -177,6 +193,8 @@ def _build_parser() -> "argparse.ArgumentParser":
     s.add_argument("--netns", metavar="NAME", default=None,
                    help="with --connections: only network namespace NAME (/run/netns/NAME)")
 
+
+def _add_paths(sub) -> None:
     pa = _command(sub, "paths", "MPTCP endpoints per network namespace: who manages them, which are "
                                 "mptcpize-py's, what the policy's [paths] table would change",
                   "Show, per network namespace (the caller's, then every /run/netns one as root), "
@@ -201,6 +219,8 @@ def _build_parser() -> "argparse.ArgumentParser":
                          "SIGINT, then remove the endpoints it added; SIGHUP or a change in the "
                          "policy directory reloads")
 
+
+def _add_metrics(sub) -> None:
     m = _command(sub, "metrics", "Prometheus text-format metrics (stdout, or a file for "
                                  "node_exporter's textfile collector)",
                  "Print the daemon's upgrade counters and the MPTCP connections of the upgraded "
@@ -212,7 +232,6 @@ def _build_parser() -> "argparse.ArgumentParser":
     m.add_argument("--output", metavar="FILE", default=None,
                    help="replace FILE atomically (mode 0644) instead of printing, e.g. "
                         "/var/lib/prometheus/node-exporter/mptcpize.prom")
-    return p
 
 
 def _out(line: str = "") -> None:

@@ -359,14 +359,6 @@ def unit_cgroups(units, timeout: float = 2.0, exe: str | None = None,
     return out
 
 
-def unit_cgroup(unit: str, timeout: float = 2.0, exe: str | None = None) -> str:
-    """unit_cgroups() for one unit; raises its UnitNameError."""
-    answer = unit_cgroups([unit], timeout=timeout, exe=exe)[unit]
-    if isinstance(answer, UnitNameError):
-        raise answer
-    return answer
-
-
 def ordering_path(unit: str, targets, *, timeout: float = 2.0, exe: str | None = None) -> list[str] | None:
     """[unit, U1, ..., T]: a chain along systemd's Before= from `unit` to a unit of `targets` (each is
     ordered before the next), or None when `unit` is ordered before none of them. Before= as the
