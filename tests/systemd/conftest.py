@@ -73,7 +73,7 @@ class Package:
 @pytest.fixture(scope="session")
 def etc_before_install() -> dict:
     """/etc as it was before the package was installed (taken before the session installs it)."""
-    return installed.etc_listing()
+    return installed.etc_snapshot()
 
 
 @pytest.fixture(scope="session")
