@@ -5,19 +5,21 @@ imports only what it uses (no argparse, logging, policy, status or report unless
 tests/unit/test_run_imports.py), so the imports that serve other commands stay inside them."""
 
 import sys
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from mptcpize_py import __version__
 from mptcpize_py.errors import EXIT_UNAVAILABLE, MptcpizeError, UsageError
 
 if TYPE_CHECKING:
     import argparse
+    from collections.abc import Callable, Iterable
     from pathlib import Path
 
     from mptcpize_py.run.backend import RunBackend
     from mptcpize_py.status import DaemonStatus
 
 PROG = "mptcpize-py"
+T = TypeVar("T")
 
 
 def _parser_class() -> "type[argparse.ArgumentParser]":
@@ -234,6 +236,16 @@ def _add_metrics(sub) -> None:
                         "/var/lib/prometheus/node-exporter/mptcpize.prom")
 
 
+def _print(as_json: bool, value: T, to_json: "Callable[[T], str]",
+           to_text: "Callable[[T], Iterable[str]]") -> None:
+    """A report as JSON, or as its text lines."""
+    if as_json:
+        _out(to_json(value))
+    else:
+        for line in to_text(value):
+            _out(line)
+
+
 def _out(line: str = "") -> None:
     print(line, flush=True)
 
@@ -328,11 +340,7 @@ def cmd_run(args: RunArgs) -> int:
 def cmd_check(args) -> int:
     from mptcpize_py import report, support
     rep = support.run_checks()
-    if args.json:
-        _out(report.check_json(rep))
-    else:
-        for line in report.check_text(rep):
-            _out(line)
+    _print(args.json, rep, report.check_json, report.check_text)
     return 0 if rep.run_can_upgrade else EXIT_UNAVAILABLE
 
 
@@ -382,11 +390,7 @@ def cmd_status_connections(args) -> int:
     from mptcpize_py.host.netns import netns_path
     netns = netns_path(args.netns) if args.netns is not None else None
     view = connection_view(_daemon_status_or_none(), netns)
-    if args.json:
-        _out(report.connections_json(view))
-    else:
-        for line in report.connections_text(view):
-            _out(line)
+    _print(args.json, view, report.connections_json, report.connections_text)
     return 0
 
 
@@ -424,11 +428,7 @@ def cmd_status(args) -> int:
         raise UsageError("status: --netns only applies with --connections",
                          hint=f"{PROG} status --connections --netns NAME")
     status = _daemon_status()
-    if args.json:
-        _out(report.status_json(status))
-    else:
-        for line in report.status_text(status):
-            _out(line)
+    _print(args.json, status, report.status_json, report.status_text)
     return 0
 
 
@@ -485,11 +485,7 @@ def cmd_paths(args) -> int:
     if args.netns is not None:
         netns_path(args.netns)   # a usage error, or no such namespace, before anything else
     reports = paths_report(_paths_policy(args.policy_dir, required=False), state_dir, only=args.netns)
-    if args.json:
-        _out(report.paths_json(reports))
-    else:
-        for line in report.paths_text(reports):
-            _out(line)
+    _print(args.json, reports, report.paths_json, report.paths_text)
     return 0
 
 
