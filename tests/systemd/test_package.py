@@ -201,7 +201,7 @@ def test_apt_purge_leaves_etc_as_before_installation(package, etc_before_install
     apt("purge", "mptcpize-py")
     assert installed.dpkg_status() is None
     # Every test unit lives in /run: all that changed in /etc was the package's and enable's.
-    assert installed.diff(etc_before_install, installed.etc_listing()) == []
+    assert installed.diff(etc_before_install, installed.etc_snapshot()) == []
     # systemd was told (daemon-reload): the unit has no drop-in left, and starts as before, TCP.
     assert f"/etc/systemd/system/{WEB}.d" not in show(WEB, "DropInPaths")["DropInPaths"]
     run("systemctl", "restart", WEB)
