@@ -20,9 +20,11 @@ demo-vm: setup
 # where "BPF unusable" fails instead of skipping.
 test: setup lint test-native test-vm test-systemd
 
-# The static layer: ruff (pyproject.toml [tool.ruff]); the layout's boundaries are tests/unit/test_boundaries.py.
+# The static layer: ruff and mypy (pyproject.toml [tool.ruff], [tool.mypy]); the layout's boundaries
+# (owners, layers, no import circles) are tests/unit/test_boundaries.py.
 lint:
 	$(VENV)/bin/ruff check mptcpize_py tests bench
+	$(VENV)/bin/mypy
 
 test-native:
 	$(PYTEST) tests/unit tests/host

@@ -71,9 +71,9 @@ class DryToggle:
     re-attached between runs (Rewriter.detach_hook / attach_hook)."""
 
     def __init__(self, policy_dir: str):
-        from mptcpize_py.daemon import service
+        from mptcpize_py import policysync
         from mptcpize_py.program import rewriter
-        _policy, resolved = service.load_and_resolve(policy_dir)
+        _policy, resolved = policysync.load_and_resolve(policy_dir)
         self.rw = rewriter.Rewriter(all_netns=False, dry_run=True)
         self.rw.set_selection(*resolved.selection())
         # As the dry-run daemon does where kernel memory cannot tell net.mptcp.enabled: say it for ours.

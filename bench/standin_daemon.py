@@ -57,9 +57,9 @@ class StandInProgram:
 
 def main() -> int:
     policy_dir, control = sys.argv[1:3]
-    d = service.Daemon(policy_dir, control, rewriter_factory=StandInProgram)
-    d.install_signals()
-    d.start()
+    signals = service.ReloadSignals()
+    signals.install()
+    d = service.start(policy_dir, control, rewriter_factory=StandInProgram, signals=signals)
     try:
         d.run()
     finally:

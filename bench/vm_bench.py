@@ -67,9 +67,9 @@ class Toggle:
     ~40 s compile under TCG): Rewriter.detach_hook / attach_hook."""
 
     def __init__(self, policy_dir: str):
-        from mptcpize_py.daemon import service
+        from mptcpize_py import policysync
         from mptcpize_py.program import rewriter
-        _policy, resolved = service.load_and_resolve(policy_dir)
+        _policy, resolved = policysync.load_and_resolve(policy_dir)
         t0 = time.monotonic()
         self.rw = rewriter.Rewriter(all_netns=False)          # what the daemon loads
         self.load_s = time.monotonic() - t0

@@ -5,18 +5,21 @@ imports only what it uses (no argparse, logging, policy, status or report unless
 tests/unit/test_run_imports.py), so the imports that serve other commands stay inside them."""
 
 import sys
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 from mptcpize_py import __version__
 from mptcpize_py.errors import EXIT_UNAVAILABLE, MptcpizeError, UsageError
 
 if TYPE_CHECKING:
     import argparse
+    from collections.abc import Callable, Iterable
     from pathlib import Path
 
+    from mptcpize_py.run.backend import RunBackend
     from mptcpize_py.status import DaemonStatus
 
 PROG = "mptcpize-py"
+T = TypeVar("T")
 
 
 def _parser_class() -> "type[argparse.ArgumentParser]":
@@ -65,14 +68,19 @@ HELP_WIDTH = 78   # argparse's own, in an 80-column terminal
 
 
 def _build_parser() -> "argparse.ArgumentParser":
-    from pathlib import Path
     _Parser = _parser_class()
     p = _Parser(prog=PROG, description="Make unmodified applications use Multipath TCP.",
                 epilog=f"'{PROG} COMMAND --help' describes each command, with examples.")
     p.add_argument("--version", action="version", version=f"{PROG} {__version__}")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    for add in (_add_run, _add_check, _add_daemon, _add_resync, _add_enable_disable, _add_status, _add_paths,
+                _add_metrics):
+        add(sub)
+    return p
 
+
+def _add_run(sub) -> None:
     r = _command(sub, "run", "run CMD with its and its descendants' TCP sockets upgraded to MPTCP",
                  "Run CMD; CMD and all its descendants get MPTCP instead of TCP sockets. Exit status "
                  "is CMD's (127 not found, 126 not executable, 128+N killed by signal N).\n\n"
@@ -90,6 +98,8 @@ def _build_parser() -> "argparse.ArgumentParser":
                         "notification supervisor (Linux >= 5.14); auto: bpf, else seccomp")
     r.add_argument("argv", nargs="*", metavar="CMD [ARGS...]")
 
+
+def _add_check(sub) -> None:
     c = _command(sub, "check", "report what this host can do; exit 0 if run can upgrade, 69 if not",
                  "Report what this host can do: one line per prerequisite (the kernel hook, BPF "
                  "trampolines, the network namespace guard, bcc, net.mptcp.enabled, seccomp user "
@@ -100,6 +110,10 @@ def _build_parser() -> "argparse.ArgumentParser":
                   ("check --json | jq '.checks[] | select(.status == \"fail\")'",
                    "only what fails, machine-readable")])
     c.add_argument("--json", action="store_true", help="machine-readable output")
+
+
+def _add_daemon(sub) -> None:
+    from pathlib import Path
 
     d = _command(sub, "daemon", "system-wide: upgrade the processes an allowlist policy selects",
                  "Load the policy of DIR (every *.toml file), attach the BPF program and keep its maps "
@@ -125,6 +139,8 @@ def _build_parser() -> "argparse.ArgumentParser":
                         "written while DIR does not exist)")
     d.add_argument("--no-metrics", action="store_true", help="write no metrics file")
 
+
+def _add_resync(sub) -> None:
     rs = _command(sub, "resync", "make the daemon re-resolve its policy now (used by the "
                                  "ExecStartPre= of units enabled with `enable`)",
                   "Ask the daemon to re-resolve its policy now and answer once its maps hold the "
@@ -134,6 +150,8 @@ def _build_parser() -> "argparse.ArgumentParser":
                    ("resync --unit nginx.service", "what a drop-in written by enable runs")])
     rs.add_argument("--unit", metavar="UNIT", default=None, help="a unit named by an allow rule")
 
+
+def _add_enable_disable(sub) -> None:
     # --- enable / disable (enable.py) ---
     names = ("UNIT is a service; without a type suffix it is read as systemctl reads it: nginx is "
              "nginx.service.")
@@ -157,8 +175,9 @@ def _build_parser() -> "argparse.ArgumentParser":
         e.add_argument("--now", action="store_true",
                        help="also restart UNIT now" if verb == "enable" else
                             "also restart UNIT now if it runs (its new sockets are plain TCP)")
-    # --- end enable / disable ---
 
+
+def _add_status(sub) -> None:
     s = _command(sub, "status", "ask the running daemon what it upgraded (exit 3: no daemon)",
                  "Ask the running daemon what it does: its policy and what each rule selects, the "
                  "processes whose sockets it upgraded, with counters, and the units enabled with "
@@ -176,6 +195,8 @@ def _build_parser() -> "argparse.ArgumentParser":
     s.add_argument("--netns", metavar="NAME", default=None,
                    help="with --connections: only network namespace NAME (/run/netns/NAME)")
 
+
+def _add_paths(sub) -> None:
     pa = _command(sub, "paths", "MPTCP endpoints per network namespace: who manages them, which are "
                                 "mptcpize-py's, what the policy's [paths] table would change",
                   "Show, per network namespace (the caller's, then every /run/netns one as root), "
@@ -200,6 +221,8 @@ def _build_parser() -> "argparse.ArgumentParser":
                          "SIGINT, then remove the endpoints it added; SIGHUP or a change in the "
                          "policy directory reloads")
 
+
+def _add_metrics(sub) -> None:
     m = _command(sub, "metrics", "Prometheus text-format metrics (stdout, or a file for "
                                  "node_exporter's textfile collector)",
                  "Print the daemon's upgrade counters and the MPTCP connections of the upgraded "
@@ -211,7 +234,16 @@ def _build_parser() -> "argparse.ArgumentParser":
     m.add_argument("--output", metavar="FILE", default=None,
                    help="replace FILE atomically (mode 0644) instead of printing, e.g. "
                         "/var/lib/prometheus/node-exporter/mptcpize.prom")
-    return p
+
+
+def _print(as_json: bool, value: T, to_json: "Callable[[T], str]",
+           to_text: "Callable[[T], Iterable[str]]") -> None:
+    """A report as JSON, or as its text lines."""
+    if as_json:
+        _out(to_json(value))
+    else:
+        for line in to_text(value):
+            _out(line)
 
 
 def _out(line: str = "") -> None:
@@ -287,7 +319,7 @@ def cmd_run(args: RunArgs) -> int:
     from mptcpize_py.run.spawn import resolve_command, run_command
     argv = args.argv
     resolve_command(argv[0])  # 127/126 before loading anything
-    backend = daemon_fast_path(args.backend)
+    backend: RunBackend | None = daemon_fast_path(args.backend)
     if backend is None:
         _setup_logging(args.debug)   # our own backends log (e.g. seccomp: a setuid CMD)
         backend = make_backend(args.backend, try_daemon=False)
@@ -309,11 +341,7 @@ def cmd_run(args: RunArgs) -> int:
 def cmd_check(args) -> int:
     from mptcpize_py import report, support
     rep = support.run_checks()
-    if args.json:
-        _out(report.check_json(rep))
-    else:
-        for line in report.check_text(rep):
-            _out(line)
+    _print(args.json, rep, report.check_json, report.check_text)
     return 0 if rep.run_can_upgrade else EXIT_UNAVAILABLE
 
 
@@ -363,11 +391,7 @@ def cmd_status_connections(args) -> int:
     from mptcpize_py.host.netns import netns_path
     netns = netns_path(args.netns) if args.netns is not None else None
     view = connection_view(_daemon_status_or_none(), netns)
-    if args.json:
-        _out(report.connections_json(view))
-    else:
-        for line in report.connections_text(view):
-            _out(line)
+    _print(args.json, view, report.connections_json, report.connections_text)
     return 0
 
 
@@ -405,11 +429,7 @@ def cmd_status(args) -> int:
         raise UsageError("status: --netns only applies with --connections",
                          hint=f"{PROG} status --connections --netns NAME")
     status = _daemon_status()
-    if args.json:
-        _out(report.status_json(status))
-    else:
-        for line in report.status_text(status):
-            _out(line)
+    _print(args.json, status, report.status_json, report.status_text)
     return 0
 
 
@@ -466,11 +486,7 @@ def cmd_paths(args) -> int:
     if args.netns is not None:
         netns_path(args.netns)   # a usage error, or no such namespace, before anything else
     reports = paths_report(_paths_policy(args.policy_dir, required=False), state_dir, only=args.netns)
-    if args.json:
-        _out(report.paths_json(reports))
-    else:
-        for line in report.paths_text(reports):
-            _out(line)
+    _print(args.json, reports, report.paths_json, report.paths_text)
     return 0
 
 
@@ -538,11 +554,11 @@ def _main(argv: list[str]) -> int:
     debug = i > 0
     try:
         if i < len(argv) and argv[i] == "run":
-            args = parse_run_args(argv[i + 1:])
-            if args.help:
+            run_args = parse_run_args(argv[i + 1:])
+            if run_args.help:
                 _build_parser().parse_args(["run", "--help"])  # prints run's help and exits 0
-            debug = args.debug = debug or args.debug
-            return cmd_run(args)   # sets up logging itself, only where it is used
+            debug = run_args.debug = debug or run_args.debug
+            return cmd_run(run_args)   # sets up logging itself, only where it is used
         parser = _build_parser()
         args = parser.parse_args(argv)
         debug = args.debug

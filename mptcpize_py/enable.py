@@ -1,43 +1,5 @@
-"""`mptcpize-py enable UNIT` / `disable UNIT`: per-service MPTCP through a drop-in and a policy record.
-
-mptcpd's `mptcpize enable` rewrites the vendor unit file in place (and loses its Environment= lines,
-mptcpd issue #209). We never touch a unit file: `enable` writes two files that are ours alone,
-
-- /etc/systemd/system/UNIT.d/mptcpize-py.conf, the drop-in: `Wants=`/`After=mptcpize-py.service`
-  and `ExecStartPre=-+…/mptcpize-py resync --unit %n`. ExecStartPre runs in the unit's fresh cgroup
-  before ExecStart; `resync --unit` answers once the daemon's maps hold that cgroup, so the main
-  process's first socket() is already covered (no race with the daemon's 2 s poll). "+" runs it as
-  root outside the unit's sandbox (the control socket is root-only); "-" keeps the unit starting, with
-  plain TCP, when the daemon is down: MPTCP is an optimisation, it must not cost availability.
-- /etc/mptcpize-py/policy.d/unit-UNIT.toml, the policy record: one `[[allow]] unit = 'UNIT'`.
-
-and `disable` removes exactly these, plus the directories `enable` created, once empty: after
-enable + disable, /etc is byte for byte what it was. A directory `enable` creates gets a hidden marker
-file (CREATED_MARKER: systemd reads only *.conf in a drop-in directory, the policy loader only
-non-hidden *.toml), which is how `disable` knows, even after other units were enabled and disabled in
-between, that the directory is ours to remove.
-
-Each file starts with MARKER. A file at our path without it is someone else's: we refuse to overwrite
-or remove it. A symbolic link at our path, or at a directory we write into or remove from (UNIT.d,
-the policy directory, their parents), is refused too: we never write or remove through a link.
-Writes are atomic (temporary file in the same directory, fsync, rename) and skipped when the content
-is already right, so a second `enable` changes nothing, not even an mtime.
-
-A name without a unit type suffix is a service, as systemctl reads it (`enable nginx` is
-nginx.service); files and messages always use the full name. Unit names are hostile input: they are
-checked against systemd's grammar (policy.check_unit_name, the one copy of it) before they reach a
-path or an argv; systemctl is run with argv lists, "--" before the name, a fixed PATH and a timeout.
-
-Only services: a drop-in with ExecStartPre only means something for a .service, and the listening
-sockets of a .socket unit are created by PID 1 itself, outside the unit's cgroup.
-
-Never a unit that starts before the daemon can: the drop-in orders the unit After=mptcpize-py.service,
-and mptcpize-py.service (DefaultDependencies=yes) starts after sysinit.target and basic.target. A unit
-ordered before one of those (systemd-timesyncd.service is Before=sysinit.target) would close an
-ordering cycle, which systemd breaks at boot by deleting a start job: the unit's or the daemon's.
-enable follows the unit's Before= chain in the running manager (ordering_cycle()) and refuses such a
-unit before writing anything.
-"""
+"""`mptcpize-py enable UNIT` / `disable UNIT`: per-service MPTCP through a drop-in and a policy record
+that are ours alone; `disable` is the exact inverse. Design notes: docs/ARCHITECTURE.md ("enable")."""
 
 import errno
 import os
@@ -50,8 +12,9 @@ from pathlib import Path
 
 from mptcpize_py.errors import MptcpizeError, PermissionDenied, Unavailable, UsageError
 from mptcpize_py.host import files, systemd
-from mptcpize_py.policy import DEFAULT_POLICY_DIR, NAME_MAX, check_unit_name
-from mptcpize_py.support import kernel_support
+from mptcpize_py.policy import DEFAULT_POLICY_DIR
+from mptcpize_py.policy.names import check_service_name, policy_file_name
+from mptcpize_py.program.support import kernel_support
 
 SERVICE = "mptcpize-py.service"
 # What systemd orders SERVICE after when it is not loaded (not installed yet): systemd/mptcpize-py.service
@@ -59,7 +22,6 @@ SERVICE = "mptcpize-py.service"
 # "Default Dependencies"). When it is loaded, systemd's own After= list of it is used.
 SERVICE_DEFAULT_AFTER = ("sysinit.target", "basic.target")
 DROPIN_NAME = "mptcpize-py.conf"
-POLICY_PREFIX, POLICY_SUFFIX = "unit-", ".toml"
 MARKER = "# Managed by mptcpize-py enable/disable"
 CREATED_MARKER = ".created-by-mptcpize-py-enable"
 RESTART_TIMEOUT = 300.0
@@ -72,19 +34,6 @@ _EXEC_PATH_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWX
 # Names and paths (pure)
 
 
-def check_service_name(unit) -> str | None:
-    """Why `unit` cannot be enabled, or None: systemd's grammar (instances included), a .service."""
-    problem = check_unit_name(unit)
-    if problem:
-        return problem
-    if not unit.endswith(".service"):
-        return (f"{unit!r} is not a service: enable works on .service units (the sockets of a .socket "
-                f"unit are created by systemd itself; enable the service it activates)")
-    if len(unit) + len(".d") > NAME_MAX or len(policy_file_name(unit)) > NAME_MAX:
-        return f"{unit!r} is too long for a drop-in directory or policy file name ({NAME_MAX} bytes)"
-    return None
-
-
 def validate_service_name(unit) -> str:
     """The service that `unit`, as given on the command line, names; raises when it names none. As
     systemctl reads it: without a unit type suffix it is a service (nginx: nginx.service)."""
@@ -93,22 +42,6 @@ def validate_service_name(unit) -> str:
     if problem:
         raise UsageError(problem, hint="give a service such as nginx, nginx.service or getty@tty1.service")
     return name
-
-
-def policy_file_name(unit: str) -> str:
-    """unit-UNIT.toml. A valid unit name is a safe file name as it is (letters, digits, ':-_.\\@'; no
-    '/', never '.' or '..'; the prefix keeps it from being hidden), so no escaping is needed and the
-    name maps back to the unit (enabled_unit_of_file)."""
-    return f"{POLICY_PREFIX}{unit}{POLICY_SUFFIX}"
-
-
-def enabled_unit_of_file(path: str) -> str | None:
-    """The unit whose policy record `path` is (unit-UNIT.toml), or None for any other file."""
-    name = os.path.basename(path)
-    if not (name.startswith(POLICY_PREFIX) and name.endswith(POLICY_SUFFIX)):
-        return None
-    unit = name[len(POLICY_PREFIX):-len(POLICY_SUFFIX)]
-    return unit if check_service_name(unit) is None else None
 
 
 @dataclass(frozen=True)
@@ -329,10 +262,10 @@ def _write_files(unit: str, exe: str, tree: Tree) -> _Transaction:
         tx.write(tree.dropin(unit), dropin_text(unit, exe))
     except OSError as e:
         tx.rollback()
-        path = e.filename or "/etc"
+        where = e.filename or "/etc"
         if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-            raise PermissionDenied(f"cannot write {path}: {e.strerror}", hint="run it as root") from None
-        raise MptcpizeError(f"cannot write {path}: {e.strerror}") from None
+            raise PermissionDenied(f"cannot write {where}: {e.strerror}", hint="run it as root") from None
+        raise MptcpizeError(f"cannot write {where}: {e.strerror}") from None
     except BaseException:
         tx.rollback()
         raise

@@ -15,6 +15,7 @@ class MptcpizeError(Exception):
     """An error with a one-line message, an optional hint and the exit code it maps to."""
 
     exit_code = EXIT_FAILURE
+    compiler_output: str | None = None   # the compiler's whole output (the loader child writes it out)
 
     def __init__(self, message: str, hint: str | None = None, exit_code: int | None = None):
         super().__init__(message)

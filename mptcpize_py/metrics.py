@@ -1,23 +1,5 @@
-"""Prometheus text exposition format (version 0.0.4) for node_exporter's textfile collector.
-
-`render()` is pure: the daemon's status (status.DaemonStatus) and the connection view (diag.view) in,
-text out. The daemon writes it (without the connection view, which its sandbox cannot read) to its
-textfile (daemon/textfile.py); `metrics [--output FILE]` prints it, with the connection view, on demand.
-Files are replaced the way the textfile collector needs (host.files.write_atomic): it reads every
-`*.prom` file of its directory at each scrape, so a half-written file never carries that name.
-
-Label values come from executable paths, unit names, cgroup paths and rule names, all of which other
-users choose: they are escaped per the format (backslash, double quote, line feed) after any byte that is
-not UTF-8 is spelled `\\xNN`, so no value can end a label, a line or the file's encoding.
-
-Counter semantics: every `_total` only grows while the daemon runs (a restart starts them again, which
-Prometheus reads as a counter reset). The host-wide total is the kernel's exact counter. The per-rule
-and per-unit sums are the daemon's (status.rule_upgrades, unit_upgrades; daemon/tally.py): per rule
-identity across reloads, and keeping the counts of processes the kernel's per-process LRU forgot.
-
-Label values are stable across edits of the policy: a rule is `file` (its policy file's base name) and
-`rule` (its `name`, else what it matches, `exe=/usr/bin/iperf3`), not its line or position.
-"""
+"""Prometheus text exposition format (0.0.4) for node_exporter's textfile collector; `render()` is
+pure. Design notes: docs/ARCHITECTURE.md ("metrics")."""
 
 from mptcpize_py.display import utf8_text
 from mptcpize_py.status import DaemonStatus

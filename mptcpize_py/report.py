@@ -120,8 +120,8 @@ def paths_status_text(status: DaemonStatus) -> list[str]:
 def enabled_units_text(status: DaemonStatus) -> list[str]:
     """`status`: the units `mptcpize-py enable` selected (their policy records, unit-UNIT.toml, among the
     daemon's policy files) with the sockets upgraded in their processes (the rows whose unit is it)."""
-    # The file-name grammar is enable.py's; the wire format carries a rule's file only in its description.
-    from mptcpize_py.enable import enabled_unit_of_file
+    # The wire format carries a rule's file only in its description.
+    from mptcpize_py.policy.names import enabled_unit_of_file
     pol = status.policy
     enabled = []
     for path in pol.files:

@@ -1,24 +1,6 @@
 """Policy -> the integer keys the kernel program matches: exe identities, cgroup ids, netns inums.
-
-resolve_policy() never raises for one rule: it returns a complete Resolved that says per rule what
-could not be resolved (`file:line: reason`), and the daemon decides what is fatal. The keys:
-
-- exe -> (dev, ino) of the inode exec() puts into mm->exe_file: i_ino from /proc/self/fdinfo and the
-  superblock's s_dev from the fd's mount in mountinfo, not stat()'s st_dev, which overlayfs (layers on
-  different filesystems) and btrfs report differently. The path is opened O_PATH, following symlinks
-  but no /proc magic links; a package upgrade makes a new inode, so the daemon re-resolves.
-- cgroup -> the cgroup id (its directory's inode on the cgroup v2 mount: /sys/fs/cgroup, or
-  /sys/fs/cgroup/unified on hybrid hosts). A cgroup that does not exist yet is `pending`.
-- unit -> a cgroup path: systemd's answer when PID 1 is systemd (ControlGroup=, or Slice=), else its
-  default naming rules (host.systemd). One `systemctl show` answers for all unit rules at once (not
-  one process per rule: the daemon re-resolves every 2 s). A unit that restarts gets a new cgroup id.
-- netns -> st_ino of /run/netns/NAME (nsfs), or of the daemon's own namespace for "host" (not
-  /proc/1/ns/net, which needs ptrace access to PID 1). A missing name is `pending`.
-
-Policy values are hostile: exe paths are only opened O_PATH and must be regular executable files;
-cgroup paths are normalised, must stay under the cgroup2 mount after realpath() and be directories of
-that very filesystem.
-"""
+resolve_policy() never raises for one rule; what cannot be resolved is said per rule. Design notes:
+docs/ARCHITECTURE.md ("resolve")."""
 
 import errno
 import os
@@ -236,29 +218,7 @@ def resolve_policy(policy: Policy, *, cgroup_mount: str | None = None, netns_dir
 
     for rule in rules:
         try:
-            if rule.kind == "exe":
-                key, real = exe_key(rule.value, mounts or None)
-                exe_entries.append((key, rule))
-                shown = rule.value if real == rule.value else f"{rule.value} -> {real}"
-                targets[rule.id] = f"{shown} ({key})"
-                continue
-            if cgroup_mount is None:
-                raise ResolveError("no cgroup v2 hierarchy is mounted (cgroup2 in /proc/self/mountinfo)")
-            if rule.kind == "unit":
-                cgpath = _unit_path(rule.value, asker, notes, rule)
-            else:
-                cgpath = rule.value
-            cid = cgroup_id(cgroup_mount, cgpath)
-            full = cgroup_fs_path(cgroup_mount, cgpath)
-            if cid is None:
-                what = "not running yet" if rule.kind == "unit" else "does not exist yet"
-                pending.append(Pending("cgroup", rule, full,
-                                       f"{rule.source_file}:{rule.line}: {rule.kind}={rule.value}: "
-                                       f"{what} (no cgroup {full}); waiting for it"))
-                targets[rule.id] = f"{cgpath} (pending)"
-                continue
-            cg_entries.append((cid, rule))
-            targets[rule.id] = f"{cgpath} (cgroup id {cid})"
+            _resolve_rule(rule, mounts, cgroup_mount, asker, notes, pending, targets, exe_entries, cg_entries)
         except ResolveError as e:
             problem(rule, str(e))
 
@@ -266,34 +226,70 @@ def resolve_policy(policy: Policy, *, cgroup_mount: str | None = None, netns_dir
     cg_map = _merge(cg_entries, "cgroup", notes)
 
     all_netns = policy.netns.mode == "all"
-    netns: set[int] = set()
-    if not all_netns:
-        try:
-            host = os.stat(host_netns)
-            netns.add(host.st_ino)
-            nsfs_dev = host.st_dev
-        except OSError as e:
-            problems.append(f"netns host: cannot stat {host_netns}: {e.strerror}")
-            nsfs_dev = None
-        for name in policy.netns.names if policy.netns.mode == "names" else ():
-            path = posixpath.join(netns_dir, name)
-            if "/" in name or name in ("", ".", ".."):  # the policy refuses these; never trust a join
-                problems.append(f"netns {name!r}: not a namespace name")
-                continue
-            try:
-                inum = netns_inum(path, nsfs_dev)
-            except OSError as e:
-                problems.append(f"netns {name}: cannot stat {path}: {e.strerror}")
-                continue
-            if inum is None:
-                pending.append(Pending("netns", None, path,
-                                       f"netns {name}: {path} is not a network namespace (yet); "
-                                       "waiting for it (ip netns add " + name + ")"))
-            else:
-                netns.add(inum)
+    netns = set() if all_netns else _resolve_netns(policy, netns_dir, host_netns, problems, pending)
 
     return Resolved(exe_map, cg_map, frozenset(netns), all_netns, targets, tuple(pending),
                     tuple(problems), tuple(notes))
+
+
+def _resolve_rule(rule: Rule, mounts: list[Mount] | None, cgroup_mount: str | None,
+                  asker: "SystemdAsker | None", notes: list[str], pending: list[Pending],
+                  targets: dict[int, str], exe_entries: list[tuple[ExeKey, Rule]],
+                  cg_entries: list[tuple[int, Rule]]) -> None:
+    """One rule: its key appended to exe_entries or cg_entries, or its pending entry; raises ResolveError."""
+    if rule.kind == "exe":
+        key, real = exe_key(rule.value, mounts or None)
+        exe_entries.append((key, rule))
+        shown = rule.value if real == rule.value else f"{rule.value} -> {real}"
+        targets[rule.id] = f"{shown} ({key})"
+        return
+    if cgroup_mount is None:
+        raise ResolveError("no cgroup v2 hierarchy is mounted (cgroup2 in /proc/self/mountinfo)")
+    if rule.kind == "unit":
+        cgpath = _unit_path(rule.value, asker, notes, rule)
+    else:
+        cgpath = rule.value
+    cid = cgroup_id(cgroup_mount, cgpath)
+    full = cgroup_fs_path(cgroup_mount, cgpath)
+    if cid is None:
+        what = "not running yet" if rule.kind == "unit" else "does not exist yet"
+        pending.append(Pending("cgroup", rule, full,
+                               f"{rule.source_file}:{rule.line}: {rule.kind}={rule.value}: "
+                               f"{what} (no cgroup {full}); waiting for it"))
+        targets[rule.id] = f"{cgpath} (pending)"
+        return
+    cg_entries.append((cid, rule))
+    targets[rule.id] = f"{cgpath} (cgroup id {cid})"
+
+
+def _resolve_netns(policy: Policy, netns_dir: str, host_netns: str, problems: list[str],
+                   pending: list[Pending]) -> set[int]:
+    """The netns_allow entries: the host's namespace and each named one (a missing name is pending)."""
+    netns: set[int] = set()
+    try:
+        host = os.stat(host_netns)
+        netns.add(host.st_ino)
+        nsfs_dev = host.st_dev
+    except OSError as e:
+        problems.append(f"netns host: cannot stat {host_netns}: {e.strerror}")
+        nsfs_dev = None
+    for name in policy.netns.names if policy.netns.mode == "names" else ():
+        path = posixpath.join(netns_dir, name)
+        if "/" in name or name in ("", ".", ".."):  # the policy refuses these; never trust a join
+            problems.append(f"netns {name!r}: not a namespace name")
+            continue
+        try:
+            inum = netns_inum(path, nsfs_dev)
+        except OSError as e:
+            problems.append(f"netns {name}: cannot stat {path}: {e.strerror}")
+            continue
+        if inum is None:
+            pending.append(Pending("netns", None, path,
+                                   f"netns {name}: {path} is not a network namespace (yet); "
+                                   "waiting for it (ip netns add " + name + ")"))
+        else:
+            netns.add(inum)
+    return netns
 
 
 def _systemd_asker(systemd, rules) -> SystemdAsker | None:

@@ -66,7 +66,7 @@ fi
 here=$(pwd -P)/mptcpize_py/__init__.py
 installed=$(cd / && "$VENV/bin/python" -c 'import mptcpize_py, pyroute2, psutil, pytest, virtme_ng, prometheus_client, os
 print(os.path.realpath(mptcpize_py.__file__))' 2>/dev/null || true)
-if [ "$installed" != "$here" ] || [ ! -x "$VENV/bin/ruff" ]; then
+if [ "$installed" != "$here" ] || [ ! -x "$VENV/bin/ruff" ] || [ ! -x "$VENV/bin/mypy" ]; then
     log "pip install"
     # compat: a plain path entry in a .pth file, not an import hook that every start would import
     # (measured: `mptcpize-py --version` 70 -> 56 ms here; `run`'s fast path counts every ms).

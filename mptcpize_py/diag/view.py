@@ -111,7 +111,8 @@ def connection_view(status: DaemonStatus | None, netns: str | None = None,
 
     def upgraded_ancestor(pid: int) -> int | None:
         """pid itself or its nearest ancestor that is an upgraded process of the status."""
-        chain, p = [], pid
+        chain: list[int] = []
+        p: int | None = pid
         while p and p not in ancestry and p not in rows_by_pid and len(chain) < 4096:
             chain.append(p)
             p = procfs.parent_pid(p)

@@ -32,7 +32,7 @@ def kernel_dev(st_dev: int) -> int:
 def parse_fdinfo(text: str) -> dict[str, str]:
     """/proc/PID/fdinfo/FD 'key:\\tvalue' lines -> {key: value} (the first lines; later ones are
     per-file-type extras)."""
-    out = {}
+    out: dict[str, str] = {}
     for line in text.splitlines():
         key, sep, value = line.partition(":")
         if sep:

@@ -39,6 +39,10 @@ INIT_SCOPE = "init.scope"
 UNIT_TYPES = ("service", "mount", "swap", "socket", "target", "device", "automount", "timer", "path",
               "slice", "scope")
 UNIT_NAME_MAX = 256
+UNIT_NAME_CHARS = _UNIT_VALID_CHARS | {"@"}   # "@" only between a template's prefix and its instance
+# Which of UNIT_TYPES run processes (src/basic/unit-def.c): only those have a cgroup a rule can select.
+UNIT_TYPES_WITH_PROCESSES = ("service", "socket", "mount", "swap", "scope", "slice")
+UNIT_TYPES_WITHOUT_PROCESSES = ("target", "timer", "path", "device", "automount")
 
 IDENTIFIER = "mptcpize-py"
 
@@ -355,14 +359,6 @@ def unit_cgroups(units, timeout: float = 2.0, exe: str | None = None,
     return out
 
 
-def unit_cgroup(unit: str, timeout: float = 2.0, exe: str | None = None) -> str:
-    """unit_cgroups() for one unit; raises its UnitNameError."""
-    answer = unit_cgroups([unit], timeout=timeout, exe=exe)[unit]
-    if isinstance(answer, UnitNameError):
-        raise answer
-    return answer
-
-
 def ordering_path(unit: str, targets, *, timeout: float = 2.0, exe: str | None = None) -> list[str] | None:
     """[unit, U1, ..., T]: a chain along systemd's Before= from `unit` to a unit of `targets` (each is
     ordered before the next), or None when `unit` is ordered before none of them. Before= as the
@@ -374,8 +370,10 @@ def ordering_path(unit: str, targets, *, timeout: float = 2.0, exe: str | None =
 
     def chain(last: str) -> list[str]:
         out = [last]
-        while came_from[out[-1]] is not None:
-            out.append(came_from[out[-1]])
+        prev = came_from[last]
+        while prev is not None:
+            out.append(prev)
+            prev = came_from[prev]
         return out[::-1]
 
     if unit in targets:
@@ -400,8 +398,6 @@ def ordering_path(unit: str, targets, *, timeout: float = 2.0, exe: str | None =
 
 
 # --- journald and sd_notify ------------------------------------------------------------------------
-
-IDENTIFIER = "mptcpize-py"
 
 
 def _systemd():

@@ -2,6 +2,7 @@
 (NetnsPaths: what the endpoints and limits mean for a connection made or accepted there) and for
 `paths` (PathsReport: who manages the endpoints, which are ours, what the policy would change)."""
 
+import functools
 import os
 import socket
 from dataclasses import dataclass, field
@@ -160,7 +161,7 @@ def path_management(netns_dir: str = NETNS_DIR) -> list[NetnsPaths]:
         if inum == own:
             continue
         try:
-            facts = in_netns(os.path.join(netns_dir, name), lambda n=name: _netns_facts(n, procs))
+            facts = in_netns(os.path.join(netns_dir, name), functools.partial(_netns_facts, name, procs))
         except MptcpizeError as e:   # deleted meanwhile, ...
             facts = NetnsPaths(name, error=e.message)
         facts.notes = explain_paths(facts, name)

@@ -26,10 +26,13 @@ import logging
 import os
 import resource
 import selectors
+import socket
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import cast
 
 from mptcpize_py.display import escaped
 from mptcpize_py.errors import MptcpizeError
@@ -37,7 +40,8 @@ from mptcpize_py.host.netns import HOST_NETNS, NETNS_DIR, in_netns, netns_names,
 from mptcpize_py.paths import netlink, others, plan
 from mptcpize_py.paths.state import NetnsRecord, PathsState, netns_key
 from mptcpize_py.paths.state import read as read_state
-from mptcpize_py.policy import HOST_NETNS_NAME, PathsSettings, Policy
+from mptcpize_py.policy import HOST_NETNS_NAME, PathsSettings, PathsTable, Policy, PolicyError
+from mptcpize_py.policysync import PolicyWatch, ReloadSignals
 from mptcpize_py.status import PathsStatus
 
 RESCAN_INTERVAL = 2.0
@@ -75,7 +79,7 @@ class _Netns:
     inum: int
     cookie: int | None
     settings: PathsSettings
-    sock: object = None              # netlink event socket, when managed
+    sock: socket.socket | None = None   # netlink event socket, when managed
     other: str | None = None         # the other manager's line, when standing back
     problems: tuple[str, ...] = ()
     status: PathsStatus | None = None
@@ -173,10 +177,10 @@ class PathManager:
             return [ns.status for ns in self._watch.values() if ns.status is not None]
 
     # --- namespaces --------------------------------------------------------------------------------
-    def _wanted_namespaces(self) -> dict[str, str | None]:
+    def _wanted_namespaces(self, policy: Policy) -> dict[str, str | None]:
         """{name: path} of the namespaces the policy selects (host: path None)."""
         out: dict[str, str | None] = {HOST_NETNS_NAME: None}
-        sel = self._policy.netns
+        sel = policy.netns
         if sel.mode == "host":
             return out
         present = set(netns_names(self.netns_dir).values())
@@ -188,7 +192,7 @@ class PathManager:
     def _rescan(self) -> bool:
         """Brings the watched set in line with the policy and /run/netns; True when it changed."""
         changed = False
-        wanted = self._wanted_namespaces() if self._policy is not None else {}
+        wanted = self._wanted_namespaces(self._policy) if self._policy is not None else {}
         for name in list(self._watch):
             ns = self._watch[name]
             now = _inum(wanted[name]) if name in wanted else _inum(ns.path)
@@ -203,7 +207,8 @@ class PathManager:
                 self.state.save()
             changed = True
         for name, path in wanted.items():
-            settings = self._policy.paths.for_netns(name)
+            # wanted is {} without a policy with a [paths] table
+            settings = cast(PathsTable, cast(Policy, self._policy).paths).for_netns(name)
             if name in self._watch:
                 self._watch[name].settings = settings
                 continue
@@ -497,35 +502,20 @@ def _inum(path: str | None) -> int | None:
         return None
 
 
-def follow(manager: PathManager, policy_dir: Path, load) -> None:
+def follow(manager: PathManager, policy_dir: Path, load: Callable[[], Policy | None]) -> None:
     """`paths --apply --follow`: the manager kept in sync until SIGTERM or SIGINT; SIGHUP, or a
     change in the policy directory (checked every RESCAN_INTERVAL s, as the daemon does), reloads
     (`load()` -> Policy; a policy that does not validate keeps the last good one)."""
-    import signal
-
-    from mptcpize_py.daemon.service import dir_fingerprint
-    from mptcpize_py.policy import PolicyError
-    flags = {"stop": False, "reload": False}
-
-    def on_term(_sig, _frm):
-        flags["stop"] = True
-
-    def on_hup(_sig, _frm):
-        flags["reload"] = True
-
-    signal.signal(signal.SIGTERM, on_term)
-    signal.signal(signal.SIGINT, on_term)
-    signal.signal(signal.SIGHUP, on_hup)
-    fingerprint = dir_fingerprint(policy_dir)
-    next_check = time.monotonic() + RESCAN_INTERVAL
-    while not flags["stop"]:
+    signals = ReloadSignals()
+    signals.install()
+    watch = PolicyWatch(policy_dir, RESCAN_INTERVAL)
+    while not signals.stop:
         time.sleep(0.1)   # signals interrupt it; the handlers only set flags
-        if not flags["reload"] and time.monotonic() < next_check:
+        if not watch.due() and not signals.reload:
             continue
-        next_check = time.monotonic() + RESCAN_INTERVAL
-        now = dir_fingerprint(policy_dir)
-        if flags["reload"] or now != fingerprint:
-            flags["reload"], fingerprint = False, now
+        if signals.reload or watch.changed():
+            signals.reload = False
+            watch.mark()
             try:
                 manager.apply(load())
                 log.info("paths: reloaded")

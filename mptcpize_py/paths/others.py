@@ -97,9 +97,13 @@ def _nm_flags(value: str) -> int | None:
     return total
 
 
+class _KeyFile(configparser.ConfigParser):
+    def optionxform(self, optionstr: str) -> str:
+        return optionstr   # keys are case-sensitive in GKeyFile
+
+
 def _read_ini(path: str) -> configparser.ConfigParser | None:
-    cp = configparser.ConfigParser(strict=False, interpolation=None, comment_prefixes=("#", ";"))
-    cp.optionxform = str   # keys are case-sensitive in GKeyFile
+    cp = _KeyFile(strict=False, interpolation=None, comment_prefixes=("#", ";"))
     try:
         with open(path, encoding="utf-8") as f:
             cp.read_file(f)

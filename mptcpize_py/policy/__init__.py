@@ -5,8 +5,9 @@ job; here we only read the files safely and check that each selector is well for
 
 - model.py: Rule, NetnsSelection, Policy, PolicyFile, PolicyError, the default directory, the example.
 - load.py: the directory and its files as hostile input (owner, mode, no symlinks, size) -> load_policy().
-- validate.py: text -> rules and the [paths] table: the format, every value check, the kernel map
-  limits (from abi.py) and MPTCP's (MPTCP_PM_ADDR_MAX).
+- validate.py: text -> rules: the format, every value check, the kernel map limits (from abi.py).
+- paths_table.py: the [paths] table's keys, values and conflicts, and MPTCP's limit (MPTCP_PM_ADDR_MAX).
+- names.py: the file-name grammar of `enable`'s records (unit-UNIT.toml).
 - positions.py: where each table, key and array element of a TOML text starts, for file:line errors.
 """
 
@@ -23,20 +24,17 @@ from mptcpize_py.policy.model import (
     PolicyError,
     Rule,
 )
+from mptcpize_py.policy.paths_table import MPTCP_PM_ADDR_MAX, PATHS_KEYS, PATHS_ROLES, PATHS_SETTING_KEYS
 from mptcpize_py.policy.validate import (
     ACTIONS,
-    MPTCP_PM_ADDR_MAX,
-    NAME_MAX,
     NETNS_KEYS,
-    PATHS_KEYS,
-    PATHS_ROLES,
-    PATHS_SETTING_KEYS,
     RULE_KEYS,
     UNIT_TYPES_WITH_PROCESSES,
     UNIT_TYPES_WITHOUT_PROCESSES,
     check_unit_name,
     parse_policy_text,
 )
+from mptcpize_py.policy.values import NAME_MAX
 
 __all__ = [
     "ACTIONS", "CGROUP_MAX_DEPTH", "DEFAULT_POLICY_DIR", "EXAMPLE_POLICY", "HOST_NETNS_NAME",

@@ -1,50 +1,33 @@
-"""Policy text -> rules: the format's grammar and every value check. Pure.
-
-Rules of the format (docs/mptcpize-py-policy.5 follows this module):
-
-- `[[allow]]` / `[[deny]]` tables with exactly one selector (`exe`, `cgroup` or `unit`) and an optional
-  `name`. Unknown keys are errors. `deny` beats `allow` (the kernel side applies it).
-- At most one `[netns]` table across all files: the choice is global, and "which file wins" rules would
-  be surprising. Without it: the host's namespace only. `names = [...]` adds /run/netns/NAME namespaces
-  to the host's; `all = true` selects every namespace. Both at once is an error.
-- Template units (`foo@.service`) are refused: a template runs no processes. Instances (`foo@bar.service`)
-  are fine; to cover every instance, select their slice with `cgroup = "/system.slice/system-foo.slice"`.
-- Unit types that never own processes (target, timer, path, device, automount) are refused: the rule
-  could never match, which is always a mistake.
-- Rules and [netns] names beyond the kernel maps' sizes (bpf/mptcpize.h, via abi.py) are refused with
-  file:line instead of half-filling a map: a policy that validates fits, so it can always be synced.
-- At most one `[paths]` table across all files (the same reasons as [netns]): opt-in MPTCP endpoint
-  management. Its keys apply to every namespace the policy selects; `[paths.netns.NAME]` ("host" or a
-  [netns] name) overrides them for one namespace. Checked here: the role, interface patterns (what a
-  Linux interface name can be, plus `*?[]`), flags the kernel refuses together (fullmesh with the
-  signal flag of roles server/both), a pattern both included and excluded, limits above the kernel's
-  maximum (MPTCP_PM_ADDR_MAX), a namespace the policy does not select, a table that manages nothing.
-- Problems are reported as `file:line: reason` (or `file: reason` for a problem with the file as a whole:
-  permissions, size, symlink). All problems of all files are collected into one PolicyError; a policy is
-  returned complete or not at all.
-"""
+"""Policy text -> rules: the format's grammar and every value check, all problems as `file:line:
+reason` in one PolicyError. Pure. docs/mptcpize-py-policy.5 follows this module; design notes:
+docs/ARCHITECTURE.md ("the policy format")."""
 
 import dataclasses
-import operator
 import posixpath
-import re
 import tomllib
 from collections.abc import Iterable
 from dataclasses import dataclass
 
 from mptcpize_py import abi
-from mptcpize_py.display import escaped
+from mptcpize_py.host import systemd
+from mptcpize_py.host.systemd import UNIT_NAME_CHARS, UNIT_TYPES_WITH_PROCESSES, UNIT_TYPES_WITHOUT_PROCESSES
 from mptcpize_py.policy.model import (
-    HOST_NETNS_NAME,
     NetnsSelection,
-    PathsSettings,
     PathsTable,
     Policy,
     PolicyError,
     PolicyFile,
     Rule,
 )
-from mptcpize_py.policy.positions import toml_error_line, toml_lines
+from mptcpize_py.policy.paths_table import parse_paths, paths_selection_errors
+from mptcpize_py.policy.positions import (
+    count_tokens,
+    long_dotted_key,
+    scan_chains,
+    toml_error_line,
+    toml_lines,
+)
+from mptcpize_py.policy.values import NAME_MAX, check_netns_name, show, toml_type
 
 # bpf/mptcpize.h does not reserve rule ids; we keep 0..15 free for non-policy selections (0 = none, run
 # trees) so a rule_id in an event or in proc_stats tells at a glance whether the policy chose it.
@@ -52,7 +35,6 @@ FIRST_RULE_ID = 16
 
 MAX_NAME_LEN = 80
 PATH_MAX = 4096
-NAME_MAX = 255
 
 # netns_allow holds the host's namespace and one entry per name (two names of one namespace share one:
 # counting names is the bound that holds whatever they turn out to be).
@@ -63,23 +45,10 @@ SELECTORS = ("exe", "cgroup", "unit")
 RULE_KEYS = SELECTORS + ("name",)
 NETNS_KEYS = ("names", "all")
 
-# [paths]: the keys of a namespace's settings, and the table's own.
-PATHS_ROLES = ("client", "server", "both", "none")
-PATHS_SETTING_KEYS = ("role", "interfaces", "exclude", "backup", "fullmesh", "subflows",
-                      "add_addr_accepted")
-PATHS_KEYS = PATHS_SETTING_KEYS + ("netns",)
-# net/mptcp/pm_netlink.c (Linux 5.6 to 6.18): `#define MPTCP_PM_ADDR_MAX 8`, the largest value
-# `ip mptcp limits set` accepts ("limit greater than maximum", EINVAL) and the most endpoints a
-# namespace holds (ERANGE beyond it).
-MPTCP_PM_ADDR_MAX = 8
-IFNAMSIZ = 16   # include/uapi/linux/if.h: names are at most 15 bytes
 
-# systemd src/basic/unit-name.c: VALID_CHARS ("@" only in the prefix/instance part), UNIT_NAME_MAX 256
-# including the NUL, and the unit types of src/basic/unit-def.c.
-UNIT_NAME_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789:-_.\\@")
-UNIT_NAME_MAX = 255
-UNIT_TYPES_WITH_PROCESSES = ("service", "socket", "mount", "swap", "scope", "slice")
-UNIT_TYPES_WITHOUT_PROCESSES = ("target", "timer", "path", "device", "automount")
+# The unit-name grammar is host/systemd.py's (systemd's own); the policy adds its messages and refuses
+# templates and unit types that run no processes. systemd's UNIT_NAME_MAX counts the NUL.
+UNIT_NAME_LEN_MAX = systemd.UNIT_NAME_MAX - 1
 
 # Parsing is pure Python and the daemon does it in its main loop at every reload: its cost is bounded
 # by a linear scan before tomllib sees a file (figures measured on the 2-core build machine):
@@ -94,23 +63,6 @@ MAX_TOKENS = 100_000   # in all files together
 # Problems reported at most: each is a log line at every refused reload (a file of 100,000 unknown keys
 # would otherwise log 100,000 lines each time).
 MAX_PROBLEMS = 100
-
-# The scan's tokens: strings (whose dots are not separators), comments, and runs of key parts joined by
-# dots (chains: a key, a header, or a value such as 1.5 or true); '[' and '{' are counted apart.
-# Linear: at any position at most one alternative of a repeat can match, so a failed repeat is not
-# retried another way, and an unterminated string takes the rest of its line (or file) instead of
-# failing after a long scan.
-# (No possessive quantifiers: Python 3.11.2's, Debian's, miss matches with alternations inside them.)
-_KEY_PART = r"""(?:[A-Za-z0-9_-]+|"(?:[^"\\\n]|\\[^\n])*"|'[^'\n]*')"""
-_KEY_PART_RE = re.compile(_KEY_PART)
-_count_dots = operator.methodcaller("count", ".")
-_TOML_SCAN = re.compile(
-    r'"""(?:[^"\\]|\\[\s\S]|\\\Z|"(?!""))*(?:"""|\Z)'   # a multi-line basic string
-    r"|'''(?:[^']|'(?!''))*(?:'''|\Z)"                 # a multi-line literal string
-    rf"|(?P<chain>{_KEY_PART}(?:[ \t]*\.[ \t]*{_KEY_PART})*)"
-    r"|\#[^\n]*"                                      # a comment
-    r"""|["'][^\n]*""")                                # an unterminated string
-
 
 def parse_policy_text(text: str, filename: str) -> Policy:
     """Validates one file's text as a whole policy; `filename` labels errors and rules."""
@@ -144,7 +96,12 @@ class _FileResult:
 
 def _build(parsed: list[_FileResult]) -> Policy:
     """Combines per-file results: ids in file then line order, one [netns], map limits, all errors."""
-    allow, deny, errors, netns_at, paths_at, paths_res = [], [], [], None, None, None
+    allow: list[Rule] = []
+    deny: list[Rule] = []
+    errors: list[str] = []
+    netns_at: str | None = None
+    paths_at: str | None = None
+    paths_res: _FileResult | None = None
     netns = NetnsSelection()
     counts = {"exe": 0, "cgroup": 0}
     next_id = FIRST_RULE_ID
@@ -174,7 +131,7 @@ def _build(parsed: list[_FileResult]) -> Policy:
             next_id += 1
             (allow if action == "allow" else deny).append(rule)
     if paths_res is not None:
-        errors.extend(_paths_selection_errors(paths_res, netns))
+        errors.extend(paths_selection_errors(paths_res.filename, paths_res.paths_netns_lines, netns))
     if len(errors) > MAX_PROBLEMS:
         errors[MAX_PROBLEMS:] = [f"and {len(errors) - MAX_PROBLEMS} more problems"]
     if errors:
@@ -183,34 +140,23 @@ def _build(parsed: list[_FileResult]) -> Policy:
                   paths_res.paths if paths_res is not None else None)
 
 
-def _paths_selection_errors(res: "_FileResult", netns: NetnsSelection) -> list[str]:
-    """[paths.netns.NAME] for a namespace the policy does not select: its settings would never apply."""
-    out = []
-    for name, line in res.paths_netns_lines.items():
-        if name == HOST_NETNS_NAME or netns.mode == "all" or name in netns.names:
-            continue
-        out.append(f"{res.filename}:{line}: [paths.netns.{escaped(name)}]: the policy does not select "
-                   f"namespace {_show(name)} (add it to [netns] names)")
-    return out
-
-
 def _parse_file(text: str, filename: str, tokens: _Tokens) -> _FileResult:
     res = _FileResult(filename, [], None, 0, [])
 
     def error(line: int, reason: str):
         res.errors.append((line, f"{filename}:{line}: {reason}"))
 
-    chains = _TOML_SCAN.findall(text)
-    before, tokens.seen = tokens.seen, tokens.seen + len(chains) + text.count("[") + text.count("{")
+    chains = scan_chains(text)
+    before, tokens.seen = tokens.seen, tokens.seen + count_tokens(text, chains)
     if tokens.seen > MAX_TOKENS:
         if before <= MAX_TOKENS:   # files after this one are not parsed either
             res.errors.append((0, f"{filename}: refused: the policy files together hold more than "
                                   f"{MAX_TOKENS} keys, values and comments (this file passes the limit)"))
         return res
-    long_key = _long_dotted_key(text, chains)
+    long_key = long_dotted_key(text, chains, MAX_KEY_PARTS)
     if long_key is not None:
         line, chain = long_key
-        error(line, f"a dotted key of more than {MAX_KEY_PARTS} parts ({_show(chain)}); policy keys have "
+        error(line, f"a dotted key of more than {MAX_KEY_PARTS} parts ({show(chain)}); policy keys have "
               "one or two")
         return res
     try:
@@ -254,31 +200,20 @@ def _parse_file(text: str, filename: str, tokens: _Tokens) -> _FileResult:
                 error(at(key), "paths must be a table: [paths] with role = ...")
                 continue
             res.paths_line = at(key)
-            _parse_paths(res, value, lambda *p: at("paths", *p), error)
+            res.paths = parse_paths(res.filename, value, lambda *p: at("paths", *p), error,
+                                    res.paths_netns_lines)
         else:
-            error(at(key), f"unknown key {_show(key)}: a policy file holds [[allow]], [[deny]], [netns] and"
+            error(at(key), f"unknown key {show(key)}: a policy file holds [[allow]], [[deny]], [netns] and"
                   " [paths] tables")
     res.rules.sort(key=lambda r: r[0])
     return res
-
-
-def _long_dotted_key(text: str, chains: list[str]) -> tuple[int, str] | None:
-    """(line, chain) of the first dotted key (or header, or value) of more than MAX_KEY_PARTS parts;
-    `chains`: what _TOML_SCAN.findall() found in `text`."""
-    if max(map(_count_dots, chains), default=0) < MAX_KEY_PARTS:
-        return None   # the usual case, without a Python step per token
-    for m in _TOML_SCAN.finditer(text):
-        chain = m.group("chain")
-        if chain and chain.count(".") >= MAX_KEY_PARTS and len(_KEY_PART_RE.findall(chain)) > MAX_KEY_PARTS:
-            return text.count("\n", 0, m.start()) + 1, chain
-    return None
 
 
 def _parse_rule(res: _FileResult, action: str, table: dict, at, error) -> None:
     header = f"[[{action}]]"
     unknown = [k for k in table if k not in RULE_KEYS]
     for k in unknown:
-        error(at(k), f"unknown key {_show(k)} in {header} (expected one of {', '.join(RULE_KEYS)})")
+        error(at(k), f"unknown key {show(k)} in {header} (expected one of {', '.join(RULE_KEYS)})")
     selectors = [k for k in table if k in SELECTORS]
     ok = not unknown
     if len(selectors) > 1:
@@ -309,22 +244,22 @@ def _parse_netns(table: dict, at, error) -> NetnsSelection | None:
     ok = True
     for k in table:
         if k not in NETNS_KEYS:
-            error(at(k), f"unknown key {_show(k)} in [netns] (expected names or all)")
+            error(at(k), f"unknown key {show(k)} in [netns] (expected names or all)")
             ok = False
     all_ = table.get("all", False)
     if not isinstance(all_, bool):
-        error(at("all"), f"all must be true or false, not {_toml_type(all_)}")
+        error(at("all"), f"all must be true or false, not {toml_type(all_)}")
         return None
     names = table.get("names", [])
     if not isinstance(names, list):
-        error(at("names"), f"names must be an array of strings, not {_toml_type(names)}")
+        error(at("names"), f"names must be an array of strings, not {toml_type(names)}")
         return None
     if all_ and "names" in table:
         error(at(), "[netns] sets both all = true and names: choose one")
         return None
     distinct: set = set()
     for i, n in enumerate(names):
-        reason = _check_netns_name(n)
+        reason = check_netns_name(n)
         if reason:
             error(at("names", i), f"names: {reason}")
             ok = False
@@ -343,163 +278,8 @@ def _parse_netns(table: dict, at, error) -> NetnsSelection | None:
     return NetnsSelection()
 
 
-def _parse_paths(res: _FileResult, table: dict, at, error) -> None:
-    """[paths] and its [paths.netns.NAME] tables -> res.paths (None when anything is wrong)."""
-    where = f"{res.filename}:{at()}"
-    ok = True
-    for k in table:
-        if k not in PATHS_KEYS:
-            error(at(k), f"unknown key {_show(k)} in [paths] (expected one of {', '.join(PATHS_KEYS)})")
-            ok = False
-    default = _paths_settings(table, PathsSettings(where=where), at, error, "[paths]")
-    per_ns = table.get("netns", {})
-    if not isinstance(per_ns, dict):
-        error(at("netns"), "paths.netns must hold one table per namespace: [paths.netns.NAME]")
-        return
-    overrides = []
-    for name, sub in per_ns.items():
-        line = at("netns", name)
-        header = f"[paths.netns.{escaped(name)}]"   # a hostile name shown on one line, escaped
-        reason = _check_netns_name(name)
-        if reason:
-            error(line, f"{header}: {reason}")
-            ok = False
-            continue
-        res.paths_netns_lines[name] = line
-        if not isinstance(sub, dict):
-            error(line, f"paths.netns.{name} must be a table: {header} with role = ...")
-            ok = False
-            continue
-        for k in sub:
-            if k not in PATHS_SETTING_KEYS:
-                error(at("netns", name, k), f"unknown key {_show(k)} in {header} (expected one of "
-                      f"{', '.join(PATHS_SETTING_KEYS)})")
-                ok = False
-        if default is None:
-            continue
-        settings = _paths_settings(sub, dataclasses.replace(default, where=f"{res.filename}:{line}"),
-                                   lambda *p, n=name: at("netns", n, *p), error, header)
-        if settings is None:
-            ok = False
-            continue
-        overrides.append((name, settings))
-    if not ok or default is None:
-        return
-    if not default.manages and not any(s.manages for _, s in overrides):
-        error(at(), "[paths] manages no namespace: give a role (client, server or both) in [paths] or in "
-              "a [paths.netns.NAME] table")
-        return
-    res.paths = PathsTable(default, tuple(overrides), where)
-
-
-def _paths_settings(table: dict, base: PathsSettings, at, error, header: str) -> PathsSettings | None:
-    """`base` with the keys `table` sets; the checks that need the merged result (conflicts) too.
-    None when anything is wrong (each problem reported)."""
-    ok = True
-    changes: dict = {}
-    if "role" in table:
-        role = table["role"]
-        if role not in PATHS_ROLES:
-            error(at("role"), f"role: {_show(role) if isinstance(role, str) else _toml_type(role)} is not "
-                  f"a role (client, server, both or none)")
-            ok = False
-        else:
-            changes["role"] = role
-    for key in ("interfaces", "exclude", "backup", "fullmesh"):
-        if key not in table:
-            continue
-        value = table[key]
-        if not isinstance(value, list):
-            error(at(key), f"{key} must be an array of interface names or patterns, not "
-                  f"{_toml_type(value)}")
-            ok = False
-            continue
-        if key == "interfaces" and not value:
-            error(at(key), "interfaces: empty: no interface would be managed (leave it out for every "
-                  "interface)")
-            ok = False
-            continue
-        good = True
-        for i, pattern in enumerate(value):
-            reason = _check_ifname_pattern(pattern)
-            if reason:
-                error(at(key, i), f"{key}: {reason}")
-                good = ok = False
-        if good:
-            changes[key] = tuple(dict.fromkeys(value))
-    for key in ("subflows", "add_addr_accepted"):
-        if key not in table:
-            continue
-        value = table[key]
-        if type(value) is not int:
-            error(at(key), f"{key} must be an integer from 0 to {MPTCP_PM_ADDR_MAX}, not {_toml_type(value)}")
-            ok = False
-        elif value > MPTCP_PM_ADDR_MAX:
-            error(at(key), f"{key}: {value} is above the kernel's maximum of {MPTCP_PM_ADDR_MAX} "
-                  "(MPTCP_PM_ADDR_MAX; `ip mptcp limits set` refuses it)")
-            ok = False
-        elif value < 0:
-            error(at(key), f"{key} must be an integer from 0 to {MPTCP_PM_ADDR_MAX}, not {value}")
-            ok = False
-        else:
-            changes[key] = value
-    if not ok:
-        return None
-    s = dataclasses.replace(base, **changes)
-
-    def line_of(*keys: str) -> int:   # where the conflict shows: the first of `keys` this table sets
-        return next((at(k) for k in keys if k in table), at())
-
-    if s.fullmesh and s.role in ("server", "both"):
-        error(line_of("fullmesh", "role"), f"{header}: fullmesh conflicts with role {_show(s.role)}: the "
-              "kernel refuses an endpoint with both the 'signal' flag (roles server and both) and "
-              "'fullmesh'")
-        ok = False
-    for pattern in s.exclude:
-        if pattern in s.interfaces and s.interfaces != ("*",):
-            error(line_of("exclude", "interfaces"), f"{header}: {_show(pattern)} is both in interfaces "
-                  "and in exclude")
-            ok = False
-        for key in ("backup", "fullmesh"):
-            if pattern in getattr(s, key):
-                error(line_of(key, "exclude"), f"{header}: {_show(pattern)} is in {key} but also in "
-                      "exclude: its interfaces get no endpoint at all")
-                ok = False
-    return s if ok else None
-
-
 # ---------------------------------------------------------------------------------------------------
 # Value checks: each returns why the value is refused, or None.
-
-
-_GLOB = frozenset("*?[")
-
-
-def _check_ifname_pattern(v) -> str | None:
-    """An interface name (what the kernel's dev_valid_name() accepts) or a shell-style pattern of one."""
-    if not isinstance(v, str):
-        return f"must be strings, not {_toml_type(v)}"
-    if not v:
-        return "an empty pattern matches no interface"
-    if v in (".", ".."):
-        return f"{_show(v)} is not an interface name"
-    if not v.isprintable() or any(c.isspace() for c in v):
-        return f"{_show(v)} contains whitespace or a control character: no interface name does"
-    bad = next((c for c in v if c in "/:"), None)
-    if bad:
-        return f"{_show(v)} contains {_show(bad)}: no interface name does"
-    glob = any(c in _GLOB for c in v)
-    if not glob and len(v.encode()) >= IFNAMSIZ:
-        return f"{_show(v)} is longer than {IFNAMSIZ - 1} bytes: no interface name is"
-    if len(v.encode()) > 64:
-        return "longer than 64 bytes"
-    i = v.find("[")
-    while i != -1:
-        j = v.find("]", i + 2 if v[i + 1:i + 2] in ("!", "]") else i + 1)
-        if j == -1:
-            return f"{_show(v)} has a '[' without its ']'"
-        i = v.find("[", j + 1)
-    return None
 
 
 def _check_exe(v) -> str | None:
@@ -510,7 +290,7 @@ def _check_exe(v) -> str | None:
         return "'/' is a directory, not an executable"
     # Matching is by identity, but the path is what users read in reports: keep it canonical.
     if "/" + posixpath.normpath(v).lstrip("/") != v:
-        return f"{_show(v)} is not a normalised path (no '.', '..', '//' or trailing '/')"
+        return f"{show(v)} is not a normalised path (no '.', '..', '//' or trailing '/')"
     if len(v.encode()) >= PATH_MAX:
         return f"longer than {PATH_MAX - 1} bytes"
     return None
@@ -525,61 +305,61 @@ def _check_cgroup(v) -> str | None:
     parts = v[1:].split("/")
     for part in parts:
         if part == "":
-            return f"{_show(v)} has an empty component ('//' or a trailing '/')"
+            return f"{show(v)} has an empty component ('//' or a trailing '/')"
         if part in (".", ".."):
-            return f"{_show(v)} contains {_show(part)}: write the cgroup's own path"
+            return f"{show(v)} contains {show(part)}: write the cgroup's own path"
         if part != part.strip():
-            return f"{_show(v)} has a component starting or ending with whitespace"
+            return f"{show(v)} has a component starting or ending with whitespace"
         if len(part.encode()) > NAME_MAX:
-            return f"a component of {_show(v)} is longer than {NAME_MAX} bytes"
+            return f"a component of {show(v)} is longer than {NAME_MAX} bytes"
     if len(parts) > abi.CGROUP_MAX_DEPTH:
-        return f"{_show(v)} is {len(parts)} levels deep; the kernel side looks at most {abi.CGROUP_MAX_DEPTH}"
+        return f"{show(v)} is {len(parts)} levels deep; the kernel side looks at most {abi.CGROUP_MAX_DEPTH}"
     return None
 
 
 def _check_abs_path(v, what: str) -> str | None:
     if not isinstance(v, str):
-        return f"must be a string, not {_toml_type(v)}"
+        return f"must be a string, not {toml_type(v)}"
     if "\0" in v:
         return "contains a NUL character"
     if not v.isprintable():
-        return f"{_show(v)} contains a control character"
+        return f"{show(v)} contains a control character"
     if not v.startswith("/"):
         example = "/usr/bin/iperf3" if what == "exe" else "/system.slice/batch.slice"
-        return f"{_show(v)} is not an absolute path (e.g. {example})"
+        return f"{show(v)} is not an absolute path (e.g. {example})"
     return None
 
 
 def check_unit_name(v) -> str | None:
     """systemd's unit_name_is_valid(), minus templates and unit types that run no processes."""
     if not isinstance(v, str):
-        return f"must be a string, not {_toml_type(v)}"
+        return f"must be a string, not {toml_type(v)}"
     if not v:
         return "empty unit name"
     bad = next((c for c in v if c not in UNIT_NAME_CHARS), None)
     if bad is not None:
-        return (f"{_show(v)} is not a valid unit name: {_show(bad)} is not allowed (letters, digits and "
+        return (f"{show(v)} is not a valid unit name: {show(bad)} is not allowed (letters, digits and "
                 r"':-_.\@' only)")
-    if len(v) > UNIT_NAME_MAX:
-        return f"unit names are at most {UNIT_NAME_MAX} characters"
+    if len(v) > UNIT_NAME_LEN_MAX:
+        return f"unit names are at most {UNIT_NAME_LEN_MAX} characters"
     dot = v.rfind(".")
     suffix = v[dot + 1:] if dot > 0 else ""
     if suffix in UNIT_TYPES_WITHOUT_PROCESSES:
-        return f"{_show(v)} is a .{suffix} unit, which runs no processes: name the unit it starts"
+        return f"{show(v)} is a .{suffix} unit, which runs no processes: name the unit it starts"
     if dot < 0 and "@" not in v:
         # The command line reads "nginx" as nginx.service (as systemctl does); a policy file, like a
         # unit file's Wants=, names a unit in full, so what it selects never depends on a default.
-        return (f"{_show(v)} has no unit type suffix: write {_show(v + '.service')} (a policy names "
+        return (f"{show(v)} has no unit type suffix: write {show(v + '.service')} (a policy names "
                 "units in full, as unit files do; only the command line reads a bare name as a service)")
     if suffix not in UNIT_TYPES_WITH_PROCESSES:
-        return (f"{_show(v)} has no valid unit type suffix (e.g. nginx.service; one of "
+        return (f"{show(v)} has no valid unit type suffix (e.g. nginx.service; one of "
                 f"{', '.join('.' + t for t in UNIT_TYPES_WITH_PROCESSES)})")
     at = v.find("@")
     if at == 0:
-        return f"{_show(v)} is not a valid unit name: it starts with '@'"
+        return f"{show(v)} is not a valid unit name: it starts with '@'"
     if at != -1 and at == dot - 1:
         prefix = v[:at]
-        return (f"{_show(v)} is a template, which runs no processes: name an instance "
+        return (f"{show(v)} is a template, which runs no processes: name an instance "
                 f"({prefix}@NAME.{suffix}) or select all of them with "
                 f'cgroup = "/system.slice/system-{prefix}.slice"')
     return None
@@ -587,37 +367,12 @@ def check_unit_name(v) -> str | None:
 
 def _check_name(v) -> str | None:
     if not isinstance(v, str):
-        return f"must be a string, not {_toml_type(v)}"
+        return f"must be a string, not {toml_type(v)}"
     if not v or len(v) > MAX_NAME_LEN:
         return f"must be 1 to {MAX_NAME_LEN} characters"
     if not v.isprintable():
-        return f"{_show(v)} contains a control character"
-    return None
-
-
-def _check_netns_name(v) -> str | None:
-    if not isinstance(v, str):
-        return f"must be strings, not {_toml_type(v)}"
-    if v in ("", ".", ".."):
-        return f"{_show(v)} is not a namespace name"
-    if "/" in v:
-        return f"{_show(v)} contains '/': give the name of /run/netns/NAME, not a path"
-    if not v.isprintable():  # NUL included
-        return f"{_show(v)} contains a control character"
-    if len(v.encode()) > NAME_MAX:
-        return f"longer than {NAME_MAX} bytes"
+        return f"{show(v)} contains a control character"
     return None
 
 
 _CHECKS = {"exe": _check_exe, "cgroup": _check_cgroup, "unit": check_unit_name}
-
-
-def _show(v: str) -> str:
-    """A value quoted for a one-line message: escapes newlines and other control characters, bounded."""
-    return repr(v) if len(v) <= 100 else repr(v[:100]) + "..."
-
-
-def _toml_type(v) -> str:
-    names = {bool: "a boolean", int: "an integer", float: "a float", str: "a string", list: "an array",
-             dict: "a table"}
-    return names.get(type(v), "a date/time")

@@ -12,6 +12,7 @@ import functools
 import mmap
 import re
 from dataclasses import dataclass
+from typing import Any
 
 from mptcpize_py import abi
 from mptcpize_py.errors import MptcpizeError
@@ -91,6 +92,7 @@ def parse_structs(header: str, defines: dict[str, int] | None = None) -> dict[st
             if f is None:
                 raise LayoutError(f"struct {name}: cannot parse member {decl!r}")
             ctype, member, count = f.group(1), f.group(2), f.group(3)
+            t: Any   # a ctypes type: a scalar, a struct, an array of either
             if ctype.startswith("struct "):
                 inner = ctype.split()[1]
                 if inner not in out:
@@ -139,7 +141,7 @@ def parse_maps(program: str, structs: dict[str, type], defines: dict[str, int]) 
         if kind == "ringbuf":
             out[name] = MapLayout(name, kind, None, None, _number(a["pages"], defines) * mmap.PAGESIZE)
             continue
-        key = _ctype(a.get("key") or implied_key, structs)
+        key = _ctype(a.get("key") or implied_key or "", structs)
         size = _number(a["size"], defines) if "size" in a else 0
         out[name] = MapLayout(name, kind, key, _ctype(a["value"], structs), size)
     if not out:

@@ -33,7 +33,7 @@ from mptcpize_py.errors import MptcpizeError, Unavailable
 from mptcpize_py.host import files, libc, mounts
 from mptcpize_py.locations import MERGED_HEADERS_DIR
 from mptcpize_py.program import btf, layout
-from mptcpize_py.support import HOOK, OK, kernel_support
+from mptcpize_py.program.support import HOOK, OK, kernel_support
 
 # The descriptor the parent's end of the socket pair is given as in the child (program/rewriter.py).
 CHILD_FD = 3
@@ -82,11 +82,12 @@ def compile_env() -> tuple[Path | None, str]:
     """(headers tree for bcc or None, description). Sets $BCC_KERNEL_SOURCE when it is not the
     running kernel's own tree."""
     own = _headers_dir()
+    own_text = str(own)
     try:
         if (own / "include").is_dir():
-            return own, str(own)
+            return own, own_text
     except OSError as e:   # e.g. a sandbox that hides the tree: try the others
-        own = f"{own} ({e.strerror})"
+        own_text = f"{own} ({e.strerror})"
     try:
         trees = _debian_header_trees()
     except OSError:
@@ -101,7 +102,7 @@ def compile_env() -> tuple[Path | None, str]:
         os.environ["BCC_KERNEL_SOURCE"] = str(dest)
         return dest, f"{arch.name} (this kernel's own headers are not installed; the program takes " \
                      f"struct offsets from BTF, so other headers do)"
-    return None, f"no kernel headers at {own} or /usr/src/linux-headers-*"
+    return None, f"no kernel headers at {own_text} or /usr/src/linux-headers-*"
 
 
 def _import_bcc():
@@ -227,8 +228,8 @@ def load_and_attach(dry_run: bool) -> Attached:
         # lives as long as an fd to it, i.e. as long as the parent holds the one we send it.
         link_fd = bcc.lib.bpf_attach_kfunc(fn.fd)
         if link_fd < 0:
-            err = ctypes.get_errno() or -link_fd
-            raise Unavailable(f"cannot attach fmod_ret to {HOOK}: {os.strerror(err)}",
+            code = ctypes.get_errno() or -link_fd
+            raise Unavailable(f"cannot attach fmod_ret to {HOOK}: {os.strerror(code)}",
                               hint="see `mptcpize-py check`")
         out.hook = f"fmod_ret:{HOOK}"
         out.links[out.hook] = (link_fd, "link")
@@ -277,7 +278,7 @@ def child_main(argv: list[str]) -> None:
         except MptcpizeError as e:
             # A failed compile: the whole diagnostic (include chains, notes, a verifier log) on our
             # stderr, which is the parent's (the daemon's journal); the message has its error lines.
-            sys.stderr.write(getattr(e, "compiler_output", ""))
+            sys.stderr.write(e.compiler_output or "")
             msg = {"error": {"class": type(e).__name__, "message": e.message, "hint": e.hint,
                              "exit_code": e.exit_code}}
         except Exception as e:   # a bug: the parent reports it, the traceback goes to stderr

@@ -15,7 +15,7 @@ import errno
 import logging
 import os
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from mptcpize_py.errors import MptcpizeError, Unavailable
 from mptcpize_py.program.layout import MapLayout
@@ -70,7 +70,10 @@ class MapInfo(ctypes.Structure):
                 ("map_flags", ctypes.c_uint32), ("name", ctypes.c_char * 16)]
 
 
-def _info(fd: int, info: ctypes.Structure) -> ctypes.Structure:
+_Info = TypeVar("_Info", bound=ctypes.Structure)
+
+
+def _info(fd: int, info: _Info) -> _Info:
     size = ctypes.c_uint32(ctypes.sizeof(info))
     _check(_libbpf().bpf_obj_get_info_by_fd(fd, ctypes.byref(info), ctypes.byref(size)))
     return info
@@ -105,7 +108,8 @@ class BpfMap:
 
     def __init__(self, fd: int, layout: MapLayout):
         self.fd, self.name, self.layout = fd, layout.name, layout
-        self.Key, self.Leaf = layout.key, layout.value
+        self.Key: Any = layout.key     # ctypes types, made from mptcpize.h at run time
+        self.Leaf: Any = layout.value
         info = map_info(fd)
         sizes = tuple(ctypes.sizeof(t) if t is not None else 0 for t in (self.Key, self.Leaf))
         if (info.key_size, info.value_size) != sizes:

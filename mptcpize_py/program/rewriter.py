@@ -9,6 +9,7 @@ inherits none of them.
 """
 
 import array
+import ctypes
 import dataclasses
 import json
 import os
@@ -16,6 +17,7 @@ import signal
 import socket
 import sys
 from pathlib import Path
+from typing import Any, cast
 
 from mptcpize_py import abi
 from mptcpize_py.errors import MptcpizeError, PermissionDenied, Unavailable
@@ -37,7 +39,7 @@ MAX_FDS = 128
 def _error_from(d: dict) -> MptcpizeError:
     """The child's error as the parent raises it: same class, words, hint and exit code."""
     cls = {c.__name__: c for c in (MptcpizeError, Unavailable, PermissionDenied)}.get(
-        d.get("class"), MptcpizeError)
+        str(d.get("class")), MptcpizeError)
     return cls(d.get("message") or "the program loader failed", hint=d.get("hint"),
                exit_code=d.get("exit_code"))
 
@@ -82,7 +84,8 @@ def run_loader(dry_run: bool) -> tuple[dict, list[int]]:
         raise MptcpizeError(f"cannot start the program loader ({sys.executable}): {e.strerror}") from None
     finally:
         child.close()
-    msg, fds, done = b"", [], False
+    msg, done = b"", False
+    fds: list[int] = []
     try:
         with parent:
             msg, fds, flags = _receive(parent)
@@ -239,15 +242,15 @@ class Rewriter:
     def open_events(self, callback) -> None:
         """callback(UpgradeEvent) for every upgrade; call poll_events() to have them delivered. The
         event's fields are the record's members of the same names (kind as a name, text decoded)."""
-        record = layout.structs()[EVENT_STRUCT]
-        members = {name for name, _t in record._fields_}
+        record = cast(type[ctypes.Structure], layout.structs()[EVENT_STRUCT])
+        members = {f[0] for f in record._fields_}
         wanted = [f.name for f in dataclasses.fields(UpgradeEvent)]
         absent = [n for n in wanted if n not in members]
         if absent:
             raise MptcpizeError(f"struct {EVENT_STRUCT} in {abi.HEADER.name} has no {', '.join(absent)}")
 
         def on_record(ev) -> None:
-            values = {}
+            values: dict[str, Any] = {}
             for name in wanted:
                 v = getattr(ev, name)
                 values[name] = abi.KIND_NAMES.get(v, "?") if name == "kind" else \

@@ -20,7 +20,7 @@ class BpfRunBackend(RunBackend):
     name = "bpf"
     handed_off_pid = None   # the link dies with us: nothing outlives CMD's run
 
-    def __init__(self):
+    def __init__(self) -> None:
         import threading
 
         from mptcpize_py.program.rewriter import Rewriter  # BPF maps (libbpf): only for this backend
@@ -91,7 +91,7 @@ class DaemonRunBackend(RunBackend):
         self.path = path
         self.daemon_pid = hello.get("pid")
         self.name = f"bpf (via the daemon, pid {self.daemon_pid})"
-        self.run_id = None
+        self.run_id: int | None = None
         self._r, self._w = os.pipe2(os.O_CLOEXEC)  # the child reports its run id through it
 
     def child_setup(self) -> None:

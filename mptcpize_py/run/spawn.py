@@ -19,8 +19,8 @@ def resolve_command(name: str) -> str:
         if not os.path.lexists(path):
             raise MptcpizeError(f"{name}: No such file or directory", exit_code=EXIT_NOT_FOUND)
     else:
-        path = shutil.which(name)
-        if path is None:
+        found = shutil.which(name)
+        if found is None:
             # which() skips non-executable matches: tell "found but not executable" apart.
             for d in os.environ.get("PATH", os.defpath).split(os.pathsep):
                 candidate = os.path.join(d or ".", name)
@@ -29,6 +29,7 @@ def resolve_command(name: str) -> str:
                                         exit_code=EXIT_CANNOT_EXECUTE)
             raise MptcpizeError(f"{name}: command not found", hint="check the name and PATH",
                                 exit_code=EXIT_NOT_FOUND)
+        path = found
     if os.path.isdir(path):
         raise MptcpizeError(f"{name}: Is a directory", exit_code=EXIT_CANNOT_EXECUTE)
     if not os.access(path, os.X_OK):

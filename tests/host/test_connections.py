@@ -13,6 +13,7 @@ from mptcpize_py.diag import sockdiag
 from mptcpize_py.host import netns, procfs
 from tests.conftest import CLI, PYTHON, cli_env, mptcpize
 from tests.netlab import TwoPathLab
+from tests.progs.sender import PROGRAM as CLIENT
 from tests.waiting import scaled, wait_for
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root (namespaces, other processes' fds)")
@@ -37,20 +38,6 @@ while n < size:
     n += len(data)
 print(json.dumps({"pid": os.getpid(), "bytes": n,
                   "protocol": conn.getsockopt(socket.SOL_SOCKET, socket.SO_PROTOCOL)}), flush=True)
-sys.stdin.read()
-"""
-# The client sends SIZE bytes, says so, and keeps the connection open until its stdin closes.
-CLIENT = """
-import json, os, socket, sys
-host, port, size = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-s.settimeout(30)
-s.connect((host, port))
-left = size
-while left:
-    left -= s.send(b"x" * min(left, 1 << 16))
-print(json.dumps({"pid": os.getpid(), "local": "%s:%d" % s.getsockname(),
-                  "protocol": s.getsockopt(socket.SOL_SOCKET, socket.SO_PROTOCOL)}), flush=True)
 sys.stdin.read()
 """
 

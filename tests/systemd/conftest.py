@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from mptcpize_py import __version__
-from mptcpize_py.support import kernel_support
+from mptcpize_py.program.support import kernel_support
 from tests.conftest import REPO
 from tests.systemd import installed
 from tests.waiting import scaled
@@ -73,7 +73,7 @@ class Package:
 @pytest.fixture(scope="session")
 def etc_before_install() -> dict:
     """/etc as it was before the package was installed (taken before the session installs it)."""
-    return installed.etc_listing()
+    return installed.etc_snapshot()
 
 
 @pytest.fixture(scope="session")

@@ -55,11 +55,12 @@ def dpkg_status() -> str | None:
     return proc.stdout if proc.returncode == 0 and "not-installed" not in proc.stdout else None
 
 
-def etc_listing() -> dict:
+def etc_snapshot(exact: bool = False) -> dict:
     """Every path under /etc: type, mode and owner, a link's target; a file's content too where the
     package, enable and systemctl write (/etc/systemd, /etc/mptcpize-py: reading all of /etc over 9p
-    would cost ~15 s)."""
-    out = {}
+    would cost ~15 s). `exact`: a file's size, inode and mtime too, so that any write shows (enable
+    and disable must not even rewrite a file; a package's install and purge may)."""
+    out: dict = {}
     for dirpath, dirnames, filenames in os.walk("/etc"):
         for name in dirnames + filenames:
             p = os.path.join(dirpath, name)
@@ -69,7 +70,8 @@ def etc_listing() -> dict:
             elif stat.S_ISREG(st.st_mode):
                 content = Path(p).read_bytes() if p.startswith(("/etc/systemd/", "/etc/mptcpize-py/")) \
                     else None
-                out[p] = ("file", st.st_mode, st.st_uid, st.st_gid, content)
+                written = (st.st_size, st.st_ino, st.st_mtime_ns) if exact else ()
+                out[p] = ("file", st.st_mode, st.st_uid, st.st_gid, *written, content)
             else:
                 out[p] = ("other", st.st_mode, st.st_uid, st.st_gid)
     return out

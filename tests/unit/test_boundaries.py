@@ -133,3 +133,83 @@ def test_no_relative_imports():
     for rel, tree, _ in modules():
         rel_imports = [n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.level]
         assert not rel_imports, f"{rel}: relative imports {rel_imports}"
+
+
+# The layers, lowest first: a module imports from its own layer or a lower one, never a higher one
+# (docs/ARCHITECTURE.md). Each entry is a module or a package prefix; the longest match decides.
+LAYERS = [
+    ("base", {"mptcpize_py", "abi", "errors", "locations", "display", "status"}),
+    ("host", {"host"}),
+    ("engines", {"policy", "program", "diag", "daemon.protocol", "daemon.client"}),
+    ("composers", {"resolve", "policysync", "paths", "run"}),
+    ("commands", {"daemon", "enable", "support", "report", "metrics"}),
+    ("cli", {"cli", "__main__"}),
+]
+
+
+def module_name(rel: str) -> str:
+    parts = rel.removesuffix(".py").split("/")
+    if parts[-1] == "__init__":
+        parts = parts[:-1]
+    return ".".join(["mptcpize_py", *parts])
+
+
+def import_graph() -> dict[str, set[str]]:
+    """module -> the package's modules it imports anywhere (lazy imports too); `from P import M` of a
+    module M counts as M. A package's own __init__ (a parent) is not an edge."""
+    trees = {module_name(rel): tree for rel, tree, _ in modules()}
+
+    def owner(name: str) -> str | None:
+        while name and name not in trees:
+            name = name.rpartition(".")[0]
+        return name or None
+
+    graph = {}
+    for name, tree in trees.items():
+        deps = set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                deps.update(owner(a.name) for a in node.names if a.name.startswith("mptcpize_py"))
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and \
+                    (node.module or "").startswith("mptcpize_py"):
+                deps.update(owner(f"{node.module}.{a.name}") for a in node.names)
+        graph[name] = {d for d in deps if d and d != name and not name.startswith(d + ".")}
+    return graph
+
+
+def layer_of(module: str) -> int:
+    rel = module.removeprefix("mptcpize_py").removeprefix(".") or "mptcpize_py"
+    best, rank = -1, None
+    for i, (_name, members) in enumerate(LAYERS):
+        for m in members:
+            if (rel == m or rel.startswith(m + ".")) and len(m) > best:
+                best, rank = len(m), i
+    assert rank is not None, f"{module} is in no layer of LAYERS"
+    return rank
+
+
+def test_no_import_circles():
+    graph = import_graph()
+    circles = []
+    done: set[str] = set()
+
+    def visit(node: str, path: list[str]) -> None:
+        if node in path:
+            circles.append(path[path.index(node):] + [node])
+            return
+        if node in done:
+            return
+        for dep in sorted(graph[node]):
+            visit(dep, path + [node])
+        done.add(node)
+
+    for node in sorted(graph):
+        visit(node, [])
+    assert not circles, "import circles: " + "; ".join(" -> ".join(c) for c in circles)
+
+
+def test_imports_point_down_the_layers():
+    upward = [f"{m} ({LAYERS[layer_of(m)][0]}) imports {d} ({LAYERS[layer_of(d)][0]})"
+              for m, deps in sorted(import_graph().items()) for d in sorted(deps)
+              if layer_of(d) > layer_of(m)]
+    assert not upward, "a lower layer imports a higher one: " + "; ".join(upward)

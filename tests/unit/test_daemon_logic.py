@@ -12,8 +12,7 @@ import sys
 import pytest
 
 from mptcpize_py import abi
-from mptcpize_py.daemon import protocol, service
-from mptcpize_py.daemon.service import Daemon
+from mptcpize_py.daemon import events, netns_feed, protocol, service
 from mptcpize_py.host import procfs
 from mptcpize_py.policy import PolicyError
 from mptcpize_py.program.handle import ProcStats, ProgramHandle, UpgradeEvent
@@ -83,9 +82,8 @@ def daemon(tmp_path):
     d.mkdir(mode=0o755)
     (d / "10.toml").write_text(f'[[allow]]\nname = "py"\nexe = "{EXE}"\n')
     fake = FakeRewriter()
-    dm = Daemon(d, tmp_path / "control", owner_uid=os.geteuid(), rewriter_factory=lambda: fake,
+    dm = service.start(d, tmp_path / "control", owner_uid=os.geteuid(), rewriter_factory=lambda: fake,
                 serve=False)
-    dm.start()
     yield dm, fake, d
     dm.close()
     assert fake.closed
@@ -149,7 +147,7 @@ def test_status_answer_on_the_wire_parses_back(daemon):
     dm, fake, _ = daemon
     fake.callback(event(os.getpid()))
     fake.stats = [ProcStats(ME, 500, "exe", 16, MY_START), ProcStats(2 ** 22 + 6, 2, "run", 1, 10**9)]
-    answer = json.loads(protocol.encode(dm.status_request({"cmd": "status"}, None)))
+    answer = json.loads(protocol.encode(dm.handlers["status"]({"cmd": "status"}, None)))
     parsed = DaemonStatus.from_json_dict(answer)
     assert parsed.to_json_dict() == answer
     assert dataclasses.replace(parsed, uptime_s=0) == dataclasses.replace(dm.status(), uptime_s=0)
@@ -191,9 +189,9 @@ def test_prune_keeps_the_live_process_of_a_recycled_pid(daemon, monkeypatch):
     for start in (older, OLD_START, None):
         fake.callback(event(ME, start_ns=start))
     fake.stats = [ProcStats(ME, 1, "exe", 16, OLD_START)]   # the LRU forgot (ME, older)
-    monkeypatch.setattr(service, "MAX_PROC_RECORDS", 1)
-    dm._prune()
-    assert sorted(dm._procs) == [(ME, OLD_START), (ME, MY_START)]
+    monkeypatch.setattr(events, "MAX_PROC_RECORDS", 1)
+    dm.procs.prune(fake.proc_stats)
+    assert sorted(dm.procs.records) == [(ME, OLD_START), (ME, MY_START)]
 
 
 class Peer:
@@ -205,11 +203,11 @@ def test_run_report_one_row_per_process(daemon):
     """`run -v` via the daemon: two processes of the run with the same pid are two rows, each with its
     own count and executable; another run's processes are not in it."""
     dm, fake, _ = daemon
-    run_id = dm.register({"pid": ME}, Peer())["run_id"]
+    run_id = dm.handlers["register"]({"pid": ME}, Peer())["run_id"]
     fake.exe_names[(ME, OLD_START)] = "/usr/bin/first"
     fake.stats = [ProcStats(ME, 5, "run", run_id, MY_START), ProcStats(ME, 2, "run", run_id, OLD_START),
                   ProcStats(ME, 9, "run", run_id + 1, OLD_START - TICK_NS)]
-    report = dm.run_report({"run_id": run_id})
+    report = dm.handlers["run_report"]({"run_id": run_id}, None)
     assert report["processes"] == [
         {"pid": ME, "start_ns": OLD_START, "upgraded": 2, "exe": "/usr/bin/first"},
         {"pid": ME, "start_ns": MY_START, "upgraded": 5, "exe": EXE},
@@ -234,10 +232,10 @@ def test_standalone_run_reports_one_row_per_process(monkeypatch):
 def test_reload_applies_a_good_policy(daemon):
     dm, fake, d = daemon
     (d / "20.toml").write_text(f'[[deny]]\nexe = "{EXE}"\n')
-    assert dm.reload("test") is True
+    assert dm.sync.reload("test") is True
     exe, _, _ = fake.selections[-1]
     assert list(exe.values()) == [(17, abi.ACTION_DENY)]   # deny beats allow for the same file
-    assert dm.policy.summary().startswith("1 allow, 1 deny")
+    assert dm.sync.policy.summary().startswith("1 allow, 1 deny")
 
 
 def test_bad_reload_keeps_the_last_good_policy(daemon, caplog):
@@ -245,14 +243,14 @@ def test_bad_reload_keeps_the_last_good_policy(daemon, caplog):
     before = fake.selections[-1]
     (d / "30.toml").write_text("[[allow]]\nexe = 'relative'\n[[allow]]\nexe = '/nonexistent/x'\n")
     caplog.set_level(logging.ERROR, logger="mptcpize_py.daemon")
-    assert dm.reload("test") is False
+    assert dm.sync.reload("test") is False
     assert fake.selections[-1] == before
-    assert dm.failed_reloads == 1
+    assert dm.sync.failed_reloads == 1
     msgs = [r.getMessage() for r in caplog.records]
     assert any("30.toml:2: exe:" in m and "not an absolute path" in m for m in msgs)
     assert any("keeping the last good policy" in m for m in msgs)
     (d / "30.toml").write_text("[[allow]]\nexe = '/nonexistent/x'\n")   # valid TOML, unresolvable
-    assert dm.reload("test") is False
+    assert dm.sync.reload("test") is False
     assert fake.selections[-1] == before
 
 
@@ -264,17 +262,16 @@ def test_resync_follows_a_replaced_executable(tmp_path):
     exe.chmod(0o755)
     (d / "10.toml").write_text(f'[[allow]]\nexe = "{exe}"\n')
     fake = FakeRewriter()
-    dm = Daemon(d, tmp_path / "control", owner_uid=os.geteuid(), rewriter_factory=lambda: fake,
+    dm = service.start(d, tmp_path / "control", owner_uid=os.geteuid(), rewriter_factory=lambda: fake,
                 serve=False)
-    dm.start()
     n = len(fake.selections)
-    dm.resync()
+    dm.sync.resync()
     assert len(fake.selections) == n          # nothing changed: the maps are not rewritten
     new = tmp_path / "prog.new"
     new.write_bytes(b"#!/bin/sh\n")
     new.chmod(0o755)
     os.rename(new, exe)                        # a package upgrade: same path, new inode
-    dm.resync()
+    dm.sync.resync()
     assert len(fake.selections) == n + 1
     assert fake.selections[-1][0] != fake.selections[n - 1][0]
     dm.close()
@@ -285,17 +282,16 @@ def test_start_with_bad_policy_loads_nothing(tmp_path):
     d.mkdir(mode=0o755)
     (d / "10.toml").write_text("[[allow]]\nexe = '/nonexistent/x'\n")
     made = []
-    dm = Daemon(d, tmp_path / "control", owner_uid=os.geteuid(),
-                rewriter_factory=lambda: made.append(1), serve=False)
     with pytest.raises(PolicyError) as e:
-        dm.start()
+        service.start(d, tmp_path / "control", owner_uid=os.geteuid(),
+                      rewriter_factory=lambda: made.append(1), serve=False)
     assert e.value.exit_code == 78 and "10.toml:1: exe=/nonexistent/x: does not exist" in e.value.errors[0]
     assert made == []
 
 
 def test_loop_reloads_on_directory_change_and_stops(daemon):
     dm, fake, d = daemon
-    dm.resync_interval = 0
+    dm.sync.watch.interval = 0
     polls = []
 
     def poll(_ms):
@@ -303,29 +299,29 @@ def test_loop_reloads_on_directory_change_and_stops(daemon):
         if len(polls) == 1:
             (d / "20.toml").write_text(f'[[deny]]\nexe = "{EXE}"\n')
         if len(polls) == 3:
-            dm._stop = True   # what SIGTERM's handler does
+            dm.signals.stop = True   # what SIGTERM's handler does
 
     fake.poll_events = poll
     dm.run()
-    assert dm.reloads == 1
+    assert dm.sync.reloads == 1
     assert list(fake.selections[-1][0].values()) == [(17, abi.ACTION_DENY)]
 
 
 def test_loop_survives_a_failing_sync(daemon, caplog):
     dm, fake, d = daemon
-    dm.resync_interval = 0
+    dm.sync.watch.interval = 0
     polls = []
 
     def poll(_ms):
         polls.append(1)
         if len(polls) == 3:
-            dm._stop = True
+            dm.signals.stop = True
 
     def broken():
         raise OSError("odd filesystem")
 
     fake.poll_events = poll
-    dm.resync = broken
+    dm.sync.resync = broken
     dm.run()
     assert len(polls) == 3
     assert any("policy sync failed" in r.getMessage() for r in caplog.records)
@@ -347,13 +343,19 @@ def dry_run_daemon(tmp_path, monkeypatch):
     policy_d.mkdir(mode=0o755)
     (policy_d / "10.toml").write_text(f'[[allow]]\nexe = "{EXE}"\n')
     read = []
-    monkeypatch.setattr(service, "read_sysctl_in_netns", lambda p, _name: read.append(p) or "1")
+    monkeypatch.setattr(netns_feed, "read_sysctl_in_netns", lambda p, _name: read.append(p) or "1")
     fake = FakeRewriter()
     fake.reads_netns_from_kernel = False
-    dm = Daemon(policy_d, tmp_path / "control", owner_uid=os.geteuid(), rewriter_factory=lambda: fake,
-                serve=False, dry_run=True)
-    yield dm, fake, read
-    dm.close()
+    started = []
+
+    def start():
+        started.append(service.start(policy_d, tmp_path / "control", owner_uid=os.geteuid(),
+                                     rewriter_factory=lambda: fake, serve=False, dry_run=True))
+        return started[-1]
+
+    yield start, fake, read
+    for dm in started:
+        dm.close()
 
 
 def run_passes(dm, fake, passes: int, between=lambda n: None) -> list[str]:
@@ -361,14 +363,14 @@ def run_passes(dm, fake, passes: int, between=lambda n: None) -> list[str]:
     pass, after the netns refresh)."""
     sent = []
     dm.notifier.status = sent.append
-    dm.resync_interval = 0
+    dm.sync.watch.interval = 0
     polls = []
 
     def poll(_ms):
         polls.append(1)
         between(len(polls))
         if len(polls) > passes:
-            dm._stop = True
+            dm.signals.stop = True
 
     fake.poll_events = poll
     dm.run()
@@ -379,12 +381,12 @@ def test_dry_run_netns_refresh_fills_what_fits_and_warns_once(dry_run_daemon, tm
                                                                caplog):
     """/run/netns names more namespaces than netns_mptcp holds: the host's and as many others as fit go
     in, one warning says how many were left out, and the rest of each loop pass still runs."""
-    dm, fake, read = dry_run_daemon
+    start, fake, read = dry_run_daemon
     extra = 6
     netns = netns_dir_with(tmp_path, abi.MAX_NETNS - 1 + extra)   # + the host's: `extra` too many
-    monkeypatch.setattr(service, "NETNS_DIR", str(netns))
+    monkeypatch.setattr(netns_feed, "NETNS_DIR", str(netns))
     caplog.set_level(logging.INFO, logger="mptcpize_py.daemon")
-    dm.start()
+    dm = start()
     read.clear()
 
     def shrink(n):
@@ -410,14 +412,14 @@ def test_dry_run_netns_refresh_fills_what_fits_and_warns_once(dry_run_daemon, tm
 
 def test_dry_run_netns_refresh_keeps_the_policys_namespaces(dry_run_daemon, tmp_path, monkeypatch):
     """When they do not all fit, a namespace the policy selects goes before one it does not."""
-    dm, fake, _read = dry_run_daemon
+    start, fake, _read = dry_run_daemon
     netns = netns_dir_with(tmp_path, abi.MAX_NETNS + 1)
     (netns / "zz-selected").touch()        # sorts last
-    monkeypatch.setattr(service, "NETNS_DIR", str(netns))
-    dm.start()
+    monkeypatch.setattr(netns_feed, "NETNS_DIR", str(netns))
+    dm = start()
     selected = os.stat(netns / "zz-selected").st_ino
-    dm.resolved = dataclasses.replace(dm.resolved, netns=dm.resolved.netns | {selected})
-    dm._refresh_netns_mptcp()
+    dm.sync.resolved = dataclasses.replace(dm.sync.resolved, netns=dm.sync.resolved.netns | {selected})
+    dm._refresh_netns()
     assert len(fake.netns_mptcp) == abi.MAX_NETNS
     assert selected in fake.netns_mptcp and os.stat("/proc/self/ns/net").st_ino in fake.netns_mptcp
 
@@ -528,13 +530,12 @@ def test_resolution_of_a_symlink_to_a_hostile_name_is_logged_escaped(tmp_path, c
         (tmp_path / name).chmod(0o755)
     (tmp_path / "link").symlink_to(tmp_path / "a")
     (d / "10.toml").write_text(f'[[allow]]\nexe = "{tmp_path / "link"}"\n')
-    dm = Daemon(d, tmp_path / "control", owner_uid=os.geteuid(), rewriter_factory=FakeRewriter,
+    dm = service.start(d, tmp_path / "control", owner_uid=os.geteuid(), rewriter_factory=FakeRewriter,
                 serve=False)
-    dm.start()
     caplog.set_level(logging.INFO, logger="mptcpize_py.daemon")
     (tmp_path / "link.new").symlink_to(tmp_path / "b\nmptcpize-py: info: forged\x1b[2J")
     os.rename(tmp_path / "link.new", tmp_path / "link")
-    dm.resync()
+    dm.sync.resync()
     dm.close()
     msg, = [r.getMessage() for r in caplog.records if "now resolves to" in r.getMessage()]
     assert msg.isprintable()

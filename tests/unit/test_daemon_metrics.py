@@ -11,9 +11,8 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from mptcpize_py import __version__
-from mptcpize_py.daemon import service
+from mptcpize_py.daemon import events, service
 from mptcpize_py.daemon.records import ProcRecord
-from mptcpize_py.daemon.service import Daemon
 from mptcpize_py.daemon.tally import OTHER_UNIT, ProcessTally, Seen
 from mptcpize_py.host import systemd
 from mptcpize_py.program.handle import ProcStats
@@ -57,11 +56,10 @@ def setup(tmp_path, monkeypatch):
     textfile = tmp_path / "textfile"
     textfile.mkdir()
     fake = LruRewriter()
-    monkeypatch.setattr(service, "learn", lambda ev, rule: ProcRecord(
+    monkeypatch.setattr(events, "learn", lambda ev, rule: ProcRecord(
         ev.tgid, ev.start_ns, EXE, "/system.slice/web.service", "web.service", ev.rule_id, rule, ev.kind))
-    dm = Daemon(d, tmp_path / "control", owner_uid=os.geteuid(), rewriter_factory=lambda: fake,
+    dm = service.start(d, tmp_path / "control", owner_uid=os.geteuid(), rewriter_factory=lambda: fake,
                 serve=False, metrics_dir=textfile)
-    dm.start()
     yield dm, fake, d, textfile / "mptcpize.prom"
     dm.close()
 
@@ -86,10 +84,10 @@ def test_rule_series_survive_edits_that_renumber_rules(setup):
     # An edit: a comment, and an unnamed rule before "py", which becomes rule 17 on line 6. The
     # kernel's counter of id 16 keeps what "py" counted; from now on it counts the new rule.
     (d / "10.toml").write_text(f'# web\n[[allow]]\nexe = "{SH}"\n\n[[allow]]\nname = "py"\nexe = "{EXE}"\n')
-    assert dm.reload("test") is True
+    assert dm.sync.reload("test") is True
     fake.rules = {("exe", 16): 5 + 2, ("exe", 17): 3}
     (d / "20.toml").write_text("[[allow]]\nexe = 'relative'\n")   # a failed reload counts too
-    assert dm.reload("test") is False
+    assert dm.sync.reload("test") is False
     dm.write_metrics(1)
     s = samples(prom.read_text())
     assert family(s, "mptcpize_upgrades") == {
@@ -101,7 +99,7 @@ def test_rule_series_survive_edits_that_renumber_rules(setup):
     (d / "20.toml").unlink()
     (d / "10.toml").unlink()
     d.rmdir()
-    assert dm.reload("test") is True
+    assert dm.sync.reload("test") is True
     fake.rules = {("exe", 16): 100, ("exe", 17): 100}
     dm.write_metrics(2)
     assert sum(family(samples(prom.read_text()), "mptcpize_upgrades").values()) == 10
@@ -152,7 +150,7 @@ def test_loop_writes_on_change_and_says_when_it_stops(setup):
             fake.callback(event(ME))
         seen.append(samples(prom.read_text()))
         if len(seen) == 2:
-            dm._stop = True
+            dm.signals.stop = True
 
     fake.poll_events = poll
     dm.run()
@@ -165,9 +163,8 @@ def test_no_directory_no_file_and_no_error(tmp_path, caplog):
     d.mkdir(mode=0o755)
     (d / "10.toml").write_text(f'[[allow]]\nexe = "{EXE}"\n')
     caplog.set_level(logging.INFO, logger="mptcpize_py.daemon")
-    dm = Daemon(d, tmp_path / "control", owner_uid=os.geteuid(), rewriter_factory=FakeRewriter,
+    dm = service.start(d, tmp_path / "control", owner_uid=os.geteuid(), rewriter_factory=FakeRewriter,
                 serve=False, metrics_dir=tmp_path / "missing")
-    dm.start()
     dm.write_metrics(1)
     dm.close()
     assert not (tmp_path / "missing").exists()
@@ -186,9 +183,8 @@ def test_journal_fields_of_an_upgrade(tmp_path, dry_run, message_id):
     d.mkdir(mode=0o755)
     (d / "10.toml").write_text(f'[[allow]]\nexe = "{EXE}"\n')
     fake = FakeRewriter()
-    dm = Daemon(d, tmp_path / "control", owner_uid=os.geteuid(), rewriter_factory=lambda: fake,
+    dm = service.start(d, tmp_path / "control", owner_uid=os.geteuid(), rewriter_factory=lambda: fake,
                 serve=False, dry_run=dry_run)
-    dm.start()
     sent = []
     handler = systemd.journal_handler(sender=lambda MESSAGE, **f: sent.append((MESSAGE, f)))
     logger = logging.getLogger("mptcpize_py.daemon")

@@ -5,9 +5,9 @@ import json
 import pytest
 
 from mptcpize_py import report
-from mptcpize_py.daemon.service import dir_fingerprint
 from mptcpize_py.host.procfs import parse_cgroup as parse_proc_cgroup
 from mptcpize_py.host.systemd import unit_of_cgroup
+from mptcpize_py.policysync import dir_fingerprint
 from mptcpize_py.status import DaemonStatus
 from tests.unit.status_builder import counters, daemon_status, policy, process, rule
 

@@ -13,6 +13,7 @@ import pytest
 from mptcpize_py import enable, report
 from mptcpize_py.errors import MptcpizeError, UsageError
 from mptcpize_py.policy import load_policy, parse_policy_text
+from mptcpize_py.policy import names as policy_names
 from tests.unit.status_builder import daemon_status, policy, process, rule
 
 EXE = "/opt/mptcpize-py/venv/bin/mptcpize-py"
@@ -49,7 +50,7 @@ def tree(tmp_path):
 def enabled_units(tree) -> list[str]:
     """The units whose policy record is in the tree (what the daemon will select)."""
     names = sorted(os.listdir(tree.policy_dir)) if tree.policy_dir.is_dir() else []
-    return [u for u in map(enable.enabled_unit_of_file, names) if u]
+    return [u for u in map(policy_names.enabled_unit_of_file, names) if u]
 
 
 # --- names ----------------------------------------------------------------------------------------
@@ -101,13 +102,13 @@ def test_a_template_without_unit_type_is_still_refused():
 def test_policy_file_name_maps_back(unit):
     name = enable.policy_file_name(unit)
     assert "/" not in name and not name.startswith(".") and name.endswith(".toml")
-    assert enable.enabled_unit_of_file("/etc/mptcpize-py/policy.d/" + name) == unit
+    assert policy_names.enabled_unit_of_file("/etc/mptcpize-py/policy.d/" + name) == unit
 
 
 @pytest.mark.parametrize("name", ["10-site.toml", "unit-.toml", "unit-foo@.service.toml",
                                   "unit-x.socket.toml", "unit-nginx.service.toml.bak"])
 def test_other_files_are_not_enabled_units(name):
-    assert enable.enabled_unit_of_file(name) is None
+    assert policy_names.enabled_unit_of_file(name) is None
 
 
 # --- generated text ------------------------------------------------------------------------------

@@ -161,9 +161,17 @@ def fake_systemctl(tmp_path: Path, body: str) -> str:
     return str(exe)
 
 
+def unit_cgroup(unit: str, **kw) -> str:
+    """systemd.unit_cgroups() for one unit; raises its UnitNameError."""
+    answer = systemd.unit_cgroups([unit], **kw)[unit]
+    if isinstance(answer, UnitNameError):
+        raise answer
+    return answer
+
+
 def test_ask_systemd_running_unit_uses_control_group(tmp_path):
     exe = fake_systemctl(tmp_path, "echo Slice=batch.slice; echo ControlGroup=/batch.slice/x.service")
-    assert systemd.unit_cgroup("x.service", exe=exe) == "/batch.slice/x.service"
+    assert unit_cgroup("x.service", exe=exe) == "/batch.slice/x.service"
     # argv, never a shell; "--" keeps a unit name from being taken for an option
     assert (tmp_path / "argv").read_text().splitlines() == [
         "show", "--property=Id,LoadState,ControlGroup,Slice", "--", "x.service"]
@@ -171,13 +179,13 @@ def test_ask_systemd_running_unit_uses_control_group(tmp_path):
 
 def test_ask_systemd_inactive_unit_uses_its_slice(tmp_path):
     exe = fake_systemctl(tmp_path, "echo ControlGroup=; echo Slice=batch-night.slice")
-    assert systemd.unit_cgroup("x.service", exe=exe) == "/batch.slice/batch-night.slice/x.service"
+    assert unit_cgroup("x.service", exe=exe) == "/batch.slice/batch-night.slice/x.service"
 
 
 def test_ask_systemd_shell_metacharacters_are_just_argv(tmp_path):
     exe = fake_systemctl(tmp_path, "echo ControlGroup=/x")
     unit = f"a;touch {tmp_path}/pwned;.service"
-    systemd.unit_cgroup(unit, exe=exe)
+    unit_cgroup(unit, exe=exe)
     assert (tmp_path / "argv").read_text().splitlines()[-1] == unit
     assert not (tmp_path / "pwned").exists()
 
@@ -190,12 +198,12 @@ def test_ask_systemd_shell_metacharacters_are_just_argv(tmp_path):
 def test_ask_systemd_failures(tmp_path, body, why):
     exe = fake_systemctl(tmp_path, body)
     with pytest.raises(UnitNameError, match=why):
-        systemd.unit_cgroup("x.service", exe=exe, timeout=0.3)
+        unit_cgroup("x.service", exe=exe, timeout=0.3)
 
 
 def test_ask_systemd_without_systemctl():
     with pytest.raises(UnitNameError, match="cannot run"):
-        systemd.unit_cgroup("x.service", exe="/nonexistent/mzr-no-such-systemctl")
+        unit_cgroup("x.service", exe="/nonexistent/mzr-no-such-systemctl")
 
 
 def test_parse_systemctl_show():

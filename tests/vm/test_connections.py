@@ -14,6 +14,7 @@ import pytest
 
 from tests.conftest import PYTHON, mptcpize, start_daemon
 from tests.netlab import TwoPathLab
+from tests.progs.sender import PROGRAM as CLIENT
 from tests.waiting import scaled, wait_for
 
 pytestmark = pytest.mark.vm
@@ -46,19 +47,6 @@ if os.fork() == 0:
     sys.stdin.read()
     os._exit(0)
 os.wait()
-"""
-CLIENT = """
-import json, os, socket, sys
-host, port, size = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-s.settimeout(30)
-s.connect((host, port))
-left = size
-while left:
-    left -= s.send(b"x" * min(left, 1 << 16))
-print(json.dumps({"pid": os.getpid(), "local": "%s:%d" % s.getsockname(),
-                  "protocol": s.getsockopt(socket.SOL_SOCKET, socket.SO_PROTOCOL)}), flush=True)
-sys.stdin.read()
 """
 # A program that asks for MPTCP itself: not upgraded, so not the daemon's business.
 OWN_MPTCP = """

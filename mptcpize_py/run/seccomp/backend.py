@@ -34,7 +34,7 @@ class SeccompRunBackend(RunBackend):
     # blocks for long by design: see Supervisor._exec; this is the bound if it ever does).
     STOP_WAIT_S = 5.0
 
-    def __init__(self):
+    def __init__(self) -> None:
         probe()
         # Checked here, before CMD starts, to say it once; the Supervisor refuses on its own too.
         why = foreign_proc()

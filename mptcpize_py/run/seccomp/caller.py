@@ -6,6 +6,7 @@ import logging
 import os
 import threading
 from dataclasses import dataclass
+from typing import cast
 
 from mptcpize_py.abi import IPPROTO_MPTCP
 from mptcpize_py.host import libc
@@ -63,7 +64,8 @@ def overflow_ids() -> tuple[int, int] | None:
     if all(_read_text(f"/proc/self/{kind}_map").split() == ["0", "0", "4294967295"]
            for kind in ("uid", "gid")):
         return None
-    return tuple(int(_read_text(f"/proc/sys/kernel/overflow{kind}")) for kind in ("uid", "gid"))
+    return (int(_read_text("/proc/sys/kernel/overflowuid")),
+            int(_read_text("/proc/sys/kernel/overflowgid")))
 
 
 def _read_text(path: str) -> str:
@@ -87,8 +89,8 @@ class CallerContextThread:
         self._home = home
         self._restorable = restorable
         self._cv = threading.Condition()
-        self._request = None
-        self._result = None
+        self._request: tuple[int | None, Creds | None, int, int] | None = None
+        self._result: int | OSError | None = None
         self.alive = True
         self._thread = threading.Thread(target=self._loop, name="mptcpize-seccomp-ctx", daemon=True)
         self._thread.start()
@@ -105,7 +107,7 @@ class CallerContextThread:
             result = self._result
         if isinstance(result, OSError):
             raise result
-        return result
+        return cast(int, result)   # not None: waited for
 
     def stop(self) -> None:
         with self._cv:
@@ -119,6 +121,7 @@ class CallerContextThread:
                 if self._request is None:
                     return
                 request, self._request = self._request, None
+            result: int | OSError
             try:
                 result = self._make(*request)
             except OSError as e:
@@ -145,9 +148,15 @@ class CallerContextThread:
                 undo.append(lambda: libc.setgroups(home.groups))
                 libc.setresgid(-1, creds.egid, -1)
                 libc.setfsgid(creds.fsgid)
-                undo.append(lambda: (libc.setresgid(-1, home.egid, -1), libc.setfsgid(home.fsgid)))
+                def undo_gid() -> None:
+                    libc.setresgid(-1, home.egid, -1)
+                    libc.setfsgid(home.fsgid)
+                undo.append(undo_gid)
                 libc.setresuid(-1, creds.euid, -1)
-                undo.append(lambda: (libc.setresuid(-1, home.euid, -1), libc.setfsuid(home.fsuid)))
+                def undo_uid() -> None:
+                    libc.setresuid(-1, home.euid, -1)
+                    libc.setfsuid(home.fsuid)
+                undo.append(undo_uid)
                 libc.setfsuid(creds.fsuid)
                 # The caller's effective capabilities, no more (ours stay permitted: ruid is still
                 # ours, so the way back is open). No less either: sk_net_capable() checks both the

@@ -66,7 +66,8 @@ def filter_program(notify_exec: bool) -> bytes:
     prog.append(("label", "allow"))
     op(_RET_K, SECCOMP_RET_ALLOW)
 
-    labels, insns = {}, []
+    labels: dict[str, int] = {}
+    insns: list[tuple] = []
     for item in prog:
         if item[0] == "label":
             labels[item[1]] = len(insns)

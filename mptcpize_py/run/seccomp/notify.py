@@ -109,7 +109,7 @@ def send_listener(sock: socket.socket, fd: int) -> None:
 
 def recv_listener(sock: socket.socket) -> int | None:
     """The fd send_listener() sent; None at EOF (the child never got that far)."""
-    fds = []
+    fds: list[int] = []
     msg, anc, _flags, _addr = sock.recvmsg(1, socket.CMSG_SPACE(4))
     for level, kind, data in anc:
         if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:

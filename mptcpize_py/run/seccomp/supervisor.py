@@ -185,9 +185,9 @@ class Supervisor:
                                               None if same_creds else creds, family, type_)
             except OSError as e:
                 # ENOPROTOOPT: net.mptcp.enabled=0 in that netns (EPROTONOSUPPORT: no MPTCP at all).
-                key = "mptcp_disabled" if e.errno in (errno.ENOPROTOOPT, errno.EPROTONOSUPPORT) \
+                reason = "mptcp_disabled" if e.errno in (errno.ENOPROTOOPT, errno.EPROTONOSUPPORT) \
                     else "fallback_continue"
-                self.counters[key] += 1
+                self.counters[reason] += 1
                 self._continue(n.id)
                 return
         finally:
@@ -195,7 +195,8 @@ class Supervisor:
                 os.close(netns_fd)
         tgid = creds.tgid
         # Read while the caller still waits in socket(): once it has its fd it may exit at once.
-        key, first_exe = None, None
+        key: tuple[int, int] | None = None
+        first_exe: str | None = None
         if self.track:
             key = (tgid, self._process_id(tgid))
             if key not in self._live:
@@ -327,10 +328,10 @@ class Supervisor:
         name = _read_cstring(tid, ptr) if ptr else b""
         if not name:
             return f"/proc/{tid}/fd/{dirfd}" if flags & AT_EMPTY_PATH and dirfd >= 0 else None
-        name = os.fsdecode(name)
-        if name.startswith("/"):
-            return f"/proc/{tid}/root{name}"
-        return f"/proc/{tid}/{'cwd' if dirfd == AT_FDCWD else f'fd/{dirfd}'}/{name}"
+        path = os.fsdecode(name)
+        if path.startswith("/"):
+            return f"/proc/{tid}/root{path}"
+        return f"/proc/{tid}/{'cwd' if dirfd == AT_FDCWD else f'fd/{dirfd}'}/{path}"
 
     def close(self) -> None:
         """Stops the helper threads. Execs still being looked at run unchecked: a checker that hangs
