@@ -15,6 +15,14 @@ Prometheus reads as a counter reset). The host-wide total is the kernel's exact 
 and per-unit sums are the daemon's (status.rule_upgrades, unit_upgrades; daemon/tally.py): per rule
 identity across reloads, and keeping the counts of processes the kernel's per-process LRU forgot.
 
+Family names (renamed in 0.1.0 so that every socket count reads `..._upgraded_sockets_total`, by what
+it is counted per): mptcpize_upgraded_sockets_total (host-wide), mptcpize_rule_upgraded_sockets_total
+(was mptcpize_upgrades_total), mptcpize_unit_upgraded_sockets_total (was mptcpize_unit_upgrades_total),
+mptcpize_not_upgraded_sockets_total (was mptcpize_not_upgraded_total). A labelled family without any
+series is left out (HELP and TYPE come with its first sample).
+
+The same text is served over HTTP at /metrics by `daemon --metrics-listen` (daemon/http.py).
+
 Label values are stable across edits of the policy: a rule is `file` (its policy file's base name) and
 `rule` (its `name`, else what it matches, `exe=/usr/bin/iperf3`), not its line or position.
 """
@@ -41,6 +49,8 @@ class _Writer:
 
     def family(self, name: str, mtype: str, help_text: str,
                samples: list[tuple[dict[str, object], int | float]]) -> None:
+        if not samples:
+            return   # no HELP/TYPE without a sample: a family appears with its first series
         self.lines.append(f"# HELP {name} {_escape_help(help_text)}")
         self.lines.append(f"# TYPE {name} {mtype}")
         for labels, value in samples:
@@ -71,16 +81,16 @@ def render(status: DaemonStatus | None, view: dict | None = None) -> str:
     w.family("mptcpize_upgraded_sockets_total", "counter",
              "Sockets the daemon's program upgraded to MPTCP since it was loaded (exact kernel counter).",
              [({}, totals.get("upgraded", 0))])
-    w.family("mptcpize_not_upgraded_total", "counter",
+    w.family("mptcpize_not_upgraded_sockets_total", "counter",
              "TCP sockets of selected processes deliberately left TCP, by reason.",
              [({"reason": k}, v) for k, v in sorted(totals.items())
               if k not in ("upgraded", "events_dropped")])
-    w.family("mptcpize_upgrades_total", "counter",
+    w.family("mptcpize_rule_upgraded_sockets_total", "counter",
              "Sockets upgraded, per allow rule: file (policy file) and rule (its name, else KIND=VALUE), "
              "summed across reloads; rule=\"run\" without file: `mptcpize-py run` trees served by "
              "the daemon.",
              [(_rule_labels(c.file, c.rule), c.upgraded) for c in status.rule_upgrades])
-    w.family("mptcpize_unit_upgrades_total", "counter",
+    w.family("mptcpize_unit_upgraded_sockets_total", "counter",
              "Sockets upgraded, per systemd unit, including processes that exited or that the kernel's "
              "per-process table forgot.",
              [({"unit": k}, v) for k, v in sorted(status.unit_upgrades.items())])

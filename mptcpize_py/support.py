@@ -7,7 +7,7 @@ import os
 from dataclasses import dataclass, field
 
 from mptcpize_py.errors import MptcpizeError, PermissionDenied, Unavailable
-from mptcpize_py.host import netns, procfs
+from mptcpize_py.host import netns, procfs, root
 from mptcpize_py.paths import NetnsPaths, path_management
 from mptcpize_py.program import btf, kallsyms, trampoline
 
@@ -148,6 +148,9 @@ def run_checks(compile_test: bool = True) -> Report:
                   "sockets created here stay TCP",
                   "sysctl -w net.mptcp.enabled=1", required=False))
 
+    blind = root.blind_spot()
+    if blind:
+        add(Check("host root", WARN, blind, required=False))
     rep.path_management = path_management()
 
     failed = [c.name for c in rep.checks if c.required and c.status == FAIL]

@@ -42,13 +42,14 @@ from pathlib import Path
 
 from mptcpize_py import __version__, abi, metrics
 from mptcpize_py.daemon import client, control
+from mptcpize_py.daemon.http import MetricsServer
 from mptcpize_py.daemon.records import ProcRecord, alive, learn
 from mptcpize_py.daemon.tally import ProcessTally, RuleTally, Seen
 from mptcpize_py.daemon.textfile import TextFile
 from mptcpize_py.display import escaped
 from mptcpize_py.errors import MptcpizeError
-from mptcpize_py.host import procfs, systemd
-from mptcpize_py.host.netns import HOST_NETNS, NETNS_DIR, read_sysctl_in_netns
+from mptcpize_py.host import procfs, root, systemd
+from mptcpize_py.host.netns import HOST_NETNS, named_netns_dir, read_sysctl_in_netns
 from mptcpize_py.paths.manager import PathManager
 from mptcpize_py.policy import (
     DEFAULT_POLICY_DIR,
@@ -113,7 +114,8 @@ class Daemon:
     def __init__(self, policy_dir: Path = DEFAULT_POLICY_DIR, path: Path | None = None,
                  resync_interval: float = RESYNC_INTERVAL, *, owner_uid: int = 0,
                  rewriter_factory: Callable[[], ProgramHandle] | None = None, serve: bool = True,
-                 dry_run: bool = False, metrics_dir: Path | None = None):
+                 dry_run: bool = False, metrics_dir: Path | None = None,
+                 metrics_listen: tuple[str, int] | None = None):
         """owner_uid, rewriter_factory (() -> a rewriter.Rewriter look-alike) and serve=False are for tests
         that drive the daemon's logic without BPF or a control socket. metrics_dir: where to keep
         the textfile collector's mptcpize.prom (None: nowhere)."""
@@ -148,6 +150,8 @@ class Daemon:
         self._tally_lock = threading.Lock()   # the tallies: status() runs in the control thread too
         self._rule_tally = RuleTally()
         self._proc_tally = ProcessTally()
+        self.metrics_listen = metrics_listen   # (host, port): /metrics over HTTP (daemon/http.py)
+        self.http: MetricsServer | None = None
 
     # --- lifecycle -------------------------------------------------------------------------------
     def start(self) -> None:
@@ -170,6 +174,8 @@ class Daemon:
                 handlers = {"hello": self.hello, "status": self.status_request, "register": self.register,
                             "run_report": self.run_report, "resync": self.resync_request}
                 self.server = control.ControlServer(handlers, self.path).start()
+            if self.metrics_listen is not None:
+                self.http = MetricsServer(self.metrics_listen, lambda: metrics.render(self.status())).start()
             self._apply_paths(policy)
         except BaseException:
             self.close()
@@ -177,6 +183,9 @@ class Daemon:
         log.info("started in %.1f s%s: %s; control socket %s", time.monotonic() - t0,
                  " as a DRY RUN (syscalls:sys_enter_socket tracepoint: reports what would be "
                  "upgraded, changes no socket)" if self.dry_run else "", policy.summary(), self.path)
+        blind = root.blind_spot()
+        if blind:
+            log.warning("%s", blind)
         self._log_resolution(resolved)
         self.write_metrics(time.monotonic())
         self.notifier.ready(self.status_line())
@@ -192,6 +201,9 @@ class Daemon:
 
     def close(self) -> None:
         self.paths.close()   # removes the endpoints it added
+        if self.http is not None:
+            self.http.close()
+            self.http = None
         if self.server is not None:
             self.server.close()
             self.server = None
@@ -338,13 +350,14 @@ class Daemon:
         as netns_unreadable (never upgraded), which one warning says each time their number changes."""
         if not self.dry_run or self.rw.reads_netns_from_kernel:
             return
+        netns_dir = named_netns_dir()
         try:
-            names = sorted(os.listdir(NETNS_DIR))
+            names = sorted(os.listdir(netns_dir))
         except OSError:
             names = []
         selected = self.resolved.netns if self.resolved is not None else frozenset()
         found: dict[int, tuple[int, str]] = {}   # inum -> (rank, path): one entry per namespace
-        for rank, p in enumerate([HOST_NETNS] + [os.path.join(NETNS_DIR, n) for n in names]):
+        for rank, p in enumerate([HOST_NETNS] + [os.path.join(netns_dir, n) for n in names]):
             try:
                 inum = os.stat(p).st_ino
             except OSError:
@@ -368,7 +381,7 @@ class Daemon:
             if left_out:
                 log.warning("dry run: %d network namespaces left out of the netns_mptcp map (it holds %d: "
                             "the host's, the policy's, then %s by name); sockets there count as "
-                            "netns_unreadable", left_out, abi.MAX_NETNS, NETNS_DIR)
+                            "netns_unreadable", left_out, abi.MAX_NETNS, netns_dir)
             else:
                 log.info("dry run: every network namespace fits the netns_mptcp map again")
             self._netns_left_out = left_out
@@ -561,9 +574,9 @@ def check(policy_dir: Path) -> tuple[Policy, Resolved]:
 
 
 def run_daemon(policy_dir: Path = DEFAULT_POLICY_DIR, dry_run: bool = False,
-               metrics_dir: Path | None = None) -> int:
+               metrics_dir: Path | None = None, metrics_listen: tuple[str, int] | None = None) -> int:
     systemd.use_journal_if_under_systemd()
-    d = Daemon(policy_dir, dry_run=dry_run, metrics_dir=metrics_dir)
+    d = Daemon(policy_dir, dry_run=dry_run, metrics_dir=metrics_dir, metrics_listen=metrics_listen)
     d.install_signals()
     d.start()
     try:

@@ -382,7 +382,7 @@ def test_dry_run_netns_refresh_fills_what_fits_and_warns_once(dry_run_daemon, tm
     dm, fake, read = dry_run_daemon
     extra = 6
     netns = netns_dir_with(tmp_path, abi.MAX_NETNS - 1 + extra)   # + the host's: `extra` too many
-    monkeypatch.setattr(service, "NETNS_DIR", str(netns))
+    monkeypatch.setattr(service, "named_netns_dir", lambda: str(netns))
     caplog.set_level(logging.INFO, logger="mptcpize_py.daemon")
     dm.start()
     read.clear()
@@ -413,7 +413,7 @@ def test_dry_run_netns_refresh_keeps_the_policys_namespaces(dry_run_daemon, tmp_
     dm, fake, _read = dry_run_daemon
     netns = netns_dir_with(tmp_path, abi.MAX_NETNS + 1)
     (netns / "zz-selected").touch()        # sorts last
-    monkeypatch.setattr(service, "NETNS_DIR", str(netns))
+    monkeypatch.setattr(service, "named_netns_dir", lambda: str(netns))
     dm.start()
     selected = os.stat(netns / "zz-selected").st_ino
     dm.resolved = dataclasses.replace(dm.resolved, netns=dm.resolved.netns | {selected})
