@@ -233,3 +233,38 @@ def test_prometheus_scrapes_the_counters(pod, tmp_path):
     finally:
         server.terminate()
         server.wait(timeout=scaled(30))
+
+
+def test_pod_and_unit_rules_resolve_in_the_hosts_cgroup2_from_a_private_cgroup_namespace(image, tmp_path):
+    """As under containerd on cgroup v2 (a private cgroup namespace): `daemon --check` in the image,
+    with the DaemonSet's mounts, resolves a pod rule to the host's cgroup (its id is the directory's
+    inode on the host) and a unit rule to systemd's default path in the host's hierarchy."""
+    from mptcpize_py.host.mounts import find_cgroup2_mount, read_mounts
+    cg2 = find_cgroup2_mount(read_mounts())
+    if cg2 is None:
+        pytest.skip("no cgroup2 hierarchy on this host")
+    pod_cg = ("/kubepods.slice/kubepods-besteffort.slice/"
+              "kubepods-besteffort-podf1ee7000_0000_4000_8000_000000000001.slice")
+    made = Path(cg2.mount_point + pod_cg)
+    made.mkdir(parents=True, exist_ok=True)
+    try:
+        cm = tmp_path / "policy"
+        cm.mkdir()
+        write_configmap(cm, {"10-pods.toml": f'[[allow]]\ncgroup = "{pod_cg}"\n\n'
+                                             '[[allow]]\nunit = "fleet-absent.service"\n'}, "..2026_1")
+        spec = daemonset.read()
+        args = [a for a in spec.args if not a.startswith("--metrics-listen")]
+        r = podman("run", "--rm", "--cgroupns=private", *daemonset.podman_args(spec, cm), image, *args,
+                   "--check", check=False)
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert f"-> {pod_cg} (cgroup id {made.stat().st_ino})" in r.stdout, r.stdout
+        unit_dir = cg2.mount_point.rstrip("/") + "/system.slice/fleet-absent.service"
+        assert f"not running yet (no cgroup /host{unit_dir})" in r.stdout, r.stdout
+    finally:
+        for d in [made, *made.parents]:
+            if str(d) == cg2.mount_point:
+                break
+            try:
+                d.rmdir()
+            except OSError:
+                break

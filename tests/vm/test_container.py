@@ -8,6 +8,7 @@ import json
 import os
 import shutil
 import subprocess
+import time
 import uuid
 from pathlib import Path
 
@@ -103,6 +104,7 @@ def test_the_image_upgrades_host_processes_and_pods_and_leaves_nothing_when_stop
     (bundle / "config.json").write_text(json.dumps(cfg))
     log_path = tmp_path / "container.log"
     runc("delete", "--force", ID, check=False)
+    t0 = time.monotonic()
     with open(log_path, "w") as log:
         ctr = subprocess.Popen(["runc", "run", "--bundle", str(bundle), ID], stdin=subprocess.DEVNULL,
                                stdout=log, stderr=subprocess.STDOUT)
@@ -113,6 +115,8 @@ def test_the_image_upgrades_host_processes_and_pods_and_leaves_nothing_when_stop
             return runc("exec", ID, *spec.probe, check=False).returncode == 0   # the readiness probe
         wait_for(ready, "the readiness probe (`mptcpize-py status` by exec)", timeout=READY_TIMEOUT,
                  interval=1, details=log_path.read_text)
+        print(f"runc run to readiness probe passing: {time.monotonic() - t0:.1f} s (a measurement, "
+              "not a bound)")
 
         # Host processes: the exe rule names a file of the host (the guest), reached through /host.
         assert sockproto(str(selected)) == 262
