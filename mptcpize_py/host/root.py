@@ -22,10 +22,14 @@ import ctypes
 import errno
 import os
 import struct
+import threading
+from collections.abc import Callable
+from typing import TypeVar
 
 from mptcpize_py.errors import UsageError
 from mptcpize_py.host import libc
 
+T = TypeVar("T")
 ENV = "MPTCPIZE_HOST_ROOT"
 _AT_FDCWD = -100
 _RESOLVE_NO_MAGICLINKS = 0x02
@@ -95,6 +99,76 @@ def open_in_host(path: str) -> int:
             raise OSError(e.errno, e.strerror, path) from None
     finally:
         os.close(dirfd)
+
+
+def in_host_cgroupns(fn: Callable[[], T]) -> T:
+    """fn() with /proc/PID/cgroup rendered as the host sees it. The kernel writes a process's cgroup
+    path relative to the reader's cgroup namespace (kernel/cgroup/cgroup.c, proc_cgroup_show; since
+    Linux 4.6), so a daemon in a container with a namespace of its own (containerd on cgroup v2) would
+    read "/../../system.slice/x.service". Run in a short-lived thread that joined the host's cgroup
+    namespace (setns needs CAP_SYS_ADMIN; a cgroup namespace, unlike a mount namespace, can be joined
+    by one thread alone). Not in a container, already in the host's namespace, or when it cannot be
+    joined: fn() here."""
+    if _root == "/":
+        return fn()
+    fd = _host_cgroupns()
+    if fd is None:
+        return fn()
+    result: list[T] = []
+    failure: list[BaseException] = []
+
+    def target() -> None:
+        try:
+            libc.setns(fd, libc.CLONE_NEWCGROUP)
+        except OSError:
+            pass   # the caller's view: relative paths, still better than none
+        try:
+            result.append(fn())
+        except BaseException as e:   # handed to the caller's thread
+            failure.append(e)
+    try:
+        t = threading.Thread(target=target, name="host-cgroupns")
+        t.start()
+        t.join()
+    finally:
+        os.close(fd)
+    if failure:
+        raise failure[0]
+    return result[0]
+
+
+def _host_cgroupns() -> int | None:
+    """An open descriptor of the host's cgroup namespace, None when ours is it or none can be opened:
+    PID 1's (with hostPID; reading it takes CAP_SYS_PTRACE), else that of the nearest ancestor outside
+    our namespace (the container runtime's shim, which runs in the host's): some sandboxes refuse
+    access to PID 1 even so."""
+    try:
+        own = os.stat("/proc/self/ns/cgroup").st_ino
+    except OSError:
+        return None
+    pid, seen = 1, 0
+    candidates = [1]
+    try:
+        pid = os.getppid()
+        while pid > 1 and seen < 64:   # bounded: a pid is a moment's name
+            candidates.append(pid)
+            with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as f:
+                text = f.read()
+            pid = int(text[text.rindex(")") + 2:].split()[1])
+            seen += 1
+    except (OSError, ValueError, IndexError):
+        pass
+    for pid in candidates:
+        try:
+            fd = os.open(f"/proc/{pid}/ns/cgroup", os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            continue
+        if os.fstat(fd).st_ino != own:
+            return fd
+        os.close(fd)
+        if pid == 1:
+            return None   # PID 1 shares ours: we are in the host's namespace
+    return None
 
 
 def blind_spot() -> str | None:

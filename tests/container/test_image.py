@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from mptcpize_py.host.mounts import find_cgroup2_mount, read_mounts
 from tests.container import daemonset
 from tests.waiting import scaled, wait_for
 
@@ -27,6 +28,7 @@ pytestmark = [
 IMAGE = "localhost/mptcpize-py:fleet-test"
 NAME = "fleet-mptcpize-test"
 NETNS = "fleet-ns1"
+HOST_CGROUP = "/fleet-host-procs"
 # bcc compiles the program at start (until the prebuilt CO-RE object lands): a safety net, not a goal.
 READY_TIMEOUT = 240
 MEASUREMENTS = daemonset.REPO / "build" / "container-measurements.txt"
@@ -108,7 +110,8 @@ def pod(image, tmp_path_factory):
     args += [f"--metrics-listen=127.0.0.1:{port}", "--dry-run"]
     podman("rm", "-f", NAME, check=False)
     t0 = time.monotonic()
-    podman("run", "-d", "--name", NAME, *daemonset.podman_args(spec, cm), image, *args)
+    # A cgroup namespace of its own, as containerd gives every container on cgroup v2.
+    podman("run", "-d", "--name", NAME, "--cgroupns=private", *daemonset.podman_args(spec, cm), image, *args)
     try:
         def ready() -> bool:
             if podman("inspect", "-f", "{{.State.Running}}", NAME, check=False).stdout.strip() != "true":
@@ -134,7 +137,13 @@ def test_a_host_process_selected_by_exe_through_the_host_root_is_counted_not_one
     # python3.13. Resolved in the host's tree (--host-root /host), only the host's counts.
     inside = subprocess.Popen(["podman", "exec", "-i", NAME, "python3", "-I", "-c", SOCKET_PROG],
                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-    host = subprocess.Popen(["/usr/bin/python3", "-I", "-c", SOCKET_PROG],
+    cg2 = find_cgroup2_mount(read_mounts())
+    cgroup = Path(cg2.mount_point) / HOST_CGROUP.lstrip("/")
+    cgroup.mkdir(exist_ok=True)
+
+    def enter() -> None:   # the host process runs in a cgroup of the host's, named in status as such
+        (cgroup / "cgroup.procs").write_text("0")
+    host = subprocess.Popen(["/usr/bin/python3", "-I", "-c", SOCKET_PROG], preexec_fn=enter,
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
         inside_pid, inside_proto = map(int, inside.stdout.readline().split())   # a host pid: hostPID
@@ -146,6 +155,8 @@ def test_a_host_process_selected_by_exe_through_the_host_root_is_counted_not_one
         rows = wait_for(lambda: (r := counted()) and host_pid in r and r, f"host pid {host_pid} in status")
         assert rows[host_pid]["exe"] == os.path.realpath("/usr/bin/python3")
         assert rows[host_pid]["upgraded"] == 1
+        # The daemon's own cgroup namespace does not show in what it reports: the host's path.
+        assert rows[host_pid]["cgroup"] == HOST_CGROUP
         # The container's socket() ran before the host's; events arrive in order: it was seen, not selected.
         assert inside_pid not in rows
         assert status()["policy"]["rules"][0]["target"].startswith("/usr/bin/python3 -> /usr/bin/python3.11")
@@ -153,6 +164,7 @@ def test_a_host_process_selected_by_exe_through_the_host_root_is_counted_not_one
         for p in (inside, host):
             p.stdin.close()
             p.wait(timeout=scaled(30))
+        cgroup.rmdir()
 
 
 def test_check_and_paths_work_through_exec_and_say_what_a_container_cannot_see(pod):
@@ -239,7 +251,6 @@ def test_pod_and_unit_rules_resolve_in_the_hosts_cgroup2_from_a_private_cgroup_n
     """As under containerd on cgroup v2 (a private cgroup namespace): `daemon --check` in the image,
     with the DaemonSet's mounts, resolves a pod rule to the host's cgroup (its id is the directory's
     inode on the host) and a unit rule to systemd's default path in the host's hierarchy."""
-    from mptcpize_py.host.mounts import find_cgroup2_mount, read_mounts
     cg2 = find_cgroup2_mount(read_mounts())
     if cg2 is None:
         pytest.skip("no cgroup2 hierarchy on this host")
