@@ -279,3 +279,20 @@ def test_pod_and_unit_rules_resolve_in_the_hosts_cgroup2_from_a_private_cgroup_n
                 d.rmdir()
             except OSError:
                 break
+
+
+def test_the_archive_records_its_inputs_and_carries_no_build_time():
+    """What makes a rebuild comparable: the image's date is SOURCE_DATE_EPOCH (not the build's
+    clock), and the inputs are written beside it: every package version, the mirror, the .deb's hash.
+    (Two builds from the same inputs gave the same manifest and layer digests: README, Kubernetes.)"""
+    out = daemonset.ARCHIVE.parent
+    inputs = dict(line.split(" ", 1) for line in (out / "mptcpize-py-image.inputs").read_text().splitlines())
+    assert inputs["suite"] == "trixie"
+    r = subprocess.run(["skopeo", "inspect", f"oci-archive:{daemonset.ARCHIVE}"], capture_output=True,
+                       text=True, check=True, timeout=scaled(120))
+    created = json.loads(r.stdout)["Created"]
+    epoch = int(inputs["source-date-epoch"])
+    assert created == time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch)), (created, epoch)
+    packages = dict(line.split(" ", 1) for line in (out / "mptcpize-py-image.packages").read_text().splitlines())
+    assert packages["mptcpize-py"] == "0.1.0"
+    assert packages["python3"].startswith("3.13")
