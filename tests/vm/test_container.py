@@ -103,7 +103,6 @@ def test_the_image_upgrades_host_processes_and_pods_and_leaves_nothing_when_stop
     bundle.mkdir()
     (bundle / "config.json").write_text(json.dumps(cfg))
     log_path = tmp_path / "container.log"
-    runc("delete", "--force", ID, check=False)
     t0 = time.monotonic()
     with open(log_path, "w") as log:
         ctr = subprocess.Popen(["runc", "run", "--bundle", str(bundle), ID], stdin=subprocess.DEVNULL,
@@ -130,10 +129,13 @@ def test_the_image_upgrades_host_processes_and_pods_and_leaves_nothing_when_stop
         assert upgraded == {"host exe": 1, "one pod (systemd driver)": 1, "one pod (cgroupfs driver)": 1}
         assert any(n.startswith("kmod_ret__upd") for n in bpf_prog_names())
     finally:
+        # SIGTERM to the daemon, as the kubelet's first step at a pod's deletion. Never `runc delete
+        # --force` or `kill --all`: with the host's pid namespace they signal by cgroup, and a
+        # container whose cgroup was not set up would take the host's processes with it.
         if ctr.poll() is None:
-            runc("kill", ID, "TERM", check=False)   # what the kubelet does first at a pod's deletion
+            runc("kill", ID, "TERM", check=False)
             wait_exit(ctr, "the container to stop after SIGTERM", timeout=60)
-        runc("delete", "--force", ID, check=False)
+        runc("delete", ID, check=False)
     assert "stopping: detaching the program" in log_path.read_text()
     # Stopped: nothing is attached, and the selected executable gets TCP again.
     assert not any(n.startswith("kmod_ret__upd") for n in bpf_prog_names())
