@@ -4,7 +4,7 @@ VENV ?= /opt/mptcpize-py/venv
 PY := $(VENV)/bin/python
 PYTEST := $(PY) -m pytest -q -p no:cacheprovider
 
-.PHONY: setup demo demo-vm test lint test-native test-vm test-systemd install-units bench deb
+.PHONY: setup demo demo-vm test lint test-native test-container test-vm test-systemd install-units bench deb image
 
 setup:
 	bash scripts/setup.sh
@@ -18,7 +18,7 @@ demo-vm: setup
 
 # Unit tests (no root needed), host tests (root, this kernel), then the VM tier on the 6.12 kernel,
 # where "BPF unusable" fails instead of skipping.
-test: setup lint test-native test-vm test-systemd
+test: setup lint test-native test-container test-vm test-systemd
 
 # The static layer: ruff and mypy (pyproject.toml [tool.ruff], [tool.mypy]); the layout's boundaries
 # (owners, layers, no import circles) are tests/unit/test_boundaries.py.
@@ -29,7 +29,17 @@ lint:
 test-native:
 	$(PYTEST) tests/unit tests/host
 
-test-vm:
+# The container image (`make image`) run natively with podman (runc) the way deploy/kubernetes/'s
+# DaemonSet runs it, in the dry-run mode this kernel allows; the manifests rendered (kubectl kustomize)
+# and validated offline against Kubernetes 1.32's schemas. The VM tier runs the image's root
+# filesystem with runc on the kernel with the hook (tests/vm/test_container.py).
+test-container: image
+	$(PYTEST) tests/container
+
+# The image (build/mptcpize-py-image.tar, an OCI archive) and its runc bundle for the VM tier
+# (/opt/mptcpize-py/image-bundle: the guest sees /opt).
+test-vm: image
+	bash scripts/image-bundle.sh build/mptcpize-py-image.tar >/dev/null
 	bash scripts/vm.sh --timeout 1500 -- env MPTCPIZE_REQUIRE_BPF=1 $(PYTEST) tests/vm tests/host/test_seccomp.py \
 		tests/host/test_daemon_dry_run.py tests/host/test_btf_offsets.py
 
@@ -53,6 +63,12 @@ test-systemd:
 # line of output). Installs missing build tools with apt.
 deb:
 	bash scripts/deb.sh
+
+# The container image: Debian 13 (trixie) made by mmdebstrap, the package `make deb` builds installed
+# into it by apt, one layer committed by buildah with SOURCE_DATE_EPOCH timestamps, written as an OCI
+# archive: build/mptcpize-py-image.tar (scripts/image.sh; deploy/kubernetes/ runs it).
+image:
+	bash scripts/image.sh
 
 # Without the Debian package: the daemon's unit (it writes its Prometheus textfile itself), with ExecStart=
 # pointing at $(VENV) instead of /usr/bin, and the (empty) policy directory; then `systemctl

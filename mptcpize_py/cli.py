@@ -41,6 +41,13 @@ def _add_policy_dir(parser: "argparse.ArgumentParser") -> None:
                         help=f"policy directory (default {POLICY_DIR})")
 
 
+def _add_host_root(parser: "argparse.ArgumentParser") -> None:
+    parser.add_argument("--host-root", metavar="DIR", default=None,
+                        help="the host's / is mounted at DIR (a container: hostPath / at /host): "
+                             "executables, cgroups and /run/netns are the host's (default: "
+                             "$MPTCPIZE_HOST_ROOT, else /)")
+
+
 def _command(sub, name: str, help: str, description: str,
              examples: "list[tuple[str, str]]") -> "argparse.ArgumentParser":
     """A subcommand whose --help says what it does and shows how it is used: the description as
@@ -110,6 +117,7 @@ def _add_check(sub) -> None:
                   ("check --json | jq '.checks[] | select(.status == \"fail\")'",
                    "only what fails, machine-readable")])
     c.add_argument("--json", action="store_true", help="machine-readable output")
+    _add_host_root(c)
 
 
 def _add_daemon(sub) -> None:
@@ -138,6 +146,10 @@ def _add_daemon(sub) -> None:
                         f"collector: every 15 s and on change (default {TEXTFILE_DIR}; nothing is "
                         "written while DIR does not exist)")
     d.add_argument("--no-metrics", action="store_true", help="write no metrics file")
+    d.add_argument("--metrics-listen", metavar="ADDR:PORT", default=None,
+                   help="also serve the metrics at http://ADDR:PORT/metrics (off by default; "
+                        "':9549' listens on every address)")
+    _add_host_root(d)
 
 
 def _add_resync(sub) -> None:
@@ -211,6 +223,7 @@ def _add_paths(sub) -> None:
     pa.add_argument("--netns", metavar="NAME", default=None,
                     help="only network namespace NAME (/run/netns/NAME)")
     pa.add_argument("--json", action="store_true", help="machine-readable output")
+    _add_host_root(pa)
     _add_policy_dir(pa)
     pa.add_argument("--apply", action="store_true",
                     help="make endpoints and limits what the [paths] table says, once, and exit; for "
@@ -362,8 +375,11 @@ def cmd_daemon(args) -> int:
         return 0
     logging.getLogger().setLevel(logging.DEBUG if logging.getLogger().level == logging.DEBUG
                                  else logging.INFO)
+    from mptcpize_py.daemon.http import parse_listen
+    listen = parse_listen(args.metrics_listen) if args.metrics_listen else None
     return service.run_daemon(policy_dir, dry_run=args.dry_run,
-                              metrics_dir=None if args.no_metrics else args.metrics_dir)
+                              metrics_dir=None if args.no_metrics else args.metrics_dir,
+                              metrics_listen=listen)
 
 
 def _daemon_status() -> "DaemonStatus":
@@ -565,6 +581,10 @@ def _main(argv: list[str]) -> int:
         _setup_logging(debug)
         if args.command is None:
             raise UsageError("no command given", hint=f"see '{PROG} --help'")
+        import os
+
+        from mptcpize_py.host import root
+        root.set_host_root(getattr(args, "host_root", None) or os.environ.get(root.ENV))
         return {"run": cmd_run, "check": cmd_check, "daemon": cmd_daemon,
                 "status": cmd_status, "resync": cmd_resync, "metrics": cmd_metrics, "paths": cmd_paths,
                 "enable": cmd_enable_disable, "disable": cmd_enable_disable}[args.command](args)

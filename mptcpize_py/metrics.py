@@ -1,5 +1,6 @@
 """Prometheus text exposition format (0.0.4) for node_exporter's textfile collector; `render()` is
-pure. Design notes: docs/ARCHITECTURE.md ("metrics")."""
+pure; the daemon writes it to its textfile and serves it at /metrics with
+`--metrics-listen` (daemon/http.py). Design notes: docs/ARCHITECTURE.md ("metrics")."""
 
 from mptcpize_py.display import utf8_text
 from mptcpize_py.status import DaemonStatus
@@ -23,6 +24,8 @@ class _Writer:
 
     def family(self, name: str, mtype: str, help_text: str,
                samples: list[tuple[dict[str, object], int | float]]) -> None:
+        if not samples:
+            return   # no HELP/TYPE without a sample: a family appears with its first series
         self.lines.append(f"# HELP {name} {_escape_help(help_text)}")
         self.lines.append(f"# TYPE {name} {mtype}")
         for labels, value in samples:
@@ -53,16 +56,16 @@ def render(status: DaemonStatus | None, view: dict | None = None) -> str:
     w.family("mptcpize_upgraded_sockets_total", "counter",
              "Sockets the daemon's program upgraded to MPTCP since it was loaded (exact kernel counter).",
              [({}, totals.get("upgraded", 0))])
-    w.family("mptcpize_not_upgraded_total", "counter",
+    w.family("mptcpize_not_upgraded_sockets_total", "counter",
              "TCP sockets of selected processes deliberately left TCP, by reason.",
              [({"reason": k}, v) for k, v in sorted(totals.items())
               if k not in ("upgraded", "events_dropped")])
-    w.family("mptcpize_upgrades_total", "counter",
+    w.family("mptcpize_rule_upgraded_sockets_total", "counter",
              "Sockets upgraded, per allow rule: file (policy file) and rule (its name, else KIND=VALUE), "
              "summed across reloads; rule=\"run\" without file: `mptcpize-py run` trees served by "
              "the daemon.",
              [(_rule_labels(c.file, c.rule), c.upgraded) for c in status.rule_upgrades])
-    w.family("mptcpize_unit_upgrades_total", "counter",
+    w.family("mptcpize_unit_upgraded_sockets_total", "counter",
              "Sockets upgraded, per systemd unit, including processes that exited or that the kernel's "
              "per-process table forgot.",
              [({"unit": k}, v) for k, v in sorted(status.unit_upgrades.items())])

@@ -22,7 +22,7 @@ RESYNC_INTERVAL = 2.0
 
 log = logging.getLogger("mptcpize_py.daemon")
 
-Fingerprint = tuple[tuple[str, int, int, int, int, int], ...]
+Fingerprint = tuple[tuple[str, int, int, int, int, int, tuple], ...]
 
 
 def check_resolved(resolved: Resolved) -> None:
@@ -40,14 +40,24 @@ def load_and_resolve(policy_dir: Path, owner_uid: int = 0) -> tuple[Policy, Reso
 
 
 def dir_fingerprint(policy_dir: Path) -> Fingerprint | None:
-    """What changes when a policy file is added, removed, replaced or edited (None: unreadable)."""
+    """What changes when a policy file is added, removed, replaced or edited (None: unreadable). A
+    symbolic link counts with what it leads to: a ConfigMap's ..data swap changes no link of the
+    directory, only their targets (one fingerprint change: one reload)."""
     try:
         out = []
         with os.scandir(policy_dir) as it:
             for e in it:
                 if e.name.endswith(".toml") and not e.name.startswith("."):
                     st = e.stat(follow_symlinks=False)
-                    out.append((e.name, st.st_ino, st.st_size, st.st_mtime_ns, st.st_mode, st.st_uid))
+                    target: tuple = ()
+                    if e.is_symlink():
+                        try:
+                            t = os.stat(e.path)   # stat only: load.py decides whether it may be read
+                            target = (t.st_dev, t.st_ino, t.st_size, t.st_mtime_ns, t.st_mode, t.st_uid)
+                        except OSError:
+                            target = ("dangling",)
+                    out.append((e.name, st.st_ino, st.st_size, st.st_mtime_ns, st.st_mode, st.st_uid,
+                                target))
         return tuple(sorted(out))
     except OSError:
         return None

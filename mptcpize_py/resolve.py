@@ -10,7 +10,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from mptcpize_py import abi
-from mptcpize_py.host import files
+from mptcpize_py.host import files, root
 from mptcpize_py.host.mounts import (
     PROC_MOUNTINFO,
     Mount,
@@ -96,7 +96,8 @@ def exe_key(path: str, mounts: list[Mount] | None = None) -> tuple[ExeKey, str]:
     one and the same file.
     """
     try:
-        fd = files.open_no_magiclinks(path)
+        # In a container the policy names the host's files: resolved in the host's tree (host/root.py).
+        fd = root.open_in_host(path) if root.is_container() else files.open_no_magiclinks(path)
     except FileNotFoundError:
         raise ResolveError("does not exist") from None
     except OSError as e:
@@ -110,7 +111,7 @@ def exe_key(path: str, mounts: list[Mount] | None = None) -> tuple[ExeKey, str]:
             raise ResolveError("not a regular file")
         if not st.st_mode & 0o111:
             raise ResolveError("not executable (no x permission bit)")
-        real = os.readlink(f"/proc/self/fd/{fd}")
+        real = root.shown(os.readlink(f"/proc/self/fd/{fd}"))
         try:
             with open(f"/proc/self/fdinfo/{fd}", encoding="ascii") as f:
                 info = files.parse_fdinfo(f.read())
@@ -183,7 +184,7 @@ def cgroup_id(mount_point: str, cgroup: str) -> int | None:
 SystemdAsker = Callable[[str], str]
 
 
-def resolve_policy(policy: Policy, *, cgroup_mount: str | None = None, netns_dir: str = NETNS_DIR,
+def resolve_policy(policy: Policy, *, cgroup_mount: str | None = None, netns_dir: str | None = None,
                    host_netns: str = HOST_NETNS, systemd: SystemdAsker | bool | None = None,
                    mounts: list[Mount] | None = None) -> Resolved:
     """Resolves every rule of `policy`; never raises for a single rule (see Resolved.problems/pending).
@@ -192,6 +193,7 @@ def resolve_policy(policy: Policy, *, cgroup_mount: str | None = None, netns_dir
     systemd: None = ask systemctl when PID 1 is systemd and systemctl exists; False = never (naming
     rules only); True = always; or a callable unit -> cgroup path (tests).
     """
+    netns_dir = netns_dir or root.host_path(NETNS_DIR)
     problems: list[str] = []
     notes: list[str] = []
     pending: list[Pending] = []
@@ -298,8 +300,8 @@ def _systemd_asker(systemd, rules) -> SystemdAsker | None:
     units = sorted({r.value for r in rules if r.kind == "unit"})
     if systemd is False or not units:
         return None
-    if systemd is None and not booted():
-        return None
+    if systemd is None and (root.is_container() or not booted()):
+        return None   # in a container systemctl would ask the container's /run: root.blind_spot()
     answers = unit_cgroups(units)   # every unit rule in one systemctl process
 
     def asker(unit: str) -> str:

@@ -4,7 +4,7 @@ management and the backend `run` would use, composed into one report."""
 from dataclasses import dataclass, field
 
 from mptcpize_py.errors import MptcpizeError
-from mptcpize_py.host import netns
+from mptcpize_py.host import netns, root
 from mptcpize_py.paths import NetnsPaths, path_management
 from mptcpize_py.program.support import FAIL, OK, WARN, Check, kernel_support
 
@@ -43,6 +43,9 @@ def run_checks(compile_test: bool = True) -> Report:
                   "sockets created here stay TCP",
                   "sysctl -w net.mptcp.enabled=1", required=False))
 
+    blind = root.blind_spot()
+    if blind:
+        add(Check("host root", WARN, blind, required=False))
     rep.path_management = path_management()
 
     failed = [c.name for c in rep.checks if c.required and c.status == FAIL]

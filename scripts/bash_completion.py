@@ -30,6 +30,7 @@ VALUE_COMPLETERS = {
     "UNIT": f"{FUNCTION}_services",
     "NAME": f"{FUNCTION}_netns",                 # status --netns NAME: /run/netns/NAME
     "CMD [ARGS...]": "_command_offset $cword",   # run's CMD: complete it as a command line
+    "ADDR:PORT": "COMPREPLY=()",                 # daemon --metrics-listen: nothing to offer
 }
 
 HELPERS = f"""\

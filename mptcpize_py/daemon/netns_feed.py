@@ -5,7 +5,7 @@ import logging
 import os
 
 from mptcpize_py import abi
-from mptcpize_py.host.netns import HOST_NETNS, NETNS_DIR, read_sysctl_in_netns
+from mptcpize_py.host.netns import HOST_NETNS, named_netns_dir, read_sysctl_in_netns
 from mptcpize_py.program.handle import ProgramHandle
 
 log = logging.getLogger("mptcpize_py.daemon")
@@ -21,12 +21,13 @@ class NetnsFeeder:
         in: the host's first, then those the policy selects (`selected`), then the others by name. The
         rest count as netns_unreadable (never upgraded), which one warning says each time their number
         changes."""
+        netns_dir = named_netns_dir()
         try:
-            names = sorted(os.listdir(NETNS_DIR))
+            names = sorted(os.listdir(netns_dir))
         except OSError:
             names = []
         found: dict[int, tuple[int, str]] = {}   # inum -> (rank, path): one entry per namespace
-        for rank, p in enumerate([HOST_NETNS] + [os.path.join(NETNS_DIR, n) for n in names]):
+        for rank, p in enumerate([HOST_NETNS] + [os.path.join(netns_dir, n) for n in names]):
             try:
                 inum = os.stat(p).st_ino
             except OSError:
@@ -51,7 +52,7 @@ class NetnsFeeder:
             if left_out:
                 log.warning("dry run: %d network namespaces left out of the netns_mptcp map (it holds %d: "
                             "the host's, the policy's, then %s by name); sockets there count as "
-                            "netns_unreadable", left_out, abi.MAX_NETNS, NETNS_DIR)
+                            "netns_unreadable", left_out, abi.MAX_NETNS, netns_dir)
             else:
                 log.info("dry run: every network namespace fits the netns_mptcp map again")
             self._left_out = left_out

@@ -11,11 +11,12 @@ from pathlib import Path
 from mptcpize_py import metrics
 from mptcpize_py.daemon import client, control, controller
 from mptcpize_py.daemon.events import ProcessLog
+from mptcpize_py.daemon.http import MetricsServer
 from mptcpize_py.daemon.netns_feed import NetnsFeeder
 from mptcpize_py.daemon.snapshot import Identity, Tallies, build_status
 from mptcpize_py.daemon.textfile import TextFile
 from mptcpize_py.errors import MptcpizeError
-from mptcpize_py.host import systemd
+from mptcpize_py.host import root, systemd
 from mptcpize_py.paths.manager import PathManager
 from mptcpize_py.policy import DEFAULT_POLICY_DIR, Policy
 from mptcpize_py.policysync import (
@@ -38,7 +39,8 @@ class Daemon:
     """A started daemon: the program loaded and filled, every part built. start() makes one."""
 
     def __init__(self, loaded: tuple[PolicyWatch, Policy, Resolved], rw: ProgramHandle, path: Path, *,
-                 owner_uid: int, dry_run: bool, metrics_dir: Path | None, signals: ReloadSignals):
+                 owner_uid: int, dry_run: bool, metrics_dir: Path | None, signals: ReloadSignals,
+                 metrics_listen: tuple[str, int] | None = None):
         watch, policy, _resolved = loaded
         self.rw = rw
         self.path = path
@@ -57,6 +59,8 @@ class Daemon:
         self.handlers = controller.handlers(backend=self.backend, dry_run=dry_run, runs=controller.Runs(),
                                             rw=rw, sync=self.sync, build_status=self.status)
         self.server: control.ControlServer | None = None   # None: not serving (tests)
+        self.metrics_listen = metrics_listen   # (host, port): /metrics over HTTP (daemon/http.py)
+        self.http: MetricsServer | None = None
         self._closed = False
 
     def _begin(self, serve: bool) -> None:
@@ -68,6 +72,8 @@ class Daemon:
         self.rw.open_events(self.procs.on_event)
         if serve:
             self.server = control.ControlServer(self.handlers, self.path).start()
+        if self.metrics_listen is not None:
+            self.http = MetricsServer(self.metrics_listen, lambda: metrics.render(self.status())).start()
         self._apply_paths(policy)
 
     def close(self) -> None:
@@ -75,6 +81,9 @@ class Daemon:
             return
         self._closed = True
         self.paths.close()   # removes the endpoints it added
+        if self.http is not None:
+            self.http.close()
+            self.http = None
         if self.server is not None:
             self.server.close()
             self.server = None
@@ -161,11 +170,12 @@ def start(policy_dir: Path = DEFAULT_POLICY_DIR, path: Path | None = None,
           resync_interval: float = RESYNC_INTERVAL, *, owner_uid: int = 0,
           rewriter_factory: Callable[[], ProgramHandle] | None = None, serve: bool = True,
           dry_run: bool = False, metrics_dir: Path | None = None,
-          signals: ReloadSignals | None = None) -> Daemon:
+          metrics_listen: tuple[str, int] | None = None, signals: ReloadSignals | None = None) -> Daemon:
     """Loads and resolves the policy (PolicyError: exit 78), loads the program, fills its maps and
     starts serving. owner_uid, rewriter_factory (() -> a rewriter.Rewriter look-alike) and
     serve=False are for tests that drive the daemon without BPF or a control socket. metrics_dir:
-    where to keep the textfile collector's mptcpize.prom (None: nowhere)."""
+    where to keep the textfile collector's mptcpize.prom (None: nowhere); metrics_listen: where to
+    serve /metrics over HTTP (None: nowhere)."""
     loaded = PolicySync.load(Path(policy_dir), owner_uid, resync_interval)
     policy = loaded[1]
     log.info("policy ok (%s); loading the BPF program", policy.summary())
@@ -179,7 +189,8 @@ def start(policy_dir: Path = DEFAULT_POLICY_DIR, path: Path | None = None,
     d: Daemon | None = None
     try:
         d = Daemon(loaded, rw, control_path, owner_uid=owner_uid, dry_run=dry_run,
-                   metrics_dir=metrics_dir, signals=signals or ReloadSignals())
+                   metrics_dir=metrics_dir, signals=signals or ReloadSignals(),
+                   metrics_listen=metrics_listen)
         d._begin(serve)
     except BaseException:
         if d is not None:
@@ -190,6 +201,9 @@ def start(policy_dir: Path = DEFAULT_POLICY_DIR, path: Path | None = None,
     log.info("started in %.1f s%s: %s; control socket %s", time.monotonic() - t0,
              " as a DRY RUN (syscalls:sys_enter_socket tracepoint: reports what would be "
              "upgraded, changes no socket)" if dry_run else "", policy.summary(), control_path)
+    blind = root.blind_spot()
+    if blind:
+        log.warning("%s", blind)
     d.sync.log_resolution(loaded[2])
     d.write_metrics(time.monotonic())
     d.notifier.ready(d.status_line())
@@ -202,13 +216,14 @@ def check(policy_dir: Path) -> tuple[Policy, Resolved]:
 
 
 def run_daemon(policy_dir: Path = DEFAULT_POLICY_DIR, dry_run: bool = False,
-               metrics_dir: Path | None = None) -> int:
+               metrics_dir: Path | None = None, metrics_listen: tuple[str, int] | None = None) -> int:
     systemd.use_journal_if_under_systemd()
     # Installed before start() so that a signal during the (slow) compile does not kill the process
     # with the default action; it is acted on after.
     signals = ReloadSignals()
     signals.install()
-    d = start(policy_dir, dry_run=dry_run, metrics_dir=metrics_dir, signals=signals)
+    d = start(policy_dir, dry_run=dry_run, metrics_dir=metrics_dir, metrics_listen=metrics_listen,
+              signals=signals)
     try:
         d.run()
     finally:

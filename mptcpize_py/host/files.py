@@ -126,16 +126,37 @@ def write_atomic_at(dir_fd: int, name: str, text: str, mode: int = 0o644) -> Non
         raise
 
 
-def others_may_write(st: os.stat_result, owner_uid: int) -> str | None:
+def others_may_write(st: os.stat_result, owner_uid: int, read_only: bool = False) -> str | None:
     """Why a file or directory with this stat may be written by others than `owner_uid` (and root,
-    who may anyway), or None: another owner, group- or world-writable."""
+    who may anyway), or None: another owner, group- or world-writable. read_only: it is on a
+    read-only mount, where write permission bits grant nothing."""
     if st.st_uid != owner_uid:
         return f"owned by uid {st.st_uid}, not uid {owner_uid}"
+    if read_only:
+        return None
     if st.st_mode & stat.S_IWOTH:
         return "world-writable (chmod o-w)"
     if st.st_mode & stat.S_IWGRP:
         return "group-writable (chmod g-w)"
     return None
+
+
+_RESOLVE_BENEATH = 0x08
+
+
+def open_beneath(dirfd: int, name: str, flags: int) -> int:
+    """openat2(dirfd, name, RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS): symlinks are followed only while
+    they stay beneath dirfd (no absolute link, no `..` above it, no /proc magic link: EXDEV or ELOOP).
+    Linux 5.6; without openat2 nothing is followed (ELOOP), the safe answer."""
+    how = ctypes.create_string_buffer(struct.pack("=QQQ", flags, 0,
+                                                  _RESOLVE_BENEATH | _RESOLVE_NO_MAGICLINKS), 24)
+    try:
+        return libc.syscall(libc.syscall_number("openat2"), dirfd, ctypes.c_char_p(os.fsencode(name)),
+                            how, 24)
+    except OSError as e:
+        if e.errno in (errno.ENOSYS, errno.EPERM):
+            return os.open(name, flags | os.O_NOFOLLOW, dir_fd=dirfd)
+        raise OSError(e.errno, e.strerror, name) from None
 
 
 def first_symlink(path: Path, base: Path) -> Path | None:

@@ -5,7 +5,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from mptcpize_py.errors import Unavailable
-from mptcpize_py.host import libc
+from mptcpize_py.host import libc, root
 from mptcpize_py.host.files import mkdev
 
 DEFAULT_CGROUP2_MOUNT = "/sys/fs/cgroup"
@@ -76,9 +76,19 @@ def find_cgroup2_mount(mounts: Iterable[Mount]) -> Mount | None:
     """The cgroup v2 hierarchy's mount: /sys/fs/cgroup (unified) or /sys/fs/cgroup/unified (hybrid)
     first, else the first cgroup2 mount. Only mounts of the whole hierarchy (root "/") count: inside
     a cgroup namespace the mount's root is a subtree and policy paths (which are absolute) would not
-    map onto it."""
-    candidates = [m for m in mounts if m.fstype == "cgroup2" and m.root == "/"]
-    for preferred in (DEFAULT_CGROUP2_MOUNT, DEFAULT_CGROUP2_MOUNT + "/unified"):
+    map onto it.
+
+    With a host root (host/root.py) only the host's own mounts under it count, whatever their root
+    field says: the host mounted its whole hierarchy there, and a container in a cgroup namespace of
+    its own sees that mount's root relative to its namespace ("/../.."); cgroup ids (inodes) are the
+    same in every namespace."""
+    if root.is_container():
+        base = root.host_root()
+        candidates = [m for m in mounts if m.fstype == "cgroup2" and m.mount_point.startswith(base + "/")]
+    else:
+        candidates = [m for m in mounts if m.fstype == "cgroup2" and m.root == "/"]
+    for preferred in (root.host_path(DEFAULT_CGROUP2_MOUNT),
+                      root.host_path(DEFAULT_CGROUP2_MOUNT + "/unified")):
         for m in candidates:
             if m.mount_point == preferred:
                 return m

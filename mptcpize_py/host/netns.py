@@ -9,11 +9,16 @@ from pathlib import Path
 from typing import TypeVar
 
 from mptcpize_py.errors import MptcpizeError, PermissionDenied, UsageError
-from mptcpize_py.host import libc
+from mptcpize_py.host import libc, root
 
 T = TypeVar("T")
 NETNS_DIR = "/run/netns"
 HOST_NETNS = "/proc/self/ns/net"   # the daemon's own namespace: the policy's "host"
+
+
+def named_netns_dir() -> str:
+    """Where `ip netns` names live for this process: /run/netns, the host's under a host root."""
+    return root.host_path(NETNS_DIR)
 
 
 def read_sysctl(name: str, proc: Path = Path("/proc/sys")) -> str | None:
@@ -85,9 +90,10 @@ def _enter_error(path: str, e: OSError) -> MptcpizeError:
     return MptcpizeError(f"cannot enter the network namespace {path}: {e.strerror}")
 
 
-def netns_names(netns_dir: str = NETNS_DIR) -> dict[int, str]:
+def netns_names(netns_dir: str | None = None) -> dict[int, str]:
     """{inum: NAME} of the namespaces `ip netns` names (/run/netns/NAME bind mounts)."""
     names: dict[int, str] = {}
+    netns_dir = netns_dir or named_netns_dir()
     try:
         entries = sorted(os.listdir(netns_dir))
         nsfs_dev = os.stat(HOST_NETNS).st_dev
@@ -103,13 +109,13 @@ def netns_names(netns_dir: str = NETNS_DIR) -> dict[int, str]:
     return names
 
 
-def netns_path(name: str, netns_dir: str = NETNS_DIR) -> str:
+def netns_path(name: str, netns_dir: str | None = None) -> str:
     """/run/netns/NAME for a user-given NAME; UsageError for a name that is not one, MptcpizeError
     when no such namespace exists."""
     if not name or name in (".", "..") or "/" in name or not name.isprintable():
         raise UsageError(f"--netns {name!r}: not a namespace name (a name of 'ip netns list')",
                          hint="see 'ip netns list'")
-    path = os.path.join(netns_dir, name)
+    path = os.path.join(netns_dir or named_netns_dir(), name)
     try:
         is_netns = os.stat(path).st_dev == os.stat(HOST_NETNS).st_dev  # on nsfs: mounted
     except OSError:

@@ -13,6 +13,8 @@ import re
 from collections.abc import Iterable
 from types import ModuleType
 
+from mptcpize_py.host import root
+
 PROC = "/proc"
 
 
@@ -119,8 +121,8 @@ def parse_cgroup(text: str) -> str | None:
 
 
 def cgroup(pid: int | str, proc: str = PROC) -> str | None:
-    """Raw: psutil has no cgroup."""
-    text = read_text(f"{proc}/{pid}/cgroup")
+    """Raw: psutil has no cgroup. The host's path also from a container's cgroup namespace."""
+    text = root.in_host_cgroupns(lambda: read_text(f"{proc}/{pid}/cgroup"))
     return parse_cgroup(text) if text else None
 
 

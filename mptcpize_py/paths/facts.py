@@ -10,7 +10,7 @@ from pathlib import Path
 
 from mptcpize_py.errors import MptcpizeError
 from mptcpize_py.host import procfs
-from mptcpize_py.host.netns import NETNS_DIR, in_netns, netns_names, read_sysctl
+from mptcpize_py.host.netns import in_netns, named_netns_dir, netns_names, read_sysctl
 from mptcpize_py.paths import netlink, others, plan, state
 from mptcpize_py.paths.manager import read_path_manager
 from mptcpize_py.policy import HOST_NETNS_NAME, Policy
@@ -141,8 +141,9 @@ def explain_paths(facts: NetnsPaths, ns_name: str | None = None) -> list[PathNot
     return notes
 
 
-def path_management(netns_dir: str = NETNS_DIR) -> list[NetnsPaths]:
+def path_management(netns_dir: str | None = None) -> list[NetnsPaths]:
     """The caller's namespace, then (as root) every namespace named in /run/netns."""
+    netns_dir = netns_dir or named_netns_dir()
     names = netns_names(netns_dir)
     own = os.stat("/proc/thread-self/ns/net").st_ino
     host = procfs.netns_inum(1)
@@ -261,9 +262,10 @@ def _paths_here(rep: PathsReport, policy: Policy | None, owner: dict | None,
 
 
 def paths_report(policy: Policy | None, state_dir: Path, only: str | None = None,
-                 netns_dir: str = NETNS_DIR) -> list[PathsReport]:
+                 netns_dir: str | None = None) -> list[PathsReport]:
     """`paths`: the caller's namespace, then (as root) every namespace named in /run/netns; only the
     namespace /run/netns/`only` when given. `policy` None: none could be read."""
+    netns_dir = netns_dir or named_netns_dir()
     owner, records = state.read(state_dir)
     procs = others.processes()
     names = netns_names(netns_dir)

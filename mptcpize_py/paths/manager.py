@@ -36,7 +36,7 @@ from typing import cast
 
 from mptcpize_py.display import escaped
 from mptcpize_py.errors import MptcpizeError
-from mptcpize_py.host.netns import HOST_NETNS, NETNS_DIR, in_netns, netns_names, read_sysctl
+from mptcpize_py.host.netns import HOST_NETNS, in_netns, named_netns_dir, netns_names, read_sysctl
 from mptcpize_py.paths import netlink, others, plan
 from mptcpize_py.paths.state import NetnsRecord, PathsState, netns_key
 from mptcpize_py.paths.state import read as read_state
@@ -100,10 +100,10 @@ class PassResult:
 
 class PathManager:
     def __init__(self, state_dir: Path, what: str = "daemon", follow: bool = True,
-                 netns_dir: str = NETNS_DIR):
+                 netns_dir: str | None = None):
         self.state = PathsState(state_dir, what)
         self.follow = follow
-        self.netns_dir = netns_dir
+        self.netns_dir = netns_dir or named_netns_dir()
         self._policy: Policy | None = None
         self._watch: dict[str, _Netns] = {}     # by name
         self._lock = threading.RLock()

@@ -1,8 +1,14 @@
 """Reading the policy directory safely; validation is validate.py's.
 
 Files are treated as hostile input (the daemon runs as root): the directory and each file must be owned
-by `owner_uid` (root) and not group- or world-writable; a symlinked policy file is refused outright (we
-open with O_NOFOLLOW, so neither a link into /etc/shadow nor a swapped link can be read); files are
+by `owner_uid` (root) and not group- or world-writable; a symlinked policy file is followed only when
+every link on the way stays inside the policy directory and it ends at a regular file (openat2
+RESOLVE_BENEATH: an absolute link, a `..` out of the directory, a /proc magic link are refused, so neither
+a link into /etc/shadow nor a swapped link can be read). That is the layout of a Kubernetes ConfigMap
+volume: NAME.toml -> ..data/NAME.toml, ..data -> ..2026_12_07_21_00_00.1234/ (hidden names, not
+policy), the kubelet swapping ..data atomically on an update. Such a volume's directory is 0777 (the
+kubelet's emptyDir) but mounted read-only: on a read-only mount the group/world write bits are not
+checked (nobody can write through it; ownership still is). Files are
 bounded to 1 MiB, and so are all files together: parsing is pure Python (up to 2 s per MiB of the
 costliest TOML on the build machine) and a reload runs in the daemon's main loop (validate.py bounds
 the rest: tokens, dotted keys). The directory itself may be a symlink: the admin chose that path, and the
@@ -16,6 +22,7 @@ import stat
 from collections.abc import Iterator
 from pathlib import Path
 
+from mptcpize_py.host import files
 from mptcpize_py.host.files import others_may_write
 from mptcpize_py.policy.model import DEFAULT_POLICY_DIR, Policy, PolicyError, PolicyFile
 from mptcpize_py.policy.validate import policy_from_files
@@ -45,7 +52,7 @@ def read_policy_files(directory: Path, owner_uid: int) -> Iterator[PolicyFile]:
         raise PolicyError([f"{directory}: cannot open policy directory: {e.strerror}"]) from None
     try:
         # Checked on the open descriptor, so the directory we list is the one we checked.
-        problem = others_may_write(os.fstat(dfd), owner_uid)
+        problem = others_may_write(os.fstat(dfd), owner_uid, read_only=_read_only(dfd))
         if problem:
             raise PolicyError([f"{directory}: refused: {problem}"], hint=_OWNERSHIP_HINT)
         names = sorted(n for n in os.listdir(dfd) if n.endswith(".toml") and not n.startswith("."))
@@ -74,6 +81,14 @@ class _FileRefused(Exception):
     pass
 
 
+def _read_only(fd: int) -> bool:
+    """On a read-only mount (a ConfigMap volume), where write permission bits grant nothing."""
+    try:
+        return bool(os.fstatvfs(fd).f_flag & os.ST_RDONLY)
+    except OSError:
+        return False
+
+
 def _read_policy_file(dfd: int, name: str, label: str, owner_uid: int) -> tuple[str, int]:
     """(text, size in bytes) of one policy file; _FileRefused says why not."""
     # lstat first so that we never open a device or FIFO; then open without following links and check
@@ -82,22 +97,26 @@ def _read_policy_file(dfd: int, name: str, label: str, owner_uid: int) -> tuple[
         st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
     except OSError as e:
         raise _FileRefused(f"{label}: cannot stat: {e.strerror}") from None
-    symlink = _FileRefused(f"{label}: refused: a symbolic link (copy the file into the directory instead)")
-    if stat.S_ISLNK(st.st_mode):
-        raise symlink
-    if not stat.S_ISREG(st.st_mode):
+    symlink = _FileRefused(f"{label}: refused: a symbolic link that leads outside the policy directory "
+                           "(or through /proc); copy the file into the directory instead")
+    link = stat.S_ISLNK(st.st_mode)
+    if not link and not stat.S_ISREG(st.st_mode):
         raise _FileRefused(f"{label}: refused: not a regular file")
     try:
-        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dfd)
+        if link:   # a ConfigMap's NAME.toml -> ..data/NAME.toml: only links that stay beneath dfd
+            fd = files.open_beneath(dfd, name, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        else:
+            fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dfd)
     except OSError as e:
-        if e.errno == errno.ELOOP:
+        if e.errno in (errno.ELOOP, errno.EXDEV):   # a link swapped in; RESOLVE_BENEATH's refusal
             raise symlink from None
         raise _FileRefused(f"{label}: cannot open: {e.strerror}") from None
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
-            raise _FileRefused(f"{label}: refused: not a regular file")
-        problem = others_may_write(st, owner_uid)
+            raise _FileRefused(f"{label}: refused: not a regular file"
+                               + (" (where its symbolic link ends)" if link else ""))
+        problem = others_may_write(st, owner_uid, read_only=_read_only(fd))
         if problem:
             raise _FileRefused(f"{label}: refused: {problem}")
         too_big = _FileRefused(f"{label}: refused: larger than {MAX_FILE_BYTES} bytes")

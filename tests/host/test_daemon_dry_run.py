@@ -371,7 +371,7 @@ def test_the_daemon_keeps_its_metrics_file_under_stable_labels(dry):
     """The daemon's own textfile: what `status` counts for the selected exe's rule, under labels that an
     edit of the policy (a line added above the rule: a reload, new line numbers) does not change."""
     from mptcpize_py import __version__
-    series = ("mptcpize_upgrades", frozenset({("file", "10-dry.toml"),
+    series = ("mptcpize_rule_upgraded_sockets", frozenset({("file", "10-dry.toml"),
                                               ("rule", f"exe={dry['bins']['selected']}")}))
     pid, _ = run_probe(dry["bins"]["selected"])
     wait_rows(dry, [pid])

@@ -90,7 +90,7 @@ def units():
 
 
 def test_the_daemon_writes_the_textfile(units):
-    unit_series = ("mptcpize_unit_upgrades", frozenset({("unit", WEB)}))
+    unit_series = ("mptcpize_unit_upgraded_sockets", frozenset({("unit", WEB)}))
 
     def counted() -> dict | None:
         s = read_prom()
@@ -108,7 +108,7 @@ def test_the_daemon_writes_the_textfile(units):
     assert s[("mptcpize_build_info", frozenset({("version", __version__)}))] == 1
     # enable's rule, by its file and what it matches: no line number in the label.
     rule = frozenset({("file", f"unit-{WEB}.toml"), ("rule", f"unit={WEB}")})
-    assert s[("mptcpize_upgrades", rule)] >= 1, s
+    assert s[("mptcpize_rule_upgraded_sockets", rule)] >= 1, s
     assert ("mptcpize_policy_reloads", frozenset({("result", "failure")})) in s
     assert s[("mptcpize_policy_reloads", frozenset({("result", "success")}))] >= 1   # enable's record
 

@@ -384,7 +384,7 @@ def test_dry_run_netns_refresh_fills_what_fits_and_warns_once(dry_run_daemon, tm
     start, fake, read = dry_run_daemon
     extra = 6
     netns = netns_dir_with(tmp_path, abi.MAX_NETNS - 1 + extra)   # + the host's: `extra` too many
-    monkeypatch.setattr(netns_feed, "NETNS_DIR", str(netns))
+    monkeypatch.setattr(netns_feed, "named_netns_dir", lambda: str(netns))
     caplog.set_level(logging.INFO, logger="mptcpize_py.daemon")
     dm = start()
     read.clear()
@@ -415,7 +415,7 @@ def test_dry_run_netns_refresh_keeps_the_policys_namespaces(dry_run_daemon, tmp_
     start, fake, _read = dry_run_daemon
     netns = netns_dir_with(tmp_path, abi.MAX_NETNS + 1)
     (netns / "zz-selected").touch()        # sorts last
-    monkeypatch.setattr(netns_feed, "NETNS_DIR", str(netns))
+    monkeypatch.setattr(netns_feed, "named_netns_dir", lambda: str(netns))
     dm = start()
     selected = os.stat(netns / "zz-selected").st_ino
     dm.sync.resolved = dataclasses.replace(dm.sync.resolved, netns=dm.sync.resolved.netns | {selected})
@@ -540,3 +540,34 @@ def test_resolution_of_a_symlink_to_a_hostile_name_is_logged_escaped(tmp_path, c
     msg, = [r.getMessage() for r in caplog.records if "now resolves to" in r.getMessage()]
     assert msg.isprintable()
     assert f" -> {tmp_path}/b\\nmptcpize-py: info: forged\\x1b[2J (dev " in msg
+
+
+def test_configmap_swap_is_one_reload_and_a_bad_one_keeps_the_last_good_policy(tmp_path, caplog):
+    """The kubelet's ConfigMap update (a new ..TIMESTAMP directory, then ..data renamed over) changes no
+    link of the policy directory, only where they lead: the loop sees it, reloads once; an update that
+    does not validate is refused with its file:line, the selection stays."""
+    from tests.unit.test_policy import configmap_dir, swap_configmap
+    d = configmap_dir(tmp_path, {"10.toml": f'[[allow]]\nexe = "{EXE}"\n'})
+    fake = FakeRewriter()
+    dm = service.start(d, tmp_path / "control", owner_uid=os.geteuid(), rewriter_factory=lambda: fake,
+                       serve=False)
+    dm.sync.watch.interval = 0
+    caplog.set_level(logging.INFO, logger="mptcpize_py.daemon")
+    updates = [f'[[deny]]\nexe = "{EXE}"\n', "[[allow]]\nexe = 'relative'\n"]
+    polls = []
+
+    def poll(_ms):
+        polls.append(1)
+        if len(polls) in (1, 4):   # an update, then polls with nothing new
+            swap_configmap(d, {"10.toml": updates.pop(0)}, f"..2026_12_07_21_0{len(polls)}_00.{len(polls)}")
+        if len(polls) == 7:
+            dm.signals.stop = True
+
+    fake.poll_events = poll
+    dm.run()
+    dm.close()
+    assert (dm.sync.reloads, dm.sync.failed_reloads) == (1, 1)
+    assert list(fake.selections[-1][0].values()) == [(16, abi.ACTION_DENY)]
+    msgs = [r.getMessage() for r in caplog.records]
+    assert any("10.toml:2: exe:" in m and "not an absolute path" in m for m in msgs), msgs
+    assert any("keeping the last good policy" in m for m in msgs)

@@ -79,7 +79,7 @@ def test_rule_series_survive_edits_that_renumber_rules(setup):
     dm, fake, d, prom = setup
     fake.rules = {("exe", 16): 5}
     dm.write_metrics(0)
-    assert family(samples(prom.read_text()), "mptcpize_upgrades") == \
+    assert family(samples(prom.read_text()), "mptcpize_rule_upgraded_sockets") == \
         {frozenset({("file", "10.toml"), ("rule", "py")}): 5}
     # An edit: a comment, and an unnamed rule before "py", which becomes rule 17 on line 6. The
     # kernel's counter of id 16 keeps what "py" counted; from now on it counts the new rule.
@@ -90,7 +90,7 @@ def test_rule_series_survive_edits_that_renumber_rules(setup):
     assert dm.sync.reload("test") is False
     dm.write_metrics(1)
     s = samples(prom.read_text())
-    assert family(s, "mptcpize_upgrades") == {
+    assert family(s, "mptcpize_rule_upgraded_sockets") == {
         frozenset({("file", "10.toml"), ("rule", "py")}): 5 + 3,
         frozenset({("file", "10.toml"), ("rule", f"exe={SH}")}): 2}
     assert s[("mptcpize_policy_reloads", frozenset({("result", "success")}))] == 1
@@ -102,7 +102,7 @@ def test_rule_series_survive_edits_that_renumber_rules(setup):
     assert dm.sync.reload("test") is True
     fake.rules = {("exe", 16): 100, ("exe", 17): 100}
     dm.write_metrics(2)
-    assert sum(family(samples(prom.read_text()), "mptcpize_upgrades").values()) == 10
+    assert sum(family(samples(prom.read_text()), "mptcpize_rule_upgraded_sockets").values()) == 10
 
 
 def test_unit_counters_survive_the_lru(setup):
@@ -116,7 +116,7 @@ def test_unit_counters_survive_the_lru(setup):
     def units_and_run() -> tuple[dict, float]:
         dm.write_metrics(0)
         s = samples(prom.read_text())
-        return family(s, "mptcpize_unit_upgrades"), s[("mptcpize_upgrades", frozenset({("rule", "run")}))]
+        return family(s, "mptcpize_unit_upgraded_sockets"), s[("mptcpize_rule_upgraded_sockets", frozenset({("rule", "run")}))]
 
     assert units_and_run() == ({frozenset({("unit", "web.service")}): 30}, 4)
     # The LRU forgets ME and the run-tree process; `other` upgrades 5 more.
@@ -154,7 +154,7 @@ def test_loop_writes_on_change_and_says_when_it_stops(setup):
 
     fake.poll_events = poll
     dm.run()
-    assert seen[1][("mptcpize_unit_upgrades", frozenset({("unit", "web.service")}))] == 9
+    assert seen[1][("mptcpize_unit_upgraded_sockets", frozenset({("unit", "web.service")}))] == 9
     assert samples(prom.read_text()) == {("mptcpize_daemon_up", frozenset()): 0}
 
 

@@ -57,18 +57,18 @@ def test_render_parses_and_counts_match_the_status():
     assert value(fams, "mptcpize_daemon_up") == 1
     assert value(fams, "mptcpize_dry_run") == 0
     assert value(fams, "mptcpize_upgraded_sockets") == 507          # the parser drops _total
-    assert value(fams, "mptcpize_not_upgraded", reason="denied") == 3
+    assert value(fams, "mptcpize_not_upgraded_sockets", reason="denied") == 3
     # Per rule: the exact counters (not the 503 its tracked processes add up to), labelled by file and
     # the rule's name, else what it matches (no line: editing other lines keeps the series); deny
     # rules upgrade nothing and are left out; run trees are one series, without a file.
-    assert fams["mptcpize_upgrades"] == {
+    assert fams["mptcpize_rule_upgraded_sockets"] == {
         frozenset({("file", "10-a.toml"), ("rule", "perf")}): 600,
         frozenset({("file", "10-a.toml"), ("rule", f"exe={HOSTILE_EXE}".replace("\udcff", "\\xff"))}): 4,
         frozenset({("rule", "run")}): 2}
     assert value(fams, "mptcpize_build_info", version="0.1.0") == 1
     assert value(fams, "mptcpize_policy_reloads", result="success") == 0
     assert value(fams, "mptcpize_policy_reloads", result="failure") == 0
-    assert value(fams, "mptcpize_unit_upgrades", unit="iperf3.service") == 500
+    assert value(fams, "mptcpize_unit_upgraded_sockets", unit="iperf3.service") == 500
     assert value(fams, "mptcpize_events_dropped") == 2
     assert value(fams, "mptcpize_upgraded_processes", alive="true") == 3
     assert value(fams, "mptcpize_mptcp_connections", netns="host") == 2
@@ -90,10 +90,10 @@ def test_hostile_label_values_round_trip():
     # A line feed in a value must not start a line of its own.
     assert all(ln.startswith(("# HELP mptcpize_", "# TYPE mptcpize_", "mptcpize_")) for ln in text.splitlines())
     fams = parse(text)
-    rules = {dict(k)["rule"] for k in fams["mptcpize_upgrades"]}
+    rules = {dict(k)["rule"] for k in fams["mptcpize_rule_upgraded_sockets"]}
     # The non-UTF-8 byte comes back as the text \xff; everything else exactly.
     assert f"exe={HOSTILE_EXE}".replace("\udcff", "\\xff") in rules
-    units = {dict(k)["unit"] for k in fams["mptcpize_unit_upgrades"]}
+    units = {dict(k)["unit"] for k in fams["mptcpize_unit_upgraded_sockets"]}
     assert units == {"iperf3.service", HOSTILE_UNIT}
 
 
@@ -112,9 +112,9 @@ def test_the_daemons_sums_not_the_rows():
                              rule_upgrades=(RuleCount("10-a.toml", "perf", 900), RuleCount(None, "run", 7)),
                              unit_upgrades={"iperf3.service": 800, "gone.service": 5})
     fams = parse(metrics.render(st))
-    assert fams["mptcpize_upgrades"] == {frozenset({("file", "10-a.toml"), ("rule", "perf")}): 900,
+    assert fams["mptcpize_rule_upgraded_sockets"] == {frozenset({("file", "10-a.toml"), ("rule", "perf")}): 900,
                                          frozenset({("rule", "run")}): 7}
-    assert fams["mptcpize_unit_upgrades"] == {frozenset({("unit", "iperf3.service")}): 800,
+    assert fams["mptcpize_unit_upgraded_sockets"] == {frozenset({("unit", "iperf3.service")}): 800,
                                               frozenset({("unit", "gone.service")}): 5}
     assert value(fams, "mptcpize_policy_reloads", result="success") == 4
     assert value(fams, "mptcpize_policy_reloads", result="failure") == 2

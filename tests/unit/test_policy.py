@@ -343,7 +343,8 @@ def test_errors_of_all_files_are_collected(tmp_path):
         f"{d}/20-b.toml:2: exe: 'relative' is not an absolute path (e.g. /usr/bin/iperf3)",
         f"{d}/30-c.toml:3: unit: '$(id).service' is not a valid unit name: '$' is not allowed "
         "(letters, digits and ':-_.\\@' only)",
-        f"{d}/35-e.toml: refused: a symbolic link (copy the file into the directory instead)",
+        f"{d}/35-e.toml: refused: a symbolic link that leads outside the policy directory "
+        "(or through /proc); copy the file into the directory instead",
         f"{d}/40-d.toml:1: invalid TOML: Invalid value (column 10)",
     ]
     assert e.message == e.errors[0]
@@ -408,7 +409,57 @@ def test_symlinked_file(tmp_path):
     target.chmod(0o644)
     d = policy_dir(tmp_path, {})
     (d / "a.toml").symlink_to(target)
-    assert load_error(d).errors == [f"{d}/a.toml: refused: a symbolic link (copy the file into the directory instead)"]
+    assert load_error(d).errors == [f"{d}/a.toml: refused: a symbolic link that leads outside the policy "
+                                    "directory (or through /proc); copy the file into the directory instead"]
+
+
+def configmap_dir(tmp_path, files: dict[str, str], stamp: str = "..2026_12_07_21_00_00.1") -> Path:
+    """A directory laid out as the kubelet lays out a ConfigMap volume (pkg/volume/util/atomic_writer.go):
+    the data in a hidden timestamped directory, ..data -> it, and NAME -> ..data/NAME for each key."""
+    d = policy_dir(tmp_path, {})
+    swap_configmap(d, files, stamp)
+    for name in files:
+        (d / name).symlink_to(f"..data/{name}")
+    return d
+
+
+def swap_configmap(d: Path, files: dict[str, str], stamp: str) -> None:
+    """The kubelet's update: a new timestamped directory, then ..data replaced by rename(2)."""
+    (d / stamp).mkdir(mode=0o755)
+    for name, text in files.items():
+        (d / stamp / name).write_text(text)
+        (d / stamp / name).chmod(0o644)
+    (d / "..data_tmp").symlink_to(stamp)
+    os.replace(d / "..data_tmp", d / "..data")
+
+
+def test_configmap_layout_is_read_through_its_links(tmp_path):
+    d = configmap_dir(tmp_path, {"10-web.toml": '[[allow]]\nexe = "/usr/bin/web"\n',
+                                 "20-db.toml": '[[deny]]\nexe = "/usr/bin/db"\n'})
+    policy = load_policy(d, owner_uid=ME)
+    assert [(r.action, r.value, Path(r.source_file).name) for r in policy.rules] == [
+        ("allow", "/usr/bin/web", "10-web.toml"), ("deny", "/usr/bin/db", "20-db.toml")]
+    swap_configmap(d, {"10-web.toml": '[[allow]]\nexe = "/usr/bin/web2"\n', "20-db.toml": ""},
+                   "..2026_12_07_21_05_00.2")
+    assert [r.value for r in load_policy(d, owner_uid=ME).rules] == ["/usr/bin/web2"]
+
+
+def test_links_that_leave_the_directory_or_end_elsewhere_are_refused(tmp_path):
+    outside = tmp_path / "outside.toml"
+    outside.write_text('[[allow]]\nexe = "/x"\n')
+    outside.chmod(0o644)
+    d = configmap_dir(tmp_path, {"10-ok.toml": '[[allow]]\nexe = "/ok"\n'})
+    (d / "20-up.toml").symlink_to("../outside.toml")             # `..` above the directory
+    (d / "30-dir.toml").symlink_to("..data")                     # ends at a directory
+    (d / "40-proc.toml").symlink_to("/proc/self/root/etc/passwd")
+    (d / "50-dangling.toml").symlink_to("..data/nope.toml")
+    errors = load_error(d).errors
+    refused = ("refused: a symbolic link that leads outside the policy directory (or through /proc); "
+               "copy the file into the directory instead")
+    assert errors == [f"{d}/20-up.toml: {refused}",
+                      f"{d}/30-dir.toml: refused: not a regular file (where its symbolic link ends)",
+                      f"{d}/40-proc.toml: {refused}",
+                      f"{d}/50-dangling.toml: cannot open: No such file or directory"]
 
 
 def test_symlinked_directory_is_followed(tmp_path):

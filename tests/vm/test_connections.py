@@ -226,7 +226,7 @@ def test_metrics_match_status(env, traffic):
     assert per_rule[RULE] == sum(r["upgraded"] for r in status["processes"] if r["rule"] == RULE) >= 3
     # The series is named by the rule's file and name (stable across edits), not its description with a
     # line number; with no reload yet, it counts what the kernel counted for the rule.
-    assert rule_series("mptcpize_upgrades") == {("10-conn.toml", "connections test"): per_rule[RULE]}
+    assert rule_series("mptcpize_rule_upgraded_sockets") == {("10-conn.toml", "connections test"): per_rule[RULE]}
     assert {(r["file"], r["rule"]): r["upgraded"] for r in status["rule_upgrades"]} == \
         {("10-conn.toml", "connections test"): per_rule[RULE]}
     for ns in (env.lab.cli, env.lab.srv):
