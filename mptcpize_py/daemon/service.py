@@ -174,6 +174,8 @@ class Daemon:
         except BaseException:
             self.close()
             raise
+        log.info("program loaded by %s (%s)", getattr(self.rw, "loader", "?"),
+                 getattr(self.rw, "detail", "a test's program"))
         log.info("started in %.1f s%s: %s; control socket %s", time.monotonic() - t0,
                  " as a DRY RUN (syscalls:sys_enter_socket tracepoint: reports what would be "
                  "upgraded, changes no socket)" if self.dry_run else "", policy.summary(), self.path)
@@ -525,6 +527,7 @@ class Daemon:
             ))
         return DaemonStatus(
             backend=self.backend,
+            loader=getattr(self.rw, "loader", None),
             dry_run=self.dry_run,
             pid=os.getpid(),
             uptime_s=round(time.time() - self.started, 1),

@@ -36,10 +36,21 @@ def object_path(dry_run: bool) -> Path:
     return DRY_RUN_OBJECT if dry_run else OBJECT
 
 
+_requested: str | None = None   # --loader, for this process (the CLI sets it: request())
+
+
+def request(loader: str | None) -> None:
+    """The command line's --loader: what choose() uses from now on in this process."""
+    global _requested
+    _requested = loader
+    choose()   # a bad name is a usage error now, not at load time
+
+
 def choose(requested: str | None = None) -> tuple[str, str]:
-    """(loader, why): `requested` (--loader), else $MPTCPIZE_PY_LOADER, else "auto": libbpf when the
-    built objects are there, bcc otherwise."""
+    """(loader, why): `requested`, else --loader (request()), else $MPTCPIZE_PY_LOADER, else "auto":
+    libbpf when the built objects are there, bcc otherwise."""
     source = "--loader"
+    requested = requested or _requested
     if not requested:
         requested, source = os.environ.get(LOADER_ENV) or "auto", LOADER_ENV
     if requested not in ("auto", *LOADERS):
@@ -66,10 +77,30 @@ def _why(log: list[tuple[int, str]], err: OSError) -> str:
     return f"{why} (verifier: {verifier})" if verifier else why
 
 
+def probe(hook: bool) -> tuple[bool, str, str | None]:
+    """(ok, detail, hint) for `check`: libbpf really relocates and loads the object (the hook's when
+    `hook`, i.e. this kernel takes fmod_ret programs; else the dry run's, same source and same
+    relocations), without attaching it."""
+    path = object_path(dry_run=not hook)
+    if not OBJECT.is_file() or not path.is_file():
+        return False, f"no prebuilt object at {path}", f"build it with `make bpf`; or {BCC_HINT}"
+    if os.geteuid() != 0:
+        return True, f"{path} (not loaded: loading needs root)", None
+    try:
+        with maps.BpfObject(str(path)) as obj:
+            try:
+                obj.load()
+            except OSError as e:
+                return False, f"{path.name} does not load on this kernel: {_why(obj.log, e)}", BCC_HINT
+    except OSError as e:
+        return False, f"cannot open {path}: {e.strerror}", BCC_HINT
+    return True, f"libbpf {maps.libbpf_version()} relocates and loads {path} (CO-RE)", None
+
+
 def load_and_attach(dry_run: bool) -> Attached:
     """Loads the prebuilt object with libbpf and attaches its programs; raises MptcpizeError with the
     user's words (one line, and the bcc alternative as the hint)."""
-    from mptcpize_py.support import OK, kernel_support   # the same prerequisites as bcc's loader
+    from mptcpize_py.support import OK, kernel_support  # the same prerequisites as bcc's loader
     support = kernel_support()
     if support.facts is None:
         raise support.errors["kernel hook"]
