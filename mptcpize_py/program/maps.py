@@ -113,7 +113,8 @@ def _object_api(lib: ctypes.CDLL) -> None:
                             ("bpf_object__next_program", (p, p), p), ("bpf_program__name", (p,), s),
                             ("bpf_program__fd", (p,), c_int), ("bpf_object__next_map", (p, p), p),
                             ("bpf_map__name", (p,), s), ("bpf_map__fd", (p,), c_int),
-                            ("libbpf_set_print", (_PRINT_FN,), p), ("libbpf_version_string", (), s)):
+                            ("libbpf_set_print", (_PRINT_FN,), p), ("libbpf_version_string", (), s),
+                            ("libbpf_strerror", (c_int, ctypes.c_char_p, ctypes.c_size_t), c_int)):
         fn = getattr(lib, name)
         fn.argtypes, fn.restype = args, res
 
@@ -138,9 +139,17 @@ class BpfObject:
         self._previous = self._lib.libbpf_set_print(self._print)
         self._obj = self._lib.bpf_object__open_file(path.encode(), None)
         if not self._obj:
-            err = ctypes.get_errno() or errno.EINVAL
             self._restore()
-            raise OSError(err, os.strerror(err))
+            self._raise(ctypes.get_errno() or errno.EINVAL)
+
+    def _raise(self, err: int) -> None:
+        """OSError(err) in libbpf's words (it has errors of its own, from 4000: LIBBPF_ERRNO__*),
+        with libbpf's messages so far as its `log`."""
+        buf = ctypes.create_string_buffer(256)
+        self._lib.libbpf_strerror(err, buf, len(buf))
+        e = OSError(err, buf.value.decode(errors="replace") or os.strerror(err))
+        e.log = list(self.log)   # type: ignore[attr-defined]
+        raise e
 
     def _on_print(self, level: int, fmt: bytes, va_list: int) -> int:
         from mptcpize_py.host import libc
@@ -156,7 +165,9 @@ class BpfObject:
     def load(self) -> None:
         """Relocates and loads every program and creates every map; OSError(errno) when refused
         (the reason is in `log`)."""
-        _check(self._lib.bpf_object__load(self._obj))
+        ret = self._lib.bpf_object__load(self._obj)
+        if ret < 0:
+            self._raise(-ret)
 
     def _each(self, nxt, name, fd) -> dict[str, int]:
         out, item = {}, None

@@ -93,7 +93,7 @@ def probe(hook: bool) -> tuple[bool, str, str | None]:
             except OSError as e:
                 return False, f"{path.name} does not load on this kernel: {_why(obj.log, e)}", BCC_HINT
     except OSError as e:
-        return False, f"cannot open {path}: {e.strerror}", BCC_HINT
+        return False, f"cannot open {path}: {_why(getattr(e, 'log', []), e)}", BCC_HINT
     return True, f"libbpf {maps.libbpf_version()} relocates and loads {path} (CO-RE)", None
 
 
@@ -142,7 +142,8 @@ def load_and_attach(dry_run: bool) -> Attached:
                                   hint="see `mptcpize-py check`") from None
     except OSError as e:   # opening the object, a raw tracepoint or the dry run's tracepoint
         _close(out)
-        raise Unavailable(f"cannot load the prebuilt program {path}: {e.strerror}", hint=BCC_HINT) from None
+        raise Unavailable(f"cannot load the prebuilt program {path}: {_why(getattr(e, 'log', []), e)}",
+                          hint=BCC_HINT) from None
     except BaseException:
         _close(out)
         raise
