@@ -56,7 +56,7 @@ test: setup lint test-native test-vm test-systemd
 lint:
 	$(VENV)/bin/ruff check mptcpize_py tests bench
 
-test-native:
+test-native: bpf
 	$(PYTEST) tests/unit tests/host
 
 test-vm: bpf

@@ -2,7 +2,8 @@
 # Installs everything mptcpize-py needs on a fresh Debian 12 machine: distro bcc, iproute2, iperf3,
 # the VM tier (qemu, a bookworm-backports 6.12 kernel + headers, virtme-ng), what building the Debian
 # package needs (`make deb`) and what it depends on (the systemd tier installs it in the VM, which has
-# no network: its dependencies must be on this machine), and a venv.
+# no network: its dependencies must be on this machine), the BPF program compiled once (`make bpf`:
+# clang, llvm, libbpf-dev and bpftool are among DEB_BUILD_PACKAGES), and a venv.
 # Idempotent: each step checks what is already there. Run as root.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -73,4 +74,6 @@ if [ "$installed" != "$here" ] || [ ! -x "$VENV/bin/ruff" ]; then
     "$VENV/bin/pip" install -q --disable-pip-version-check --config-settings editable_mode=compat \
         -e '.[test]' "virtme-ng==$VNG_VERSION"
 fi
+# The prebuilt CO-RE objects the libbpf loader loads (from /sys/kernel/btf/vmlinux's types).
+make -s bpf
 log "ok"
