@@ -115,6 +115,12 @@ def vformat(fmt: bytes, va_list: int, size: int = 4096) -> str:
     return buf.value.decode(errors="replace")
 
 
+def trim_heap() -> None:
+    """Gives freed heap memory back to the kernel (malloc_trim(0)): after a one-off burst of
+    allocations, such as libbpf parsing the kernel's BTF to load a program."""
+    _libc.malloc_trim(0)
+
+
 def set_no_new_privs() -> None:
     _check(_prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0))
 

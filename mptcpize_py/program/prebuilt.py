@@ -19,7 +19,7 @@ from pathlib import Path
 
 from mptcpize_py import abi
 from mptcpize_py.errors import Unavailable, UsageError
-from mptcpize_py.host import mounts
+from mptcpize_py.host import libc, mounts
 from mptcpize_py.program import maps
 from mptcpize_py.program.attached import Attached
 
@@ -121,12 +121,12 @@ def load_and_attach(dry_run: bool) -> Attached:
                 raise Unavailable(f"the prebuilt program {path.name} cannot load on this kernel: "
                                   f"{_why(obj.log, e)}", hint=BCC_HINT) from None
             out.progs, out.maps = obj.programs(), obj.maps()
+        libc.trim_heap()   # libbpf's copy of the kernel's BTF is freed: return it (~0.5 MB RSS)
         for name, fd in out.progs.items():
             if name.startswith("raw_tracepoint__"):
                 out.links[f"raw_tp:{name.removeprefix('raw_tracepoint__')}"] = (
                     maps.attach_raw_tracepoint(name.removeprefix("raw_tracepoint__"), fd), "link")
         if dry_run:
-            from mptcpize_py.host import libc
             out.hook = "tp:syscalls:sys_enter_socket"
             mounts.ensure_tracefs()
             with open(f"{mounts.TRACEFS}/events/syscalls/sys_enter_socket/id") as f:
