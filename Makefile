@@ -4,7 +4,39 @@ VENV ?= /opt/mptcpize-py/venv
 PY := $(VENV)/bin/python
 PYTEST := $(PY) -m pytest -q -p no:cacheprovider
 
-.PHONY: setup demo demo-vm test lint test-native test-container test-vm test-systemd install-units bench deb image
+.PHONY: setup demo demo-vm test lint test-native test-container test-vm test-systemd install-units bench deb image bpf clean-bpf
+
+# The BPF program compiled once (CO-RE): clang -target bpf against a vmlinux.h dumped from this
+# machine's kernel BTF (only type definitions: every kernel struct access is a relocation that libbpf
+# resolves against the running kernel's BTF at load time), with libbpf's headers (libbpf-dev). Two
+# objects beside the source, shipped in the wheel and the Debian package: the program on
+# update_socket_protocol, and the dry run's (the socket() tracepoint). Debug info stripped, BTF kept.
+CLANG ?= clang
+LLVM_STRIP ?= llvm-strip
+BPFTOOL ?= bpftool
+VMLINUX_BTF ?= /sys/kernel/btf/vmlinux
+BPF_BUILD := build/bpf
+BPF_OBJS := bpf/mptcpize.bpf.o bpf/mptcpize-dry-run.bpf.o
+BPF_SRC := bpf/mptcpize.bpf.c bpf/mptcpize.h bpf/loaders.h $(BPF_BUILD)/vmlinux.h
+BPF_CFLAGS := -g -O2 -target bpf -D__TARGET_ARCH_x86 -DMPTCPIZE_LIBBPF -I$(BPF_BUILD) -Ibpf -Wall -Werror
+
+bpf: $(BPF_OBJS)
+
+$(BPF_BUILD)/vmlinux.h:
+	mkdir -p $(BPF_BUILD)
+	$(BPFTOOL) btf dump file $(VMLINUX_BTF) format c > $@.tmp
+	mv $@.tmp $@
+
+bpf/mptcpize.bpf.o: $(BPF_SRC)
+	$(CLANG) $(BPF_CFLAGS) -c $< -o $(BPF_BUILD)/$(@F)
+	$(LLVM_STRIP) -g $(BPF_BUILD)/$(@F) -o $@
+
+bpf/mptcpize-dry-run.bpf.o: $(BPF_SRC)
+	$(CLANG) $(BPF_CFLAGS) -DMPTCPIZE_DRY_RUN -c $< -o $(BPF_BUILD)/$(@F)
+	$(LLVM_STRIP) -g $(BPF_BUILD)/$(@F) -o $@
+
+clean-bpf:
+	rm -f $(BPF_OBJS) $(BPF_BUILD)/*
 
 setup:
 	bash scripts/setup.sh
@@ -26,7 +58,7 @@ lint:
 	$(VENV)/bin/ruff check mptcpize_py tests bench
 	$(VENV)/bin/mypy
 
-test-native:
+test-native: bpf
 	$(PYTEST) tests/unit tests/host
 
 # The container image (`make image`) run natively with podman (runc) the way deploy/kubernetes/'s
@@ -38,7 +70,7 @@ test-container: image
 
 # The image (build/mptcpize-py-image.tar, an OCI archive) and its runc bundle for the VM tier
 # (/opt/mptcpize-py/image-bundle: the guest sees /opt).
-test-vm: image
+test-vm: bpf image
 	bash scripts/image-bundle.sh build/mptcpize-py-image.tar >/dev/null
 	bash scripts/vm.sh --timeout 1500 -- env MPTCPIZE_REQUIRE_BPF=1 $(PYTEST) tests/vm tests/host/test_seccomp.py \
 		tests/host/test_daemon_dry_run.py tests/host/test_btf_offsets.py

@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: GPL-2.0
 /*
- * mptcpize kernel side (bcc). Linux >= 6.6 (commit 0dd061a6a115) calls
+ * mptcpize kernel side, for two loaders (bpf/loaders.h): compiled once at build time with clang and
+ * loaded with libbpf (CO-RE), or compiled at start-up by bcc. Linux >= 6.6 (commit 0dd061a6a115) calls
  * update_socket_protocol(family, type, protocol) from socket(); an fmod_ret program there may return
  * IPPROTO_MPTCP instead of 0/IPPROTO_TCP. The hook is global, so selection lives here, in maps that
  * userspace fills: a `run` process tree (tgids, inherited at fork), executable identities, cgroup ids
@@ -8,17 +9,19 @@
  * Whatever happens, a namespace where net.mptcp.enabled=0 is left alone: socket(..., IPPROTO_MPTCP)
  * fails there with ENOPROTOOPT, so rewriting would break a working TCP socket().
  */
+#include "loaders.h"   /* bcc or libbpf: see there */
 #include "mptcpize.h"
 
 /*
- * Kernel structs are read at offsets userspace takes from the running kernel's BTF and passes as
- * -DOFF_* (mptcpize_py/program/btf.py STRUCT_FIELDS), never from a headers tree: the same source reads
- * the right bytes on every kernel, and bcc may compile it against whatever headers are installed.
+ * Kernel structs are read at offsets of the running kernel, never from a headers tree: bcc gets them
+ * from its BTF as -DOFF_* (mptcpize_py/program/btf.py STRUCT_FIELDS), libbpf relocates the same
+ * OFF_* names (bpf/loaders.h) against it at load time. So the same source reads the right bytes on
+ * every kernel, and bcc may compile it against whatever headers are installed.
  * MPTCPIZE_DRY_RUN builds the same decision on the socket() syscall tracepoint instead of the
  * fmod_ret hook: it counts and reports what would be upgraded and changes nothing.
  */
 #ifndef OFF_TASK_MM
-#error "compile with the -DOFF_* offsets from mptcpize_py/program/btf.py"
+#error "bcc: compile with the -DOFF_* offsets from mptcpize_py/program/btf.py"
 #endif
 
 static __always_inline u64 read_ptr(u64 base, u32 off)
@@ -53,7 +56,7 @@ static __always_inline u32 read_u32(u64 base, u32 off)
 #define SOCK_TYPE_MASK_ 0xf
 #define IPPROTO_TCP_ 6
 
-BPF_ARRAY(config, struct mptcpize_config, 1);
+BPF_ARRAY(settings, struct mptcpize_config, 1);   /* not "config": a kernel typedef of that name is in vmlinux.h */
 BPF_HASH(run_tgids, u32, struct mptcpize_run_entry, MPTCPIZE_MAX_RUN_TGIDS);
 BPF_HASH(exe_rules, struct mptcpize_exe_key, struct mptcpize_rule, MPTCPIZE_MAX_EXE_RULES);
 BPF_HASH(cgroup_rules, u64, struct mptcpize_rule, MPTCPIZE_MAX_CGROUP_RULES);
@@ -62,12 +65,10 @@ BPF_HASH(netns_allow, u32, u8, MPTCPIZE_MAX_NETNS);
  * read (no mptcp_pernet_id in /proc/kallsyms), and only by the dry run. */
 BPF_HASH(netns_mptcp, u32, u8, MPTCPIZE_MAX_NETNS);
 /* Per process, kept after it exits (reports come later; the LRU forgets the oldest). */
-BPF_TABLE("lru_hash", struct mptcpize_proc_key, struct mptcpize_proc_stats, proc_stats,
-	  MPTCPIZE_MAX_PROCS);
+BPF_LRU_HASH(proc_stats, struct mptcpize_proc_key, struct mptcpize_proc_stats, MPTCPIZE_MAX_PROCS);
 /* Exact totals per rule, (kind << 32 | rule_id): processes come and go (LRU), rules stay. */
 BPF_PERCPU_HASH(rule_stats, u64, u64, MPTCPIZE_MAX_RULE_STATS);
-BPF_TABLE("lru_hash", struct mptcpize_proc_key, struct mptcpize_exe_name, exe_names,
-	  MPTCPIZE_MAX_PROCS);
+BPF_LRU_HASH(exe_names, struct mptcpize_proc_key, struct mptcpize_exe_name, MPTCPIZE_MAX_PROCS);
 BPF_PERCPU_ARRAY(counters, u64, MPTCPIZE_CNT_MAX);
 BPF_RINGBUF_OUTPUT(events, MPTCPIZE_RINGBUF_PAGES);
 
@@ -102,7 +103,7 @@ static __always_inline struct mptcpize_proc_key proc_key(u64 task, u32 tgid)
 
 static __always_inline void count(u32 idx)
 {
-	u64 *c = counters.lookup(&idx);
+	u64 *c = MAP_LOOKUP(counters, &idx);
 	if (c)
 		(*c)++;
 }
@@ -119,7 +120,7 @@ static __always_inline int netns_mptcp_enabled(u64 net, u32 netns, struct mptcpi
 
 	if (!cfg->pernet_id_addr) {
 #ifdef MPTCPIZE_DRY_RUN
-		u8 *known = netns_mptcp.lookup(&netns);
+		u8 *known = MAP_LOOKUP(netns_mptcp, &netns);
 		return known ? (*known ? 1 : 0) : -1;
 #else
 		return -1;
@@ -145,7 +146,7 @@ static __always_inline int select_task(u64 task, u32 tgid, u32 flags,
 	struct mptcpize_rule *r;
 	int denied = 0;
 
-	struct mptcpize_run_entry *run = run_tgids.lookup(&tgid);
+	struct mptcpize_run_entry *run = MAP_LOOKUP(run_tgids, &tgid);
 	if (run) {
 		*rule_id = run->run_id;
 		*kind = MPTCPIZE_KIND_RUN;
@@ -161,7 +162,7 @@ static __always_inline int select_task(u64 task, u32 tgid, u32 flags,
 			u64 sb = TASK_PTR(inode, OFF_INODE_SB);
 			key.ino = TASK_PTR(inode, OFF_INODE_INO);
 			key.dev = TASK_U32(sb, OFF_SB_DEV);
-			r = exe_rules.lookup(&key);
+			r = MAP_LOOKUP(exe_rules, &key);
 			if (r) {
 				if (r->action == MPTCPIZE_ACTION_DENY)
 					denied = 1;
@@ -179,7 +180,7 @@ static __always_inline int select_task(u64 task, u32 tgid, u32 flags,
 			u64 id = bpf_get_current_ancestor_cgroup_id(level);
 			if (!id)
 				break;
-			r = cgroup_rules.lookup(&id);
+			r = MAP_LOOKUP(cgroup_rules, &id);
 			if (!r)
 				continue;
 			if (r->action == MPTCPIZE_ACTION_DENY) {
@@ -201,7 +202,7 @@ static __always_inline int select_current(u64 task, u32 tgid, u32 flags, u32 *ru
 {
 	u64 cgroup_id = bpf_get_current_cgroup_id();
 	u64 now = bpf_jiffies64();
-	struct mptcpize_verdict *v = verdicts.task_storage_get((void *)task, 0,
+	struct mptcpize_verdict *v = MAP_TASK_STORAGE_GET(verdicts, task, 0,
 							       BPF_LOCAL_STORAGE_GET_F_CREATE);
 
 	*vp = v;
@@ -239,7 +240,7 @@ static __always_inline int decide(int family, int type, int protocol)
 		return 0;
 
 	u32 zero = 0;
-	struct mptcpize_config *cfg = config.lookup(&zero);
+	struct mptcpize_config *cfg = MAP_LOOKUP(settings, &zero);
 	if (!cfg)
 		return 0;
 
@@ -271,7 +272,7 @@ static __always_inline int decide(int family, int type, int protocol)
 		if (v && v->netns_ok && v->netns == netns) {
 			ok = v->netns_ok;
 		} else {
-			ok = netns_allow.lookup(&netns) ? 1 : 2;
+			ok = MAP_LOOKUP(netns_allow, &netns) ? 1 : 2;
 			if (v) {
 				v->netns = netns;
 				v->netns_ok = ok;
@@ -290,13 +291,13 @@ static __always_inline int decide(int family, int type, int protocol)
 
 	count(MPTCPIZE_CNT_UPGRADED);
 	u64 rule_key = ((u64)kind << 32) | rule_id;
-	u64 *per_rule = kind == MPTCPIZE_KIND_RUN ? NULL : rule_stats.lookup(&rule_key);
+	u64 *per_rule = kind == MPTCPIZE_KIND_RUN ? NULL : MAP_LOOKUP(rule_stats, &rule_key);
 	if (per_rule) {
 		(*per_rule)++;
 	} else if (kind != MPTCPIZE_KIND_RUN) {   /* run trees: per process, see run_report */
 		u64 one = 1;
-		if (rule_stats.insert(&rule_key, &one) != 0) {   /* another CPU's first insert won */
-			per_rule = rule_stats.lookup(&rule_key);
+		if (MAP_INSERT(rule_stats, &rule_key, &one) != 0) {   /* another CPU's first insert won */
+			per_rule = MAP_LOOKUP(rule_stats, &rule_key);
 			if (per_rule)
 				(*per_rule)++;
 		}
@@ -310,15 +311,15 @@ static __always_inline int decide(int family, int type, int protocol)
 		if (v)
 			v->start_ns = pkey.start_ns;
 	}
-	struct mptcpize_proc_stats *st = proc_stats.lookup(&pkey);
+	struct mptcpize_proc_stats *st = MAP_LOOKUP(proc_stats, &pkey);
 	if (st) {   /* not the process's first upgrade: its count is all there is to do */
 		__sync_fetch_and_add(&st->upgraded, 1);
 		return 1;
 	}
 	struct mptcpize_proc_stats init = { .upgraded = 1, .rule_id = rule_id, .kind = kind };
-	if (proc_stats.insert(&pkey, &init) != 0) {
+	if (MAP_INSERT(proc_stats, &pkey, &init) != 0) {
 		/* Another thread of the process inserted it first: its insert sends the event. */
-		st = proc_stats.lookup(&pkey);
+		st = MAP_LOOKUP(proc_stats, &pkey);
 		if (st) {
 			__sync_fetch_and_add(&st->upgraded, 1);
 			return 1;
@@ -330,7 +331,7 @@ static __always_inline int decide(int family, int type, int protocol)
 	/* The process's first upgrade: the one event it sends. Userspace logs it and learns the
 	 * process's exe and cgroup from it; volume is in the maps above, so a socket storm sends as
 	 * many events as it has processes, not sockets. */
-	struct mptcpize_event *ev = events.ringbuf_reserve(sizeof(struct mptcpize_event));
+	struct mptcpize_event *ev = MAP_RINGBUF_RESERVE(events, sizeof(struct mptcpize_event));
 	if (!ev) {
 		count(MPTCPIZE_CNT_EVENTS_DROPPED);
 		return 1;
@@ -346,7 +347,7 @@ static __always_inline int decide(int family, int type, int protocol)
 	ev->family = family;
 	ev->kind = kind;
 	bpf_get_current_comm(&ev->comm, sizeof(ev->comm));
-	events.ringbuf_submit(ev, 0);
+	MAP_RINGBUF_SUBMIT(events, ev, 0);
 	return 1;
 }
 
@@ -377,7 +378,7 @@ RAW_TRACEPOINT_PROBE(sched_process_fork)
 	u64 child = ctx->args[1];
 	u32 parent_tgid = bpf_get_current_pid_tgid() >> 32;
 
-	struct mptcpize_run_entry *run = run_tgids.lookup(&parent_tgid);
+	struct mptcpize_run_entry *run = MAP_LOOKUP(run_tgids, &parent_tgid);
 	if (!run)
 		return 0;
 	u32 child_pid = read_u32(child, OFF_TASK_PID);
@@ -386,7 +387,7 @@ RAW_TRACEPOINT_PROBE(sched_process_fork)
 		return 0;  /* a thread: its process is already covered */
 	u32 key = child_tgid;
 	struct mptcpize_run_entry entry = *run;
-	if (run_tgids.update(&key, &entry) != 0)
+	if (MAP_UPDATE(run_tgids, &key, &entry) != 0)
 		count(MPTCPIZE_CNT_RUN_TABLE_FULL);
 	return 0;
 }
@@ -400,15 +401,15 @@ RAW_TRACEPOINT_PROBE(sched_process_exec)
 	struct mptcpize_exe_name name = {};
 
 	/* Another executable: the thread's selection verdict no longer holds. */
-	verdicts.task_storage_delete(bpf_get_current_task_btf());
-	if (!run_tgids.lookup(&tgid))
+	MAP_TASK_STORAGE_DELETE(verdicts, bpf_get_current_task_btf());
+	if (!MAP_LOOKUP(run_tgids, &tgid))
 		return 0;
 	u64 filename = read_ptr(bprm, OFF_BPRM_FILENAME);
 	if (!filename || bpf_probe_read_kernel_str(name.path, sizeof(name.path), (void *)filename) <= 0)
 		return 0;
 	/* After de_thread(): current is the leader, with the process's start. */
 	struct mptcpize_proc_key key = proc_key((u64)bpf_get_current_task_btf(), tgid);
-	exe_names.update(&key, &name);
+	MAP_UPDATE(exe_names, &key, &name);
 	return 0;
 }
 
@@ -422,7 +423,7 @@ RAW_TRACEPOINT_PROBE(sched_process_exit)
 	/* do_exit() decrements signal->live before this tracepoint: 0 means the whole group is dead. */
 	if (live == 0) {
 		u32 tgid = bpf_get_current_pid_tgid() >> 32;
-		run_tgids.delete(&tgid);
+		MAP_DELETE(run_tgids, &tgid);
 	}
 	return 0;
 }

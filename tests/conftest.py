@@ -89,9 +89,12 @@ def is_root() -> bool:
 DAEMON_START_TIMEOUT = 60   # bcc compiles the program first
 
 
-def start_daemon(policy_dir, control_path, log_file, log_path, *extra_args, environ=None):
+def start_daemon(policy_dir, control_path, log_file, log_path, *extra_args, environ=None, wrapper=(),
+                 while_starting=None):
     """Starts `mptcpize-py daemon [extra_args] --policy-dir DIR` on a private control socket and
     returns the Popen once `status` answers there; fails the test if it exits or is not ready in time.
+    wrapper: a command that execs the rest (e.g. into a mount namespace; the Popen's pid stays the
+    daemon's); while_starting(pid): called at each poll while the daemon starts.
     Polls in-process (not `mptcpize-py status`): a Python start per poll would slow bcc's compile down
     on the VM's 2 CPUs."""
     from mptcpize_py.daemon import client
@@ -99,12 +102,14 @@ def start_daemon(policy_dir, control_path, log_file, log_path, *extra_args, envi
     env = cli_env(dict(environ or os.environ, MPTCPIZE_CONTROL=str(control_path)))
     if not {"--metrics-dir", "--no-metrics"} & set(extra_args):
         extra_args = (*extra_args, "--no-metrics")   # never the host's node_exporter directory
-    proc = subprocess.Popen([*CLI, "daemon", *extra_args, "--policy-dir", str(policy_dir)],
+    proc = subprocess.Popen([*wrapper, *CLI, "daemon", *extra_args, "--policy-dir", str(policy_dir)],
                             stdin=subprocess.DEVNULL, stdout=log_file, stderr=subprocess.STDOUT, env=env)
 
     def answers() -> bool:
         if proc.poll() is not None:
             pytest.fail(f"daemon exited with {proc.returncode}: {Path(log_path).read_text()}")
+        if while_starting is not None:
+            while_starting(proc.pid)
         try:
             client.request({"cmd": "status"}, control_path, timeout=scaled(10))
             return True

@@ -55,7 +55,8 @@ class Daemon:
                                on_reload=self._policy_changed, on_refused=self.textfile.changed)
         self.procs = ProcessLog(dry_run, self.sync.rule_desc, self.textfile.changed)
         self.feeder = NetnsFeeder(rw) if dry_run and not rw.reads_netns_from_kernel else None
-        self.identity = Identity(self.backend, dry_run, time.time(), str(watch.policy_dir))
+        self.identity = Identity(self.backend, dry_run, time.time(), str(watch.policy_dir),
+                                 getattr(rw, "loader", None))
         self.handlers = controller.handlers(backend=self.backend, dry_run=dry_run, runs=controller.Runs(),
                                             rw=rw, sync=self.sync, build_status=self.status)
         self.server: control.ControlServer | None = None   # None: not serving (tests)
@@ -198,6 +199,8 @@ def start(policy_dir: Path = DEFAULT_POLICY_DIR, path: Path | None = None,
         else:
             rw.close()
         raise
+    log.info("program loaded by %s (%s)", getattr(rw, "loader", "?"),
+             getattr(rw, "detail", "a test's program"))
     log.info("started in %.1f s%s: %s; control socket %s", time.monotonic() - t0,
              " as a DRY RUN (syscalls:sys_enter_socket tracepoint: reports what would be "
              "upgraded, changes no socket)" if dry_run else "", policy.summary(), control_path)

@@ -62,6 +62,7 @@ class Identity:
     dry_run: bool
     started: float
     policy_dir: str
+    loader: str | None = None   # "libbpf" or "bcc": what loaded the program (None: a test's)
 
 
 def build_status(me: Identity, policy: Policy, resolved: Resolved, procs: dict[tuple[int, int], ProcRecord],
@@ -86,6 +87,7 @@ def build_status(me: Identity, policy: Policy, resolved: Resolved, procs: dict[t
         ))
     return DaemonStatus(
         backend=me.backend,
+        loader=me.loader,
         dry_run=me.dry_run,
         pid=os.getpid(),
         uptime_s=round(time.time() - me.started, 1),

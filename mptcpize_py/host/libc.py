@@ -23,6 +23,8 @@ _setns = _libc.setns
 _setns.argtypes = (ctypes.c_int, ctypes.c_int)
 _mount = _libc.mount
 _mount.argtypes = (ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_void_p)
+_vsnprintf = _libc.vsnprintf
+_vsnprintf.argtypes = (ctypes.c_char_p, ctypes.c_size_t, ctypes.c_char_p, ctypes.c_void_p)
 
 # arch/x86/entry/syscalls/syscall_64.tbl: only what is called by number (no glibc wrapper, or one
 # that does not do what we need).
@@ -105,6 +107,19 @@ def attach_to_tracepoint(tp_id: int, prog_fd: int) -> int:
         os.close(fd)
         raise
     return fd
+
+
+def vformat(fmt: bytes, va_list: int, size: int = 4096) -> str:
+    """A C library's printf-style message (a format and its va_list, as a log callback gets them)."""
+    buf = ctypes.create_string_buffer(size)
+    _vsnprintf(buf, size, fmt, va_list)
+    return buf.value.decode(errors="replace")
+
+
+def trim_heap() -> None:
+    """Gives freed heap memory back to the kernel (malloc_trim(0)): after a one-off burst of
+    allocations, such as libbpf parsing the kernel's BTF to load a program."""
+    _libc.malloc_trim(0)
 
 
 def set_no_new_privs() -> None:

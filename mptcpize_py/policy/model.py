@@ -142,6 +142,6 @@ class PolicyFile:
     refused: str | None = None
 
 
-# The commented example shipped as /etc/mptcpize-py/policy.d/example.toml.sample (not loaded: only
-# *.toml files are); `mptcpize-py daemon --example-policy` prints it.
+# The commented example, shipped as /usr/share/doc/mptcpize-py/examples/example-policy.toml by the
+# Debian package; `mptcpize-py daemon --example-policy` prints it.
 EXAMPLE_POLICY = (Path(__file__).resolve().parents[1] / "data" / "example-policy.toml").read_text()

@@ -25,13 +25,15 @@ SCALARS: dict[str, type] = {
     "char": ctypes.c_char, "int": ctypes.c_int, "unsigned int": ctypes.c_uint,
 }
 
-# bcc's map macros (src/cc/export/helpers.h): argument order, and the key type where it is implied.
+# bcc's map macros (src/cc/export/helpers.h), and bpf/loaders.h's BPF_LRU_HASH: argument order, and
+# the key type where it is implied.
 _MAP_MACROS = {
     "BPF_ARRAY": ("array", ("name", "value", "size"), "int"),
     "BPF_PERCPU_ARRAY": ("percpu_array", ("name", "value", "size"), "int"),
     "BPF_HASH": ("hash", ("name", "key", "value", "size"), None),
     "BPF_PERCPU_HASH": ("percpu_hash", ("name", "key", "value", "size"), None),
     "BPF_TABLE": (None, ("type", "key", "value", "name", "size"), None),
+    "BPF_LRU_HASH": ("lru_hash", ("name", "key", "value", "size"), None),
     "BPF_RINGBUF_OUTPUT": ("ringbuf", ("name", "pages"), None),
     "BPF_TASK_STORAGE": ("task_storage", ("name", "value"), "int"),   # keyed by a pidfd; no size
 }

@@ -25,7 +25,7 @@ import re
 import socket
 import sys
 import traceback
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from mptcpize_py import abi
@@ -33,6 +33,7 @@ from mptcpize_py.errors import MptcpizeError, Unavailable
 from mptcpize_py.host import files, libc, mounts
 from mptcpize_py.locations import MERGED_HEADERS_DIR
 from mptcpize_py.program import btf, layout
+from mptcpize_py.program.attached import Attached, message
 from mptcpize_py.program.support import HOOK, OK, kernel_support
 
 # The descriptor the parent's end of the socket pair is given as in the child (program/rewriter.py).
@@ -136,6 +137,17 @@ def compiler_errors(text: str) -> list[str]:
     return errors
 
 
+# bpf/loaders.h: the source's MAP_OP(map, args) calls, spelled as bcc's map.op(args) methods (bcc's
+# rewriter refuses map methods that a macro produced).
+_MAP_CALL = re.compile(r"\bMAP_(LOOKUP|INSERT|UPDATE|DELETE|RINGBUF_RESERVE|RINGBUF_SUBMIT|"
+                       r"TASK_STORAGE_GET|TASK_STORAGE_DELETE)\(\s*(\w+)\s*,\s*")
+
+
+def bcc_source(text: str) -> str:
+    """The program as bcc compiles it: each MAP_OP(map, args...) becomes map.op(args...)."""
+    return _MAP_CALL.sub(lambda m: f"{m.group(2)}.{m.group(1).lower()}(", text)
+
+
 def compile_program(bcc, **kwargs):
     """bcc.BPF(**kwargs) with the compiler kept quiet: clang writes its diagnostics to descriptor 2
     from C++ (~25 lines of warnings about the kernel headers for the smallest program), which would
@@ -169,20 +181,6 @@ def toolchain_status(compile_test: bool = True) -> ToolchainStatus:
                                  f"{'compiles' if compile_test else 'with headers'} at {where}")
 
 
-@dataclass
-class Attached:
-    """What the child hands over: descriptors by name, and what the parent must write into config."""
-    maps: dict[str, int] = field(default_factory=dict)
-    progs: dict[str, int] = field(default_factory=dict)
-    # name -> (fd, kind): "link" (a bpf_link: fmod_ret, raw tracepoints) or "perf_event" (a tracepoint
-    # attached by perf event, the dry run's socket() hook). Closing one detaches its program.
-    links: dict[str, tuple[int, str]] = field(default_factory=dict)
-    hook: str = ""              # the links entry that decides sockets (update_socket_protocol or socket())
-    pernet_addr: int = 0
-    enabled_offset: int = 0
-    detail: str = ""
-
-
 def load_and_attach(dry_run: bool) -> Attached:
     """Probes the kernel, compiles, loads and attaches; raises MptcpizeError with the user's words."""
     support = kernel_support()   # the prerequisites `check` and `enable` judge by, too
@@ -204,13 +202,13 @@ def load_and_attach(dry_run: bool) -> Attached:
         cflags.append("-DMPTCPIZE_DRY_RUN")
         mounts.ensure_tracefs()
     try:
-        b = compile_program(bcc, src_file=str(abi.PROGRAM).encode(), cflags=cflags)
+        b = compile_program(bcc, text=bcc_source(abi.PROGRAM.read_text()).encode(), cflags=cflags)
     except CompileFailed as e:
         err = Unavailable(f"bcc could not compile {abi.PROGRAM.name} against {where}: {e}")
         err.compiler_output = e.output   # child_main writes it out in full (the journal's record)
         raise err from None
     out = Attached(pernet_addr=pernet_addr or 0, enabled_offset=support.facts.mptcp_enabled_offset or 0,
-                   detail=f"bcc {getattr(bcc, '__version__', '?')}, headers {where}")
+                   loader="bcc", detail=f"bcc {getattr(bcc, '__version__', '?')}, headers {where}")
     # bcc attached the TRACEPOINT_PROBE / RAW_TRACEPOINT_PROBE functions when it loaded the program.
     for tp, fd in b.raw_tracepoint_fds.items():
         out.links[f"raw_tp:{tp.decode()}"] = (fd, "link")
@@ -244,21 +242,6 @@ def load_and_attach(dry_run: bool) -> Attached:
     return out
 
 
-def _message(att: Attached) -> tuple[dict, list[int]]:
-    fds: list[int] = []
-
-    def index(fd: int) -> int:
-        fds.append(fd)
-        return len(fds) - 1
-
-    msg = {"maps": {n: index(fd) for n, fd in att.maps.items()},
-           "progs": {n: index(fd) for n, fd in att.progs.items()},
-           "links": {n: [index(fd), kind] for n, (fd, kind) in att.links.items()},
-           "hook": att.hook, "pernet_addr": att.pernet_addr, "enabled_offset": att.enabled_offset,
-           "detail": att.detail}
-    return msg, fds
-
-
 def child_main(argv: list[str]) -> None:
     """The loader child: `--dry-run` or nothing. One message to the parent on CHILD_FD (SOCK_SEQPACKET),
     JSON with the descriptors attached, or {"error": ...}; then _exit without bcc's atexit cleanup,
@@ -274,7 +257,7 @@ def child_main(argv: list[str]) -> None:
             os._exit(1)
         fds: list[int] = []
         try:
-            msg, fds = _message(load_and_attach("--dry-run" in argv[1:]))
+            msg, fds = message(load_and_attach("--dry-run" in argv[1:]))
         except MptcpizeError as e:
             # A failed compile: the whole diagnostic (include chains, notes, a verifier log) on our
             # stderr, which is the parent's (the daemon's journal); the message has its error lines.

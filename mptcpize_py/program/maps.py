@@ -98,6 +98,116 @@ def attach_tracing(prog_fd: int) -> int:
     return _check(_libbpf().bpf_raw_tracepoint_open(None, prog_fd))
 
 
+def attach_raw_tracepoint(name: str, prog_fd: int) -> int:
+    """Attaches a loaded raw tracepoint program to tracepoint `name`; returns the link fd (as bcc's
+    RAW_TRACEPOINT_PROBE attachment)."""
+    return _check(_libbpf().bpf_raw_tracepoint_open(name.encode(), prog_fd))
+
+
+# libbpf_print_fn_t: int (*)(enum libbpf_print_level, const char *fmt, va_list)
+_PRINT_FN = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_int, ctypes.c_char_p, ctypes.c_void_p)
+LIBBPF_WARN, LIBBPF_INFO, LIBBPF_DEBUG = 0, 1, 2
+
+
+def _object_api(lib: ctypes.CDLL) -> None:
+    c_int, p, s = ctypes.c_int, ctypes.c_void_p, ctypes.c_char_p
+    for name, args, res in (("bpf_object__open_file", (s, p), p), ("bpf_object__load", (p,), c_int),
+                            ("bpf_object__close", (p,), None),
+                            ("bpf_object__next_program", (p, p), p), ("bpf_program__name", (p,), s),
+                            ("bpf_program__fd", (p,), c_int), ("bpf_object__next_map", (p, p), p),
+                            ("bpf_map__name", (p,), s), ("bpf_map__fd", (p,), c_int),
+                            ("libbpf_set_print", (_PRINT_FN,), p), ("libbpf_version_string", (), s),
+                            ("libbpf_strerror", (c_int, ctypes.c_char_p, ctypes.c_size_t), c_int)):
+        fn = getattr(lib, name)
+        fn.argtypes, fn.restype = args, res
+
+
+def libbpf_version() -> str:
+    lib = _libbpf()
+    _object_api(lib)
+    return lib.libbpf_version_string().decode()
+
+
+class LibbpfError(OSError):
+    """libbpf refused: errno and libbpf's words, with its messages so far as `log`."""
+
+    def __init__(self, err: int, text: str, log: list[tuple[int, str]]):
+        super().__init__(err, text)
+        self.log = log
+
+
+class BpfObject:
+    """A BPF ELF object opened and loaded by libbpf (CO-RE relocations resolved against the running
+    kernel's BTF), for as long as it takes to take its descriptors: programs() and maps() return
+    duplicates, close-on-exec, that outlive close(). libbpf's messages are collected in `log`
+    (libbpf_set_print is process-wide: one object at a time)."""
+
+    def __init__(self, path: str):
+        self._lib = _libbpf()
+        _object_api(self._lib)
+        self.log: list[tuple[int, str]] = []
+        self._print: Any = _PRINT_FN(self._on_print)   # referenced while libbpf may call it
+        self._previous = self._lib.libbpf_set_print(self._print)
+        self._obj = self._lib.bpf_object__open_file(path.encode(), None)
+        if not self._obj:
+            self._restore()
+            self._raise(ctypes.get_errno() or errno.EINVAL)
+
+    def _raise(self, err: int) -> None:
+        """OSError(err) in libbpf's words (it has errors of its own, from 4000: LIBBPF_ERRNO__*),
+        with libbpf's messages so far as its `log`."""
+        buf = ctypes.create_string_buffer(256)
+        self._lib.libbpf_strerror(err, buf, len(buf))
+        raise LibbpfError(err, buf.value.decode(errors="replace") or os.strerror(err), list(self.log))
+
+    def _on_print(self, level: int, fmt: bytes, va_list: int) -> int:
+        from mptcpize_py.host import libc
+        if level <= LIBBPF_INFO:
+            self.log.append((level, libc.vformat(fmt, va_list)))
+        return 0
+
+    def _restore(self) -> None:
+        if self._print is not None:
+            self._lib.libbpf_set_print(_PRINT_FN(self._previous) if self._previous else _PRINT_FN())
+            self._print = None
+
+    def load(self) -> None:
+        """Relocates and loads every program and creates every map; OSError(errno) when refused
+        (the reason is in `log`)."""
+        ret = self._lib.bpf_object__load(self._obj)
+        if ret < 0:
+            self._raise(-ret)
+
+    def _each(self, nxt, name, fd) -> dict[str, int]:
+        out: dict[str, int] = {}
+        item = None
+        while True:
+            item = nxt(self._obj, item)
+            if not item:
+                return out
+            out[name(item).decode()] = os.dup(_check(fd(item)))   # Python's dup(): close-on-exec
+
+    def programs(self) -> dict[str, int]:
+        lib = self._lib
+        return self._each(lib.bpf_object__next_program, lib.bpf_program__name, lib.bpf_program__fd)
+
+    def maps(self) -> dict[str, int]:
+        lib = self._lib
+        return self._each(lib.bpf_object__next_map, lib.bpf_map__name, lib.bpf_map__fd)
+
+    def close(self) -> None:
+        if self._obj:
+            self._lib.bpf_object__close(self._obj)
+            self._obj = None
+        self._restore()
+
+    def __enter__(self) -> "BpfObject":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
 def possible_cpus() -> int:
     return _check(_libbpf().libbpf_num_possible_cpus())
 

@@ -1,6 +1,8 @@
 """The loaded and attached program as the long-lived process holds it: file descriptors, and the maps
-and ring buffer read through them (program/maps.py). No bcc here: a loader child compiles, loads and
-attaches (program/loader.py), hands the descriptors over a Unix socket (SCM_RIGHTS) and exits.
+and ring buffer read through them (program/maps.py). One of two loaders hands the descriptors over
+(program/prebuilt.py chooses): libbpf loads the prebuilt CO-RE object in this process
+(program/prebuilt.py); or a bcc loader child compiles, loads and attaches (program/loader.py), hands
+the descriptors over a Unix socket (SCM_RIGHTS) and exits, so that no LLVM stays mapped here.
 
 The descriptors are received close-on-exec and held by this process only: when it exits or dies
 (SIGKILL included), the links and the dry run's perf event close, the program is detached and new
@@ -22,7 +24,7 @@ from typing import Any, cast
 from mptcpize_py import abi
 from mptcpize_py.errors import MptcpizeError, PermissionDenied, Unavailable
 from mptcpize_py.host import libc, mounts
-from mptcpize_py.program import layout, maps
+from mptcpize_py.program import attached, layout, maps, prebuilt
 from mptcpize_py.program.handle import ProcStats, UpgradeEvent
 
 EVENT_STRUCT = "mptcpize_event"   # what the program writes into its ring buffer (bpf/mptcpize.h)
@@ -121,14 +123,21 @@ class Rewriter:
 
     reads_netns_from_kernel: bool   # False: a dry run told net.mptcp.enabled by set_netns_mptcp()
 
-    def __init__(self, all_netns: bool = True, dry_run: bool = False):
+    loader: str      # "libbpf" or "bcc": which one loaded the program
+    detail: str      # the loader's version and what it loaded (the object, or bcc and its headers)
+
+    def __init__(self, all_netns: bool = True, dry_run: bool = False, loader: str | None = None):
         self._fds: list[int] = []
         self._events: maps.RingBuffer | None = None
         if os.geteuid() != 0:
             raise PermissionDenied("loading the BPF program needs root (CAP_BPF, CAP_PERFMON, "
                                    "CAP_SYS_ADMIN)", hint="run it as root, e.g. with sudo")
         self.dry_run = dry_run
-        msg, self._fds = run_loader(dry_run)
+        self.loader, self.loader_reason = prebuilt.choose(loader)
+        if self.loader == "libbpf":
+            msg, self._fds = attached.message(prebuilt.load_and_attach(dry_run))
+        else:
+            msg, self._fds = run_loader(dry_run)
         try:
             fd = self._fds.__getitem__
             self._progs = {name: fd(i) for name, i in msg["progs"].items()}
@@ -215,7 +224,7 @@ class Rewriter:
         maps.sync_map(t, [(t.Key(inum), t.Leaf(1 if on else 0)) for inum, on in enabled.items()])
 
     def _set_flags(self, flags: int) -> None:
-        cfg = self._maps["config"]
+        cfg = self._maps["settings"]
         cfg[cfg.Key(0)] = cfg.Leaf(self._pernet_addr, self._enabled_offset, flags)
         self._flags = flags
 

@@ -24,7 +24,9 @@ class BpfRunBackend(RunBackend):
         import threading
 
         from mptcpize_py.program.rewriter import Rewriter  # BPF maps (libbpf): only for this backend
-        self._rewriter: ProgramHandle = Rewriter(all_netns=True)
+        rewriter = Rewriter(all_netns=True)
+        self.loader = getattr(rewriter, "loader", None)   # "libbpf" or "bcc", for `run -v`
+        self._rewriter: ProgramHandle = rewriter
         # By process, (tgid, start_ns) as the kernel counts them: a pid recycled within the run is
         # another process, with its own row.
         self._exe: dict[tuple[int, int], str | None] = {}

@@ -14,7 +14,7 @@ from tests.waiting import scaled
 MPTCPIZE = "/usr/bin/mptcpize-py"
 SERVICE = "mptcpize-py.service"
 UNITS = (SERVICE,)   # the daemon writes its metrics itself: no other unit
-UNIT_DIR = Path("/lib/systemd/system")
+UNIT_DIR = Path("/usr/lib/systemd/system")   # where Debian 13 keeps units (debian/rules)
 PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 

@@ -24,7 +24,7 @@ pytestmark = pytest.mark.usefixtures("package")
 
 DIST = Path("/usr/lib/python3/dist-packages/mptcpize_py")
 POLICY_DIR = Path("/etc/mptcpize-py/policy.d")
-SAMPLE = POLICY_DIR / "example.toml.sample"
+EXAMPLE = Path("/usr/share/doc/mptcpize-py/examples/example-policy.toml")
 WEB = "mzp-web.service"
 PORT = 18767
 TEST_DIR = Path("/run/mzp-test")
@@ -91,13 +91,17 @@ def test_installing_starts_nothing_and_runs_from_usr(package):
     assert mptcpize("--version").stdout == f"mptcpize-py {__version__}\n"
     origin = run("/usr/bin/python3", "-I", "-c", "import mptcpize_py; print(mptcpize_py.__file__)", cwd="/")
     assert origin.stdout.strip() == str(DIST / "__init__.py")
-    # The BPF sources bcc compiles at start: real files (the checkout has a symlink), the checkout's.
+    # The BPF sources bcc compiles at start: real files (the checkout has a symlink), the checkout's;
+    # and the program compiled when the package was built, which libbpf loads.
     assert not (DIST / "bpf").is_symlink()
-    for name in ("mptcpize.bpf.c", "mptcpize.h"):
+    for name in ("mptcpize.bpf.c", "mptcpize.h", "loaders.h"):
         assert (DIST / "bpf" / name).read_bytes() == (REPO / "bpf" / name).read_bytes()
+    for name in ("mptcpize.bpf.o", "mptcpize-dry-run.bpf.o"):
+        assert (DIST / "bpf" / name).read_bytes()[:4] == b"\x7fELF"
     # What the first user ran: check, from the installed files.
     proc = mptcpize("check", timeout=300)
     assert proc.returncode == 0 and "run backend: bpf" in proc.stdout, proc.stdout + proc.stderr
+    assert "program loader: libbpf" in proc.stdout, proc.stdout
 
 
 def test_man_pages_completion_and_license(package):
@@ -125,13 +129,13 @@ def test_man_pages_completion_and_license(package):
     assert "License: GPL-2" in copyright_ and "/usr/share/common-licenses/GPL-2" in copyright_
 
 
-def test_policy_directory_with_an_example_that_selects_nothing(package):
+def test_an_empty_policy_directory_and_the_example_in_the_docs(package):
     st = POLICY_DIR.stat()
     assert (st.st_uid, oct(st.st_mode & 0o7777)) == (0, "0o755")
-    assert sorted(os.listdir(POLICY_DIR)) == [SAMPLE.name]
+    assert os.listdir(POLICY_DIR) == []
     conffiles = run("dpkg-query", "-W", "-f=${Conffiles}", "mptcpize-py").stdout
-    assert f" {SAMPLE} " in conffiles, conffiles
-    assert SAMPLE.read_text() == mptcpize("daemon", "--example-policy").stdout
+    assert str(POLICY_DIR) not in conffiles, conffiles
+    assert EXAMPLE.read_text() == mptcpize("daemon", "--example-policy").stdout
     proc = mptcpize("daemon", "--check")
     assert proc.returncode == 0 and "0 allow, 0 deny rules" in proc.stdout, proc.stdout + proc.stderr
 

@@ -34,15 +34,29 @@ def test_one_version():
     assert m.group(1) == pyproject == __version__
 
 
+def field(text: str, name: str) -> set[str]:
+    m = re.search(rf"^{name}:(.*?)^\S", text + "\nEnd:", re.S | re.M)
+    return {d.strip().split()[0] for d in m.group(1).split(",") if d.strip()} if m else set()
+
+
 def test_depends_only_on_debian_packages_of_what_the_code_imports():
     control = (DEBIAN / "control").read_text()
-    binary = control.split("\nPackage: mptcpize-py\n", 1)[1]
-    depends = re.search(r"^Depends:(.*?)^\S", binary, re.S | re.M).group(1)
-    names = {d.strip().split()[0] for d in depends.split(",") if d.strip()}
-    assert {"python3", "python3-bpfcc", "python3-pyroute2", "python3-psutil", "python3-systemd"} <= names
-    assert "python3 (>= 3.11)" in depends
+    source, binary = control.split("\nPackage: mptcpize-py\n", 1)
+    names = field(binary, "Depends")
+    # The prebuilt program is loaded with libbpf (ctypes: no shared-library dependency is computed).
+    assert {"libbpf1", "python3-pyroute2", "python3-psutil", "python3-systemd",
+            "${python3:Depends}"} <= names
+    # No compiler, no LLVM, no bcc, no kernel headers where it runs: bcc is a suggestion.
+    assert not {n for n in names | field(binary, "Recommends")
+                if re.search(r"bpfcc|clang|llvm|linux-headers", n)}
+    assert "python3-bpfcc" in field(binary, "Suggests")
+    # python3's version comes with ${python3:Depends}, from X-Python3-Version (a python3 (>= 3.11)
+    # beside it would be redundant).
+    assert "python3" not in names and re.search(r"^X-Python3-Version: >= 3.11$", source, re.M)
     requires = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["requires-python"]
     assert requires == ">=3.11"
+    assert {"clang", "llvm", "libbpf-dev", "bpftool"} <= field(source, "Build-Depends")
+    assert re.search(r"^Rules-Requires-Root: no$", source, re.M)
     assert re.search(r"^Architecture: all$", binary, re.M)
 
 

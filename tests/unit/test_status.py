@@ -44,7 +44,7 @@ def test_wire_keys():
     # The control protocol and `status --json`: these names are an interface.
     d = STATUS.to_json_dict()
     assert list(d) == ["backend", "dry_run", "pid", "uptime_s", "policy", "totals", "processes",
-                       "events_dropped", "paths", "version", "rule_upgrades", "unit_upgrades"]
+                       "events_dropped", "paths", "version", "rule_upgrades", "unit_upgrades", "loader"]
     assert list(d["policy"]) == ["dir", "summary", "files", "rules", "pending", "problems", "reloads",
                                  "failed_reloads"]
     assert list(d["policy"]["rules"][0]) == ["id", "description", "action", "kind", "value", "target",
