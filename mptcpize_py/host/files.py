@@ -14,9 +14,11 @@ from pathlib import Path
 
 from mptcpize_py.host import libc
 
-_AT_FDCWD = -100
-_RESOLVE_NO_MAGICLINKS = 0x02
-_RESOLVE_NO_SYMLINKS = 0x04
+AT_FDCWD = -100
+RESOLVE_NO_MAGICLINKS = 0x02
+RESOLVE_NO_SYMLINKS = 0x04
+RESOLVE_BENEATH = 0x08
+RESOLVE_IN_ROOT = 0x10
 
 
 def mkdev(major: int, minor: int) -> int:
@@ -40,12 +42,12 @@ def parse_fdinfo(text: str) -> dict[str, str]:
     return out
 
 
-def _openat2(path: str | Path, flags: int, resolve: int) -> int | None:
-    """openat2(AT_FDCWD, path, {flags, resolve}); None where the kernel has no openat2 (before Linux
+def openat2(path: str | Path, flags: int, resolve: int, dirfd: int = AT_FDCWD) -> int | None:
+    """openat2(dirfd, path, {flags, resolve}); None where the kernel has no openat2 (before Linux
     5.6) or a seccomp filter refuses it. Other failures raise OSError."""
     how = ctypes.create_string_buffer(struct.pack("=QQQ", flags, 0, resolve), 24)
     try:
-        return libc.syscall(libc.syscall_number("openat2"), _AT_FDCWD, ctypes.c_char_p(os.fsencode(path)),
+        return libc.syscall(libc.syscall_number("openat2"), dirfd, ctypes.c_char_p(os.fsencode(path)),
                             how, 24)
     except OSError as e:
         if e.errno in (errno.ENOSYS, errno.EPERM):
@@ -57,7 +59,7 @@ def open_no_magiclinks(path: str) -> int:
     """open(path, O_PATH) following ordinary symlinks but no /proc magic links: a policy (or a symlink
     in it) naming /proc/self/exe or /proc/PID/fd/N would otherwise resolve to whatever that process
     runs, the daemon itself included. openat2(RESOLVE_NO_MAGICLINKS); plain open() before Linux 5.6."""
-    fd = _openat2(path, os.O_PATH | os.O_CLOEXEC, _RESOLVE_NO_MAGICLINKS)
+    fd = openat2(path, os.O_PATH | os.O_CLOEXEC, RESOLVE_NO_MAGICLINKS)
     return fd if fd is not None else os.open(path, os.O_PATH | os.O_CLOEXEC)
 
 
@@ -69,7 +71,7 @@ def open_dir_no_symlinks(path: Path) -> int:
     ELOOP when one is on the way. For a directory that someone else may swap for a link (its parent is
     theirs), so that what we check and write through the descriptor is the directory named.
     openat2(RESOLVE_NO_SYMLINKS); a walk with O_NOFOLLOW where there is no openat2."""
-    fd = _openat2(path, _DIR_FLAGS, _RESOLVE_NO_SYMLINKS)
+    fd = openat2(path, _DIR_FLAGS, RESOLVE_NO_SYMLINKS)
     return fd if fd is not None else open_dir_no_symlinks_walk(path)
 
 
@@ -141,22 +143,12 @@ def others_may_write(st: os.stat_result, owner_uid: int, read_only: bool = False
     return None
 
 
-_RESOLVE_BENEATH = 0x08
-
-
 def open_beneath(dirfd: int, name: str, flags: int) -> int:
     """openat2(dirfd, name, RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS): symlinks are followed only while
     they stay beneath dirfd (no absolute link, no `..` above it, no /proc magic link: EXDEV or ELOOP).
     Linux 5.6; without openat2 nothing is followed (ELOOP), the safe answer."""
-    how = ctypes.create_string_buffer(struct.pack("=QQQ", flags, 0,
-                                                  _RESOLVE_BENEATH | _RESOLVE_NO_MAGICLINKS), 24)
-    try:
-        return libc.syscall(libc.syscall_number("openat2"), dirfd, ctypes.c_char_p(os.fsencode(name)),
-                            how, 24)
-    except OSError as e:
-        if e.errno in (errno.ENOSYS, errno.EPERM):
-            return os.open(name, flags | os.O_NOFOLLOW, dir_fd=dirfd)
-        raise OSError(e.errno, e.strerror, name) from None
+    fd = openat2(name, flags, RESOLVE_BENEATH | RESOLVE_NO_MAGICLINKS, dirfd)
+    return fd if fd is not None else os.open(name, flags | os.O_NOFOLLOW, dir_fd=dirfd)
 
 
 def first_symlink(path: Path, base: Path) -> Path | None:

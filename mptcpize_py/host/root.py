@@ -18,22 +18,17 @@ constant, so that it is read where it is used. The environment variable MPTCPIZE
 default, so that `kubectl exec POD -- mptcpize-py check` sees what the daemon sees.
 """
 
-import ctypes
 import errno
 import os
-import struct
 import threading
 from collections.abc import Callable
 from typing import TypeVar
 
 from mptcpize_py.errors import UsageError
-from mptcpize_py.host import libc
+from mptcpize_py.host import files, libc
 
 T = TypeVar("T")
 ENV = "MPTCPIZE_HOST_ROOT"
-_AT_FDCWD = -100
-_RESOLVE_NO_MAGICLINKS = 0x02
-_RESOLVE_IN_ROOT = 0x10
 
 _root = "/"
 
@@ -86,19 +81,14 @@ def open_in_host(path: str) -> int:
     OSError (ELOOP for a magic link or a loop)."""
     dirfd = os.open(_root, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
-        how = ctypes.create_string_buffer(
-            struct.pack("=QQQ", os.O_PATH | os.O_CLOEXEC, 0, _RESOLVE_IN_ROOT | _RESOLVE_NO_MAGICLINKS), 24)
-        try:
-            return libc.syscall(libc.syscall_number("openat2"), dirfd, ctypes.c_char_p(os.fsencode(path)),
-                                how, 24)
-        except OSError as e:
-            if e.errno in (errno.ENOSYS, errno.EPERM):
-                raise OSError(e.errno, "openat2() is needed to resolve paths in the host root "
-                                       "(Linux >= 5.6, allowed by the container's seccomp profile)", path) \
-                    from None
-            raise OSError(e.errno, e.strerror, path) from None
+        fd = files.openat2(path, os.O_PATH | os.O_CLOEXEC,
+                           files.RESOLVE_IN_ROOT | files.RESOLVE_NO_MAGICLINKS, dirfd)
     finally:
         os.close(dirfd)
+    if fd is None:
+        raise OSError(errno.ENOSYS, "openat2() is needed to resolve paths in the host root "
+                                    "(Linux >= 5.6, allowed by the container's seccomp profile)", path)
+    return fd
 
 
 def in_host_cgroupns(fn: Callable[[], T]) -> T:
