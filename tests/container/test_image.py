@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from mptcpize_py.host.mounts import find_cgroup2_mount, read_mounts
+from tests.configmap import write_configmap
 from tests.container import daemonset
 from tests.waiting import scaled, wait_for
 
@@ -50,21 +51,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def write_configmap(d: Path, files: dict[str, str], stamp: str) -> None:
-    """The kubelet's ConfigMap volume (atomic_writer.go): data in a hidden timestamped directory,
-    ..data -> it swapped by rename(2), NAME -> ..data/NAME. The directory is 0777 as the kubelet's
-    emptyDir wrapper makes it; the DaemonSet mounts it read-only."""
-    (d / stamp).mkdir(mode=0o755)
-    for name, text in files.items():
-        (d / stamp / name).write_text(text)
-        (d / stamp / name).chmod(0o644)
-    (d / "..data_tmp").symlink_to(stamp)
-    os.replace(d / "..data_tmp", d / "..data")
-    for name in files:
-        if not (d / name).is_symlink():
-            (d / name).symlink_to(f"..data/{name}")
 
 
 def policy(name: str, exe: str) -> str:

@@ -546,7 +546,8 @@ def test_configmap_swap_is_one_reload_and_a_bad_one_keeps_the_last_good_policy(t
     """The kubelet's ConfigMap update (a new ..TIMESTAMP directory, then ..data renamed over) changes no
     link of the policy directory, only where they lead: the loop sees it, reloads once; an update that
     does not validate is refused with its file:line, the selection stays."""
-    from tests.unit.test_policy import configmap_dir, swap_configmap
+    from tests.configmap import write_configmap
+    from tests.unit.test_policy import configmap_dir
     d = configmap_dir(tmp_path, {"10.toml": f'[[allow]]\nexe = "{EXE}"\n'})
     fake = FakeRewriter()
     dm = service.start(d, tmp_path / "control", owner_uid=os.geteuid(), rewriter_factory=lambda: fake,
@@ -559,7 +560,7 @@ def test_configmap_swap_is_one_reload_and_a_bad_one_keeps_the_last_good_policy(t
     def poll(_ms):
         polls.append(1)
         if len(polls) in (1, 4):   # an update, then polls with nothing new
-            swap_configmap(d, {"10.toml": updates.pop(0)}, f"..2026_12_07_21_0{len(polls)}_00.{len(polls)}")
+            write_configmap(d, {"10.toml": updates.pop(0)}, f"..2026_12_07_21_0{len(polls)}_00.{len(polls)}")
         if len(polls) == 7:
             dm.signals.stop = True
 

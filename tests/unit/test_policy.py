@@ -16,6 +16,7 @@ from mptcpize_py.policy import (
     load_policy,
     parse_policy_text,
 )
+from tests.configmap import write_configmap
 
 ME = os.getuid()
 ONE_LINE = re.compile(r"^[^\n]+:\d+: [^\n]+$")  # file:line: reason
@@ -414,23 +415,10 @@ def test_symlinked_file(tmp_path):
 
 
 def configmap_dir(tmp_path, files: dict[str, str], stamp: str = "..2026_12_07_21_00_00.1") -> Path:
-    """A directory laid out as the kubelet lays out a ConfigMap volume (pkg/volume/util/atomic_writer.go):
-    the data in a hidden timestamped directory, ..data -> it, and NAME -> ..data/NAME for each key."""
+    """A policy directory laid out as a ConfigMap volume (tests/configmap.py)."""
     d = policy_dir(tmp_path, {})
-    swap_configmap(d, files, stamp)
-    for name in files:
-        (d / name).symlink_to(f"..data/{name}")
+    write_configmap(d, files, stamp)
     return d
-
-
-def swap_configmap(d: Path, files: dict[str, str], stamp: str) -> None:
-    """The kubelet's update: a new timestamped directory, then ..data replaced by rename(2)."""
-    (d / stamp).mkdir(mode=0o755)
-    for name, text in files.items():
-        (d / stamp / name).write_text(text)
-        (d / stamp / name).chmod(0o644)
-    (d / "..data_tmp").symlink_to(stamp)
-    os.replace(d / "..data_tmp", d / "..data")
 
 
 def test_configmap_layout_is_read_through_its_links(tmp_path):
@@ -439,7 +427,7 @@ def test_configmap_layout_is_read_through_its_links(tmp_path):
     policy = load_policy(d, owner_uid=ME)
     assert [(r.action, r.value, Path(r.source_file).name) for r in policy.rules] == [
         ("allow", "/usr/bin/web", "10-web.toml"), ("deny", "/usr/bin/db", "20-db.toml")]
-    swap_configmap(d, {"10-web.toml": '[[allow]]\nexe = "/usr/bin/web2"\n', "20-db.toml": ""},
+    write_configmap(d, {"10-web.toml": '[[allow]]\nexe = "/usr/bin/web2"\n', "20-db.toml": ""},
                    "..2026_12_07_21_05_00.2")
     assert [r.value for r in load_policy(d, owner_uid=ME).rules] == ["/usr/bin/web2"]
 
