@@ -70,8 +70,14 @@ buildah config \
     --label org.opencontainers.image.version="$version" \
     --label org.opencontainers.image.base.name="debian:$SUITE (mmdebstrap)" \
     "$ctr"
+previous=$(podman image inspect --format '{{.Id}}' "$IMAGE_NAME" 2>/dev/null || true)
 buildah commit --quiet --rm --timestamp "$SOURCE_DATE_EPOCH" "$ctr" "$IMAGE_NAME" >/dev/null
 trap 'rm -rf "$work"' EXIT
+# A rebuild takes the tag: the image it took it from would stay behind untagged (hundreds of MB each).
+current=$(podman image inspect --format '{{.Id}}' "$IMAGE_NAME")
+if [ -n "$previous" ] && [ "$previous" != "$current" ]; then
+    podman rmi "$previous" >/dev/null 2>&1 || log "kept the previous image ${previous:0:12} (still in use)"
+fi
 
 archive=$out/mptcpize-py-image.tar
 rm -f "$archive"
