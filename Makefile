@@ -4,7 +4,19 @@ VENV ?= /opt/mptcpize-py/venv
 PY := $(VENV)/bin/python
 PYTEST := $(PY) -m pytest -q -p no:cacheprovider
 
-.PHONY: setup demo demo-vm test lint test-native test-vm test-systemd install-units bench deb
+# The seccomp backend's preloaded shim (shim/mptcpize-shim.c), beside the package's modules: a checkout
+# builds it here (scripts/setup.sh runs this), the wheel and the .deb at build time (setup.py).
+SHIM := mptcpize_py/lib/libmptcpize-shim.so
+CC ?= cc
+SHIM_CFLAGS := -O2 -g -Wall -Wextra -fPIC -shared -D_FORTIFY_SOURCE=2 -fstack-protector-strong -Wl,-z,relro,-z,now
+
+.PHONY: setup demo shim demo-vm test lint test-native test-vm test-systemd install-units bench deb
+
+shim: $(SHIM)
+
+$(SHIM): shim/mptcpize-shim.c
+	mkdir -p $(dir $@)
+	$(CC) $(SHIM_CFLAGS) -o $@ $< -lpthread
 
 setup:
 	bash scripts/setup.sh

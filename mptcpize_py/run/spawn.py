@@ -54,7 +54,13 @@ def run_command(argv: list[str], backend: RunBackend) -> tuple[int, list[Process
 
     try:
         try:
-            proc = subprocess.Popen(argv, executable=path, preexec_fn=child_setup, close_fds=True)
+            # A backend may add to CMD's environment and inherited fds (the seccomp backend's
+            # preloaded shim); the others have neither method.
+            spawn_env = getattr(backend, "spawn_env", None)
+            env = spawn_env(dict(os.environ)) if spawn_env else None
+            pass_fds = getattr(backend, "pass_fds", tuple)()
+            proc = subprocess.Popen(argv, executable=path, preexec_fn=child_setup, close_fds=True,
+                                    env=env, pass_fds=pass_fds)
         except FileNotFoundError as e:
             raise MptcpizeError(f"{argv[0]}: {e.strerror}", exit_code=EXIT_NOT_FOUND) from None
         except OSError as e:

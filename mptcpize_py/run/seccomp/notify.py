@@ -94,6 +94,15 @@ class Listener:
             if e.errno != errno.ENOENT:
                 raise
 
+    def send_error(self, nid: int, err: int) -> None:
+        """Completes the caller's syscall with -1 and errno `err`. ENOENT (caller gone) is not an error."""
+        struct.pack_into("<QqiI", self._resp, 0, nid, 0, -err, 0)
+        try:
+            libc.ioctl(self.fd, SECCOMP_IOCTL_NOTIF_SEND, ctypes.addressof(self._resp))
+        except OSError as e:
+            if e.errno != errno.ENOENT:
+                raise
+
     def send_fd(self, nid: int, fd: int, cloexec: bool) -> int:
         """Installs fd in the caller and completes its syscall with that fd number, atomically."""
         struct.pack_into("<QIIII", self._addfd, 0, nid, SECCOMP_ADDFD_FLAG_SEND, fd, 0,
