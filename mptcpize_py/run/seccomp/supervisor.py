@@ -156,7 +156,9 @@ class Supervisor:
         """The shim asks, at a process's first candidate socket(), whether it may make MPTCP sockets
         itself. Yes (SHIM_GO), unless today's checks would refuse the supervisor's socket for reasons
         of context (another user namespace, cgroup or LSM label: those callers keep their TCP, and
-        the supervisor keeps deciding each call) or /proc cannot name the caller. The process is
+        the supervisor keeps deciding each call), ids our user namespace does not map, or /proc cannot
+        name the caller. Decided once per process image: the shim's later sockets are the caller's
+        own whatever it changes meanwhile. The process is
         recorded as at its first upgrade, with its counter slot."""
         if self.foreign_proc is not None or (self.track and self.shim is None):
             self.listener.send_error(n.id, SHIM_STAND_ASIDE)
@@ -165,7 +167,8 @@ class Supervisor:
         userns = _ns_id(f"/proc/{tid}/ns/user")
         cgroup = _read_small(f"/proc/{tid}/cgroup")
         label = _read_small(f"/proc/{tid}/attr/current") if self._home_label is not None else None
-        tgid = _tgid(tid)
+        creds = read_creds(tid)
+        tgid = creds.tgid
         key, exe = None, None
         if self.track:
             key = (tgid, self._process_id(tgid))
@@ -173,7 +176,10 @@ class Supervisor:
                 exe = procfs.exe(tgid) or "?"
         if not self.listener.id_valid(n.id):   # all of the above described our caller
             return
-        if self._foreign_context(userns, cgroup, label):
+        # The shim's sockets would be the caller's own; declining where the supervisor would decline
+        # keeps what such a caller gets exactly as without the shim (its TCP socket, counted).
+        if self._foreign_context(userns, cgroup, label) or \
+                (not creds.same_as(self._home) and self._unmapped(creds)):
             self.listener.send_error(n.id, SHIM_STAND_ASIDE)
             return
         if key is not None:
@@ -392,12 +398,6 @@ class Supervisor:
         if self._home_netns_fd >= 0:
             os.close(self._home_netns_fd)
             self._home_netns_fd = -1
-
-
-def _tgid(tid: int) -> int:
-    data = _read_small(f"/proc/{tid}/status") or b""
-    start = data.find(b"\nTgid:")
-    return int(data[start + 6:data.index(b"\n", start + 1)]) if start >= 0 else tid
 
 
 def _ns_id(path: str) -> tuple[int, int]:
