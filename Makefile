@@ -59,7 +59,7 @@ test-systemd:
 		env MPTCPIZE_REQUIRE_BPF=1 MPTCPIZE_DEB="$$deb" $(PYTEST) tests/systemd
 
 # The Debian package, built with debian/ (debhelper, dh-python) from this working tree in a copy under
-# build/, checked by lintian (errors fail): build/mptcpize-py_VERSION_all.deb (its path is the last
+# build/, checked by lintian (errors fail): build/mptcpize-py_VERSION_ARCH.deb (its path is the last
 # line of output). Installs missing build tools with apt.
 deb:
 	bash scripts/deb.sh

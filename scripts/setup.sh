@@ -13,7 +13,7 @@ log() { printf 'setup: %s\n' "$*" >&2; }
 need_apt=()
 for pkg in python3-bpfcc bpfcc-tools python3-venv python3-pip iperf3 iproute2 kmod qemu-system-x86 \
            busybox-static libc6-dev gcc bpftool mptcpd mptcpd-plugins mptcpize iputils-ping python3-systemd \
-           udev groff-base python3-pyroute2 python3-psutil $DEB_BUILD_PACKAGES; do
+           udev groff-base python3-pyroute2 python3-psutil nginx-light apache2-utils $DEB_BUILD_PACKAGES; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'ok installed' || need_apt+=("$pkg")
 done
 
@@ -73,4 +73,6 @@ if [ "$installed" != "$here" ] || [ ! -x "$VENV/bin/ruff" ]; then
     "$VENV/bin/pip" install -q --disable-pip-version-check --config-settings editable_mode=compat \
         -e '.[test]' "virtme-ng==$VNG_VERSION"
 fi
+# The seccomp backend's preloaded shim, beside the checkout's modules (the editable install uses them).
+make -s shim
 log "ok"

@@ -18,14 +18,16 @@ _HEADER = struct.Struct("<QII48x")   # token, nslots, next
 _SLOT = struct.Struct("<QQ")         # upgraded, fallback
 SLOTS = 65536                        # processes that can register; the file is sparse (1 MiB at most)
 
-LIBRARY = Path(__file__).resolve().parents[2] / "lib" / "libmptcpize-shim.so"
+LIB_DIR = Path(__file__).resolve().parents[2] / "lib"
 
 
 def library() -> str | None:
     """The shim's path when it was built and LD_PRELOAD can name it (the dynamic loader splits that
-    list at spaces and colons)."""
-    path = str(LIBRARY)
-    if not LIBRARY.is_file() or any(c in path for c in " :\t\n"):
+    list at spaces and colons). dh_python3 gives every .so in a package an ABI tag
+    (libmptcpize-shim.cpython-311-x86_64-linux-gnu.so in the .deb)."""
+    found = sorted(LIB_DIR.glob("libmptcpize-shim*.so"))
+    path = str(found[0]) if found else ""
+    if not path or any(c in path for c in " :\t\n"):
         return None
     return path
 
