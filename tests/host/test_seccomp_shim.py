@@ -96,3 +96,27 @@ def test_static_binary_is_still_upgraded_by_the_supervisor(static_rawsock):
     assert (r.returncode, r.stdout.strip()) == (0, "262"), r.stderr
     (exe, count), = reports(r.stderr).values()
     assert (exe, count) == (static_rawsock, 1)
+
+
+@needs_root
+def test_supervisor_reads_credentials_afresh_for_each_socket_of_a_thread():
+    # The shim stands aside (no MPTCPIZE_SHIM in the program's environment), so the supervisor makes
+    # every socket, with the files of this thread kept open between calls: the credentials it changes
+    # between two sockets must be those the next socket carries (its owner: the inode's uid and gid).
+    prog = textwrap.dedent("""
+        import os, socket
+        def one():
+            s = socket.socket()
+            st = os.fstat(s.fileno())
+            print(s.getsockopt(socket.SOL_SOCKET, socket.SO_PROTOCOL), st.st_uid, st.st_gid)
+        one()
+        os.setegid(65534); os.seteuid(65534)
+        one()
+        os.seteuid(0); os.setegid(0)
+        one()
+    """)
+    r = run("env", "-u", "MPTCPIZE_SHIM", PYTHON, "-c", prog, verbose=True)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split("\n")[:3] == ["262 0 0", "262 65534 65534", "262 0 0"]
+    (_exe, count), = reports(r.stderr).values()
+    assert count == 3

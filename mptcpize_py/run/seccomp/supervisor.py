@@ -20,6 +20,7 @@ from mptcpize_py.run.backend import ProcessReport, ProcessSummary
 from mptcpize_py.run.seccomp.caller import CallerContextThread, Creds, overflow_ids, read_creds
 from mptcpize_py.run.seccomp.notify import Listener, Notification
 from mptcpize_py.run.seccomp.shim import SHIM_GO, SHIM_REGISTER, SHIM_STAND_ASIDE, Counters
+from mptcpize_py.run.seccomp.threads import ThreadFacts
 
 log = logging.getLogger(__name__)
 
@@ -107,6 +108,8 @@ class Supervisor:
         self._home_cgroup = _read_small("/proc/thread-self/cgroup")
         self._home_label = _read_small("/proc/thread-self/attr/current")  # None: no LSM labels
         self._ctx: CallerContextThread | None = None
+        # Per-thread open /proc files (run/seccomp/threads.py): one pread per fact and call.
+        self._threads = ThreadFacts(self._home_label is not None, self._process_id)
         self.hung_up = threading.Event()
 
     def serve(self, stop_fd: int) -> None:
@@ -203,17 +206,13 @@ class Supervisor:
             self._continue(n.id)
             return
         family, type_ = n.args[0] & 0xFFFFFFFF, n.args[1] & 0xFFFFFFFF
-        tid = n.tid
         netns_fd = -1
         try:
-            st = os.stat(f"/proc/{tid}/ns/net")
-            same_netns = (st.st_dev, st.st_ino) == (self._home_netns.st_dev, self._home_netns.st_ino)
+            facts = self._threads.read(n.tid)
+            creds, userns, cgroup, label = facts.creds, facts.userns, facts.cgroup, facts.label
+            same_netns = facts.netns == (self._home_netns.st_dev, self._home_netns.st_ino)
             if not same_netns:
-                netns_fd = os.open(f"/proc/{tid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
-            creds = read_creds(tid)
-            userns = _ns_id(f"/proc/{tid}/ns/user")
-            cgroup = _read_small(f"/proc/{tid}/cgroup")
-            label = _read_small(f"/proc/{tid}/attr/current") if self._home_label is not None else None
+                netns_fd = os.open("net", os.O_RDONLY | os.O_CLOEXEC, dir_fd=facts.ns_dir)
             # All of the above described `tid` only if it is still our caller (blocked in socket(),
             # it cannot change its own netns or credentials), not a task that reused the tid of a
             # caller killed meanwhile (TOCTOU).
@@ -226,7 +225,7 @@ class Supervisor:
                 self.counters[reason] += 1
                 self._continue(n.id)
                 return
-            if netns_fd >= 0 and os.fstat(netns_fd).st_ino != st.st_ino:
+            if netns_fd >= 0 and os.fstat(netns_fd).st_ino != facts.netns[1]:
                 raise OSError(errno.ESRCH, "the caller's netns changed under us")
             type_ |= socket.SOCK_CLOEXEC  # ours is private; the caller's flag goes to ADDFD below
             try:
@@ -249,7 +248,7 @@ class Supervisor:
         # Read while the caller still waits in socket(): once it has its fd it may exit at once.
         key, first_exe = None, None
         if self.track:
-            key = (tgid, self._process_id(tgid))
+            key = facts.process
             if key not in self._live:
                 first_exe = procfs.exe(tgid) or "?"
         try:
@@ -395,6 +394,7 @@ class Supervisor:
         if self._ctx is not None:
             self._ctx.stop()
             self._ctx = None
+        self._threads.close()
         if self._home_netns_fd >= 0:
             os.close(self._home_netns_fd)
             self._home_netns_fd = -1
