@@ -662,7 +662,7 @@ def _why_seccomp(nsock, r, case: str = "seccomp") -> str:
             f"label where there is one), checks the notification is still valid, creates the socket and "
             f"installs it with SECCOMP_IOCTL_NOTIF_ADDFD, and the caller resumes. Measured per call "
             f"(docs/BENCHMARKS.md, profile): the /proc reads are ~7 µs (status alone ~3 µs: the kernel "
-            f"generates the whole file), ADDFD with the wake-up ~10 µs, RECV ~2.5 µs, the rest the "
+            f"generates the whole file), ADDFD with the wake-up ~5 µs, RECV ~2.5 µs, the rest the "
             f"interpreter. What would close it: a supervisor without an interpreter in the loop (C or Rust), "
             f"and credentials revalidated without reading status (e.g. notified set*id/capset/exec calls, "
             f"which the filter would also have to catch for the i386 and x32 ABIs it lets through today). "
