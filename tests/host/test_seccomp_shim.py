@@ -120,3 +120,37 @@ def test_supervisor_reads_credentials_afresh_for_each_socket_of_a_thread():
     assert r.stdout.split("\n")[:3] == ["262 0 0", "262 65534 65534", "262 0 0"]
     (_exe, count), = reports(r.stderr).values()
     assert count == 3
+
+
+PASS_SRC = r"""
+#include <stdio.h>
+#include <sys/socket.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+int main(int argc, char **argv)
+{
+	long pass = argc > 1 ? 0x6d707470L : 0;   /* SHIM_PASS in the 4th argument, or nothing */
+	long fd = syscall(SYS_socket, AF_INET, SOCK_STREAM, 0, pass, 0, 0);
+	int p = -1;
+	socklen_t len = sizeof(p);
+	if (fd < 0 || getsockopt((int)fd, SOL_SOCKET, SO_PROTOCOL, &p, &len) < 0)
+		return 2;
+	printf("%d\n", p);
+	return 0;
+}
+"""
+
+
+def test_the_shims_fallback_call_passes_the_filter_untouched(tmp_path):
+    # The shim's TCP fallback carries SHIM_PASS in socket()'s unused 4th argument: the filter lets
+    # it run as the caller's own call (no supervisor, no upgrade). A static binary shows it: the
+    # same call without it is upgraded by the supervisor.
+    if shutil.which("gcc") is None:
+        pytest.skip("gcc not installed")
+    src, exe = tmp_path / "pass.c", tmp_path / "pass"
+    src.write_text(PASS_SRC)
+    subprocess.run(["gcc", "-static", "-O2", "-o", str(exe), str(src)], check=True)
+    assert run(str(exe)).stdout.strip() == "262"
+    r = run(str(exe), "pass", verbose=True)
+    assert (r.returncode, r.stdout.strip()) == (0, "6"), r.stderr
+    assert reports(r.stderr) == {} and not_upgraded(r.stderr) == {}
