@@ -1,7 +1,7 @@
 /* Dynamically linked (so that the seccomp backend's preloaded shim reaches its libc socket() calls).
  *
  *   shimprobe kinds          one socket of each kind; prints "NAME SO_PROTOCOL" per line, then
- *                            "shim mapped|absent" (whether libmptcpize-shim.so is in /proc/self/maps)
+ *                            "shim mapped|absent" (whether libmptcpize-shim*.so is in /proc/self/maps)
  *   shimprobe fork N M       N TCP sockets here, M in a fork()ed child; prints "PID COUNT" for both
  *   shimprobe connect        a TCP listener on 127.0.0.1 and a connection to it, a byte through it;
  *                            prints "SO_PROTOCOL(listener) SO_PROTOCOL(client) ok"
@@ -60,7 +60,7 @@ int main(int argc, char **argv)
 		one("unix-stream", AF_UNIX, SOCK_STREAM, 0);
 		one("mptcp4", AF_INET, SOCK_STREAM, 262);
 		while (maps && fgets(line, sizeof(line), maps))
-			mapped |= strstr(line, "libmptcpize-shim.so") != NULL;
+			mapped |= strstr(line, "/libmptcpize-shim") != NULL;
 		printf("shim %s\n", mapped ? "mapped" : "absent");
 		return 0;
 	}
