@@ -4,7 +4,7 @@ VENV ?= /opt/mptcpize-py/venv
 PY := $(VENV)/bin/python
 PYTEST := $(PY) -m pytest -q -p no:cacheprovider
 
-.PHONY: setup demo demo-vm test lint test-native test-container test-vm test-systemd install-units bench deb image bpf clean-bpf
+.PHONY: setup demo demo-vm test lint test-native test-container test-vm test-systemd install-units bench deb image bpf clean-bpf shim
 
 # The BPF program compiled once (CO-RE): clang -target bpf against a vmlinux.h dumped from this
 # machine's kernel BTF (only type definitions: every kernel struct access is a relocation that libbpf
@@ -38,6 +38,18 @@ bpf/mptcpize-dry-run.bpf.o: $(BPF_SRC)
 clean-bpf:
 	rm -f $(BPF_OBJS) $(BPF_BUILD)/*
 
+# The seccomp backend's preloaded shim (shim/mptcpize-shim.c), beside the package's modules: a checkout
+# builds it here (scripts/setup.sh runs this), the wheel and the .deb at build time (setup.py).
+SHIM := mptcpize_py/lib/libmptcpize-shim.so
+CC ?= cc
+SHIM_CFLAGS := -O2 -g -Wall -Wextra -fPIC -shared -D_FORTIFY_SOURCE=2 -fstack-protector-strong -Wl,-z,relro,-z,now
+
+shim: $(SHIM)
+
+$(SHIM): shim/mptcpize-shim.c
+	mkdir -p $(dir $@)
+	$(CC) $(SHIM_CFLAGS) -o $@ $< -lpthread
+
 setup:
 	bash scripts/setup.sh
 
@@ -58,7 +70,7 @@ lint:
 	$(VENV)/bin/ruff check mptcpize_py tests bench
 	$(VENV)/bin/mypy
 
-test-native: bpf
+test-native: bpf shim
 	$(PYTEST) tests/unit tests/host
 
 # The container image (`make image`) run natively with podman (runc) the way deploy/kubernetes/'s
@@ -70,7 +82,7 @@ test-container: image
 
 # The image (build/mptcpize-py-image.tar, an OCI archive) and its runc bundle for the VM tier
 # (/opt/mptcpize-py/image-bundle: the guest sees /opt).
-test-vm: bpf image
+test-vm: bpf shim image
 	bash scripts/image-bundle.sh build/mptcpize-py-image.tar >/dev/null
 	bash scripts/vm.sh --timeout 1500 -- env MPTCPIZE_REQUIRE_BPF=1 $(PYTEST) tests/vm tests/host/test_seccomp.py \
 		tests/host/test_daemon_dry_run.py tests/host/test_btf_offsets.py
@@ -91,7 +103,7 @@ test-systemd:
 		env MPTCPIZE_REQUIRE_BPF=1 MPTCPIZE_DEB="$$deb" $(PYTEST) tests/systemd
 
 # The Debian package, built with debian/ (debhelper, dh-python) from this working tree in a copy under
-# build/, checked by lintian (errors fail): build/mptcpize-py_VERSION_all.deb (its path is the last
+# build/, checked by lintian (errors fail): build/mptcpize-py_VERSION_ARCH.deb (its path is the last
 # line of output). Installs missing build tools with apt.
 deb:
 	bash scripts/deb.sh

@@ -2,7 +2,9 @@
 refused (fmod_ret: EPERM) and `run` uses the seccomp backend. Writes one JSON object (--json FILE, or
 stdout after common.JSON_MARK); bench/render.py turns it into docs/BENCHMARKS.md.
 
-  socket     socket()+close(): native TCP, native MPTCP, seccomp `run`, mptcpd's `mptcpize run`
+  socket     socket()+close(): native TCP, native MPTCP, seccomp `run`, mptcpd's `mptcpize run`; a static
+             raw syscall(SYS_socket) loop natively and under seccomp `run` (the supervisor's path)
+  ab         `ab -n 5000 -c 10` against nginx on loopback: plain TCP, seccomp `run`, `mptcpize run`
   selection  the program's own cost on real hardware: the dry-run build (same decide() code, on the
              socket() syscall tracepoint) loaded with the 1,000-rule policy, attached / not attached in
              alternating runs: a process not selected, and a selected one (counted as an upgrade would
@@ -29,12 +31,13 @@ import sys
 import tempfile
 import time
 
+import ab_nginx
 import common
 import socket_cost
 import xfer
 from common import CLI, PYTHON, progress
 
-PARTS = ("socket", "selection", "latency", "compile", "dryrun", "aggregation")
+PARTS = ("socket", "ab", "selection", "latency", "compile", "dryrun", "aggregation")
 
 COMPILE_PROBE = r"""
 import json, os, sys, time
@@ -58,9 +61,9 @@ print(json.dumps({"import_ours_s": t1 - t0, "import_s": t_import - t_loaded, "lo
 """
 
 
-def part_socket(loop: str, n: int, rounds: int) -> dict:
-    progress(f"socket()+close() x {n}: native TCP / native MPTCP / seccomp / mptcpize, {rounds} rounds")
-    res = socket_cost.measure(socket_cost.native_cases(loop, n), rounds, progress=progress)
+def part_socket(loop: str, static_loop: str, n: int, rounds: int) -> dict:
+    progress(f"socket()+close() x {n}: native TCP / native MPTCP / seccomp / static / mptcpize, {rounds} rounds")
+    res = socket_cost.measure(socket_cost.native_cases(loop, n, static_loop), rounds, progress=progress)
     return {"iterations": n, "rounds": rounds,
             "cases": {k: {"best_ns": round(r.best), "median_ns": round(r.median),
                           "runs_ns": [round(x) for x in r.runs]} for k, r in res.items()}}
@@ -280,7 +283,12 @@ def main() -> int:
         selected = os.path.join(work, "socketloop-selected")   # its own inode: the exe rule's target
         shutil.copy2(loop, selected)
         if "socket" in parts:
-            result["socket"] = part_socket(loop, args.iterations, args.rounds)
+            result["socket"] = part_socket(loop, socket_cost.build_static_loop(work), args.iterations,
+                                           args.rounds)
+        if "ab" in parts:
+            progress("ab -n 5000 -c 10 against nginx: plain TCP / seccomp / mptcpize, 3 rounds")
+            result["ab"] = {"requests": 5000, "rounds": 3,
+                            "cases": ab_nginx.measure(5000, 3, progress=progress)}
         if "selection" in parts:
             result["selection"] = part_selection(work, loop, selected, args.iterations, args.rounds)
         if "latency" in parts:

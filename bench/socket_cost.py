@@ -42,6 +42,13 @@ def build_loop(dest_dir: str) -> str:
     return out
 
 
+def build_static_loop(dest_dir: str) -> str:
+    """bench/socketloop.c as a static binary calling syscall(SYS_socket): what no LD_PRELOAD reaches."""
+    out = os.path.join(dest_dir, "socketloop-static")
+    subprocess.run(["gcc", "-O2", "-static", "-DRAW_SYSCALL", "-o", out, str(LOOP_SRC)], check=True)
+    return out
+
+
 @dataclass
 class Case:
     argv: list[str]
@@ -93,14 +100,20 @@ def measure(cases: dict[str, Case], rounds: int, progress: Callable[[str], None]
     return results
 
 
-def native_cases(loop: str, n: int) -> dict[str, Case]:
-    """The standalone set: what a process pays per socket with each way of getting MPTCP here."""
+def native_cases(loop: str, n: int, static_loop: str | None = None) -> dict[str, Case]:
+    """The standalone set: what a process pays per socket with each way of getting MPTCP here.
+    seccomp: a dynamically linked loop (libc's socket(), reached by the preloaded shim);
+    seccomp-static: a static one calling syscall(SYS_socket) (answered by the supervisor)."""
     cli = str(Path(sys.executable).parent / "mptcpize-py")
     cases = {
         "native-tcp": Case([loop, str(n), "0"], IPPROTO_TCP),
         "native-mptcp": Case([loop, str(n), str(IPPROTO_MPTCP)], IPPROTO_MPTCP),
         "seccomp": Case([cli, "run", "--backend", "seccomp", loop, str(n), "0"], IPPROTO_MPTCP),
     }
+    if static_loop:
+        cases["static-mptcp"] = Case([static_loop, str(n), str(IPPROTO_MPTCP)], IPPROTO_MPTCP)
+        cases["seccomp-static"] = Case([cli, "run", "--backend", "seccomp", static_loop, str(n), "0"],
+                                       IPPROTO_MPTCP)
     mptcpize = shutil.which("mptcpize")
     if mptcpize:
         cases["mptcpize"] = Case([mptcpize, "run", loop, str(n), "0"], IPPROTO_MPTCP)
@@ -114,7 +127,7 @@ def main() -> int:
     ap.add_argument("-r", "--rounds", type=int, default=5)
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(prefix="mzb-") as tmp:
-        cases = native_cases(build_loop(tmp), args.iterations)
+        cases = native_cases(build_loop(tmp), args.iterations, build_static_loop(tmp))
         res = measure(cases, args.rounds, progress=lambda m: print(m, file=sys.stderr))
     base = res["native-mptcp"].best
     print(f"socket()+close() x {args.iterations}, best of {args.rounds} alternating rounds, "

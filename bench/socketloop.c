@@ -6,6 +6,9 @@
  *   socketloop N PROTO        N iterations; prints "NS_PER_ITER SO_PROTOCOL WRONG"
  *   socketloop -t SECS PROTO  for SECS seconds; prints "PID COUNT SO_PROTOCOL WRONG"
  *
+ * Built with -DRAW_SYSCALL -static, it calls syscall(SYS_socket) itself: what a static binary or Go
+ * does, which no preloaded library reaches.
+ *
  * PROTO is 0 (what applications ask for: TCP unless something upgrades it) or 262 (IPPROTO_MPTCP).
  * SO_PROTOCOL is read from the first and the last socket only (outside the steady state); WRONG
  * counts those that were not MPTCP, so a wrapper that silently did nothing shows up.
@@ -14,6 +17,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/syscall.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -26,7 +30,11 @@ static double now(void)
 
 static int one(int proto, int check, int *got, int *wrong)
 {
+#ifdef RAW_SYSCALL
+	int fd = (int)syscall(SYS_socket, AF_INET, SOCK_STREAM, proto);
+#else
 	int fd = socket(AF_INET, SOCK_STREAM, proto);
+#endif
 	if (fd < 0) {
 		perror("socket");
 		return -1;

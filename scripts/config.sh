@@ -28,7 +28,7 @@ VM_MODULES=${VM_MODULES:-veth sch_netem inet_diag tcp_diag mptcp_diag}
 
 # `make deb` (scripts/deb.sh): what building the Debian package needs. debian/control's Build-Depends
 # is the authority (dpkg-checkbuilddeps checks it); this list is what setup.sh and deb.sh install.
-DEB_BUILD_PACKAGES=${DEB_BUILD_PACKAGES:-dpkg-dev debhelper dh-python pybuild-plugin-pyproject python3-all python3-setuptools python3-pytest bash-completion lintian clang llvm libbpf-dev bpftool}
+DEB_BUILD_PACKAGES=${DEB_BUILD_PACKAGES:-dpkg-dev debhelper dh-python pybuild-plugin-pyproject python3-all python3-setuptools python3-pytest bash-completion lintian clang llvm libbpf-dev bpftool gcc libc6-dev}
 DEB_OUT=${DEB_OUT:-build}            # where `make deb` puts the .deb (relative: to the checkout)
 
 # `make image` (scripts/image.sh) and the container tiers: Debian's mmdebstrap, buildah and skopeo build

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# `make deb`: builds the Debian package mptcpize-py_VERSION_all.deb with Debian's own tooling (debian/:
+# `make deb`: builds the Debian package mptcpize-py_VERSION_ARCH.deb (ARCH: the seccomp shim is C) with Debian's own tooling (debian/:
 # debhelper, dh-python/pybuild) from this checkout's working tree, then lintian, which must report no
 # errors. The build runs in a copy of the working tree under $DEB_OUT (build/), so the checkout itself
 # is not touched; the .deb, .changes, .buildinfo, the native source package (.dsc, .tar.xz) and
@@ -54,7 +54,7 @@ log "building mptcpize-py $version in $src"
 rm -f "$out"/mptcpize-py_"$version"[._]*
 (cd "$src" && dpkg-buildpackage -us -uc) > "$out/build.log" 2>&1 \
     || { tail -n 40 "$out/build.log" >&2; die "dpkg-buildpackage failed (log: $out/build.log)"; }
-deb=$out/mptcpize-py_${version}_all.deb
+deb=$out/mptcpize-py_${version}_$(dpkg --print-architecture).deb
 [ -f "$deb" ] || die "dpkg-buildpackage made no $deb (log: $out/build.log)"
 rm -rf "$src"   # kept when the build fails, to look into
 

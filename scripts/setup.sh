@@ -14,7 +14,7 @@ log() { printf 'setup: %s\n' "$*" >&2; }
 need_apt=()
 for pkg in python3-bpfcc bpfcc-tools python3-venv python3-pip iperf3 iproute2 kmod qemu-system-x86 \
            busybox-static libc6-dev gcc bpftool mptcpd mptcpd-plugins mptcpize iputils-ping python3-systemd \
-           udev groff-base python3-pyroute2 python3-psutil python3-yaml $DEB_BUILD_PACKAGES \
+           udev groff-base python3-pyroute2 python3-psutil python3-yaml nginx-light apache2-utils $DEB_BUILD_PACKAGES \
            $IMAGE_PACKAGES; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'ok installed' || need_apt+=("$pkg")
 done
@@ -84,4 +84,6 @@ if ! "$VENV/bin/python" -c 'import kubernetes_validate' 2>/dev/null || [ ! -x "$
 fi
 # The prebuilt CO-RE objects the libbpf loader loads (from /sys/kernel/btf/vmlinux's types).
 make -s bpf
+# The seccomp backend's preloaded shim, beside the checkout's modules (the editable install uses them).
+make -s shim
 log "ok"

@@ -27,6 +27,12 @@ class RunBackend(Protocol):
     def child_setup(self) -> None:
         """Runs in the child between fork and exec, so that the very first socket() is covered."""
 
+    def spawn_env(self, env: dict[str, str]) -> dict[str, str] | None:
+        """CMD's environment built from ours (None: ours unchanged)."""
+
+    def pass_fds(self) -> tuple[int, ...]:
+        """Descriptors CMD inherits."""
+
     def started(self, pid: int) -> None:
         """Runs in the parent once CMD is running."""
 

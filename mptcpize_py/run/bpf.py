@@ -35,6 +35,12 @@ class BpfRunBackend(RunBackend):
         self._thread = threading.Thread(target=self._poll, name="mptcpize-events", daemon=True)
         self._rewriter.open_events(self._on_event)
 
+    def spawn_env(self, env: dict[str, str]) -> dict[str, str] | None:
+        return None
+
+    def pass_fds(self) -> tuple[int, ...]:
+        return ()
+
     def child_setup(self) -> None:
         # In the child, before exec: it joins the run tree itself, so nothing can precede it.
         self._rewriter.add_run_root(os.getpid())
@@ -95,6 +101,12 @@ class DaemonRunBackend(RunBackend):
         self.name = f"bpf (via the daemon, pid {self.daemon_pid})"
         self.run_id: int | None = None
         self._r, self._w = os.pipe2(os.O_CLOEXEC)  # the child reports its run id through it
+
+    def spawn_env(self, env: dict[str, str]) -> dict[str, str] | None:
+        return None
+
+    def pass_fds(self) -> tuple[int, ...]:
+        return ()
 
     def child_setup(self) -> None:
         from mptcpize_py.daemon import client

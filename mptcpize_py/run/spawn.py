@@ -55,7 +55,11 @@ def run_command(argv: list[str], backend: RunBackend) -> tuple[int, list[Process
 
     try:
         try:
-            proc = subprocess.Popen(argv, executable=path, preexec_fn=child_setup, close_fds=True)
+            # A backend may add to CMD's environment and inherited fds (the seccomp backend's
+            # preloaded shim).
+            proc = subprocess.Popen(argv, executable=path, preexec_fn=child_setup, close_fds=True,
+                                    env=backend.spawn_env(dict(os.environ)),
+                                    pass_fds=backend.pass_fds())
         except FileNotFoundError as e:
             raise MptcpizeError(f"{argv[0]}: {e.strerror}", exit_code=EXIT_NOT_FOUND) from None
         except OSError as e:

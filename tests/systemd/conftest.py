@@ -3,7 +3,7 @@ inside scripts/vm-systemd.sh (a throwaway VM whose runner unit sets MPTCPIZE_THR
 on a developer's machine, where they would install units and restart services for real.
 
 They test what users install: the Debian package `make deb` built from this checkout
-(MPTCPIZE_DEB, default build/mptcpize-py_VERSION_all.deb), installed once per session with apt in the
+(MPTCPIZE_DEB, default build/mptcpize-py_VERSION_ARCH.deb), installed once per session with apt in the
 VM's throwaway /usr, /etc and /var. systemd runs /usr/bin/mptcpize-py from its units under
 /lib/systemd/system, and the tests run that same command (installed.mptcpize()), never the checkout's
 code, so the units' ProtectHome=/ProtectSystem= apply as they do for users. test_package.py (install,
@@ -20,6 +20,11 @@ from mptcpize_py.program.support import kernel_support
 from tests.conftest import REPO
 from tests.systemd import installed
 from tests.waiting import scaled
+
+
+def _deb_arch() -> str:
+    return subprocess.run(["dpkg", "--print-architecture"], capture_output=True, text=True,
+                          check=True).stdout.strip()
 
 THROWAWAY = os.environ.get("MPTCPIZE_THROWAWAY_SYSTEMD") == "1"
 LAST = "test_package.py"
@@ -57,7 +62,7 @@ def systemd_and_bpf():
 
 def deb_path() -> Path:
     given = os.environ.get("MPTCPIZE_DEB")
-    deb = Path(given) if given else REPO / "build" / f"mptcpize-py_{__version__}_all.deb"
+    deb = Path(given) if given else REPO / "build" / f"mptcpize-py_{__version__}_{_deb_arch()}.deb"
     if not deb.is_file():
         pytest.fail(f"no Debian package at {deb}: run `make deb` first (make test-systemd does)")
     return deb

@@ -22,6 +22,12 @@ class NoUpgradeBackend(RunBackend):
     def __init__(self):
         self.child_pid_seen_in_child = None
 
+    def spawn_env(self, env):
+        return None
+
+    def pass_fds(self):
+        return ()
+
     def child_setup(self):
         pass
 

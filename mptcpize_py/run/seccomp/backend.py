@@ -13,6 +13,8 @@ from mptcpize_py.run.backend import ProcessReport, ProcessSummary, RunBackend
 from mptcpize_py.run.seccomp.filter import FilterInstaller
 from mptcpize_py.run.seccomp.notify import Listener, recv_listener, send_listener
 from mptcpize_py.run.seccomp.probe import probe
+from mptcpize_py.run.seccomp.shim import ENV as SHIM_ENV
+from mptcpize_py.run.seccomp.shim import Counters, library
 from mptcpize_py.run.seccomp.supervisor import Supervisor, foreign_proc
 
 log = logging.getLogger(__name__)
@@ -49,6 +51,16 @@ class SeccompRunBackend(RunBackend):
         # otherwise. Without CAP_SYS_ADMIN it is mandatory, and exec of such programs is reported.
         self.no_new_privs = bool(procfs.missing_capabilities(("CAP_SYS_ADMIN",)))
         self._installer = FilterInstaller(self.no_new_privs, notify_exec=self.no_new_privs)
+        # Dynamically linked programs make their MPTCP sockets themselves through the preloaded shim
+        # (shim/mptcpize-shim.c) and count them in a memfd they inherit; the filter still sends the
+        # supervisor whatever the shim cannot reach (static programs, raw syscalls, Go, setuid exec).
+        self._shim_lib = library()
+        self._shim: Counters | None = None
+        if self._shim_lib is None:
+            log.debug("seccomp: no preloaded shim (%s not built): every socket() is answered by "
+                      "the supervisor", "mptcpize_py/lib/libmptcpize-shim.so")
+        else:
+            self._shim = Counters()
         self._parent_sock, self._child_sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         self._stop_r, self._stop_w = os.pipe2(os.O_CLOEXEC)
         self._supervisor: Supervisor | None = None
@@ -68,6 +80,17 @@ class SeccompRunBackend(RunBackend):
             os.write(2, f"mptcpize-py: error: cannot install the seccomp filter: {e.strerror}\n".encode())
             os._exit(126)
 
+    def spawn_env(self, env: dict[str, str]) -> dict[str, str]:
+        """CMD's environment: the shim preloaded (before any LD_PRELOAD of the user's), its counters."""
+        if self._shim is None or self._shim_lib is None:
+            return env
+        old = env.get("LD_PRELOAD")
+        return {**env, "LD_PRELOAD": f"{self._shim_lib} {old}" if old else self._shim_lib,
+                SHIM_ENV: self._shim.env_value()}
+
+    def pass_fds(self) -> tuple[int, ...]:
+        return (self._shim.fd,) if self._shim is not None else ()
+
     # parent side
     def started(self, pid: int) -> None:
         self._child_sock.close()  # so that the supervisor sees EOF if the child never sent anything
@@ -85,7 +108,7 @@ class SeccompRunBackend(RunBackend):
                 listener_fd = None
             if listener_fd is None:
                 return
-            self._supervisor = Supervisor(Listener(listener_fd))
+            self._supervisor = Supervisor(Listener(listener_fd), shim=self._shim)
         finally:
             self._settled.set()
         self._supervisor.serve(self._stop_r)
@@ -143,6 +166,9 @@ class SeccompRunBackend(RunBackend):
         self._stop_r = self._stop_w = -1
         self._parent_sock.close()
         self._child_sock.close()
+        if self._shim is not None:
+            self._shim.close()
+            self._shim = None
 
 
 def _start_thread(target, name: str) -> threading.Thread:

@@ -46,6 +46,11 @@ def read_creds(pid: int | str) -> Creds:
         data = os.read(fd, 8192)
     finally:
         os.close(fd)
+    return parse_creds(data)
+
+
+def parse_creds(data: bytes) -> Creds:
+    """Creds from the bytes of a /proc/PID/status."""
 
     def field(name: bytes) -> list[bytes]:
         start = data.index(name) + len(name)

@@ -6,6 +6,7 @@ import socket
 import struct
 
 from mptcpize_py.host import libc
+from mptcpize_py.run.seccomp.shim import SHIM_PASS
 
 # include/uapi/linux/seccomp.h, filter.h, audit.h; arch/x86/include/uapi/asm/unistd.h
 _X32_SYSCALL_BIT = 0x40000000
@@ -58,6 +59,11 @@ def filter_program(notify_exec: bool) -> bytes:
     op(_JSET_K, 0xFFFFFFFF & ~(_SOCK_TYPE_MASK | _SOCK_VALID_FLAGS), "allow", 0)
     op(_AND_K, _SOCK_TYPE_MASK)
     op(_JEQ_K, socket.SOCK_STREAM, 0, "allow")
+    # The shim's fallback where the namespace refuses MPTCP: the caller's own TCP socket, made by the
+    # caller (a program that sets this gets what it asked for: no more than without us).
+    op(_LD_W_ABS, _off_arg(3))
+    op(_JEQ_K, SHIM_PASS, "allow", 0)
+    # IPPROTO_MPTCP (the shim's own sockets) and every other protocol: allowed below.
     op(_LD_W_ABS, _off_arg(2))
     op(_JEQ_K, 0, "notify", 0)
     op(_JEQ_K, socket.IPPROTO_TCP, "notify", "allow")

@@ -6,7 +6,7 @@ import errno
 import os
 import socket
 import struct
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from mptcpize_py.host import libc
 
@@ -40,8 +40,8 @@ def notif_sizes() -> tuple[int, int, int]:
     return tuple(sizes)
 
 
-@dataclass(frozen=True)
-class Notification:
+class Notification(NamedTuple):
+    """One notification (a NamedTuple: made once per call, cheaper than a frozen dataclass)."""
     id: int
     tid: int       # the calling thread, as this process's pid namespace sees it
     nr: int
@@ -88,6 +88,15 @@ class Listener:
     def send_continue(self, nid: int) -> None:
         """Lets the caller's own syscall run. ENOENT (caller gone or interrupted) is not an error."""
         struct.pack_into("<QqiI", self._resp, 0, nid, 0, 0, SECCOMP_USER_NOTIF_FLAG_CONTINUE)
+        try:
+            libc.ioctl(self.fd, SECCOMP_IOCTL_NOTIF_SEND, ctypes.addressof(self._resp))
+        except OSError as e:
+            if e.errno != errno.ENOENT:
+                raise
+
+    def send_error(self, nid: int, err: int) -> None:
+        """Completes the caller's syscall with -1 and errno `err`. ENOENT (caller gone) is not an error."""
+        struct.pack_into("<QqiI", self._resp, 0, nid, 0, -err, 0)
         try:
             libc.ioctl(self.fd, SECCOMP_IOCTL_NOTIF_SEND, ctypes.addressof(self._resp))
         except OSError as e:

@@ -19,6 +19,8 @@ from mptcpize_py.host import libc, procfs
 from mptcpize_py.run.backend import ProcessReport, ProcessSummary
 from mptcpize_py.run.seccomp.caller import CallerContextThread, Creds, overflow_ids, read_creds
 from mptcpize_py.run.seccomp.notify import Listener, Notification
+from mptcpize_py.run.seccomp.shim import SHIM_GO, SHIM_REGISTER, SHIM_STAND_ASIDE, Counters
+from mptcpize_py.run.seccomp.threads import ThreadFacts
 
 log = logging.getLogger(__name__)
 
@@ -48,11 +50,13 @@ def foreign_proc() -> str | None:
 
 
 class _Process:
-    """What `run -v` keeps of a live process that got upgraded sockets."""
-    __slots__ = ("exe", "upgraded", "row")
+    """What `run -v` keeps of a live process that got upgraded sockets: those the supervisor made,
+    and the shim's counter slots (one per exec image that registered)."""
+    __slots__ = ("exe", "upgraded", "row", "slots")
 
     def __init__(self, exe: str, row: bool):
         self.exe, self.upgraded, self.row = exe, 0, row
+        self.slots: list[int] = []
 
 
 class _Summary(NamedTuple):
@@ -75,8 +79,9 @@ class Supervisor:
     PRUNE_MIN = 64           # look for exited processes once this many are tracked (amortized)
     EXEC_CHECKERS = 2        # threads looking at exec targets (see _exec)
 
-    def __init__(self, listener: Listener, track: bool = True):
+    def __init__(self, listener: Listener, track: bool = True, shim: Counters | None = None):
         self.listener = listener
+        self.shim = shim   # where the preloaded shim counts; None: it registers nobody
         self.track = track
         self._live: dict[tuple[int, int], _Process] = {}   # (tgid, start ticks) -> process
         self._rows: list[tuple[int, int, str, int]] = []    # exited: (tgid, start, exe, sockets)
@@ -103,6 +108,8 @@ class Supervisor:
         self._home_cgroup = _read_small("/proc/thread-self/cgroup")
         self._home_label = _read_small("/proc/thread-self/attr/current")  # None: no LSM labels
         self._ctx: CallerContextThread | None = None
+        # Per-thread open /proc files (run/seccomp/threads.py): one pread per fact and call.
+        self._threads = ThreadFacts(self._home_label is not None, self._process_id)
         self.hung_up = threading.Event()
 
     def serve(self, stop_fd: int) -> None:
@@ -130,7 +137,10 @@ class Supervisor:
             return
         try:
             if n.nr == self._nr_socket:
-                self._socket(n)
+                if n.args[3] == SHIM_REGISTER:
+                    self._register(n)
+                else:
+                    self._socket(n)
             else:
                 self._exec(n)
         except Exception:  # never leave a caller blocked: whatever happened, let its syscall run
@@ -145,23 +155,64 @@ class Supervisor:
         except OSError:
             log.debug("cannot answer notification %#x", nid, exc_info=True)
 
+    def _register(self, n: Notification) -> None:
+        """The shim asks, at a process's first candidate socket(), whether it may make MPTCP sockets
+        itself. Yes (SHIM_GO), unless today's checks would refuse the supervisor's socket for reasons
+        of context (another user namespace, cgroup or LSM label: those callers keep their TCP, and
+        the supervisor keeps deciding each call), ids our user namespace does not map, or /proc cannot
+        name the caller. Decided once per process image: the shim's later sockets are the caller's
+        own whatever it changes meanwhile. The process is
+        recorded as at its first upgrade, with its counter slot."""
+        if self.foreign_proc is not None or (self.track and self.shim is None):
+            self.listener.send_error(n.id, SHIM_STAND_ASIDE)
+            return
+        tid = n.tid
+        userns = _ns_id(f"/proc/{tid}/ns/user")
+        cgroup = _read_small(f"/proc/{tid}/cgroup")
+        label = _read_small(f"/proc/{tid}/attr/current") if self._home_label is not None else None
+        creds = read_creds(tid)
+        tgid = creds.tgid
+        key, exe = None, None
+        if self.track:
+            key = (tgid, self._process_id(tgid))
+            if key not in self._live:
+                exe = procfs.exe(tgid) or "?"
+        if not self.listener.id_valid(n.id):   # all of the above described our caller
+            return
+        # The shim's sockets would be the caller's own; declining where the supervisor would decline
+        # keeps what such a caller gets exactly as without the shim (its TCP socket, counted).
+        if self._foreign_context(userns, cgroup, label) or \
+                (not creds.same_as(self._home) and self._unmapped(creds)):
+            self.listener.send_error(n.id, SHIM_STAND_ASIDE)
+            return
+        if key is not None:
+            self._tracked(key, tgid, exe).slots.append(n.args[4] & 0xFFFFFFFF)
+        self.listener.send_error(n.id, SHIM_GO)
+
+    def _tracked(self, key: tuple[int, int], tgid: int, exe: str | None) -> _Process:
+        proc = self._live.get(key)
+        if proc is None:
+            log.info("upgraded pid=%d exe=%s rule=run", tgid, escaped(exe or "?"))
+            if len(self._live) >= self._prune_at:
+                self._prune()
+            proc = self._live[key] = _Process(exe or "?", self._rows_given < self.REPORT_ROWS)
+            self._rows_given += proc.row
+            self.peak_live = max(self.peak_live, len(self._live))
+        return proc
+
     def _socket(self, n: Notification) -> None:
         if self.foreign_proc is not None:   # /proc/TID would be another process: act on nothing
             self.counters["foreign_proc"] += 1
             self._continue(n.id)
             return
         family, type_ = n.args[0] & 0xFFFFFFFF, n.args[1] & 0xFFFFFFFF
-        tid = n.tid
         netns_fd = -1
         try:
-            st = os.stat(f"/proc/{tid}/ns/net")
-            same_netns = (st.st_dev, st.st_ino) == (self._home_netns.st_dev, self._home_netns.st_ino)
+            facts = self._threads.read(n.tid)
+            creds, userns, cgroup, label = facts.creds, facts.userns, facts.cgroup, facts.label
+            same_netns = facts.netns == (self._home_netns.st_dev, self._home_netns.st_ino)
             if not same_netns:
-                netns_fd = os.open(f"/proc/{tid}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
-            creds = read_creds(tid)
-            userns = _ns_id(f"/proc/{tid}/ns/user")
-            cgroup = _read_small(f"/proc/{tid}/cgroup")
-            label = _read_small(f"/proc/{tid}/attr/current") if self._home_label is not None else None
+                netns_fd = os.open("net", os.O_RDONLY | os.O_CLOEXEC, dir_fd=facts.ns_dir)
             # All of the above described `tid` only if it is still our caller (blocked in socket(),
             # it cannot change its own netns or credentials), not a task that reused the tid of a
             # caller killed meanwhile (TOCTOU).
@@ -174,7 +225,7 @@ class Supervisor:
                 self.counters[reason] += 1
                 self._continue(n.id)
                 return
-            if netns_fd >= 0 and os.fstat(netns_fd).st_ino != st.st_ino:
+            if netns_fd >= 0 and os.fstat(netns_fd).st_ino != facts.netns[1]:
                 raise OSError(errno.ESRCH, "the caller's netns changed under us")
             type_ |= socket.SOCK_CLOEXEC  # ours is private; the caller's flag goes to ADDFD below
             try:
@@ -198,7 +249,7 @@ class Supervisor:
         key: tuple[int, int] | None = None
         first_exe: str | None = None
         if self.track:
-            key = (tgid, self._process_id(tgid))
+            key = facts.process
             if key not in self._live:
                 first_exe = procfs.exe(tgid) or "?"
         try:
@@ -214,15 +265,7 @@ class Supervisor:
         self.counters["upgraded"] += 1
         if key is None:
             return
-        proc = self._live.get(key)
-        if proc is None:
-            log.info("upgraded pid=%d exe=%s rule=run", tgid, escaped(first_exe or "?"))
-            if len(self._live) >= self._prune_at:
-                self._prune()
-            proc = self._live[key] = _Process(first_exe or "?", self._rows_given < self.REPORT_ROWS)
-            self._rows_given += proc.row
-            self.peak_live = max(self.peak_live, len(self._live))
-        proc.upgraded += 1
+        self._tracked(key, tgid, first_exe).upgraded += 1
 
     def _prune(self) -> None:
         """Retires the processes that exited (their pid is gone or another process's now)."""
@@ -231,6 +274,15 @@ class Supervisor:
         self._prune_at = max(self.PRUNE_MIN, 2 * len(self._live))
 
     def _retire(self, key: tuple[int, int], proc: _Process) -> None:
+        if self.shim is not None:   # the process is gone: its slots are final
+            for slot in proc.slots:
+                upgraded, fallback = self.shim.read(slot)
+                proc.upgraded += upgraded
+                self.counters["upgraded"] += upgraded
+                self.counters["mptcp_disabled"] += fallback
+            proc.slots = []
+        if proc.upgraded == 0:   # registered, but every socket it made stayed TCP
+            return
         if proc.row:
             self._rows.append((*key, proc.exe, proc.upgraded))
             return
@@ -343,6 +395,7 @@ class Supervisor:
         if self._ctx is not None:
             self._ctx.stop()
             self._ctx = None
+        self._threads.close()
         if self._home_netns_fd >= 0:
             os.close(self._home_netns_fd)
             self._home_netns_fd = -1
