@@ -104,6 +104,20 @@ def test_installing_starts_nothing_and_runs_from_usr(package):
     assert "program loader: libbpf" in proc.stdout, proc.stdout
 
 
+def test_the_installed_seccomp_backend_preloads_the_packaged_shim(package, tmp_path):
+    """The shim is a C library in the package's private directory, not a Python extension: the
+    package's Python dependency has no upper bound (dh_python3 pins one for a .so in dist-packages),
+    and the installed command's seccomp backend preloads it into a dynamically linked program."""
+    depends = run("dpkg-query", "-W", "-f=${Depends}", "mptcpize-py").stdout
+    assert "python3" in depends and "<<" not in depends, depends
+    probe = tmp_path / "shimprobe"
+    run("gcc", "-O2", "-o", str(probe), str(REPO / "tests" / "progs" / "shimprobe.c"))
+    proc = mptcpize("run", "--backend", "seccomp", "--", str(probe), "kinds", timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    got = dict(line.split(" ", 1) for line in proc.stdout.strip().splitlines())
+    assert got["shim"] == "mapped" and got["tcp4"] == "262" and got["udp4"] == "17", got
+
+
 def test_man_pages_completion_and_license(package):
     assert run("man", "-w", "mptcpize-py").stdout.strip() == "/usr/share/man/man8/mptcpize-py.8.gz"
     assert run("man", "-w", "5", "mptcpize-py-policy").stdout.strip() == \

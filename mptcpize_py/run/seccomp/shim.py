@@ -6,6 +6,7 @@ import mmap
 import os
 import secrets
 import struct
+import sysconfig
 from pathlib import Path
 
 # Shared with shim/mptcpize-shim.c.
@@ -18,18 +19,20 @@ _HEADER = struct.Struct("<QII48x")   # token, nslots, next
 _SLOT = struct.Struct("<QQ")         # upgraded, fallback
 SLOTS = 65536                        # processes that can register; the file is sparse (1 MiB at most)
 
-LIB_DIR = Path(__file__).resolve().parents[2] / "lib"
+NAME = "libmptcpize-shim.so"
+# Beside the modules (a checkout, a wheel), or where the Debian package keeps its private libraries.
+PLACES = (Path(__file__).resolve().parents[2] / "lib",
+          Path("/usr/lib") / (sysconfig.get_config_var("MULTIARCH") or "") / "mptcpize-py")
 
 
 def library() -> str | None:
     """The shim's path when it was built and LD_PRELOAD can name it (the dynamic loader splits that
-    list at spaces and colons). dh_python3 gives every .so in a package an ABI tag
-    (libmptcpize-shim.cpython-311-x86_64-linux-gnu.so in the .deb)."""
-    found = sorted(LIB_DIR.glob("libmptcpize-shim*.so"))
-    path = str(found[0]) if found else ""
-    if not path or any(c in path for c in " :\t\n"):
-        return None
-    return path
+    list at spaces and colons)."""
+    for place in PLACES:
+        path = str(place / NAME)
+        if os.path.isfile(path):
+            return None if any(c in path for c in " :\t\n") else path
+    return None
 
 
 class Counters:
