@@ -293,6 +293,7 @@ def test_detached_supervisor_memory_stays_flat(static_rawsock, tmp_path):
     finally:
         for f in (go1, go2, end):
             f.touch()
-    # Before the fix: about 150 bytes per process (over 1 MiB here). Allow allocator noise.
-    assert after - before < 400, f"RSS grew from {before} to {after} KiB"
+    # Before the fix: about 150 bytes per process (over 1.4 MiB here). Allow allocator noise: natively
+    # 0 KiB over two batches of 10,000; once 404 KiB under TCG (pages touched once, not per process).
+    assert after - before < 512, f"RSS grew from {before} to {after} KiB"
     wait_for(lambda: not _tagged(_detached_supervisors(), tag), "the detached supervisor to exit")
