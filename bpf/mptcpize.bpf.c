@@ -67,8 +67,8 @@ BPF_HASH(netns_mptcp, u32, u8, MPTCPIZE_MAX_NETNS);
 /* Per process, kept after it exits (reports come later; the LRU forgets the oldest). */
 BPF_LRU_HASH(proc_stats, struct mptcpize_proc_key, struct mptcpize_proc_stats, MPTCPIZE_MAX_PROCS);
 /* Exact totals per rule id: processes come and go (LRU), rules stay. An array, not a hash: its
- * lookup is an index (inlined by the verifier for per-CPU arrays since Linux 6.10), no hashing,
- * no insert on a rule's first socket, and no atomic add, each CPU counting in its own copy. */
+ * lookup is an index (no hashing), there is no insert at a rule's first socket, and no atomic add:
+ * each CPU counts in its own copy, userspace sums them. */
 BPF_PERCPU_ARRAY(rule_stats, u64, MPTCPIZE_MAX_RULE_STATS);
 BPF_LRU_HASH(exe_names, struct mptcpize_proc_key, struct mptcpize_exe_name, MPTCPIZE_MAX_PROCS);
 BPF_PERCPU_ARRAY(counters, u64, MPTCPIZE_CNT_MAX);
