@@ -39,6 +39,10 @@ char LICENSE[] SEC("license") = "GPL";
 #define OFF_NET_GENERIC_PTR bpf_core_field_offset(struct net_generic, ptr)
 #define OFF_SIGNAL_LIVE bpf_core_field_offset(struct signal_struct, live.counter)
 #define OFF_BPRM_FILENAME bpf_core_field_offset(struct linux_binprm, filename)
+#define OFF_TASK_CGROUPS bpf_core_field_offset(struct task_struct, cgroups)
+#define OFF_CSS_SET_DFL_CGRP bpf_core_field_offset(struct css_set, dfl_cgrp)
+#define OFF_CGROUP_KN bpf_core_field_offset(struct cgroup, kn)
+#define OFF_KERNFS_NODE_ID bpf_core_field_offset(struct kernfs_node, id)
 
 #define MPTCPIZE_MAP_(_type, _key, _value, _name, _size) \
 	struct { \

@@ -66,8 +66,10 @@ BPF_HASH(netns_allow, u32, u8, MPTCPIZE_MAX_NETNS);
 BPF_HASH(netns_mptcp, u32, u8, MPTCPIZE_MAX_NETNS);
 /* Per process, kept after it exits (reports come later; the LRU forgets the oldest). */
 BPF_LRU_HASH(proc_stats, struct mptcpize_proc_key, struct mptcpize_proc_stats, MPTCPIZE_MAX_PROCS);
-/* Exact totals per rule, (kind << 32 | rule_id): processes come and go (LRU), rules stay. */
-BPF_PERCPU_HASH(rule_stats, u64, u64, MPTCPIZE_MAX_RULE_STATS);
+/* Exact totals per rule id: processes come and go (LRU), rules stay. An array, not a hash: its
+ * lookup is an index (no hashing), there is no insert at a rule's first socket, and no atomic add:
+ * each CPU counts in its own copy, userspace sums them. */
+BPF_PERCPU_ARRAY(rule_stats, u64, MPTCPIZE_MAX_RULE_STATS);
 BPF_LRU_HASH(exe_names, struct mptcpize_proc_key, struct mptcpize_exe_name, MPTCPIZE_MAX_PROCS);
 BPF_PERCPU_ARRAY(counters, u64, MPTCPIZE_CNT_MAX);
 BPF_RINGBUF_OUTPUT(events, MPTCPIZE_RINGBUF_PAGES);
@@ -195,12 +197,27 @@ static __always_inline int select_task(u64 task, u32 tgid, u32 flags,
 	return denied;
 }
 
+/*
+ * The thread's cgroup (v2) id, what bpf_get_current_cgroup_id() returns (task->cgroups->dfl_cgrp->kn->id,
+ * kernel/bpf/helpers.c), read with four loads instead of a helper call: the verdict's check on every
+ * TCP socket(). Only cgroup rules depend on it; without any, 0 (the verdict then ignores the cgroup).
+ */
+static __always_inline u64 verdict_cgroup_id(u64 task, u32 flags)
+{
+	if (!(flags & MPTCPIZE_CFG_HAS_CGROUP_RULES))
+		return 0;
+	u64 cgroups = TASK_PTR(task, OFF_TASK_CGROUPS);
+	u64 cgrp = TASK_PTR(cgroups, OFF_CSS_SET_DFL_CGRP);
+	u64 kn = TASK_PTR(cgrp, OFF_CGROUP_KN);
+	return TASK_PTR(kn, OFF_KERNFS_NODE_ID);
+}
+
 /* select_task() for the current thread, through its cached verdict when that still holds. *vp is
  * the verdict, or NULL (no memory for one, or a nested call): then decide without, as before. */
 static __always_inline int select_current(u64 task, u32 tgid, u32 flags, u32 *rule_id, u32 *kind,
 					  struct mptcpize_verdict **vp)
 {
-	u64 cgroup_id = bpf_get_current_cgroup_id();
+	u64 cgroup_id = verdict_cgroup_id(task, flags);
 	u64 now = bpf_jiffies64();
 	struct mptcpize_verdict *v = MAP_TASK_STORAGE_GET(verdicts, task, 0,
 							       BPF_LOCAL_STORAGE_GET_F_CREATE);
@@ -290,17 +307,10 @@ static __always_inline int decide(int family, int type, int protocol)
 	}
 
 	count(MPTCPIZE_CNT_UPGRADED);
-	u64 rule_key = ((u64)kind << 32) | rule_id;
-	u64 *per_rule = kind == MPTCPIZE_KIND_RUN ? NULL : MAP_LOOKUP(rule_stats, &rule_key);
-	if (per_rule) {
-		(*per_rule)++;
-	} else if (kind != MPTCPIZE_KIND_RUN) {   /* run trees: per process, see run_report */
-		u64 one = 1;
-		if (MAP_INSERT(rule_stats, &rule_key, &one) != 0) {   /* another CPU's first insert won */
-			per_rule = MAP_LOOKUP(rule_stats, &rule_key);
-			if (per_rule)
-				(*per_rule)++;
-		}
+	if (kind != MPTCPIZE_KIND_RUN) {   /* run trees: per process, see run_report */
+		u64 *per_rule = MAP_LOOKUP(rule_stats, &rule_id);
+		if (per_rule)
+			(*per_rule)++;
 	}
 	struct mptcpize_proc_key pkey = {};
 	if (v && v->start_ns) {

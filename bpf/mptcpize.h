@@ -15,7 +15,8 @@
 #define MPTCPIZE_MAX_CGROUP_RULES 4096
 #define MPTCPIZE_MAX_NETNS 1024
 #define MPTCPIZE_MAX_PROCS 16384
-#define MPTCPIZE_MAX_RULE_STATS 8192  /* exe + cgroup rules, each counted per (kind, rule id) */
+/* Per rule id: ids run from 16 (policy/validate.py FIRST_RULE_ID) over every exe and cgroup rule. */
+#define MPTCPIZE_MAX_RULE_STATS 8208
 #define MPTCPIZE_RINGBUF_PAGES 64
 /* Bytes of an executed file name kept for reports (exe_names map). */
 #define MPTCPIZE_EXE_NAME_LEN 256

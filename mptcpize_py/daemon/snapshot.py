@@ -17,13 +17,6 @@ from mptcpize_py.resolve import Resolved
 from mptcpize_py.status import DaemonStatus, PathsStatus, PolicyStatus, ProcessRow, RuleCount, RuleStatus
 
 
-def rule_stats_by_id(rw: ProgramHandle) -> dict[int, int]:
-    per_rule: dict[int, int] = {}
-    for (_kind, rule_id), n in rw.rule_stats().items():
-        per_rule[rule_id] = per_rule.get(rule_id, 0) + n
-    return per_rule
-
-
 class Tallies:
     """Counts that outlive the kernel's tables: per rule series across reloads, per unit across the LRU."""
 
@@ -36,13 +29,13 @@ class Tallies:
     def switch(self, policy: Policy) -> None:
         """The new policy's rule ids count from here (ids follow the rules' order: a reload renumbers)."""
         with self._lock:
-            self._rules.switch({r.id: r.series for r in policy.allow}, rule_stats_by_id(self.rw))
+            self._rules.switch({r.id: r.series for r in policy.allow}, self.rw.rule_stats())
 
     def read(self, procs: dict[tuple[int, int], ProcRecord],
              ) -> tuple[dict[int, int], list[ProcStats], list[RuleCount], dict[str, int]]:
         """One reading of the kernel's tables for the rows and the tallies."""
         with self._lock:
-            per_rule = rule_stats_by_id(self.rw)
+            per_rule = self.rw.rule_stats()
             stats = sorted(self.rw.proc_stats(), key=lambda s: (s.tgid, s.start_ns))
             by_series = self._rules.counts(per_rule)
             per_unit, run = self._procs.observe(

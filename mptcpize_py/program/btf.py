@@ -151,6 +151,10 @@ STRUCT_FIELDS = (
     ("OFF_NET_GENERIC_PTR", "net_generic", "ptr", None),
     ("OFF_SIGNAL_LIVE", "signal_struct", "live.counter", 4),
     ("OFF_BPRM_FILENAME", "linux_binprm", "filename", 8),
+    ("OFF_TASK_CGROUPS", "task_struct", "cgroups", 8),
+    ("OFF_CSS_SET_DFL_CGRP", "css_set", "dfl_cgrp", 8),
+    ("OFF_CGROUP_KN", "cgroup", "kn", 8),
+    ("OFF_KERNFS_NODE_ID", "kernfs_node", "id", 8),
 )
 
 

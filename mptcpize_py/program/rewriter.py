@@ -128,6 +128,7 @@ class Rewriter:
 
     def __init__(self, all_netns: bool = True, dry_run: bool = False, loader: str | None = None):
         self._fds: list[int] = []
+        self._rule_ids_end = 0   # above every rule id set_selection was given: rule_stats reads below
         self._events: maps.RingBuffer | None = None
         if os.geteuid() != 0:
             raise PermissionDenied("loading the BPF program needs root (CAP_BPF, CAP_PERFMON, "
@@ -210,6 +211,8 @@ class Rewriter:
         flags = (abi.CFG_ALL_NETNS if netns is None else 0) \
             | (abi.CFG_HAS_EXE_RULES if exe_rules else 0) \
             | (abi.CFG_HAS_CGROUP_RULES if cgroup_rules else 0)
+        ids = [rid for rid, _action in (*exe_rules.values(), *cgroup_rules.values())]
+        self._rule_ids_end = max([self._rule_ids_end, *(rid + 1 for rid in ids)])
         self._set_flags(self._flags | flags)  # match by the old and the new rules while syncing
         exe, cg, ns = self._maps["exe_rules"], self._maps["cgroup_rules"], self._maps["netns_allow"]
         maps.sync_map(exe, [(exe.Key(dev, ino), exe.Leaf(*rule)) for (dev, ino), rule in exe_rules.items()])
@@ -233,10 +236,11 @@ class Rewriter:
         t = self._maps["counters"]
         return {name: sum(v.value for v in t[t.Key(idx)]) for name, idx in abi.COUNTERS.items()}
 
-    def rule_stats(self) -> dict[tuple[str, int], int]:
-        """{(kind, rule id): sockets upgraded} for policy rules (not run trees), exact."""
-        return {(abi.KIND_NAMES.get(k.value >> 32, "?"), k.value & 0xFFFFFFFF): sum(v.value for v in vs)
-                for k, vs in self._maps["rule_stats"].items()}
+    def rule_stats(self) -> dict[int, int]:
+        """{rule id: sockets upgraded} for policy rules (not run trees), exact; ids that upgraded none
+        are left out. The kernel counts per id, whatever the kind of rule (a reload renumbers)."""
+        sums = self._maps["rule_stats"].percpu_sums(self._rule_ids_end)
+        return {rid: n for rid, n in enumerate(sums) if n}
 
     def proc_stats(self) -> list[ProcStats]:
         return [ProcStats(k.tgid, v.upgraded, abi.KIND_NAMES.get(v.kind, "?"), v.rule_id, k.start_ns)

@@ -258,8 +258,11 @@ def counted(dry, pid) -> int:
 
 def test_a_socket_flood_drops_no_event(dry):
     """One event per process, at its first upgrade (not per socket): 4 processes x 50,000 sockets
-    lose none, each process is logged once, and the counts stay exact."""
-    before = status(dry)["totals"]
+    lose none, each process is logged once, and the counts stay exact: per process, in total and per
+    rule (the kernel's per-rule counters: one per-CPU slot per rule id)."""
+    first = status(dry)
+    before = first["totals"]
+    rules_before = {r["description"]: r["upgraded"] for r in first["policy"]["rules"]}
     procs = [Driven(dry["cgroup"]) for _ in range(4)]
     try:
         for p in procs:
@@ -267,8 +270,13 @@ def test_a_socket_flood_drops_no_event(dry):
         assert [p.answer() for p in procs] == ["6"] * 4
         rows = wait_rows(dry, [p.pid for p in procs])
         assert [rows[p.pid]["upgraded"] for p in procs] == [50000] * 4
-        after = status(dry)["totals"]
+        last = status(dry)
+        after = last["totals"]
         assert after["upgraded"] - before["upgraded"] == 200000
+        rules_added = {r["description"]: r["upgraded"] - rules_before.get(r["description"], 0)
+                       for r in last["policy"]["rules"]}
+        assert [(d, n) for d, n in rules_added.items() if n] == \
+            [(d, 200000) for d in rules_added if d.startswith(f"allow cgroup=/{CG_NAME}")]
         assert after["events_dropped"] == before["events_dropped"]
         log = dry["log"].read_text()
         assert [log.count(f"would upgrade pid={p.pid} ") for p in procs] == [1] * 4

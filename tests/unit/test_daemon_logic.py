@@ -66,7 +66,7 @@ class FakeRewriter(ProgramHandle):
         out = {}
         for s in self.stats:
             if s.kind != "run":
-                out[(s.kind, s.rule_id)] = out.get((s.kind, s.rule_id), 0) + s.upgraded
+                out[s.rule_id] = out.get(s.rule_id, 0) + s.upgraded
         return out
 
     def close(self):

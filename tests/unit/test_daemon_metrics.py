@@ -27,7 +27,7 @@ class LruRewriter(FakeRewriter):
 
     def __init__(self):
         super().__init__()
-        self.rules: dict[tuple[str, int], int] = {}
+        self.rules: dict[int, int] = {}
 
     def rule_stats(self):
         return dict(self.rules)
@@ -77,7 +77,7 @@ def test_start_writes_the_textfile(setup):
 
 def test_rule_series_survive_edits_that_renumber_rules(setup):
     dm, fake, d, prom = setup
-    fake.rules = {("exe", 16): 5}
+    fake.rules = {16: 5}
     dm.write_metrics(0)
     assert family(samples(prom.read_text()), "mptcpize_rule_upgraded_sockets") == \
         {frozenset({("file", "10.toml"), ("rule", "py")}): 5}
@@ -85,7 +85,7 @@ def test_rule_series_survive_edits_that_renumber_rules(setup):
     # kernel's counter of id 16 keeps what "py" counted; from now on it counts the new rule.
     (d / "10.toml").write_text(f'# web\n[[allow]]\nexe = "{SH}"\n\n[[allow]]\nname = "py"\nexe = "{EXE}"\n')
     assert dm.sync.reload("test") is True
-    fake.rules = {("exe", 16): 5 + 2, ("exe", 17): 3}
+    fake.rules = {16: 5 + 2, 17: 3}
     (d / "20.toml").write_text("[[allow]]\nexe = 'relative'\n")   # a failed reload counts too
     assert dm.sync.reload("test") is False
     dm.write_metrics(1)
@@ -100,7 +100,7 @@ def test_rule_series_survive_edits_that_renumber_rules(setup):
     (d / "10.toml").unlink()
     d.rmdir()
     assert dm.sync.reload("test") is True
-    fake.rules = {("exe", 16): 100, ("exe", 17): 100}
+    fake.rules = {16: 100, 17: 100}
     dm.write_metrics(2)
     assert sum(family(samples(prom.read_text()), "mptcpize_rule_upgraded_sockets").values()) == 10
 
@@ -145,7 +145,7 @@ def test_loop_writes_on_change_and_says_when_it_stops(setup):
 
     def poll(_ms):
         if not seen:
-            fake.rules = {("exe", 16): 9}
+            fake.rules = {16: 9}
             fake.stats = [ProcStats(ME, 9, "exe", 16, MY_START)]
             fake.callback(event(ME))
         seen.append(samples(prom.read_text()))

@@ -68,6 +68,15 @@ def test_every_map_of_the_program_is_known_with_its_types():
     assert m["events"].kind == "ringbuf" and m["events"].key is None
 
 
+def test_every_policy_rule_id_has_a_slot_in_the_per_rule_counters():
+    # The program counts per rule id in an array: the highest id a valid policy gives (one per exe and
+    # per cgroup or unit rule, from FIRST_RULE_ID) must be an index of it, or its sockets go uncounted.
+    from mptcpize_py.policy.validate import FIRST_RULE_ID
+    rule_stats = layout.maps()["rule_stats"]
+    assert rule_stats.kind == "percpu_array"
+    assert FIRST_RULE_ID + abi.MAX_EXE_RULES + abi.MAX_CGROUP_RULES <= rule_stats.max_entries
+
+
 @pytest.mark.parametrize("body, why", [
     ("u32 a; u32 b:3;", "cannot parse member"),
     ("u32 a; float b;", "unknown type"),
