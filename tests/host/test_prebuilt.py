@@ -57,6 +57,19 @@ def test_both_loaders_count_the_same_sockets(loader):
     assert len(r["maps"]) == 12
 
 
+def test_a_libbpf_load_reads_kernel_btf_once_and_no_kallsyms(tmp_path):
+    """The netns guard's facts are found in the kernel (find_netns_guard): the only reader of the
+    kernel's BTF is libbpf's relocation, and nothing reads /proc/kallsyms (a Python parse of both took
+    most of a start)."""
+    trace = tmp_path / "openat"
+    out = hold("libbpf", "strace", "-f", "-qq", "-e", "trace=openat,open", "-o", str(trace))
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["upgraded"] == 2
+    opened = [line.split('"')[1] for line in trace.read_text().splitlines() if '"' in line]
+    assert opened.count("/sys/kernel/btf/vmlinux") == 1
+    assert "/proc/kallsyms" not in opened
+
+
 # A private mount namespace with an empty tmpfs over /usr/src (where this host's only headers are)
 # and the running kernel's build directory when it exists.
 HIDE_HEADERS = ("unshare", "--mount", "--propagation", "private", "--", "sh", "-c",
