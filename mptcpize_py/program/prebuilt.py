@@ -17,6 +17,7 @@ or MPTCPIZE_PY_LOADER=bcc in the environment, e.g. the daemon's unit), or when n
 (a checkout without `make bpf`).
 """
 
+import errno
 import os
 from pathlib import Path
 
@@ -89,15 +90,28 @@ def probe(hook: bool) -> tuple[bool, str, str | None]:
         return False, f"no prebuilt object at {path}", f"build it with `make bpf`; or {BCC_HINT}"
     if os.geteuid() != 0:
         return True, f"{path} (not loaded: loading needs root)", None
+    out = Attached()
     try:
         with maps.BpfObject(str(path)) as obj:
             try:
                 obj.load()
             except OSError as e:
                 return False, f"{path.name} does not load on this kernel: {_why(obj.log, e)}", BCC_HINT
+            out.progs, out.maps = obj.programs(), obj.maps()
+        err = _find_netns_guard(out)
     except OSError as e:
         return False, f"cannot open {path}: {_why(getattr(e, 'log', []), e)}", BCC_HINT
-    return True, f"libbpf {maps.libbpf_version()} relocates and loads {path} (CO-RE)", None
+    finally:
+        _close(out)
+    loads = f"libbpf {maps.libbpf_version()} relocates and loads {path} (CO-RE)"
+    if out.pernet_addr:
+        return True, f"{loads}; it finds net.mptcp.enabled in kernel memory itself (mptcp_pernet_id, " \
+                     f"mptcp_enabled at +{out.enabled_offset})", None
+    why = f"cannot locate net.mptcp.enabled in kernel memory ({errno.errorcode.get(-err, err)})"
+    if not hook:   # the dry run asks userspace instead
+        return True, f"{loads}; it {why}: the dry run is told the value", None
+    from mptcpize_py.program.support import guard_error
+    return False, f"{loads}, but it {why}", guard_error(-err).hint
 
 
 GUARD_PROGRAM = "find_netns_guard"

@@ -184,6 +184,15 @@ def test_the_libbpf_loader_finds_the_netns_guard_where_kallsyms_and_btf_say(env)
     assert value["enabled_offset"] == btf.read_hook_facts().mptcp_enabled_offset
 
 
+def test_check_says_the_loaded_object_finds_the_netns_guard_itself(env):
+    rep = json.loads(subprocess.run([*CLI, "check", "--json"], capture_output=True, text=True,
+                                    env=env.environ, timeout=scaled(300)).stdout)
+    line = next(c for c in rep["checks"] if c["name"] == "prebuilt program")
+    assert line["status"] == "ok", line
+    assert "mptcpize.bpf.o" in line["detail"]   # the hook's object, not the dry run's
+    assert "finds net.mptcp.enabled in kernel memory itself" in line["detail"], line
+
+
 def test_without_cap_syslog_the_hook_is_refused_in_one_line_that_says_so(env):
     """The kernel hides its addresses (bpf_kallsyms_lookup_name: -EPERM, as /proc/kallsyms shows zeros)
     from a process without CAP_SYSLOG: the hook's program could not read net.mptcp.enabled, so `run`
