@@ -1,6 +1,8 @@
 """The kernel side of the BPF path, judged once per process: the hook in BTF, a trampoline that
 attaches, the netns guard. Each check really tries the thing; nothing is inferred from versions.
-Consumed by the loader, `enable` and `check` (support.py)."""
+Consumed by `check` (support.py), `enable`, the bcc loader (which writes the netns guard's facts into
+the settings map from here), and the libbpf loader only when its object did not load, to say why (its
+start reads neither BTF nor /proc/kallsyms here: the object finds the guard's facts itself)."""
 
 import errno
 import functools
