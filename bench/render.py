@@ -94,7 +94,8 @@ def _g(d: dict | None, *path, default=None):
     return d
 
 
-def render(meta: dict, native: dict, vm: dict) -> str:
+def render(meta: dict, native: dict, vm: dict, loaders_native: dict | None = None,
+           loaders_vm: dict | None = None) -> str:
     L: list[str] = []
     add = L.append
     nm, vmm = native.get("machine", {}), vm.get("machine", {})
@@ -587,6 +588,9 @@ def render(meta: dict, native: dict, vm: dict) -> str:
     add("")
     add(f"Raw results of this run: `{meta['results_dir']}/{{native,vm,meta}}.json` (not kept in the repo). "
         "`python bench/render.py DIR` re-renders this file from them.")
+    if loaders_native or loaders_vm:
+        add("")
+        L.extend(render_loaders(loaders_native or {}, loaders_vm or {}))
     return "\n".join(L) + "\n"
 
 
@@ -760,18 +764,82 @@ def _why_agg6(a_bpf, a_sec, a_mz, cc_host: str, cc_vm: str) -> str:
         "with CUBIC, and the VM runs another kernel, 6.12).")
 
 
+# The issue's start-time goals (issue 19): the daemon to READY and `run --backend bpf true` cold.
+LOADER_GOALS_S = {"native": 0.3, "vm": 3.0}
+LIBBPF = "libbpf (prebuilt CO-RE object)"
+
+
+def _loader_table(res: dict, where: str) -> list[str]:
+    """One loader_bench.py result (its JSON) as a table, the libbpf row judged against the goal."""
+    goal = LOADER_GOALS_S[where]
+    run = "run cold (load stand-in)" if res.get("dry_run") else "`run --backend bpf -- true` cold"
+    out = [f"| loader | daemon start to READY | {run} | daemon VmRSS (RssAnon + RssFile) |",
+           "|---|---|---|---|"]
+    for name, c in res.get("configs", {}).items():
+        raw, rss = c.get("raw", {}), c["rss_kb"]
+        spread = {k: f" ({min(xs):.2f}–{max(xs):.2f})" if len(xs) > 1 else ""
+                  for k in ("ready_s", "run_s") for xs in [raw.get(k, [])]}
+
+        bold = "**" if name == LIBBPF else ""
+        out.append(f"| {bold}{name}{bold} | {bold}{c['ready_s']:.2f} s{bold}{spread['ready_s']} | "
+                   f"{bold}{c['run_s']:.2f} s{bold}{spread['run_s']} | {rss['VmRSS'] / 1024:.1f} MB "
+                   f"({rss['RssAnon'] / 1024:.1f} + {rss['RssFile'] / 1024:.1f}) |")
+    lib = res.get("configs", {}).get(LIBBPF)
+    if lib:
+        out += ["", f"Goal ≤ {goal:g} s for libbpf: READY {verdict_max(lib['ready_s'], goal, ' s')}; "
+                    f"run {verdict_max(lib['run_s'], goal, ' s')}."]
+    return out
+
+
+def render_loaders(native: dict, vm: dict) -> list[str]:
+    """The "Loaders" section from bench/loader_bench.py's JSON, natively (dry run) and in the VM."""
+    L = ["## Loaders: the prebuilt CO-RE object (libbpf) and bcc (issue 19)", "",
+         "`bench/loader_bench.py`, configurations in alternating rounds, medians (the spread of the rounds "
+         "in brackets): **libbpf**, the default where `make bpf` built the objects (loaded in-process, no "
+         "compiler, no child; the netns guard's kernel facts found by the program itself at load); "
+         "**bcc**, `--loader bcc` (compiled in a throwaway child; the kernel facts read from BTF and "
+         "`/proc/kallsyms` in Python); and, when it was given `--before DIR`, that checkout as it is.", "",
+         "- *daemon start to READY*: from spawning `mptcpize-py daemon` (one-rule policy) to its `READY=1` "
+         "on `$NOTIFY_SOCKET` (a socket of the benchmark's: exact, not polled).",
+         "- *run cold*: `mptcpize-py run --backend bpf -- true` with no daemon to join, the whole command. "
+         "On a kernel that refuses fmod_ret (the dry run), a process that loads the dry-run program as "
+         "`run` would (`Rewriter(all_netns=True, dry_run=True)`) and exits stands in for it.",
+         "- *RSS*: the daemon's VmRSS (RssAnon + RssFile) from `/proc/PID/status` 2 s after READY.", ""]
+    for res, where, what in ((native, "native", "Host"), (vm, "vm", "VM (qemu TCG, the real fmod_ret program)")):
+        if not res:
+            continue
+        L += [f"{what}: kernel {res.get('kernel', '?')}{', dry run' if res.get('dry_run') else ''}, "
+              f"{res.get('rounds', '?')} rounds; `python -P -c pass` {res.get('python_start_s', 0):.2f} s and "
+              f"`mptcpize-py --version` {res.get('cli_version_s', 0):.2f} s (the floor of any command):", ""]
+        L += _loader_table(res, where) + [""]
+    L += ["Commands:", "", "```sh",
+          "/opt/mptcpize-py/venv/bin/python bench/loader_bench.py --dry-run --rounds 5 [--before DIR]",
+          "bash scripts/vm.sh --timeout 2400 -- /opt/mptcpize-py/venv/bin/python bench/loader_bench.py "
+          "--rounds 2 [--before DIR]", "```", ""]
+    return L
+
+
+def _load(d: str, name: str) -> dict:
+    try:
+        with open(os.path.join(d, f"{name}.json")) as f:
+            return json.load(f)
+    except FileNotFoundError:
+        return {}
+
+
 def main() -> int:
+    if sys.argv[1] == "--loaders":   # the Loaders section alone: render.py --loaders NATIVE.json [VM.json]
+        parts = []
+        for path in sys.argv[2:4]:
+            with open(path) as f:
+                parts.append(json.load(f))
+        sys.stdout.write("\n".join(render_loaders(*(parts + [{}] * (2 - len(parts))))))
+        return 0
     d = sys.argv[1]
     with open(os.path.join(d, "meta.json")) as f:
         meta = json.load(f)
-    parts = {}
-    for name in ("native", "vm"):
-        try:
-            with open(os.path.join(d, f"{name}.json")) as f:
-                parts[name] = json.load(f)
-        except FileNotFoundError:
-            parts[name] = {}
-    sys.stdout.write(render(meta, parts["native"], parts["vm"]))
+    sys.stdout.write(render(meta, _load(d, "native"), _load(d, "vm"),
+                            _load(d, "loaders-native"), _load(d, "loaders-vm")))
     return 0
 
 

@@ -5,8 +5,10 @@
 
 The native part (bench/native_bench.py) runs on this machine's kernel; the VM part (bench/vm_bench.py)
 runs in scripts/vm.sh's 6.12 guest under the shared VM lock, its JSON result read from the guest's stdout.
-Raw results go to DIR (default /tmp/mzb-results), the rendered table to docs/BENCHMARKS.md. Never part
-of `make test`: it takes ~15-20 minutes and measures, it does not assert.
+Then bench/loader_bench.py natively and in the guest (the Loaders section: start to READY and `run`
+cold per loader). Raw results go to DIR (default /tmp/mzb-results), the rendered table to
+docs/BENCHMARKS.md; sections measured by hand (HAND_SECTIONS) are kept from the file it replaces. Never
+part of `make test`: it takes ~20-25 minutes and measures, it does not assert.
 """
 
 import argparse
@@ -53,8 +55,18 @@ def run_native(results: str) -> list[str]:
     return cmd
 
 
-def run_vm(results: str) -> list[str]:
-    cmd = ["bash", "scripts/vm.sh", "--timeout", str(VM_TIMEOUT), "--", PYTHON, "bench/vm_bench.py"]
+def run_loaders_native(results: str) -> list[str]:
+    # --dry-run: this machine's kernel refuses fmod_ret (the dry run loads the same object's twin).
+    cmd = [PYTHON, "bench/loader_bench.py", "--dry-run", "--rounds", "5",
+           "--json", os.path.join(results, "loaders-native.json")]
+    progress("loaders, native: " + " ".join(cmd))
+    subprocess.run(cmd, cwd=REPO, check=True, stdout=subprocess.DEVNULL)
+    return cmd
+
+
+def run_vm(results: str, script: str = "bench/vm_bench.py", out: str = "vm.json",
+           args: tuple[str, ...] = ()) -> list[str]:
+    cmd = ["bash", "scripts/vm.sh", "--timeout", str(VM_TIMEOUT), "--", PYTHON, script, *args]
     progress("VM part (waits for the VM lock if another VM runs): " + " ".join(cmd))
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, text=True)
     result = None
@@ -66,11 +78,32 @@ def run_vm(results: str) -> list[str]:
     rc = proc.wait()
     if result is None:
         raise SystemExit(f"run_all: the VM part produced no result (exit {rc})")
-    with open(os.path.join(results, "vm.json"), "w") as f:
+    with open(os.path.join(results, out), "w") as f:
         json.dump(result, f, indent=1, sort_keys=True)
     if rc != 0:
         progress(f"VM part exited {rc}: {result.get('error', '?')} (rendering what was measured)")
     return cmd
+
+
+# Sections measured by hand (mmdebstrap roots and container images: minutes each, and the Debian
+# archive's state): a rerun keeps them from the file it replaces instead of dropping them.
+HAND_SECTIONS = ("## Container image and installed size",)
+
+
+def kept_by_hand(path: str) -> str:
+    try:
+        with open(path) as f:
+            old = f.read()
+    except FileNotFoundError:
+        return ""
+    kept = []
+    for head in HAND_SECTIONS:
+        at = old.find("\n" + head)
+        if at < 0:
+            continue
+        end = old.find("\n## ", at + 1)
+        kept.append(old[at:end if end >= 0 else len(old)].rstrip("\n") + "\n")
+    return "".join(kept)
 
 
 def main() -> int:
@@ -80,6 +113,8 @@ def main() -> int:
     ap.add_argument("--skip-native", action="store_true")
     ap.add_argument("--skip-vm", action="store_true")
     ap.add_argument("--render-only", action="store_true")
+    ap.add_argument("--skip-loaders", action="store_true",
+                    help="no bench/loader_bench.py (the Loaders section: start to READY per loader)")
     args = ap.parse_args()
     os.makedirs(args.results, exist_ok=True)
     meta_path = os.path.join(args.results, "meta.json")
@@ -100,6 +135,12 @@ def main() -> int:
         meta["loadavg_vm_start"] = common.loadavg()
         if not args.skip_vm:
             meta["commands"].append(" ".join(run_vm(args.results)))
+        if not args.skip_loaders:
+            if not args.skip_native:
+                meta["commands"].append(" ".join(run_loaders_native(args.results)))
+            if not args.skip_vm:
+                meta["commands"].append(" ".join(run_vm(args.results, "bench/loader_bench.py",
+                                                        "loaders-vm.json", ("--rounds", "2"))))
         meta["loadavg_end"] = common.loadavg()
         meta["wall_min"] = (time.monotonic() - t0) / 60
         meta["commands"].insert(0, "make bench   # = " + " ".join([PYTHON, "bench/run_all.py"]))
@@ -109,13 +150,14 @@ def main() -> int:
     with open(meta_path) as f:
         meta = json.load(f)
     parts = {}
-    for name in ("native", "vm"):
+    for name in ("native", "vm", "loaders-native", "loaders-vm"):
         try:
             with open(os.path.join(args.results, f"{name}.json")) as f:
                 parts[name] = json.load(f)
         except FileNotFoundError:
             parts[name] = {}
-    text = render.render(meta, parts["native"], parts["vm"])
+    text = render.render(meta, parts["native"], parts["vm"], parts["loaders-native"], parts["loaders-vm"])
+    text += kept_by_hand(args.out)
     os.makedirs(os.path.dirname(args.out), exist_ok=True)
     with open(args.out, "w") as f:
         f.write(text)

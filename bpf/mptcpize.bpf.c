@@ -112,7 +112,8 @@ static __always_inline void count(u32 idx)
 
 /*
  * net.mptcp.enabled of the namespace, read where the kernel keeps it: net->gen->ptr[mptcp_pernet_id]
- * is a struct mptcp_pernet (net/mptcp/ctrl.c, private, so its offset comes from BTF at load time).
+ * is a struct mptcp_pernet (net/mptcp/ctrl.c, private, so its offset comes from BTF at load time:
+ * find_netns_guard below under libbpf, program/support.py under bcc).
  * Returns 1/0, or -1 when it cannot be read (then we do not rewrite: fail towards plain TCP).
  */
 static __always_inline int netns_mptcp_enabled(u64 net, u32 netns, struct mptcpize_config *cfg)
@@ -140,6 +141,53 @@ static __always_inline int netns_mptcp_enabled(u64 net, u32 netns, struct mptcpi
 		return -1;
 	return enabled ? 1 : 0;
 }
+
+#ifdef MPTCPIZE_LIBBPF
+/*
+ * The netns guard's two kernel facts for the settings map, found in the kernel by the libbpf loader
+ * (program/prebuilt.py runs this once after load, BPF_PROG_TEST_RUN; never attached), so that no
+ * process parses /proc/kallsyms or BTF at start (bcc: userspace does, program/support.py):
+ * - the address of mptcp_pernet_id (static in net/mptcp/ctrl.c): bpf_kallsyms_lookup_name() (Linux
+ *   >= 5.16, syscall programs; a binary search since 6.2), which refuses (-EPERM) where /proc/kallsyms
+ *   would show zeros, i.e. without CAP_SYSLOG. Not a __ksym: vmlinux BTF has no VAR for it (pahole
+ *   encodes only per-CPU variables unless the kernel enables its global_var feature; Debian's 6.12
+ *   uses pahole 1.24), and libbpf resolves a typeless __ksym by reading all of /proc/kallsyms, which
+ *   cost more than the Python parse it replaced (0.1 s of a 0.15 s load natively).
+ * - offsetof(struct mptcp_pernet, mptcp_enabled): a CO-RE relocation against a local flavour of the
+ *   private struct (in vmlinux BTF wherever MPTCP is: CONFIG_MPTCP is built in or absent).
+ * pernet_id_addr stays 0 when either is missing: the guard then says "unreadable". Returns 0, or the
+ * lookup's -errno.
+ */
+struct mptcp_pernet___mptcpize {
+	u8 mptcp_enabled;
+} __attribute__((preserve_access_index));
+
+SEC("syscall")
+int find_netns_guard(void *ctx)
+{
+	u64 name[2];
+	u64 addr = 0;
+	u32 zero = 0;
+	struct mptcpize_config *cfg = MAP_LOOKUP(settings, &zero);
+
+	if (!cfg)
+		return -22;   /* -EINVAL: never, an array's one entry is always there */
+	cfg->pernet_id_addr = 0;
+	if (!bpf_core_field_exists(struct mptcp_pernet___mptcpize, mptcp_enabled))
+		return -2;   /* -ENOENT, as for an absent symbol */
+	/* "mptcp_pernet_id" as two little-endian stores: clang puts a string, array or constant
+	 * initializer in .rodata, which libbpf would create as one more map. */
+	name[0] = 0x65705f706374706dULL;
+	asm volatile("" ::: "memory");
+	name[1] = 0x0064695f74656e72ULL;
+	long err = bpf_kallsyms_lookup_name((const char *)name, sizeof(name), 0, &addr);
+	if (err)
+		return err;
+	cfg->enabled_offset = bpf_core_field_offset(struct mptcp_pernet___mptcpize, mptcp_enabled);
+	cfg->pernet_id_addr = addr;
+	return 0;
+}
+#endif
 
 /* Sets *rule_id and *kind to the allow rule that selects the task; returns 1 when a deny entry matches. */
 static __always_inline int select_task(u64 task, u32 tgid, u32 flags,

@@ -391,7 +391,6 @@ def cmd_check(args) -> int:
 def cmd_daemon(args) -> int:
     import logging
 
-    from mptcpize_py import report
     from mptcpize_py.daemon import service
     policy_dir = args.policy_dir
     if args.example_policy:
@@ -399,6 +398,7 @@ def cmd_daemon(args) -> int:
         sys.stdout.write(EXAMPLE_POLICY)
         return 0
     if args.check:
+        from mptcpize_py import report
         policy, resolved = service.check(policy_dir)
         for line in report.policy_check_text(policy, resolved):
             _out(line)
@@ -408,8 +408,10 @@ def cmd_daemon(args) -> int:
     if args.loader:
         from mptcpize_py.program import prebuilt
         prebuilt.request(args.loader)
-    from mptcpize_py.daemon.http import parse_listen
-    listen = parse_listen(args.metrics_listen) if args.metrics_listen else None
+    listen = None
+    if args.metrics_listen:   # only then http.server and ssl, which a start would otherwise import
+        from mptcpize_py.daemon.http import parse_listen
+        listen = parse_listen(args.metrics_listen)
     return service.run_daemon(policy_dir, dry_run=args.dry_run,
                               metrics_dir=None if args.no_metrics else args.metrics_dir,
                               metrics_listen=listen)

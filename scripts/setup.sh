@@ -14,7 +14,7 @@ log() { printf 'setup: %s\n' "$*" >&2; }
 need_apt=()
 for pkg in python3-bpfcc bpfcc-tools python3-venv python3-pip iperf3 iproute2 kmod qemu-system-x86 \
            busybox-static libc6-dev gcc bpftool mptcpd mptcpd-plugins mptcpize iputils-ping python3-systemd \
-           udev groff-base python3-pyroute2 python3-psutil python3-yaml nginx-light apache2-utils $DEB_BUILD_PACKAGES \
+           udev groff-base python3-pyroute2 python3-psutil python3-yaml nginx-light apache2-utils strace $DEB_BUILD_PACKAGES \
            $IMAGE_PACKAGES; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'ok installed' || need_apt+=("$pkg")
 done

@@ -7,11 +7,11 @@ import logging
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from mptcpize_py import metrics
 from mptcpize_py.daemon import client, control, controller
 from mptcpize_py.daemon.events import ProcessLog
-from mptcpize_py.daemon.http import MetricsServer
 from mptcpize_py.daemon.netns_feed import NetnsFeeder
 from mptcpize_py.daemon.snapshot import Identity, Tallies, build_status
 from mptcpize_py.daemon.textfile import TextFile
@@ -29,6 +29,9 @@ from mptcpize_py.policysync import (
 from mptcpize_py.program.handle import ProgramHandle
 from mptcpize_py.resolve import Resolved
 from mptcpize_py.status import DaemonStatus
+
+if TYPE_CHECKING:
+    from mptcpize_py.daemon.http import MetricsServer
 
 POLL_MS = 200
 
@@ -74,6 +77,7 @@ class Daemon:
         if serve:
             self.server = control.ControlServer(self.handlers, self.path).start()
         if self.metrics_listen is not None:
+            from mptcpize_py.daemon.http import MetricsServer  # http.server and ssl: only when asked
             self.http = MetricsServer(self.metrics_listen, lambda: metrics.render(self.status())).start()
         self._apply_paths(policy)
 

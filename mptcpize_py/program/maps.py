@@ -106,6 +106,27 @@ def attach_raw_tracepoint(name: str, prog_fd: int) -> int:
     return _check(_libbpf().bpf_raw_tracepoint_open(name.encode(), prog_fd))
 
 
+class _TestRunOpts(ctypes.Structure):
+    """libbpf's struct bpf_test_run_opts (bpf.h, LIBBPF_0.7.0), whose `sz` tells libbpf its size."""
+    _fields_ = [("sz", ctypes.c_size_t), ("data_in", ctypes.c_void_p), ("data_out", ctypes.c_void_p),
+                ("data_size_in", ctypes.c_uint32), ("data_size_out", ctypes.c_uint32),
+                ("ctx_in", ctypes.c_void_p), ("ctx_out", ctypes.c_void_p),
+                ("ctx_size_in", ctypes.c_uint32), ("ctx_size_out", ctypes.c_uint32),
+                ("retval", ctypes.c_uint32), ("repeat", ctypes.c_int), ("duration", ctypes.c_uint32),
+                ("flags", ctypes.c_uint32), ("cpu", ctypes.c_uint32), ("batch_size", ctypes.c_uint32)]
+
+
+def run_once(prog_fd: int) -> int:
+    """Runs a loaded program once in this thread (BPF_PROG_TEST_RUN, no context: a raw tracepoint
+    program that reads none, Linux >= 5.10) and returns what it returned, as a signed int."""
+    lib = _libbpf()
+    fn = lib.bpf_prog_test_run_opts
+    fn.argtypes, fn.restype = (ctypes.c_int, ctypes.POINTER(_TestRunOpts)), ctypes.c_int
+    opts = _TestRunOpts(sz=ctypes.sizeof(_TestRunOpts))
+    _check(fn(prog_fd, ctypes.byref(opts)))
+    return ctypes.c_int32(opts.retval).value
+
+
 # libbpf_print_fn_t: int (*)(enum libbpf_print_level, const char *fmt, va_list)
 _PRINT_FN = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_int, ctypes.c_char_p, ctypes.c_void_p)
 LIBBPF_WARN, LIBBPF_INFO, LIBBPF_DEBUG = 0, 1, 2

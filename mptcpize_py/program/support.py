@@ -1,6 +1,8 @@
 """The kernel side of the BPF path, judged once per process: the hook in BTF, a trampoline that
 attaches, the netns guard. Each check really tries the thing; nothing is inferred from versions.
-Consumed by the loader, `enable` and `check` (support.py)."""
+Consumed by `check` (support.py), `enable`, the bcc loader (which writes the netns guard's facts into
+the settings map from here), and the libbpf loader only when its object did not load, to say why (its
+start reads neither BTF nor /proc/kallsyms here: the object finds the guard's facts itself)."""
 
 import errno
 import functools
@@ -90,10 +92,17 @@ def kernel_support() -> KernelSupport:
         guard = Check("netns guard", FAIL, "cannot read net.mptcp.enabled per namespace: missing "
                       + ", ".join(missing),
                       "needs CONFIG_KALLSYMS_ALL=y and root (kptr_restrict hides addresses otherwise)")
-        errors["netns guard"] = Unavailable(
-            "cannot locate net.mptcp.enabled in kernel memory (mptcp_pernet_id in /proc/kallsyms, "
-            "struct mptcp_pernet in BTF)", hint="needs CONFIG_KALLSYMS_ALL=y; see `mptcpize-py check`")
+        errors["netns guard"] = guard_error()
     return KernelSupport(facts, pernet_addr or None, hook, tramp, guard, errors)
+
+
+def guard_error(err: int = 0) -> Unavailable:
+    """What a user of the hook is told when the program cannot read net.mptcp.enabled (both loaders);
+    err: the errno of the libbpf loader's in-kernel look-up, if any (EPERM: addresses hidden)."""
+    hint = ("the kernel hides its addresses from this process: it needs CAP_SYSLOG (kptr_restrict)"
+            if err == errno.EPERM else "needs CONFIG_KALLSYMS_ALL=y; see `mptcpize-py check`")
+    return Unavailable("cannot locate net.mptcp.enabled in kernel memory (mptcp_pernet_id in "
+                       "/proc/kallsyms, struct mptcp_pernet in BTF)", hint=hint)
 
 
 def _trampoline_failure(e: OSError) -> tuple[Check, MptcpizeError]:

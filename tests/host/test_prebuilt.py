@@ -57,6 +57,47 @@ def test_both_loaders_count_the_same_sockets(loader):
     assert len(r["maps"]) == 12
 
 
+def test_a_libbpf_load_reads_kernel_btf_once_and_no_kallsyms(tmp_path):
+    """The netns guard's facts are found in the kernel (find_netns_guard): the only reader of the
+    kernel's BTF is libbpf's relocation, and nothing reads /proc/kallsyms (a Python parse of both took
+    most of a start)."""
+    trace = tmp_path / "openat"
+    out = hold("libbpf", "strace", "-f", "-qq", "-e", "trace=openat,open", "-o", str(trace))
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["upgraded"] == 2
+    opened = [line.split('"')[1] for line in trace.read_text().splitlines() if '"' in line]
+    assert opened.count("/sys/kernel/btf/vmlinux") == 1
+    assert "/proc/kallsyms" not in opened
+
+
+# A daemon start (dry run, libbpf), in a process of its own: the modules it imported.
+DAEMON_START = """
+import sys
+from pathlib import Path
+before = set(sys.modules)
+from mptcpize_py.daemon import service
+service.start(Path(sys.argv[1]), Path(sys.argv[2]), dry_run=True, serve=False).close()
+print(" ".join(sorted(set(sys.modules) - before)))
+"""
+# What a start that works does not need: the Python BTF and kallsyms readers (`check`, and the error
+# path of a load that failed), the HTTP server (only with --metrics-listen) and what it pulls in.
+NOT_AT_START = {"mptcpize_py.program.btf", "mptcpize_py.program.kallsyms", "mptcpize_py.program.support",
+                "mptcpize_py.daemon.http", "http.server", "ssl"}
+
+
+def test_a_daemon_start_imports_neither_the_btf_reader_nor_the_http_server(tmp_path):
+    os.chmod(tmp_path, 0o755)
+    policy = tmp_path / "policy.d"
+    policy.mkdir(mode=0o755)
+    (policy / "10.toml").write_text('[[allow]]\nexe = "/usr/bin/true"\n')
+    out = subprocess.run([*CHECKOUT_PYTHON, "-c", DAEMON_START, str(policy), str(tmp_path / "control")],
+                         capture_output=True, text=True, env=cli_env(), timeout=scaled(120))
+    assert out.returncode == 0, out.stderr
+    imported = set(out.stdout.split())
+    assert "mptcpize_py.program.prebuilt" in imported   # it did load with libbpf
+    assert imported & NOT_AT_START == set()
+
+
 # A private mount namespace with an empty tmpfs over /usr/src (where this host's only headers are)
 # and the running kernel's build directory when it exists.
 HIDE_HEADERS = ("unshare", "--mount", "--propagation", "private", "--", "sh", "-c",

@@ -166,6 +166,50 @@ def test_standalone_run_loads_the_object_and_keeps_the_netns_guard(env, mptcp_of
     assert re.search(r"not upgraded: .*mptcp_disabled=[1-9]", off.stderr), off.stderr
 
 
+def test_the_libbpf_loader_finds_the_netns_guard_where_kallsyms_and_btf_say(env):
+    """find_netns_guard (in the kernel: bpf_kallsyms_lookup_name and a CO-RE offset) writes into the
+    program's settings map what userspace reads from /proc/kallsyms and the kernel's BTF (bcc's way)."""
+    from mptcpize_py.program import btf, kallsyms
+    from mptcpize_py.program.rewriter import Rewriter
+    rw = Rewriter(all_netns=True, loader="libbpf")
+    try:
+        map_id = rw.held()["map:settings"]
+        dump = json.loads(subprocess.run(["bpftool", "-j", "map", "dump", "id", str(map_id)],
+                                         capture_output=True, text=True, check=True,
+                                         timeout=scaled(60)).stdout)
+    finally:
+        rw.close()
+    value = dump[0]["formatted"]["value"]
+    assert value["pernet_id_addr"] == kallsyms.read_kallsyms_address("mptcp_pernet_id") != 0
+    assert value["enabled_offset"] == btf.read_hook_facts().mptcp_enabled_offset
+
+
+def test_check_says_the_loaded_object_finds_the_netns_guard_itself(env):
+    rep = json.loads(subprocess.run([*CLI, "check", "--json"], capture_output=True, text=True,
+                                    env=env.environ, timeout=scaled(300)).stdout)
+    line = next(c for c in rep["checks"] if c["name"] == "prebuilt program")
+    assert line["status"] == "ok", line
+    assert "mptcpize.bpf.o" in line["detail"]   # the hook's object, not the dry run's
+    assert "finds net.mptcp.enabled in kernel memory itself" in line["detail"], line
+
+
+def test_without_cap_syslog_the_hook_is_refused_in_one_line_that_says_so(env):
+    """The kernel hides its addresses (bpf_kallsyms_lookup_name: -EPERM, as /proc/kallsyms shows zeros)
+    from a process without CAP_SYSLOG: the hook's program could not read net.mptcp.enabled, so `run`
+    refuses it and names the capability (exit 69)."""
+    environ = cli_env(dict(os.environ, MPTCPIZE_CONTROL=str(env.control) + ".none"))
+    out = subprocess.run(["setpriv", "--inh-caps", "-syslog", "--bounding-set", "-syslog", "--",
+                          *CLI, "run", "--loader", "libbpf", "--backend", "bpf", "--", "true"],
+                         capture_output=True, text=True, env=environ, timeout=scaled(300))
+    assert out.returncode == 69, out.stderr
+    lines = out.stderr.splitlines()
+    assert ("mptcpize-py: error: cannot locate net.mptcp.enabled in kernel memory (mptcp_pernet_id in "
+            "/proc/kallsyms, struct mptcp_pernet in BTF)") in lines, out.stderr
+    assert ("mptcpize-py: hint: the kernel hides its addresses from this process: it needs CAP_SYSLOG "
+            "(kptr_restrict)") in lines, out.stderr
+    assert "Traceback" not in out.stderr
+
+
 def test_the_bcc_loader_still_compiles_and_upgrades_the_same_source(env):
     environ = cli_env(dict(os.environ, MPTCPIZE_CONTROL=str(env.control) + ".none"))
     out = subprocess.run([*CLI, "run", "-v", "--loader", "bcc", "--backend", "bpf", "--", env.other],
