@@ -71,6 +71,7 @@ PID_MAX = 1 << 22                  # PID_MAX_LIMIT on 64-bit
 
 log = logging.getLogger("mptcpize_py.control")
 
+# REFUSALS_LOGGED is socketfile.py's, named here too for the tests of the server
 __all__ = ["MAX_CONNECTIONS", "MAX_OPEN", "REFUSALS_LOGGED", "ControlServer", "Handler", "check_registrant"]
 
 
