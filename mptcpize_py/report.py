@@ -260,7 +260,7 @@ def paths_text(reports) -> list[str]:
 
 
 def paths_apply_text(result) -> list[str]:
-    """`paths --apply`: what one pass over a namespace did (manager.PassResult)."""
+    """`paths --apply`: what one pass over a namespace did (paths.passes.PassResult)."""
     name = escaped(result.netns)
     lines = [f"netns {name}: {escaped(c)}" for c in result.changes]
     if result.other:

@@ -1,13 +1,7 @@
 """The daemon's side of its local control socket: `status` and `run` registration, root-only.
 
-A Unix stream socket at /run/mptcpize-py/control (directory 0700, socket 0600, both root's). Every
-connection's peer is checked with SO_PEERCRED before a byte is read: only `allowed_uids` (root) are
-served; anyone else gets one line `{"error": "permission denied"}`, the connection is closed and the
-refusal logged (rate-limited: REFUSALS_LOGGED lines per REFUSAL_WINDOW, then one summary line per uid,
-"N more refused from uid U", so a refused process connecting in a loop cannot flood the journal and
-push the upgrade records out of journald's own rate limit). The file modes already keep other users
-out (connect() fails with EACCES, which the client maps to exit 77 too); the credential check is what
-holds when they do not, e.g. for a process with CAP_DAC_OVERRIDE but not uid 0.
+Who gets through (the socket file at /run/mptcpize-py/control, its modes, the one-daemon lock, the
+SO_PEERCRED check and its rate-limited refusal log) is socketfile.py's; this module serves them.
 
 The wire format is protocol.py's; client.py is the other end. A request may not exceed 64 KiB;
 malformed JSON gets an error line and the connection is closed (framing cannot be trusted after it). A
@@ -40,20 +34,13 @@ ring_buffer_poll(), whose epoll descriptor bcc does not expose, so the socket co
 without a second poll loop anyway. Handlers are called one at a time under one lock, so the daemon's
 handlers need no locking among themselves, only against its main loop (e.g. read a snapshot it swaps
 atomically).
-
-One daemon at a time: start() holds an exclusive flock on CONTROL.lock for the server's life. With the
-lock held, a leftover socket file is a dead daemon's: it is replaced (after a connect() that must be
-refused, as a guard against a daemon that predates the lock). Without the lock, start() refuses.
 """
 
-import errno
-import fcntl
 import logging
 import os
 import resource
 import selectors
 import socket
-import stat
 import threading
 import time
 from collections import deque
@@ -72,20 +59,20 @@ from mptcpize_py.daemon.protocol import (
     Ucred,
     decode_request,
     encode,
-    peer_cred,
     short_reason,
 )
+from mptcpize_py.daemon.socketfile import REFUSAL_WINDOW, REFUSALS_LOGGED, ControlSocketFile, PeerCheck
 from mptcpize_py.errors import MptcpizeError
 from mptcpize_py.host import procfs, systemd
 
 MAX_CONNECTIONS = 64   # serving threads, each in a handler (or waiting for its lock) or writing an answer
 MAX_OPEN = 1024        # connections open at once, most of them waiting for a request (no thread)
-REFUSAL_WINDOW = 60.0  # seconds: the refused-peer warnings of one window are...
-REFUSALS_LOGGED = 5    # ...this many one by one, then one summary line per uid
-REFUSAL_UIDS_NAMED = 8   # uids a summary names; the others are summed in one more line
 PID_MAX = 1 << 22                  # PID_MAX_LIMIT on 64-bit
 
 log = logging.getLogger("mptcpize_py.control")
+
+# REFUSALS_LOGGED is socketfile.py's, named here too for the tests of the server
+__all__ = ["MAX_CONNECTIONS", "MAX_OPEN", "REFUSALS_LOGGED", "ControlServer", "Handler", "check_registrant"]
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -119,6 +106,37 @@ def check_registrant(pid, peer: Ucred) -> None:
 Handler = Callable[[dict, Ucred], dict]
 
 
+class Dispatcher:
+    """Calls the handler a request names, one at a time (the daemon's handlers need no locking among
+    themselves), and turns what it raises into an error response."""
+
+    def __init__(self, handlers: Mapping[str, Handler]):
+        self.handlers = dict(handlers)
+        self._lock = threading.Lock()
+
+    def __call__(self, req: dict, cred: Ucred) -> dict:
+        cmd = req["cmd"]
+        handler = self.handlers.get(cmd)
+        if handler is None:
+            known = ", ".join(sorted(self.handlers))
+            return {"error": f"unknown command {cmd[:40]!r} (known: {known})"}
+        try:
+            with self._lock:
+                result = handler(req, cred)
+        except MptcpizeError as e:
+            out = {"error": e.message, "exit_code": e.exit_code}
+            if e.hint:
+                out["hint"] = e.hint
+            return out
+        except Exception as e:  # a bug in a handler must not take the server thread down
+            log.exception("control socket: %s handler failed", cmd)
+            return {"error": f"internal error in {cmd}: {short_reason(e)}"}
+        if not isinstance(result, dict):
+            log.error("control socket: %s handler returned %s, not a dict", cmd, type(result).__name__)
+            return {"error": f"internal error in {cmd}: bad response"}
+        return result
+
+
 class ControlServer:
     """The listening side. `handlers`: cmd -> handler(request, peer) -> response object.
 
@@ -132,21 +150,16 @@ class ControlServer:
                  dir_mode: int | None = 0o700, max_open: int = MAX_OPEN,
                  refusal_window: float = REFUSAL_WINDOW):
         self.path = Path(path)
-        self.handlers = dict(handlers)
-        self.allowed_uids = frozenset(allowed_uids)
+        self._dispatch = Dispatcher(handlers)
         self.timeout = timeout
         self.max_request = max_request
         self.max_connections = max_connections
-        self.socket_mode = socket_mode
-        self.dir_mode = dir_mode      # None: leave an existing directory's mode alone (tests)
-        self.lock_path = self.path.with_name(self.path.name + ".lock")
-        self._lock_fd = -1
+        self._file = ControlSocketFile(self.path, socket_mode=socket_mode, dir_mode=dir_mode)
+        self._peers = PeerCheck(frozenset(allowed_uids), refusal_window)
         self._listen: socket.socket | None = None
-        self._bound: tuple[int, int] | None = None
         self._thread: threading.Thread | None = None
         self._wake_r = self._wake_w = -1
         self._stopping = threading.Event()
-        self._handler_lock = threading.Lock()
         self._conns: set[socket.socket] = set()   # every admitted connection still open
         self._conns_lock = threading.Lock()       # _conns, _returned, _queue, _workers
         # At most half the descriptors we may open: the program's maps and the journal need some.
@@ -156,8 +169,11 @@ class ControlServer:
         self._returned: list[_Conn] = []      # answered, back to waiting (serving thread -> I/O thread)
         self._queue: deque[_Conn] = deque()   # a request is there, every serving thread is busy
         self._workers = 0
-        self._refusals = _RefusalLog(refusal_window)
-        self.replaced_stale = False   # start() found a dead daemon's socket and replaced it
+
+    @property
+    def replaced_stale(self) -> bool:
+        """start() found a dead daemon's socket and replaced it."""
+        return self._file.replaced_stale
 
     # --- lifecycle ------------------------------------------------------------------------------
     def __enter__(self) -> "ControlServer":
@@ -167,14 +183,7 @@ class ControlServer:
         self.close()
 
     def start(self) -> "ControlServer":
-        self._prepare_dir()
-        self._take_lock()
-        try:
-            self._remove_stale()
-            self._bind()
-        except BaseException:
-            self._release_lock()
-            raise
+        self._listen = self._file.open()
         self._wake_r, self._wake_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
         self._thread = threading.Thread(target=self._io_loop, name="mptcpize-control", daemon=True)
         self._thread.start()
@@ -203,115 +212,11 @@ class ControlServer:
         if self._listen is not None:
             self._listen.close()
             self._listen = None
-        # Unlink only our own socket: a file someone else bound after us is theirs.
-        if self._bound is not None:
-            try:
-                st = os.lstat(self.path)
-                if (st.st_dev, st.st_ino) == self._bound:
-                    os.unlink(self.path)
-            except OSError:
-                pass
-            self._bound = None
         for fd in (self._wake_r, self._wake_w):
             if fd >= 0:
                 os.close(fd)
         self._wake_r = self._wake_w = -1
-        self._release_lock()
-
-    # --- start-up steps -------------------------------------------------------------------------
-    def _prepare_dir(self) -> None:
-        d = self.path.parent
-        try:
-            os.mkdir(d, self.dir_mode if self.dir_mode is not None else 0o700)
-        except FileExistsError:
-            pass
-        except OSError as e:
-            raise MptcpizeError(f"cannot create {d}: {e.strerror}") from None
-        st = os.lstat(d)
-        if not stat.S_ISDIR(st.st_mode):
-            raise MptcpizeError(f"{d} is not a directory (a symbolic link or a file is in the way)",
-                                hint=f"remove it; the daemon creates {d} itself")
-        if st.st_uid != os.geteuid():
-            raise MptcpizeError(f"{d} is owned by uid {st.st_uid}, not by uid {os.geteuid()}",
-                                hint=f"remove it; the daemon creates {d} itself")
-        if self.dir_mode is not None and stat.S_IMODE(st.st_mode) != self.dir_mode:
-            os.chmod(d, self.dir_mode)  # mkdir's mode is masked by the umask; systemd's may be 0755
-
-    def _take_lock(self) -> None:
-        try:
-            fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
-        except OSError as e:
-            raise MptcpizeError(f"cannot open {self.lock_path}: {e.strerror}") from None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            raise self._already_running() from None
-        self._lock_fd = fd
-
-    def _release_lock(self) -> None:
-        if self._lock_fd >= 0:
-            os.close(self._lock_fd)  # releases the flock
-            self._lock_fd = -1
-
-    def _already_running(self) -> MptcpizeError:
-        return MptcpizeError(f"another mptcpize-py daemon is already running (it serves {self.path})",
-                             hint="stop it first (systemctl stop mptcpize-py), or ask it: "
-                                  "mptcpize-py status")
-
-    def _remove_stale(self) -> None:
-        try:
-            st = os.lstat(self.path)
-        except FileNotFoundError:
-            return
-        if not stat.S_ISSOCK(st.st_mode):
-            raise MptcpizeError(f"{self.path} exists and is not a socket", hint="remove it")
-        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
-        probe.settimeout(1.0)
-        try:
-            probe.connect(str(self.path))
-        except ConnectionRefusedError:
-            pass          # nobody listens: a dead daemon's socket
-        except FileNotFoundError:
-            return
-        except OSError as e:
-            raise MptcpizeError(f"cannot check the existing socket {self.path}: {e.strerror}") from None
-        else:
-            raise self._already_running()
-        finally:
-            probe.close()
-        os.unlink(self.path)
-        self.replaced_stale = True
-        log.info("replaced the stale control socket %s (a previous daemon did not shut down cleanly)",
-                 self.path)
-
-    def _bind(self) -> None:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
-        try:
-            # unix_bind() creates the file with the socket inode's mode & ~umask: set the mode first so
-            # the file is never more open than socket_mode, then chmod() in case the umask narrowed it.
-            try:
-                os.fchmod(sock.fileno(), self.socket_mode)
-            except OSError:
-                pass
-            try:
-                sock.bind(str(self.path))
-            except OSError as e:
-                if e.errno == errno.EADDRINUSE:
-                    raise self._already_running() from None
-                raise MptcpizeError(f"cannot bind {self.path}: {e.strerror}") from None
-            os.chmod(self.path, self.socket_mode)
-            st = os.lstat(self.path)
-            self._bound = (st.st_dev, st.st_ino)
-            sock.listen(socket.SOMAXCONN)
-            sock.setblocking(False)
-        except BaseException:
-            sock.close()
-            if self._bound is not None:
-                os.unlink(self.path)
-                self._bound = None
-            raise
-        self._listen = sock
+        self._file.close()
 
     # --- serving ------------------------------------------------------------------------------
     def _io_loop(self) -> None:
@@ -346,7 +251,7 @@ class ControlServer:
                         self._pull(sel, key.data)
                 now = time.monotonic()
                 self._expire(sel, now)
-                self._refusals.flush(now)
+                self._peers.refusals.flush(now)
         finally:
             for c in list(self._parked.values()):
                 self._release(c.sock)
@@ -356,7 +261,7 @@ class ControlServer:
     def _next_timeout(self) -> float | None:
         """Seconds until the next parked connection's budget ends or the refusal summary is due."""
         times = [c.waiting_since + c.budget.read for c in self._parked.values()]
-        due = self._refusals.due()
+        due = self._peers.refusals.due()
         if due is not None:
             times.append(due)
         return max(min(times) - time.monotonic(), 0.0) if times else None
@@ -384,17 +289,11 @@ class ControlServer:
 
     def _admit(self, sel: selectors.BaseSelector, conn: socket.socket) -> None:
         conn.setblocking(False)
-        try:
-            cred = peer_cred(conn)
-        except (OSError, ValueError) as e:
-            log.warning("control socket: cannot read the peer's credentials: %s", e)
+        cred = self._peers.credentials(conn)
+        if cred is None:
             conn.close()
             return
-        if cred.uid not in self.allowed_uids:
-            if self._refusals.count(cred.uid, time.monotonic()):
-                log.warning("control socket: refused pid=%d uid=%d gid=%d: permission denied (only uid %s)",
-                            cred.pid, cred.uid, cred.gid, ",".join(map(str, sorted(self.allowed_uids))),
-                            extra=systemd.fields(about_pid=cred.pid))
+        if not self._peers.allowed(cred):
             self._send_and_close(conn, {"error": PERMISSION_DENIED, "exit_code": 77})
             return
         with self._conns_lock:
@@ -518,28 +417,6 @@ class ControlServer:
             pass  # the client went away
         self._release(conn)
 
-    def _dispatch(self, req: dict, cred: Ucred) -> dict:
-        cmd = req["cmd"]
-        handler = self.handlers.get(cmd)
-        if handler is None:
-            known = ", ".join(sorted(self.handlers))
-            return {"error": f"unknown command {cmd[:40]!r} (known: {known})"}
-        try:
-            with self._handler_lock:
-                result = handler(req, cred)
-        except MptcpizeError as e:
-            out = {"error": e.message, "exit_code": e.exit_code}
-            if e.hint:
-                out["hint"] = e.hint
-            return out
-        except Exception as e:  # a bug in a handler must not take the server thread down
-            log.exception("control socket: %s handler failed", cmd)
-            return {"error": f"internal error in {cmd}: {short_reason(e)}"}
-        if not isinstance(result, dict):
-            log.error("control socket: %s handler returned %s, not a dict", cmd, type(result).__name__)
-            return {"error": f"internal error in {cmd}: bad response"}
-        return result
-
     def _reply(self, conn: socket.socket, obj: dict, budget: "_Budget") -> bool:
         """Sends one answer within what is left of the connection's write budget."""
         if budget.write <= 0:
@@ -570,51 +447,3 @@ class _Conn:
     reader: LineReader
     budget: _Budget
     waiting_since: float   # time.monotonic() when it began waiting for its next request
-
-
-class _RefusalLog:
-    """Rate limit of the refused-peer warnings (a refused process may connect thousands of times a
-    second, and journald's own rate limit would then drop the upgrade records too): in each `window`
-    the first REFUSALS_LOGGED refusals are logged one by one, the others counted per uid and summed up
-    when the window ends ("N more refused from uid U"). At most REFUSALS_LOGGED + REFUSAL_UIDS_NAMED + 1
-    lines per window, however many peers and uids. Used by the I/O thread only."""
-
-    def __init__(self, window: float):
-        self.window = window
-        self._end: float | None = None   # the current window's end
-        self._logged = 0
-        self._more: dict[int, int] = {}  # uid -> refusals not logged one by one
-        self._more_others = 0            # of uids beyond REFUSAL_UIDS_NAMED
-        self._other_uids: set[int] = set()
-
-    def count(self, uid: int, now: float) -> bool:
-        """Counts a refusal; True when it is to be logged one by one."""
-        self.flush(now)
-        if self._end is None:
-            self._end = now + self.window
-        if self._logged < REFUSALS_LOGGED:
-            self._logged += 1
-            return True
-        if uid in self._more or len(self._more) < REFUSAL_UIDS_NAMED:
-            self._more[uid] = self._more.get(uid, 0) + 1
-        else:
-            self._more_others += 1
-            if len(self._other_uids) < 65536:
-                self._other_uids.add(uid)
-        return False
-
-    def due(self) -> float | None:
-        """When flush() has a summary to say (time.monotonic()), or None."""
-        return self._end if self._more else None
-
-    def flush(self, now: float) -> None:
-        if self._end is None or now < self._end:
-            return
-        for uid, n in self._more.items():
-            log.warning("control socket: %d more refused from uid %d in the last %g s (not logged one "
-                        "by one)", n, uid, self.window)
-        if self._more_others:
-            log.warning("control socket: %d more refused from %d other uids in the last %g s",
-                        self._more_others, len(self._other_uids), self.window)
-        self._end, self._logged, self._more_others = None, 0, 0
-        self._more, self._other_uids = {}, set()

@@ -96,10 +96,13 @@ def open_dir_no_symlinks_walk(path: Path) -> int:
     return fd
 
 
-def write_atomic_at(dir_fd: int, name: str, text: str, mode: int = 0o644) -> None:
-    """write_atomic() inside the directory open as `dir_fd` (open_dir_no_symlinks()), without fsync:
-    the temporary file is created with O_EXCL|O_NOFOLLOW and renamed over `name` in that same
-    directory, so no path is resolved again. Raises OSError."""
+def write_atomic_at(dir_fd: int, name: str, text: str, mode: int = 0o644, durable: bool = False) -> None:
+    """Replaces `name` in the directory open as `dir_fd` with `text` at once: a hidden temporary file
+    beside it (neither systemd, the policy loader nor a textfile collector reads it half-written),
+    created with O_EXCL|O_NOFOLLOW and renamed over `name` in that same directory, so no path is
+    resolved again. durable=True fsyncs the file before the rename and the directory after it; without
+    it (a file rewritten every few seconds whose loss in a crash costs nothing, e.g. the metrics) a
+    crash may leave the old text or none. Raises OSError."""
     fd = -1
     for _ in range(100):
         tmp = f".{name}.{os.urandom(6).hex()}.tmp"
@@ -117,6 +120,8 @@ def write_atomic_at(dir_fd: int, name: str, text: str, mode: int = 0o644) -> Non
             data = text.encode()
             while data:
                 data = data[os.write(fd, data):]
+            if durable:
+                os.fsync(fd)
         finally:
             os.close(fd)
         os.replace(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
@@ -126,6 +131,8 @@ def write_atomic_at(dir_fd: int, name: str, text: str, mode: int = 0o644) -> Non
         except OSError:
             pass
         raise
+    if durable:
+        os.fsync(dir_fd)
 
 
 def others_may_write(st: os.stat_result, owner_uid: int, read_only: bool = False) -> str | None:
@@ -174,29 +181,13 @@ def fsync_dir(d: Path) -> None:
 
 
 def write_atomic(path: str | Path, text: str, mode: int = 0o644, durable: bool = True) -> None:
-    """Replaces `path` with `text` at once: a hidden temporary file in the same directory (neither
-    systemd, the policy loader nor a textfile collector reads it half-written), fsync, rename over
-    `path`, fsync the directory. durable=False skips both fsyncs (a file rewritten every few seconds
-    whose loss in a crash costs nothing, e.g. the metrics). Raises OSError."""
+    """write_atomic_at() in `path`'s directory, durable unless told otherwise. Raises OSError."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
-        try:
-            os.fchmod(fd, mode)  # mkstemp makes 0600; the umask must not narrow what readers need
-            os.write(fd, text.encode())
-            if durable:
-                os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    if durable:
-        fsync_dir(path.parent)
+        write_atomic_at(dir_fd, path.name, text, mode, durable=durable)
+    finally:
+        os.close(dir_fd)
 
 
 def remove_durably(path: Path) -> None:

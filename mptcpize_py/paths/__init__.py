@@ -3,7 +3,7 @@
 - facts.py: what a namespace has, for `check` (NetnsPaths, explain_paths) and `paths` (PathsReport).
 - plan.py: what a [paths] table wants there and the changes that get there (pure).
 - manager.py: PathManager, the daemon's (and `paths --apply`'s) manager, kept in sync by rtnetlink
-  events.
+  events; watch.py: the namespaces it watches; passes.py: one pass over one of them.
 - others.py: mptcpd or NetworkManager managing endpoints in a namespace (we stand back there).
 - state.py: which endpoints are ours (paths.json) and the one-manager lock.
 - netlink.py: the only pyroute2 importer.

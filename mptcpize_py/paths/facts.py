@@ -12,7 +12,6 @@ from mptcpize_py.errors import MptcpizeError
 from mptcpize_py.host import procfs
 from mptcpize_py.host.netns import in_netns, named_netns_dir, netns_names, read_sysctl
 from mptcpize_py.paths import netlink, others, plan, state
-from mptcpize_py.paths.manager import read_path_manager
 from mptcpize_py.policy import HOST_NETNS_NAME, Policy
 
 
@@ -71,7 +70,7 @@ class NetnsPaths:
 def _netns_facts(name: str, procs: list | None = None) -> NetnsPaths:
     """What the calling thread's namespace has (run through in_netns for another one)."""
     facts = NetnsPaths(name, enabled=read_sysctl("net.mptcp.enabled"),
-                       path_manager=read_path_manager())
+                       path_manager=others.read_path_manager())
     if procs is not None:
         other, _ = others.other_manager(os.stat("/proc/thread-self/ns/net").st_ino, procs,
                                         facts.path_manager)
@@ -206,7 +205,7 @@ def _selected(policy: Policy, name: str) -> bool:
 def _paths_here(rep: PathsReport, policy: Policy | None, owner: dict | None,
                 records: dict[str, "state.NetnsRecord"], procs: list) -> PathsReport:
     """Fills `rep` for the calling thread's namespace."""
-    rep.enabled, rep.path_manager = read_sysctl("net.mptcp.enabled"), read_path_manager()
+    rep.enabled, rep.path_manager = read_sysctl("net.mptcp.enabled"), others.read_path_manager()
     if rep.enabled is None:
         rep.error = "no net.mptcp sysctls: this kernel has no MPTCP (CONFIG_MPTCP)"
         return rep

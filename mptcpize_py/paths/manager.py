@@ -19,28 +19,27 @@ with their addresses by rtnetlink events (not by polling), by the daemon or by `
 Everything a pass changes is logged at INFO, one line per change; standing back for another manager
 is one line when it starts; problems (an address the kernel refuses, no room left) once until they
 change.
+
+watch.py keeps the set of watched namespaces; passes.py is one pass (plan.py computes its changes).
 """
 
-import errno
 import logging
 import os
 import resource
 import selectors
-import socket
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import cast
 
-from mptcpize_py.display import escaped
 from mptcpize_py.errors import MptcpizeError
-from mptcpize_py.host.netns import HOST_NETNS, in_netns, named_netns_dir, netns_names, read_sysctl
-from mptcpize_py.paths import netlink, others, plan
-from mptcpize_py.paths.state import NetnsRecord, PathsState, netns_key
+from mptcpize_py.host.netns import named_netns_dir
+from mptcpize_py.paths import netlink, others
+from mptcpize_py.paths.passes import PassResult, run_pass
+from mptcpize_py.paths.state import PathsState
 from mptcpize_py.paths.state import read as read_state
-from mptcpize_py.policy import HOST_NETNS_NAME, PathsSettings, PathsTable, Policy, PolicyError
+from mptcpize_py.paths.watch import NamespaceWatch, Netns
+from mptcpize_py.policy import PathsSettings, Policy, PolicyError
 from mptcpize_py.policysync import PolicyWatch, ReloadSignals
 from mptcpize_py.status import PathsStatus
 
@@ -62,42 +61,6 @@ RECHECK_INTERVAL = 10.0
 log = logging.getLogger("mptcpize_py.paths")
 
 
-def read_path_manager() -> str | None:
-    """net.mptcp.path_manager (Linux >= 6.15: "kernel"/"userspace"), else net.mptcp.pm_type
-    (5.19+: 0 in-kernel, 1 userspace); None before 5.19 (in-kernel only). The calling thread's
-    namespace."""
-    pm = read_sysctl("net.mptcp.path_manager")
-    if pm:
-        return pm
-    return {"0": "kernel", "1": "userspace"}.get(read_sysctl("net.mptcp.pm_type") or "", None)
-
-
-@dataclass
-class _Netns:
-    name: str
-    path: str | None                 # None: the host's (this process's own)
-    inum: int
-    cookie: int | None
-    settings: PathsSettings
-    sock: socket.socket | None = None   # netlink event socket, when managed
-    other: str | None = None         # the other manager's line, when standing back
-    problems: tuple[str, ...] = ()
-    status: PathsStatus | None = None
-
-    @property
-    def key(self) -> str:
-        return netns_key(self.cookie, self.inum)
-
-
-@dataclass
-class PassResult:
-    """What one pass over a namespace saw and did (for `paths --apply`'s output)."""
-    netns: str
-    changes: list[str] = field(default_factory=list)
-    other: str | None = None
-    problems: list[str] = field(default_factory=list)
-
-
 class PathManager:
     def __init__(self, state_dir: Path, what: str = "daemon", follow: bool = True,
                  netns_dir: str | None = None):
@@ -105,13 +68,12 @@ class PathManager:
         self.follow = follow
         self.netns_dir = netns_dir or named_netns_dir()
         self._policy: Policy | None = None
-        self._watch: dict[str, _Netns] = {}     # by name
+        self._watch = NamespaceWatch(self.state, self.netns_dir)
         self._lock = threading.RLock()
         self._thread: threading.Thread | None = None
         self._stop = False
         self._wake_r, self._wake_w = os.pipe2(os.O_CLOEXEC | os.O_NONBLOCK)
         self._procs: list = []
-        self._warned: dict[str, str] = {}       # namespace -> the problem last logged for it
         self.results: list[PassResult] = []     # of the last apply()
         if follow:
             _raise_nofile_limit()
@@ -138,8 +100,8 @@ class PathManager:
             if first:
                 log.info("paths: managing MPTCP endpoints (%s)", policy.paths.describe())
             self._procs = others.processes()
-            self._rescan()
-            for ns in list(self._watch.values()):
+            self._watch.rescan(policy)
+            for ns in list(self._watch.by_name.values()):
                 self.results.append(self._pass(ns, "policy"))
             self._release_unwatched()
         if self.follow and self._thread is None:
@@ -162,8 +124,6 @@ class PathManager:
                     self._policy = None
                     self._release_all()
                 self.state.unlock()
-            for ns in self._watch.values():
-                self._close_socket(ns)
             self._watch.clear()
         for fd in (self._wake_r, self._wake_w):
             try:
@@ -174,230 +134,32 @@ class PathManager:
 
     def statuses(self) -> list[PathsStatus]:
         with self._lock:
-            return [ns.status for ns in self._watch.values() if ns.status is not None]
+            return [ns.status for ns in self._watch.by_name.values() if ns.status is not None]
 
-    # --- namespaces --------------------------------------------------------------------------------
-    def _wanted_namespaces(self, policy: Policy) -> dict[str, str | None]:
-        """{name: path} of the namespaces the policy selects (host: path None)."""
-        out: dict[str, str | None] = {HOST_NETNS_NAME: None}
-        sel = policy.netns
-        if sel.mode == "host":
-            return out
-        present = set(netns_names(self.netns_dir).values())
-        names = present if sel.mode == "all" else [n for n in sel.names if n in present]
-        for name in sorted(names):
-            out.setdefault(name, os.path.join(self.netns_dir, name))
-        return out
-
-    def _rescan(self) -> bool:
-        """Brings the watched set in line with the policy and /run/netns; True when it changed."""
-        changed = False
-        wanted = self._wanted_namespaces(self._policy) if self._policy is not None else {}
-        for name in list(self._watch):
-            ns = self._watch[name]
-            now = _inum(wanted[name]) if name in wanted else _inum(ns.path)
-            if name in wanted and now == ns.inum:
-                continue
-            # No longer selected (_release_unwatched() removes ours there), gone (its endpoints went
-            # with it), or another namespace under that name now.
-            self._close_socket(ns)
-            del self._watch[name]
-            if now != ns.inum:
-                self.state.records.pop(ns.key, None)
-                self.state.save()
-            changed = True
-        for name, path in wanted.items():
-            # wanted is {} without a policy with a [paths] table
-            settings = cast(PathsTable, cast(Policy, self._policy).paths).for_netns(name)
-            if name in self._watch:
-                self._watch[name].settings = settings
-                continue
-            inum = _inum(path)
-            if inum is None:
-                continue
-            try:
-                cookie = in_netns(path, netlink.netns_cookie)
-            except MptcpizeError as e:
-                self._warn(name, e.message)
-                continue
-            self._watch[name] = _Netns(name, path, inum, cookie, settings)
-            changed = True
-        for ns in self._watch.values():
-            if ns.settings.manages and ns.sock is None:
-                try:
-                    ns.sock = in_netns(ns.path, netlink.event_socket)
-                except (MptcpizeError, OSError) as e:
-                    self._warn(ns.name, f"no address events: {e}")
-            elif not ns.settings.manages and ns.sock is not None:
-                self._close_socket(ns)
-        return changed
-
-    def _warn(self, name: str, problem: str) -> None:
-        """Logs a namespace's problem once, not at every rescan."""
-        if self._warned.get(name) != problem:
-            self._warned[name] = problem
-            log.warning("paths: netns %s: %s", escaped(name), escaped(problem))
-
-    @staticmethod
-    def _close_socket(ns: _Netns) -> None:
-        if ns.sock is not None:
-            ns.sock.close()
-            ns.sock = None
+    # --- passes --------------------------------------------------------------------------------------
+    def _pass(self, ns: Netns, why: str) -> PassResult:
+        return run_pass(ns, self.state, self._procs, why)
 
     def _release_unwatched(self) -> None:
-        """Records of namespaces that are no longer watched (the table dropped them, or a crashed
-        predecessor managed others): ours removed where the namespace still exists, forgotten where
-        it does not."""
-        watched = {ns.key for ns in self._watch.values()}
-        orphans = [k for k in self.state.records if k not in watched]
-        if not orphans:
+        """Records of namespaces that are no longer watched: ours removed where the namespace still
+        exists, forgotten where it does not."""
+        orphans = self._watch.orphans()
+        if orphans is None:
             return
-        complete = True   # every namespace looked at: records found nowhere belong to gone ones
-        for name, path in self._all_namespaces().items():
-            inum = _inum(path)
-            if inum is None:
-                continue
-            try:
-                cookie = in_netns(path, netlink.netns_cookie)
-            except MptcpizeError:
-                complete = False
-                continue
-            key = netns_key(cookie, inum)
-            if key in orphans:
-                ns = _Netns(name, path, inum, cookie, PathsSettings())
-                self._pass(ns, "not in the [paths] table")
-                orphans.remove(key)
-        if complete:
-            for key in orphans:   # their namespace is gone, and their endpoints with it
-                self.state.records.pop(key, None)
+        found, gone = orphans
+        for ns in found:
+            self._pass(ns, "not in the [paths] table")
+        for key in gone:   # their namespace is gone, and their endpoints with it
+            self.state.records.pop(key, None)
         self.state.save()
-
-    def _all_namespaces(self) -> dict[str, str | None]:
-        out: dict[str, str | None] = {HOST_NETNS_NAME: None}
-        for name in sorted(netns_names(self.netns_dir).values()):
-            out.setdefault(name, os.path.join(self.netns_dir, name))
-        return out
 
     def _release_all(self) -> None:
-        for ns in list(self._watch.values()):
+        for ns in list(self._watch.by_name.values()):
             ns.settings = PathsSettings()
             self._pass(ns, "stop")
-            self._close_socket(ns)
-        self._watch.clear()
+            ns.close_socket()
+        self._watch.by_name.clear()
         self._release_unwatched()
-
-    # --- one pass over one namespace ----------------------------------------------------------------
-    def _pass(self, ns: _Netns, why: str) -> PassResult:
-        record = self.state.records.setdefault(ns.key, NetnsRecord(ns.name))
-        record.name = ns.name
-        res = PassResult(ns.name)
-        if not ns.settings.manages and record.empty:   # role none, nothing of ours there: not even a look
-            ns.status = PathsStatus(ns.name, ns.settings.role, "nobody (role none)", (), None)
-            return res
-        failed = None
-        try:
-            in_netns(ns.path, lambda: self._pass_here(ns, record, res, why))
-        except MptcpizeError as e:
-            failed = e.message
-        except Exception as e:  # a bug or an odd namespace: the daemon's upgrades must go on
-            failed = f"pass failed: {e!r}"
-            if failed not in ns.problems:   # the traceback once, not at every event
-                log.exception("paths: netns %s: pass failed", escaped(ns.name))
-        if failed is not None:
-            res.problems.append(failed)
-            # status says so, beside what the last good pass left (not that list as if all were well)
-            old = ns.status or PathsStatus(ns.name, ns.settings.role, "mptcpize-py", (), None)
-            ns.status = PathsStatus(old.netns, ns.settings.role, old.managed_by, old.endpoints, old.limits,
-                                    (failed,))
-        self.state.save()
-        problems = tuple(res.problems)
-        if problems != ns.problems:
-            for p in problems:
-                log.warning("paths: netns %s: %s", escaped(ns.name), escaped(p))
-            ns.problems = problems
-        return res
-
-    def _pass_here(self, ns: _Netns, record: NetnsRecord, res: PassResult, why: str) -> None:
-        """In the namespace: look, plan, change, record."""
-        settings = ns.settings if ns.settings.manages else None
-        other, note = (None, None)
-        if settings is not None:
-            other, note = others.other_manager(ns.inum, self._procs, read_path_manager())
-        if (other.line() if other else None) != ns.other:
-            if other is not None:
-                log.info("paths: netns %s: %s", escaped(ns.name), other.line())
-            elif ns.other is not None:
-                log.info("paths: netns %s: no other manager any more: managing endpoints", escaped(ns.name))
-            ns.other = other.line() if other else None
-        res.other = ns.other
-        view = netlink.read_view()
-        # Ours are those we added that were there, exactly so, at every look since: one that is
-        # missing or different now was removed or changed by someone else, and is forgotten.
-        record.endpoints = plan.still_ours(view, record.endpoints)
-        ours: list[plan.KernelEndpoint] = []   # added by this pass
-        p = plan.plan(view, None if other else settings, frozenset(record.endpoints),
-                      record.limits_set, record.limits_before)
-        for e in p.remove:
-            try:
-                netlink.delete_endpoint(e.id, e.address)
-            except OSError as err:
-                res.problems.append(f"cannot remove endpoint {e.address} id {e.id}: {err.strerror}")
-                continue
-            record.endpoints.discard(e.key)
-            self._change(ns, res, f"removed endpoint {e.address} id {e.id} dev "
-                         f"{view.ifname_text(e.ifindex)} {' '.join(plan.flag_names(e.flags))} ({why})")
-        for w in p.add:
-            try:
-                added = netlink.add_endpoint(w.address, w.ifindex, w.flags)
-            except OSError as err:
-                what = ("no room: the namespace holds 8 endpoints" if err.errno == errno.ERANGE
-                        else err.strerror)
-                res.problems.append(f"cannot add endpoint {w.describe()}: {what}")
-                continue
-            record.endpoints.add(added.key)
-            ours.append(added)
-            self._change(ns, res, f"added endpoint {w.address} id {added.id} dev "
-                         f"{plan.ifname_text(w.ifname)} {' '.join(plan.flag_names(w.flags))} ({why})")
-        if p.limits is not None:
-            try:
-                netlink.set_limits(p.limits)
-            except OSError as err:
-                res.problems.append(f"cannot set limits subflows={p.limits.subflows} add_addr_accepted="
-                                    f"{p.limits.add_addr_accepted}: {err.strerror}")
-            else:
-                if settings is not None and not other:
-                    if record.limits_before is None:
-                        record.limits_before = view.limits
-                    record.limits_set = p.limits
-                else:
-                    record.limits_before = record.limits_set = None
-                self._change(ns, res, f"limits subflows={p.limits.subflows} add_addr_accepted="
-                             f"{p.limits.add_addr_accepted} (were subflows={view.limits.subflows} "
-                             f"add_addr_accepted={view.limits.add_addr_accepted})")
-        if settings is None or other:
-            if record.limits_set is not None and p.limits is None:
-                record.limits_before = record.limits_set = None   # changed by someone else: theirs now
-        res.problems.extend(p.left_undone())
-        for pattern in p.unmatched:
-            res.problems.append(f"interfaces pattern {pattern!r} matches no interface (yet)")
-        if note:
-            res.problems.append(note)
-        limits = p.limits or view.limits
-        ns.status = PathsStatus(
-            netns=ns.name, role=ns.settings.role,
-            managed_by=ns.other or ("mptcpize-py" if settings else "nobody (role none)"),
-            endpoints=tuple(f"{e.address} id {e.id} dev {view.ifname_text(e.ifindex)} "
-                            f"{' '.join(plan.flag_names(e.flags))}"
-                            for e in sorted([*p.keep, *ours], key=lambda e: (e.id, e.address))),
-            limits=f"subflows={limits.subflows} add_addr_accepted={limits.add_addr_accepted}",
-            problems=tuple(res.problems))
-
-    @staticmethod
-    def _change(ns: _Netns, res: PassResult, text: str) -> None:
-        """`text` carries interface names as plan.ifname_text() gives them: escaped for the log here,
-        by the renderer for `paths --apply`'s output."""
-        res.changes.append(text)
-        log.info("paths: netns %s: %s", escaped(ns.name), escaped(text))
 
     # --- the event thread -----------------------------------------------------------------------------
     def _loop(self) -> None:
@@ -405,7 +167,7 @@ class PathManager:
         next_recheck = time.monotonic() + RECHECK_INTERVAL
         while not self._stop:
             with self._lock:
-                socks = {ns.sock.fileno(): ns.name for ns in self._watch.values() if ns.sock is not None}
+                socks = self._watch.sockets()
             timeout = max(0.0, min(next_rescan, next_recheck) - time.monotonic())
             ready = self._wait([self._wake_r, *socks], timeout)
             if self._stop:
@@ -436,23 +198,6 @@ class PathManager:
                 time.sleep(min(timeout, 0.1))   # never spin
                 return []
 
-    def _changed_outside(self) -> set[str]:
-        """The namespaces where an endpoint of ours is no longer listed exactly as we added it."""
-        out = set()
-        for ns in list(self._watch.values()):
-            record = self.state.records.get(ns.key)
-            if not ns.settings.manages or ns.other is not None or record is None or not record.endpoints:
-                continue
-            try:
-                listed = {e.key for e in in_netns(ns.path, netlink.read_endpoints_and_limits)[0]}
-            except MptcpizeError:
-                continue   # the pass this namespace gets at its next event says why
-            if not record.endpoints <= listed:
-                log.info("paths: netns %s: endpoints of mptcpize-py removed or changed by someone else "
-                         "(re-check)", escaped(ns.name))
-                out.add(ns.name)
-        return out
-
     def _handle(self, ready: list[int], socks: dict[int, str], rescan: bool, recheck: bool = False) -> None:
         if self._wake_r in ready:
             try:
@@ -466,18 +211,18 @@ class PathManager:
             if self._policy is None or self._stop:
                 return
             for name in list(dirty):
-                ns = self._watch.get(name)
+                ns = self._watch.by_name.get(name)
                 if ns is not None and ns.sock is not None:
                     netlink.drain(ns.sock)
             if rescan:
                 procs = others.processes()
-                if self._rescan() or procs != self._procs:
+                if self._watch.rescan(self._policy) or procs != self._procs:
                     self._procs = procs
-                    dirty = set(self._watch)
+                    dirty = set(self._watch.by_name)
             events = {socks[fd] for fd in ready if fd in socks}
-            rechecked = self._changed_outside() - dirty if recheck else set()
+            rechecked = self._watch.changed_outside() - dirty if recheck else set()
             for name in sorted(dirty | rechecked):
-                ns = self._watch.get(name)
+                ns = self._watch.by_name.get(name)
                 if ns is not None:
                     self._pass(ns, "address change" if name in events else
                                "re-check" if name in rechecked else "rescan")
@@ -493,13 +238,6 @@ def _raise_nofile_limit() -> None:
             resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
         except (OSError, ValueError) as e:
             log.warning("paths: cannot raise the open files limit from %d: %s", soft, e)
-
-
-def _inum(path: str | None) -> int | None:
-    try:
-        return os.stat(path if path is not None else HOST_NETNS).st_ino
-    except (OSError, TypeError):
-        return None
 
 
 def follow(manager: PathManager, policy_dir: Path, load: Callable[[], Policy | None]) -> None:

@@ -25,6 +25,7 @@ import os
 from dataclasses import dataclass
 
 from mptcpize_py.host import procfs
+from mptcpize_py.host.netns import read_sysctl
 
 NAMES = ("mptcpd", "NetworkManager")
 
@@ -47,6 +48,16 @@ class OtherManager:
 
     def line(self) -> str:
         return f"{self.why}: mptcpize-py manages no endpoint here"
+
+
+def read_path_manager() -> str | None:
+    """net.mptcp.path_manager (Linux >= 6.15: "kernel"/"userspace"), else net.mptcp.pm_type
+    (5.19+: 0 in-kernel, 1 userspace); None before 5.19 (in-kernel only). The calling thread's
+    namespace."""
+    pm = read_sysctl("net.mptcp.path_manager")
+    if pm:
+        return pm
+    return {"0": "kernel", "1": "userspace"}.get(read_sysctl("net.mptcp.pm_type") or "", None)
 
 
 def processes() -> list[tuple[int, str, int | None]]:

@@ -8,7 +8,8 @@ job; here we only read the files safely and check that each selector is well for
 - validate.py: text -> rules: the format, every value check, the kernel map limits (from abi.py).
 - paths_table.py: the [paths] table's keys, values and conflicts, and MPTCP's limit (MPTCP_PM_ADDR_MAX).
 - names.py: the file-name grammar of `enable`'s records (unit-UNIT.toml).
-- positions.py: where each table, key and array element of a TOML text starts, for file:line errors.
+- positions.py: the one TOML tokeniser: the budget guard's counts before tomllib, and where each
+  table, key and array element starts, for file:line errors.
 """
 
 from mptcpize_py.abi import CGROUP_MAX_DEPTH, MAX_CGROUP_RULES, MAX_EXE_RULES

@@ -23,7 +23,7 @@ from mptcpize_py.policy.paths_table import parse_paths, paths_selection_errors
 from mptcpize_py.policy.positions import (
     count_tokens,
     long_dotted_key,
-    scan_chains,
+    scan,
     toml_error_line,
     toml_lines,
 )
@@ -146,14 +146,14 @@ def _parse_file(text: str, filename: str, tokens: _Tokens) -> _FileResult:
     def error(line: int, reason: str):
         res.errors.append((line, f"{filename}:{line}: {reason}"))
 
-    chains = scan_chains(text)
-    before, tokens.seen = tokens.seen, tokens.seen + count_tokens(text, chains)
+    scanned = scan(text)   # one linear pass; its tokens serve the guard here and the lines below
+    before, tokens.seen = tokens.seen, tokens.seen + count_tokens(text, scanned)
     if tokens.seen > MAX_TOKENS:
         if before <= MAX_TOKENS:   # files after this one are not parsed either
             res.errors.append((0, f"{filename}: refused: the policy files together hold more than "
                                   f"{MAX_TOKENS} keys, values and comments (this file passes the limit)"))
         return res
-    long_key = long_dotted_key(text, chains, MAX_KEY_PARTS)
+    long_key = long_dotted_key(scanned, MAX_KEY_PARTS)
     if long_key is not None:
         line, chain = long_key
         error(line, f"a dotted key of more than {MAX_KEY_PARTS} parts ({show(chain)}); policy keys have "
@@ -169,7 +169,7 @@ def _parse_file(text: str, filename: str, tokens: _Tokens) -> _FileResult:
         error(1, "invalid TOML: nested too deeply")
         return res
 
-    lines = toml_lines(text)
+    lines = toml_lines(scanned)
 
     def at(*path) -> int:
         """Line of the most specific known prefix of `path` (table, key or array element)."""

@@ -322,7 +322,7 @@ def test_failure_half_way_puts_everything_back(tree):
 def test_no_temporary_files_left(tree):
     enable.write_files("nginx.service", EXE, tree)
     enable.write_files("nginx.service", EXE + "2", tree)
-    leftovers = [p for p in tree.root.rglob(".*.tmp-*")]
+    leftovers = [p for p in tree.root.rglob(".*.tmp")]
     assert leftovers == []
 
 
