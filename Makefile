@@ -92,6 +92,7 @@ VM_KERNEL2_TESTS := tests/vm/test_prebuilt.py \
 	tests/host/test_btf_offsets.py
 test-vm-kernel2: bpf
 	bash scripts/vm.sh --kernel "$$(cat /opt/mptcpize-py/vm-kernel2-version)" --timeout 900 -- \
+		sh -c 'echo "kernel under test: $$(uname -r)"; exec "$$@"' vm \
 		env MPTCPIZE_REQUIRE_BPF=1 $(PYTEST) $(VM_KERNEL2_TESTS)
 
 # Benchmarks, never part of `test`: ratios measured in one run, natively (seccomp, mptcpize) and in the
