@@ -105,9 +105,10 @@ bench: setup
 # Debian package that `make deb` builds, installed in the VM's throwaway /usr, /etc and /var, and its
 # hardened mptcpize-py.service (READY, watchdog, each capability), enable/disable with a real service,
 # apt remove and purge. Nothing there runs this checkout's code but pytest and its fixtures. The
-# timeout is a safety net (the package's life cycle adds installs and two daemon starts under TCG).
+# timeout is a safety net (the package's life cycle adds installs and two daemon starts under TCG;
+# tests/systemd/test_no_compiler.py's apt purge of bcc, compilers, LLVM and headers took ~22 min).
 test-systemd:
-	deb=$$(bash scripts/deb.sh) && bash scripts/vm-systemd.sh --timeout 2400 -- \
+	deb=$$(bash scripts/deb.sh) && bash scripts/vm-systemd.sh --timeout 3600 -- \
 		env MPTCPIZE_REQUIRE_BPF=1 MPTCPIZE_DEB="$$deb" $(PYTEST) tests/systemd
 
 # The Debian package, built with debian/ (debhelper, dh-python) from this working tree in a copy under
