@@ -2,6 +2,11 @@
 STATE_DIR=${STATE_DIR:-/opt/mptcpize-py}
 VENV=${VENV:-$STATE_DIR/venv}
 VM_KVER_FILE=$STATE_DIR/vm-kernel-version
+# The VM tier's second kernel (scripts/vm-kernel2.sh): the newest the registry's suite offers, unpacked
+# (not installed) under $VM_KERNELS_DIR/KVER, without headers; `scripts/vm.sh --kernel KVER` boots it.
+VM_KERNEL2_SUITE=${VM_KERNEL2_SUITE:-trixie-backports}
+VM_KERNEL2_FILE=$STATE_DIR/vm-kernel2-version
+VM_KERNELS_DIR=$STATE_DIR/kernels
 VNG_VERSION=${VNG_VERSION:-1.42}
 
 # scripts/vm.sh: the nested test VM (qemu TCG, 2 host cores: run one VM at a time).

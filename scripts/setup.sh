@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs everything mptcpize-py needs on a fresh Debian 12 machine: distro bcc, iproute2, iperf3,
-# the VM tier (qemu, a bookworm-backports 6.12 kernel + headers, virtme-ng), what building the Debian
+# the VM tier (qemu, a bookworm-backports 6.12 kernel + headers, virtme-ng, and a second kernel from
+# trixie-backports unpacked without headers: scripts/vm-kernel2.sh), what building the Debian
 # package needs (`make deb`) and what it depends on (the systemd tier installs it in the VM, which has
 # no network: its dependencies must be on this machine), the BPF program compiled once (`make bpf`:
 # clang, llvm, libbpf-dev and bpftool are among DEB_BUILD_PACKAGES), and a venv.
@@ -58,6 +59,9 @@ if find "$moddir/kernel" -name '*.ko.xz' -print -quit | grep -q .; then
     find "$moddir/kernel" -name '*.ko.xz' -print0 | xargs -0 -P "$(nproc)" -n 64 xz -d -f
     depmod "$VM_KVER"
 fi
+
+# The VM tier's second kernel (the newest in $VM_KERNEL2_SUITE), unpacked for the VM, not installed.
+bash scripts/vm-kernel2.sh
 
 # The venv sees Debian's site-packages so bcc (python3-bpfcc) and systemd-python are importable.
 if [ ! -x "$VENV/bin/pip" ]; then

@@ -18,12 +18,14 @@ REPO=${SELF%/*/*}
 
 usage() {
     cat <<EOF
-usage: scripts/vm.sh [--timeout SECS] [--rw-repo] [--verbose] [--] CMD [ARG...]
+usage: scripts/vm.sh [--timeout SECS] [--kernel KVER] [--rw-repo] [--verbose] [--] CMD [ARG...]
 
 Boots the Debian $(cat "$VM_KVER_FILE" 2>/dev/null || echo 6.12) kernel in qemu (TCG, $VM_CPUS vCPUs, $VM_MEMORY),
 runs CMD as root with $REPO as working directory and exits with CMD's status.
 
   --timeout SECS  end the VM after SECS seconds (default \$VM_TIMEOUT=$VM_TIMEOUT); exit 124
+  --kernel KVER   boot another kernel: one unpacked under $VM_KERNELS_DIR
+                  (scripts/vm-kernel2.sh: $(cat "$VM_KERNEL2_FILE" 2>/dev/null || echo none yet), no headers)
   --rw-repo       writes to the repo directory land on the host; by default the guest sees
                   a writable overlay of it whose changes are thrown away with the VM
   --verbose, -v   show the guest kernel console on stderr (boot problems)
@@ -130,11 +132,16 @@ sh_quote() { printf "'%s'" "${1//\'/\'\\\'\'}"; }
 timeout_s=$VM_TIMEOUT
 rw_repo=0
 verbose=0
+kernel_opt=
 while [ $# -gt 0 ]; do
     case $1 in
         --timeout) [ $# -ge 2 ] || die "--timeout needs a value" "scripts/vm.sh --help"
                    timeout_s=$2; shift 2 ;;
         --timeout=*) timeout_s=${1#*=}; shift ;;
+        --kernel) [ $# -ge 2 ] || die "--kernel needs a value" "scripts/vm.sh --help"
+                  kernel_opt=$2; shift 2
+                  [ -n "$kernel_opt" ] || die "--kernel: no kernel version given" \
+                      "scripts/setup.sh fetches the second kernel and records it in $VM_KERNEL2_FILE" ;;
         --rw-repo) rw_repo=1; shift ;;
         -v|--verbose) verbose=1; shift ;;
         -h|--help) usage; exit 0 ;;
@@ -153,14 +160,25 @@ done
 
 KVER=$(cat "$VM_KVER_FILE" 2>/dev/null) || die "no VM kernel recorded in $VM_KVER_FILE" \
     "run scripts/setup.sh as root"
+if [ -n "$kernel_opt" ] && [ "$kernel_opt" != "$KVER" ]; then
+    # An unpacked kernel (scripts/vm-kernel2.sh): vng finds its modules beside the image and links
+    # them as the guest's /lib/modules/KVER; it has no headers (bcc cannot run there, by design).
+    [[ $kernel_opt =~ ^[A-Za-z0-9._+-]+$ ]] || die "--kernel: '$kernel_opt' is not a kernel version"
+    KVER=$kernel_opt
+    moddir=$VM_KERNELS_DIR/$KVER/lib/modules/$KVER
+    kernel=$moddir/vmlinuz
+    [ -r "$kernel" ] || die "no kernel $KVER under $VM_KERNELS_DIR" "run scripts/setup.sh as root"
+else
+    moddir=/lib/modules/$KVER
+    kernel=/boot/vmlinuz-$KVER
+    [ -r "$kernel" ] || die "VM kernel $kernel missing" "run scripts/setup.sh as root"
+    [ -e "$moddir/build" ] || die "no headers for $KVER (bcc needs them in the guest)" \
+        "run scripts/setup.sh as root"
+fi
 take_vm_lock vm.sh   # two VMs on two shared cores would each take twice as long, and time out
-kernel=/boot/vmlinuz-$KVER
-[ -r "$kernel" ] || die "VM kernel $kernel missing" "run scripts/setup.sh as root"
 [ -x "$VENV/bin/vng" ] || die "virtme-ng missing ($VENV/bin/vng)" "run scripts/setup.sh as root"
-[ -e "/lib/modules/$KVER/build" ] || die "no headers for $KVER (bcc needs them in the guest)" \
-    "run scripts/setup.sh as root"
 # virtme's initramfs cannot insmod .ko.xz (setup.sh decompresses them once).
-if grep -q -m1 '\.ko\.xz:' "/lib/modules/$KVER/modules.dep" 2>/dev/null; then
+if grep -q -m1 '\.ko\.xz:' "$moddir/modules.dep" 2>/dev/null; then
     die "modules of $KVER are still xz-compressed" "run scripts/setup.sh as root"
 fi
 # Two TCG VMs on this machine's 2 cores slow each other down past any sensible timeout.

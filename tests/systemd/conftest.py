@@ -7,7 +7,8 @@ They test what users install: the Debian package `make deb` built from this chec
 VM's throwaway /usr, /etc and /var. systemd runs /usr/bin/mptcpize-py from its units under
 /lib/systemd/system, and the tests run that same command (installed.mptcpize()), never the checkout's
 code, so the units' ProtectHome=/ProtectSystem= apply as they do for users. test_package.py (install,
-remove, purge) runs last: it uninstalls the package."""
+remove, purge) runs after the others: it uninstalls the package; then test_no_compiler.py purges bcc,
+compilers, LLVM and headers from the throwaway root and installs the package again."""
 
 import os
 import subprocess
@@ -27,13 +28,17 @@ def _deb_arch() -> str:
                           check=True).stdout.strip()
 
 THROWAWAY = os.environ.get("MPTCPIZE_THROWAWAY_SYSTEMD") == "1"
-LAST = "test_package.py"
+# In this order, after all others: test_package.py ends the package's life cycle with apt purge;
+# test_no_compiler.py then strips bcc, compilers and headers from the root and installs it again.
+LAST = ("test_package.py", "test_no_compiler.py")
 
 
 def pytest_collection_modifyitems(config, items):
     # The package's life cycle ends with apt purge: every other test needs it installed.
-    items.sort(key=lambda item: "/tests/systemd/" in str(item.fspath)
-               and Path(str(item.fspath)).name == LAST)
+    def rank(item) -> int:
+        name = Path(str(item.fspath)).name
+        return LAST.index(name) + 1 if "/tests/systemd/" in str(item.fspath) and name in LAST else 0
+    items.sort(key=rank)
     if THROWAWAY:
         return
     skip = pytest.mark.skip(reason="changes /etc and systemd's state: runs only in scripts/vm-systemd.sh "

@@ -1,8 +1,9 @@
-"""The prebuilt program on a real kernel (6.12): the daemon and `run` load the CO-RE object that
-`make bpf` built, with libbpf, while no kernel headers are visible to them (a mount namespace hides
-/usr/src and /lib/modules/$(uname -r)/build), and no mptcpize-py process maps LLVM or clang at any
-time. What it selects is what the outside world sees: SO_PROTOCOL of sockets made by processes the
-policy or a `run` tree selects. The bcc loader keeps a test of its own (last)."""
+"""The prebuilt program on a real kernel (6.12, and the second kernel of `make test-vm-kernel2`): the
+daemon and `run` load the CO-RE object that `make bpf` built, with libbpf, while no kernel headers are
+visible to them (a mount namespace hides /usr/src and /lib/modules/$(uname -r)/build), and no
+mptcpize-py process maps LLVM or clang at any time. What it selects is what the outside world sees:
+SO_PROTOCOL of sockets made by processes the policy or a `run` tree selects. The bcc loader keeps a
+test of its own (last; not on the second kernel, which has no headers)."""
 
 import json
 import os
@@ -111,7 +112,9 @@ def test_the_daemon_sees_no_kernel_headers(env):
     assert in_daemon_view(env.proc.pid, "ls", "-A", "/usr/src").stdout == ""
     build = f"/lib/modules/{RELEASE}/build/include"
     assert in_daemon_view(env.proc.pid, "test", "-e", build).returncode == 1
-    assert os.listdir("/usr/src") and os.path.exists(build), "nothing to hide: the test proves nothing"
+    # The host's /usr/src (6.12's headers) is seen in the guest: hidden, it shows the hiding works.
+    # The second kernel (scripts/vm-kernel2.sh) has no build directory at all, as on a headerless node.
+    assert os.listdir("/usr/src"), "nothing to hide: the test proves nothing"
 
 
 def test_the_daemon_loaded_the_prebuilt_object_with_libbpf(env):
