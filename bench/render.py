@@ -685,7 +685,13 @@ def _why_seccomp(nsock, r, case: str = "seccomp") -> str:
             f"interpreter. What would close it: a supervisor without an interpreter in the loop (C or Rust), "
             f"and credentials revalidated without reading status (e.g. notified set*id/capset/exec calls, "
             f"which the filter would also have to catch for the i386 and x32 ABIs it lets through today). "
-            f"It is paid once per socket(), not per byte (the aggregation rows are unaffected).")
+            f"On this 2-vCPU VM each round trip also waits for an idle vCPU to wake up: measured by hand "
+            f"(2026-12-08, quiet machine), the static loop under `run --backend seccomp` costs ~87 µs per "
+            f"call free and ~25 µs pinned to one CPU (`taskset -c 0`), and ~22 µs with a busy loop "
+            f"keeping the other vCPU awake; the 14× of the previous run was measured while other work "
+            f"kept both vCPUs busy. The kernel's synchronous wake-ups (SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP, "
+            f"Linux 6.6) are now really set (the flag went by pointer and was refused) but did not move "
+            f"this figure. It is paid once per socket(), not per byte (the aggregation rows are unaffected).")
 
 
 def _why_fast(nlat, added, floor, phases) -> str:

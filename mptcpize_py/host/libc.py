@@ -69,7 +69,7 @@ def setns(fd: int, nstype: int) -> None:
 
 
 def ioctl(fd: int, request: int, arg: int) -> int:
-    """ioctl(2) with a pointer argument: arg is an address (ctypes.addressof)."""
+    """ioctl(2): arg is an address (ctypes.addressof) or, for requests that take one, a value."""
     return _check(_ioctl(fd, request, arg))
 
 

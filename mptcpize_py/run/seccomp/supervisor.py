@@ -81,6 +81,7 @@ class Supervisor:
 
     def __init__(self, listener: Listener, track: bool = True, shim: Counters | None = None):
         self.listener = listener
+        log.debug("seccomp notifications: synchronous wake-ups %s", listener.sync_wake_ups)
         self.shim = shim   # where the preloaded shim counts; None: it registers nobody
         self.track = track
         self._live: dict[tuple[int, int], _Process] = {}   # (tgid, start ticks) -> process
