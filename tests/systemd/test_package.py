@@ -155,12 +155,18 @@ def test_an_empty_policy_directory_and_the_example_in_the_docs(package):
 
 
 def test_without_the_hook_the_daemon_exits_69_stays_down_and_installing_succeeds(package):
-    """A kernel without the hook, as the daemon sees it: its kernel BTF unreadable (InaccessiblePaths=
-    in a runtime drop-in). The daemon enabled, as by a user who wants it at boot, then the package
-    installed again (an upgrade's path: postinst restarts an enabled daemon)."""
+    """A kernel without the hook, as the daemon sees it: no kernel BTF it can read (InaccessiblePaths=
+    in a runtime drop-in), neither /sys/kernel/btf/vmlinux nor the vmlinux files libbpf falls back to
+    (libbpf's btf__load_vmlinux_btf(); this machine has /lib/modules/RELEASE/build/vmlinux). The daemon
+    enabled, as by a user who wants it at boot, then the package installed again (an upgrade's path:
+    postinst restarts an enabled daemon)."""
     run("systemctl", "stop", SERVICE)
     NO_HOOK.parent.mkdir(parents=True, exist_ok=True)
-    NO_HOOK.write_text("[Service]\nInaccessiblePaths=/sys/kernel/btf/vmlinux\n")
+    fallbacks = ("/boot/vmlinux-%v", "/lib/modules/%v/vmlinux-%v", "/lib/modules/%v/build/vmlinux",
+                 "/usr/lib/modules/%v/kernel/vmlinux", "/usr/lib/debug/boot/vmlinux-%v",
+                 "/usr/lib/debug/boot/vmlinux-%v.debug", "/usr/lib/debug/lib/modules/%v/vmlinux")
+    NO_HOOK.write_text("[Service]\nInaccessiblePaths=/sys/kernel/btf/vmlinux "
+                       + " ".join(f"-{p}" for p in fallbacks) + "\n")
     try:
         run("systemctl", "daemon-reload")
         run("systemctl", "enable", SERVICE)
@@ -169,7 +175,7 @@ def test_without_the_hook_the_daemon_exits_69_stays_down_and_installing_succeeds
         assert proc.returncode == 0, proc.stdout + proc.stderr
         props = show(SERVICE, "ActiveState", "Result", "ExecMainStatus", "RestartPreventExitStatus")
         assert (props["ActiveState"], props["Result"], props["ExecMainStatus"]) == \
-            ("failed", "exit-code", "69"), props
+            ("failed", "exit-code", "69"), (props, proc.stdout, journal_after(cursor, SERVICE))
         assert "69" in props["RestartPreventExitStatus"].split(), props
         wait_for(lambda: "cannot read kernel BTF" in journal_after(cursor, SERVICE),
                  f"{SERVICE} to log why it cannot run", interval=0.5,
